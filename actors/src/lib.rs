@@ -1,0 +1,111 @@
+//! Souk's write side: the ractor supervision tree that owns entities, and the projectors
+//! that turn their events into read models.
+//!
+//! Depends on `souk-messages`, `souk-nats` and `souk-storage`; never on the edge.
+//!
+//! # Layout
+//! - [`node`]: the node supervisor: heartbeats, shard leases, rebalancing.
+//! - [`shard`]: a shard supervisor: serves the shard's subject, owns its entity actors.
+//! - [`stock`]: the stock item entity actor.
+//! - [`projector`]: the stock read-model projector.
+//! - [`context`] and [`metrics`]: what the actors share.
+//!
+//! ```text
+//! NodeSupervisor ──▶ ShardSupervisor(stock.0) ──▶ StockItem(SKU-1), StockItem(SKU-9), …
+//!                ──▶ ShardSupervisor(stock.5) ──▶ …
+//! ```
+
+pub mod context;
+pub mod metrics;
+pub mod node;
+pub mod projector;
+pub mod shard;
+pub mod stock;
+
+use context::NodeContext;
+use metrics::ActorMetrics;
+use node::{NodeArgs, NodeMsg, NodeSupervisor};
+use ractor::{Actor, ActorRef};
+use souk_messages::subject::ShardCounts;
+use souk_nats::cluster::Cluster;
+use souk_nats::health::Readiness;
+use souk_nats::{Bus, EventStore, Jet};
+use souk_storage::StockRepo;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a node's actors behave.
+#[derive(Debug, Clone)]
+pub struct ActorSettings {
+    /// Shard counts.
+    pub shards: ShardCounts,
+    /// How often to heartbeat, renew leases and rebalance.
+    pub tick: Duration,
+    /// Write a snapshot after this many commits of one entity.
+    pub snapshot_every: u64,
+    /// Stop entity actors idle this long.
+    pub idle_after: Duration,
+    /// The durable consumer name of this node's projectors.
+    pub projector_consumer: String,
+}
+
+/// A running actor system. Call [`Node::leave`] before dropping it to hand shards off.
+#[derive(Debug)]
+pub struct Node {
+    supervisor: ActorRef<NodeMsg>,
+    handle: tokio::task::JoinHandle<()>,
+    projector: tokio::task::JoinHandle<()>,
+}
+
+/// Everything the actors need from the process that hosts them.
+#[derive(Debug)]
+pub struct NodeDeps {
+    /// Provisioned JetStream resources.
+    pub jet: Jet,
+    /// Request/reply.
+    pub bus: Bus,
+    /// Entity histories.
+    pub store: EventStore,
+    /// Membership and leases.
+    pub cluster: Cluster,
+    /// The stock read model.
+    pub stock_repo: StockRepo,
+    /// Readiness to update.
+    pub readiness: Readiness,
+    /// Actor metrics.
+    pub metrics: ActorMetrics,
+}
+
+impl Node {
+    /// Starts the node supervisor (which takes this node's shards) and the projectors.
+    pub async fn start(settings: ActorSettings, deps: NodeDeps) -> Result<Self, ractor::SpawnErr> {
+        let ctx = Arc::new(NodeContext {
+            bus: deps.bus,
+            store: deps.store,
+            metrics: deps.metrics,
+            snapshot_every: settings.snapshot_every.max(1),
+            idle_after: settings.idle_after,
+        });
+        let args = NodeArgs {
+            cluster: deps.cluster,
+            shards: settings.shards,
+            tick: settings.tick,
+            ctx,
+            readiness: deps.readiness,
+        };
+        let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
+        let projector = tokio::spawn(projector::run(deps.jet, deps.stock_repo, settings.projector_consumer));
+        Ok(Self { supervisor, handle, projector })
+    }
+
+    /// Leaves the cluster gracefully: every shard finishes what it took, hands off and
+    /// releases its lease; then the actors stop.
+    pub async fn leave(self) {
+        if let Err(e) = self.supervisor.call(NodeMsg::Leave, Some(Duration::from_secs(30))).await {
+            tracing::warn!(error = %e, "graceful leave did not finish");
+        }
+        self.projector.abort();
+        self.supervisor.stop(Some("node leaving".into()));
+        let _ = self.handle.await;
+    }
+}

@@ -1,0 +1,123 @@
+//! The stock projector: folds stock events from a durable JetStream consumer into the `stock`
+//! read model. The database's checkpoint is the truth about what has been applied, so the
+//! consumer is (re)created from it whenever the two disagree (an in-memory database is empty
+//! after a restart, while the consumer remembers its place).
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use futures::StreamExt as _;
+use souk_messages::Sku;
+use souk_messages::event::Commit;
+use souk_messages::stock::StockEvent;
+use souk_messages::subject::{EntityKind, Subjects};
+use souk_nats::Jet;
+use souk_storage::{StockChange, StockRepo};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The most messages applied in one database transaction.
+const BATCH: usize = 512;
+
+/// Why the projector stopped; it is restarted by [`run`] after a pause.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    /// A JetStream call failed.
+    #[error("jetstream: {0}")]
+    Nats(#[source] souk_nats::NatsSource),
+    /// The read model could not be written.
+    #[error(transparent)]
+    Storage(#[from] souk_storage::StorageError),
+}
+
+fn nats<E: std::error::Error + Send + Sync + 'static>(e: E) -> ProjectorError {
+    ProjectorError::Nats(Box::new(e))
+}
+
+/// Runs the stock projector until the task is dropped, restarting it after failures.
+pub async fn run(jet: Jet, repo: StockRepo, consumer_name: String) {
+    loop {
+        if let Err(e) = project(&jet, &repo, &consumer_name).await {
+            tracing::warn!(error = %e, consumer = %consumer_name, "stock projector stopped; restarting");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn consumer(
+    jet: &Jet,
+    name: &str,
+    checkpoint: u64,
+) -> Result<consumer::Consumer<pull::Config>, ProjectorError> {
+    let stream = &jet.events;
+    if let Ok(mut c) = stream.get_consumer::<pull::Config>(name).await {
+        let info = c.info().await.map_err(nats)?;
+        // Behind the database is fine (replays change nothing); ahead of it would skip events.
+        if info.ack_floor.stream_sequence <= checkpoint {
+            return Ok(c);
+        }
+        tracing::info!(name, checkpoint, "read model is behind its consumer; rewinding");
+        stream.delete_consumer(name).await.map_err(nats)?;
+    }
+    let deliver_policy = if checkpoint == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence { start_sequence: checkpoint + 1 }
+    };
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: Subjects.kind_events(EntityKind::Stock),
+            deliver_policy,
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)
+}
+
+async fn project(jet: &Jet, repo: &StockRepo, name: &str) -> Result<(), ProjectorError> {
+    let checkpoint = repo.checkpoint().await?;
+    let consumer = consumer(jet, name, checkpoint).await?;
+    let mut messages = consumer.messages().await.map_err(nats)?.ready_chunks(BATCH);
+    while let Some(chunk) = messages.next().await {
+        let mut latest: HashMap<Sku, StockChange> = HashMap::new();
+        let mut last_seq = 0;
+        let mut last_msg = None;
+        for m in chunk {
+            let m = m.map_err(nats)?;
+            let seq = m.info().map_err(ProjectorError::Nats)?.stream_sequence;
+            if let Some(change) = change_of(&m.subject, &m.payload) {
+                let keep = latest.get(&change.sku).is_none_or(|c| c.version < change.version);
+                if keep {
+                    latest.insert(change.sku.clone(), change);
+                }
+            }
+            last_seq = last_seq.max(seq);
+            last_msg = Some(m);
+        }
+        let changes: Vec<StockChange> = latest.into_values().collect();
+        repo.apply(&changes, last_seq).await?;
+        if let Some(m) = last_msg {
+            // AckPolicy::All: acknowledging the last message acknowledges the whole chunk.
+            m.ack().await.map_err(ProjectorError::Nats)?;
+        }
+    }
+    Ok(())
+}
+
+/// The levels a commit leaves its stock item at, or `None` for a message that is not a
+/// decodable stock commit (logged and skipped: one bad record must not stop the read model).
+fn change_of(subject: &str, payload: &[u8]) -> Option<StockChange> {
+    let sku = Subjects.entity_id_of(EntityKind::Stock, subject).and_then(|s| Sku::parse(s).ok());
+    let commit: Option<Commit<StockEvent>> = serde_json::from_slice(payload).ok();
+    match (sku, commit.and_then(|c| c.into_iter().last())) {
+        (Some(sku), Some(last)) => {
+            Some(StockChange { sku, version: last.version, levels: last.body.levels() })
+        }
+        _ => {
+            tracing::error!(subject, "skipping undecodable stock commit");
+            None
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! A shard supervisor: serves one shard's command subject, starts its entity actors on
+//! first use, stops idle ones, and forgets crashed ones so their next command starts them
+//! afresh from their history.
+
+use crate::context::NodeContext;
+use crate::stock::{StockItem, StockItemArgs, StockItemMsg};
+use futures::StreamExt as _;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use souk_messages::stock::{StockRequest, StockView};
+use souk_messages::subject::{EntityKind, ShardId};
+use souk_messages::{ErrorCode, Reply, ReplyError, Sku};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// How long a hand-off waits for entities to finish what they started.
+const HANDOFF_GRACE: Duration = Duration::from_secs(5);
+
+/// The supervisor of one shard.
+#[derive(Debug)]
+pub struct ShardSupervisor;
+
+/// Messages a shard supervisor handles.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A raw command from the shard's subject.
+    Command(async_nats::Message),
+    /// Stop entities that have been idle too long.
+    Sweep,
+    /// Stop taking commands and wait until every entity has answered what it took.
+    Handoff(RpcReplyPort<()>),
+}
+
+/// What a shard supervisor is started with.
+#[derive(Debug)]
+pub struct ShardArgs {
+    /// The shard.
+    pub shard: ShardId,
+    /// Node-wide services.
+    pub ctx: Arc<NodeContext>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    actor: ActorRef<StockItemMsg>,
+    last_used: Instant,
+}
+
+/// A shard supervisor's state.
+#[derive(Debug)]
+pub struct ShardState {
+    shard: ShardId,
+    ctx: Arc<NodeContext>,
+    entities: HashMap<Sku, Entry>,
+    by_actor: HashMap<ActorId, Sku>,
+    intake: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+impl Actor for ShardSupervisor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let mut sub = args.ctx.bus.serve_shard(args.shard).await?;
+        let intake_me = me.clone();
+        let intake = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if intake_me.cast(ShardMsg::Command(msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        let sweeper = me.send_interval(args.ctx.idle_after / 2, || ShardMsg::Sweep);
+        tracing::info!(shard = %args.shard, "serving shard");
+        Ok(ShardState {
+            shard: args.shard,
+            ctx: args.ctx,
+            entities: HashMap::new(),
+            by_actor: HashMap::new(),
+            intake: Some(intake),
+            sweeper: Some(sweeper),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ShardMsg>,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.stop_intake();
+        if let Some(s) = st.sweeper.take() {
+            s.abort();
+        }
+        for e in st.entities.values() {
+            e.actor.stop(Some("shard stopped".into()));
+        }
+        tracing::info!(shard = %st.shard, "shard stopped");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Command(msg) => st.route(&me, msg).await,
+            ShardMsg::Sweep => st.sweep(),
+            ShardMsg::Handoff(port) => {
+                st.stop_intake();
+                let flushes =
+                    st.entities.values().map(|e| e.actor.call(StockItemMsg::Flush, Some(HANDOFF_GRACE)));
+                futures::future::join_all(flushes).await;
+                let _ = port.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<ShardMsg>,
+        evt: SupervisionEvent,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        // ractor's default is to fail along with a failed child; a shard instead forgets the
+        // child, whose next command starts a fresh actor that rehydrates from its history.
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(sku) = st.forget(cell.get_id()) {
+                    st.ctx.metrics.entity_crashed(EntityKind::Stock);
+                    tracing::warn!(%sku, error = %err, "stock item failed; it restarts on its next command");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, ..) => {
+                st.forget(cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl ShardState {
+    async fn route(&mut self, me: &ActorRef<ShardMsg>, msg: async_nats::Message) {
+        let request: StockRequest = match serde_json::from_slice(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(to) = msg.reply {
+                    let err = ReplyError::new(ErrorCode::InvalidBody, format!("malformed command: {e}"));
+                    self.ctx.bus.reply::<StockView>(to, &Reply::Err(err)).await;
+                }
+                return;
+            }
+        };
+        let sku = request.sku.clone();
+        let actor = match self.entities.get_mut(&sku) {
+            Some(entry) => {
+                entry.last_used = Instant::now();
+                entry.actor.clone()
+            }
+            None => {
+                let args = StockItemArgs { sku: sku.clone(), ctx: self.ctx.clone() };
+                match Actor::spawn_linked(None, StockItem, args, me.get_cell()).await {
+                    Ok((actor, _)) => {
+                        self.by_actor.insert(actor.get_id(), sku.clone());
+                        self.entities.insert(sku, Entry { actor: actor.clone(), last_used: Instant::now() });
+                        actor
+                    }
+                    Err(e) => {
+                        tracing::error!(%sku, error = %e, "cannot start stock item");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = actor.cast(StockItemMsg::Command(request, msg.reply)) {
+            // The actor is stopping; the caller's retry reaches a fresh one.
+            tracing::debug!(error = %e, "command to a stopping stock item dropped");
+        }
+    }
+
+    fn sweep(&mut self) {
+        let idle_after = self.ctx.idle_after;
+        let idle: Vec<Sku> = self
+            .entities
+            .iter()
+            .filter(|(_, e)| e.last_used.elapsed() >= idle_after)
+            .map(|(sku, _)| sku.clone())
+            .collect();
+        for sku in idle {
+            if let Some(e) = self.entities.remove(&sku) {
+                self.by_actor.remove(&e.actor.get_id());
+                e.actor.stop(Some("passivated".into()));
+            }
+        }
+    }
+
+    fn forget(&mut self, id: ActorId) -> Option<Sku> {
+        let sku = self.by_actor.remove(&id)?;
+        self.entities.remove(&sku);
+        Some(sku)
+    }
+
+    fn stop_intake(&mut self) {
+        // Dropping the subscriber inside the task unsubscribes from the shard's subject.
+        if let Some(t) = self.intake.take() {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `ApiError`: every failure the edge returns, rendered as `application/problem+json` with a
+//! stable code. The code → status table lives here and nowhere else.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use souk_messages::{ErrorCode, ReplyError};
+use souk_nats::BusError;
+
+/// A problem details body (RFC 9457).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary: the stable code.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// The stable error code clients branch on.
+    pub code: ErrorCode,
+    /// Human-readable explanation, when it is safe to give one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Every way a request can fail at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 4xx/5xx by code: a business rejection, or input that failed validation.
+    #[error(transparent)]
+    Rejected(#[from] ReplyError),
+    /// 400/413/415/422: the JSON body could not be read.
+    #[error(transparent)]
+    Body(#[from] JsonRejection),
+    /// 400: the query string could not be read.
+    #[error(transparent)]
+    Query(#[from] QueryRejection),
+    /// 400: a path segment could not be read.
+    #[error(transparent)]
+    Path(#[from] PathRejection),
+    /// 503, 504 or 500 from the bus.
+    #[error(transparent)]
+    Bus(BusError),
+    /// 500: a read model failed.
+    #[error(transparent)]
+    Storage(#[from] souk_storage::StorageError),
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Rejected(r) => Self::Rejected(r),
+            other => Self::Bus(other),
+        }
+    }
+}
+
+impl ApiError {
+    /// A validation failure with `code`.
+    pub fn invalid(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::Rejected(ReplyError::new(code, detail))
+    }
+
+    fn parts(&self) -> (StatusCode, ErrorCode, Option<String>) {
+        match self {
+            Self::Rejected(e) => (status_of(e.code), e.code, Some(e.detail.clone())),
+            Self::Body(r) => {
+                let code = match r.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+                    _ => ErrorCode::InvalidBody,
+                };
+                (r.status(), code, Some(r.body_text()))
+            }
+            Self::Query(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
+            Self::Path(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
+            Self::Bus(BusError::NoResponders(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, None)
+            }
+            Self::Bus(BusError::TimedOut(_)) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout, None),
+            Self::Bus(_) | Self::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None),
+        }
+    }
+}
+
+/// The one table from error code to HTTP status. No `_` arm: a new code does not compile
+/// until it is mapped.
+pub const fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidInput
+        | ErrorCode::InvalidQuantity
+        | ErrorCode::InvalidSku
+        | ErrorCode::InvalidReservationId => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::RouteNotFound | ErrorCode::UnknownSku | ErrorCode::ReservationNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::InsufficientStock | ErrorCode::ReservationConflict => StatusCode::CONFLICT,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.parts();
+        let detail = if status.is_server_error() {
+            // Details of our own failures go to the log, never to the client.
+            tracing::error!(error = %self, "request failed");
+            None
+        } else {
+            detail
+        };
+        problem(status, code, detail)
+    }
+}
+
+/// Renders a problem response.
+pub fn problem(status: StatusCode, code: ErrorCode, detail: Option<String>) -> Response {
+    let body = Problem {
+        type_: format!("https://docs.souk.dev/errors#{}", code.as_str()),
+        title: code.as_str().to_owned(),
+        status: status.as_u16(),
+        code,
+        detail,
+    };
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_to_an_error_status() {
+        for code in ErrorCode::ALL {
+            let s = status_of(code);
+            assert!(s.is_client_error() || s.is_server_error(), "{code} → {s}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `/v1/inventory`: stock levels and reservations. Writes and single-item reads go to the
+//! stock item's owner over NATS; the list reads the read model.
+
+use crate::AppState;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::request_id::RequestId;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use souk_messages::stock::{Quantity, StockCommand, StockRequest, StockView};
+use souk_messages::{ErrorCode, ReservationId, Sku};
+
+/// `POST /v1/inventory/{sku}/restock`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestockBody {
+    /// Units received, 1 to 1,000,000.
+    #[schema(example = 50)]
+    pub quantity: i64,
+}
+
+/// `POST /v1/inventory/{sku}/reservations`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    /// The caller's id for this reservation: sending it again reserves only once.
+    #[schema(example = "order-42-line-1")]
+    pub reservation_id: String,
+    /// Units to hold, 1 to 1,000,000.
+    #[schema(example = 2)]
+    pub quantity: i64,
+}
+
+/// A reservation and the stock it was taken from.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReservationView {
+    /// The reservation id.
+    pub reservation_id: String,
+    /// Units held.
+    pub quantity: u32,
+    /// The stock item after the reservation.
+    pub stock: StockView,
+}
+
+/// `GET /v1/inventory` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only items with fewer than this many units available (low stock).
+    pub below: Option<u64>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 500; default 100.
+    pub limit: Option<u32>,
+}
+
+/// A page of stock items.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StockPage {
+    /// Items, ordered by SKU.
+    pub items: Vec<StockView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+pub(crate) fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/inventory", get(list))
+        .route("/v1/inventory/{sku}", get(get_one))
+        .route("/v1/inventory/{sku}/restock", post(restock))
+        .route("/v1/inventory/{sku}/reservations", post(reserve))
+        .route("/v1/inventory/{sku}/reservations/{id}", delete(release))
+        .route("/v1/inventory/{sku}/reservations/{id}/commit", post(commit))
+}
+
+fn sku(s: String) -> Result<Sku, ApiError> {
+    Sku::parse(s).map_err(|e| ApiError::invalid(ErrorCode::InvalidSku, e.to_string()))
+}
+
+fn reservation(s: String) -> Result<ReservationId, ApiError> {
+    ReservationId::parse(s).map_err(|e| ApiError::invalid(ErrorCode::InvalidReservationId, e.to_string()))
+}
+
+async fn send(
+    app: &AppState,
+    sku: Sku,
+    command: StockCommand,
+    rid: &RequestId,
+) -> Result<StockView, ApiError> {
+    let request = StockRequest { sku, command, correlation_id: Some(rid.0.clone()) };
+    Ok(app.bus.request(&request).await?)
+}
+
+/// Stock levels of one SKU, from its owner (always current).
+#[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory",
+    params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+async fn get_one(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(s): ApiPath<String>,
+) -> Result<Json<StockView>, ApiError> {
+    Ok(Json(send(&app, sku(s)?, StockCommand::Get, &rid).await?))
+}
+
+/// Adds units on hand. Creates the stock item on its first restock.
+#[utoipa::path(post, path = "/v1/inventory/{sku}/restock", tag = "inventory", request_body = RestockBody,
+    params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 200, body = StockView), (status = 400, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+async fn restock(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(s): ApiPath<String>,
+    ApiJson(body): ApiJson<RestockBody>,
+) -> Result<Json<StockView>, ApiError> {
+    let sku = sku(s)?;
+    let quantity = Quantity::try_from(body.quantity)?;
+    Ok(Json(send(&app, sku, StockCommand::Restock { quantity }, &rid).await?))
+}
+
+/// Holds units for a reservation. Idempotent by `reservation_id`.
+#[utoipa::path(post, path = "/v1/inventory/{sku}/reservations", tag = "inventory", request_body = ReserveBody,
+    params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 201, body = ReservationView), (status = 404, body = Problem), (status = 409, body = Problem, description = "insufficient_stock or reservation_conflict"), (status = 422, body = Problem)))]
+async fn reserve(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(s): ApiPath<String>,
+    ApiJson(body): ApiJson<ReserveBody>,
+) -> Result<(StatusCode, Json<ReservationView>), ApiError> {
+    let sku = sku(s)?;
+    let id = reservation(body.reservation_id)?;
+    let quantity = Quantity::try_from(body.quantity)?;
+    let stock = send(&app, sku, StockCommand::Reserve { reservation: id.clone(), quantity }, &rid).await?;
+    let view = ReservationView { reservation_id: id.to_string(), quantity: quantity.get(), stock };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Gives a held reservation's units back. Idempotent.
+#[utoipa::path(delete, path = "/v1/inventory/{sku}/reservations/{id}", tag = "inventory",
+    params(("sku" = String, Path, description = "The SKU"), ("id" = String, Path, description = "The reservation id")),
+    responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn release(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath((s, id)): ApiPath<(String, String)>,
+) -> Result<Json<StockView>, ApiError> {
+    let (sku, reservation) = (sku(s)?, reservation(id)?);
+    Ok(Json(send(&app, sku, StockCommand::Release { reservation }, &rid).await?))
+}
+
+/// Sells a held reservation: its units leave stock. Idempotent.
+#[utoipa::path(post, path = "/v1/inventory/{sku}/reservations/{id}/commit", tag = "inventory",
+    params(("sku" = String, Path, description = "The SKU"), ("id" = String, Path, description = "The reservation id")),
+    responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn commit(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath((s, id)): ApiPath<(String, String)>,
+) -> Result<Json<StockView>, ApiError> {
+    let (sku, reservation) = (sku(s)?, reservation(id)?);
+    Ok(Json(send(&app, sku, StockCommand::Commit { reservation }, &rid).await?))
+}
+
+/// Stock items from the read model, by SKU, in pages. Eventually consistent: it trails
+/// writes by the projection lag.
+#[utoipa::path(get, path = "/v1/inventory", tag = "inventory", params(ListQuery),
+    responses((status = 200, body = StockPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
+async fn list(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<StockPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid(ErrorCode::InvalidInput, "limit must be between 1 and 500"));
+    }
+    let after = q.after.map(sku).transpose()?;
+    let items = app.stock.list(after.as_ref(), q.below, limit).await?;
+    let next = (items.len() == limit as usize).then(|| items.last().map(|i| i.sku.to_string())).flatten();
+    Ok(Json(StockPage { items, next }))
+}

@@ -1,0 +1,4 @@
+//! Route handlers, one module per area.
+
+pub mod inventory;
+pub mod ops;

@@ -1,0 +1,21 @@
+//! Souk's wire contract: the commands, replies, events, identifiers, validation rules and
+//! error codes that every other crate speaks, and the one place where NATS subjects are spelled.
+//!
+//! Plain serde data only: no tokio, NATS, HTTP or database types may appear here, so every
+//! crate (and every external tool reading `souk.evt.>`) can share these definitions.
+//!
+//! # Layout
+//! - [`error`]: stable error codes and the `Reply<T>` envelope of every request/reply.
+//! - [`ids`]: validated identifiers (`Sku`, `ReservationId`, `NodeId`).
+//! - [`event`]: the public event envelope published on `souk.evt.<kind>.<id>`.
+//! - [`stock`]: the stock item entity: commands, events, its state fold and its view.
+//! - [`subject`]: entity kinds, shard hashing and the typed subject builder.
+
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod stock;
+pub mod subject;
+
+pub use error::{ErrorCode, Reply, ReplyError};
+pub use ids::{IdError, NodeId, ReservationId, Sku};

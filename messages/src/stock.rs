@@ -1,0 +1,498 @@
+//! The stock item entity: the inventory of one SKU.
+//!
+//! `on_hand` counts units in the warehouse; `reserved` counts units promised to open
+//! reservations; `available = on_hand - reserved` is what can still be reserved and never goes
+//! below zero. Committing a reservation sells it: the units leave both `on_hand` and `reserved`.
+//!
+//! [`StockState::decide`] turns a command into events (or a rejection) and
+//! [`StockState::apply`] folds events into state. Both are pure, so the entity actor, the
+//! projector and the tests share one definition of what stock means.
+
+use crate::error::{ErrorCode, ReplyError};
+use crate::ids::{ReservationId, Sku};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The largest quantity one command may move.
+pub const MAX_QUANTITY: u32 = 1_000_000;
+/// The most units one SKU may have on hand.
+pub const MAX_ON_HAND: u64 = 1_000_000_000;
+
+/// A validated quantity: 1 to [`MAX_QUANTITY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u32")]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// The quantity as a number.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Quantity {
+    type Error = ReplyError;
+    fn try_from(n: i64) -> Result<Self, ReplyError> {
+        if (1..=i64::from(MAX_QUANTITY)).contains(&n) {
+            Ok(Self(n as u32))
+        } else {
+            Err(ReplyError::new(
+                ErrorCode::InvalidQuantity,
+                format!("quantity must be between 1 and {MAX_QUANTITY}, got {n}"),
+            ))
+        }
+    }
+}
+
+impl From<Quantity> for u32 {
+    fn from(q: Quantity) -> u32 {
+        q.0
+    }
+}
+
+/// A command addressed to one stock item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StockCommand {
+    /// Add units on hand.
+    Restock {
+        /// Units received.
+        quantity: Quantity,
+    },
+    /// Hold units for a reservation. Idempotent by reservation id.
+    Reserve {
+        /// The caller's idempotency key.
+        reservation: ReservationId,
+        /// Units to hold.
+        quantity: Quantity,
+    },
+    /// Give a held reservation's units back. Idempotent.
+    Release {
+        /// The reservation to release.
+        reservation: ReservationId,
+    },
+    /// Turn a held reservation into a sale. Idempotent.
+    Commit {
+        /// The reservation to commit.
+        reservation: ReservationId,
+    },
+    /// Read the current state.
+    Get,
+}
+
+/// A command on the bus: which SKU, what to do, and the request it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRequest {
+    /// The stock item.
+    pub sku: Sku,
+    /// What to do.
+    pub command: StockCommand,
+    /// The originating request's correlation id, copied into the events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// A stock item's state as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StockView {
+    /// The SKU.
+    #[schema(value_type = String, example = "TSHIRT-RED-M")]
+    pub sku: Sku,
+    /// Units in the warehouse, including reserved ones.
+    pub on_hand: u64,
+    /// Units held by open reservations.
+    pub reserved: u64,
+    /// Units that can still be reserved: `on_hand - reserved`.
+    pub available: u64,
+    /// The entity version: how many events it has.
+    pub version: u64,
+}
+
+/// Something that happened to a stock item. Serialized as `{"type": "stock.…", "data": {…}}`.
+///
+/// Every event also carries the item's levels *after* it (`on_hand`, `reserved`), so a
+/// consumer can show the current stock from any single event, and a projection can apply
+/// events idempotently in any order by keeping the highest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum StockEvent {
+    /// Units were added on hand.
+    #[serde(rename = "stock.restocked")]
+    Restocked {
+        /// Units added.
+        quantity: u32,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// Units were held for a reservation.
+    #[serde(rename = "stock.reserved")]
+    Reserved {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Units held.
+        quantity: u32,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// A reservation's units were given back.
+    #[serde(rename = "stock.released")]
+    Released {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Units given back.
+        quantity: u32,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// A reservation's units were sold.
+    #[serde(rename = "stock.committed")]
+    Committed {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Units sold.
+        quantity: u32,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+}
+
+/// A stock item's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Levels {
+    /// Units in the warehouse.
+    pub on_hand: u64,
+    /// Units held by open reservations.
+    pub reserved: u64,
+}
+
+impl Levels {
+    /// Units that can still be reserved.
+    pub const fn available(self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+}
+
+impl StockEvent {
+    /// The item's levels after this event.
+    pub const fn levels(&self) -> Levels {
+        match self {
+            Self::Restocked { levels, .. }
+            | Self::Reserved { levels, .. }
+            | Self::Released { levels, .. }
+            | Self::Committed { levels, .. } => *levels,
+        }
+    }
+
+    /// The event's `type` on the wire.
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Self::Restocked { .. } => "stock.restocked",
+            Self::Reserved { .. } => "stock.reserved",
+            Self::Released { .. } => "stock.released",
+            Self::Committed { .. } => "stock.committed",
+        }
+    }
+}
+
+/// Where a reservation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    /// Units are held.
+    Held,
+    /// Units were given back.
+    Released,
+    /// Units were sold.
+    Committed,
+}
+
+/// One reservation of a stock item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Units reserved.
+    pub quantity: u32,
+    /// Where it stands.
+    pub status: ReservationStatus,
+}
+
+/// A stock item's full state, folded from its events. Snapshots store exactly this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockState {
+    /// Units in the warehouse.
+    pub on_hand: u64,
+    /// Units held by open reservations.
+    pub reserved: u64,
+    /// Every reservation ever made, so repeated commands stay idempotent.
+    pub reservations: BTreeMap<ReservationId, Reservation>,
+    /// How many events have been applied.
+    pub version: u64,
+}
+
+impl StockState {
+    /// Whether the item has ever been stocked.
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+
+    /// Units that can still be reserved.
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// The client-facing view.
+    pub fn view(&self, sku: &Sku) -> StockView {
+        StockView {
+            sku: sku.clone(),
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            available: self.available(),
+            version: self.version,
+        }
+    }
+
+    /// Decides what `cmd` does to this state: the events to append (none for a repeated
+    /// idempotent command or a read) or a business rejection.
+    pub fn decide(&self, cmd: &StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
+        match cmd {
+            StockCommand::Get => self.require_exists().map(|()| Vec::new()),
+            StockCommand::Restock { quantity } => {
+                let q = u64::from(quantity.get());
+                if self.on_hand + q > MAX_ON_HAND {
+                    return Err(ReplyError::new(
+                        ErrorCode::InvalidQuantity,
+                        format!("on hand may not exceed {MAX_ON_HAND}"),
+                    ));
+                }
+                let levels = Levels { on_hand: self.on_hand + q, reserved: self.reserved };
+                Ok(vec![StockEvent::Restocked { quantity: quantity.get(), levels }])
+            }
+            StockCommand::Reserve { reservation, quantity } => {
+                self.require_exists()?;
+                if let Some(existing) = self.reservations.get(reservation) {
+                    return match existing.status {
+                        ReservationStatus::Held | ReservationStatus::Committed
+                            if existing.quantity == quantity.get() =>
+                        {
+                            Ok(Vec::new())
+                        }
+                        _ => Err(ReplyError::new(
+                            ErrorCode::ReservationConflict,
+                            format!(
+                                "reservation {reservation} already exists for {} units ({:?})",
+                                existing.quantity, existing.status
+                            ),
+                        )),
+                    };
+                }
+                if u64::from(quantity.get()) > self.available() {
+                    return Err(ReplyError::new(
+                        ErrorCode::InsufficientStock,
+                        format!("{} requested, {} available", quantity.get(), self.available()),
+                    ));
+                }
+                let levels =
+                    Levels { on_hand: self.on_hand, reserved: self.reserved + u64::from(quantity.get()) };
+                Ok(vec![StockEvent::Reserved {
+                    reservation: reservation.clone(),
+                    quantity: quantity.get(),
+                    levels,
+                }])
+            }
+            StockCommand::Release { reservation } => {
+                let r = self.require_reservation(reservation)?;
+                match r.status {
+                    ReservationStatus::Held => Ok(vec![StockEvent::Released {
+                        reservation: reservation.clone(),
+                        quantity: r.quantity,
+                        levels: Levels {
+                            on_hand: self.on_hand,
+                            reserved: self.reserved.saturating_sub(u64::from(r.quantity)),
+                        },
+                    }]),
+                    ReservationStatus::Released => Ok(Vec::new()),
+                    ReservationStatus::Committed => Err(ReplyError::new(
+                        ErrorCode::ReservationConflict,
+                        format!("reservation {reservation} is already committed"),
+                    )),
+                }
+            }
+            StockCommand::Commit { reservation } => {
+                let r = self.require_reservation(reservation)?;
+                match r.status {
+                    ReservationStatus::Held => Ok(vec![StockEvent::Committed {
+                        reservation: reservation.clone(),
+                        quantity: r.quantity,
+                        levels: Levels {
+                            on_hand: self.on_hand.saturating_sub(u64::from(r.quantity)),
+                            reserved: self.reserved.saturating_sub(u64::from(r.quantity)),
+                        },
+                    }]),
+                    ReservationStatus::Committed => Ok(Vec::new()),
+                    ReservationStatus::Released => Err(ReplyError::new(
+                        ErrorCode::ReservationConflict,
+                        format!("reservation {reservation} was released"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Folds one event into the state. Levels are taken from the event as decided, so a
+    /// fold never does arithmetic that a corrupt history could make panic.
+    pub fn apply(&mut self, event: &StockEvent) {
+        self.version += 1;
+        let levels = event.levels();
+        self.on_hand = levels.on_hand;
+        self.reserved = levels.reserved;
+        match event {
+            StockEvent::Restocked { .. } => {}
+            StockEvent::Reserved { reservation, quantity, .. } => {
+                self.reservations.insert(
+                    reservation.clone(),
+                    Reservation { quantity: *quantity, status: ReservationStatus::Held },
+                );
+            }
+            StockEvent::Released { reservation, .. } => {
+                self.set_status(reservation, ReservationStatus::Released);
+            }
+            StockEvent::Committed { reservation, .. } => {
+                self.set_status(reservation, ReservationStatus::Committed);
+            }
+        }
+    }
+
+    fn set_status(&mut self, id: &ReservationId, status: ReservationStatus) {
+        if let Some(r) = self.reservations.get_mut(id) {
+            r.status = status;
+        }
+    }
+
+    fn require_exists(&self) -> Result<(), ReplyError> {
+        if self.exists() {
+            Ok(())
+        } else {
+            Err(ReplyError::new(ErrorCode::UnknownSku, "this SKU has never been stocked"))
+        }
+    }
+
+    fn require_reservation(&self, id: &ReservationId) -> Result<Reservation, ReplyError> {
+        self.require_exists()?;
+        self.reservations
+            .get(id)
+            .copied()
+            .ok_or_else(|| ReplyError::new(ErrorCode::ReservationNotFound, format!("no reservation {id}")))
+    }
+}
+
+impl crate::event::Fold for StockState {
+    type Event = StockEvent;
+    fn apply(&mut self, event: &StockEvent) {
+        StockState::apply(self, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qty(n: i64) -> Quantity {
+        Quantity::try_from(n).expect("valid quantity")
+    }
+    fn rid(s: &str) -> ReservationId {
+        ReservationId::parse(s).expect("valid id")
+    }
+    #[allow(clippy::needless_pass_by_value)] // call sites read better with owned commands
+    fn run(state: &mut StockState, cmd: StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
+        let events = state.decide(&cmd)?;
+        for e in &events {
+            state.apply(e);
+        }
+        Ok(events)
+    }
+
+    #[test]
+    fn quantity_bounds() {
+        assert!(Quantity::try_from(0).is_err());
+        assert!(Quantity::try_from(-1).is_err());
+        assert!(Quantity::try_from(i64::from(MAX_QUANTITY) + 1).is_err());
+        assert_eq!(qty(1).get(), 1);
+    }
+
+    #[test]
+    fn unknown_sku_rejects_everything_but_restock() {
+        let s = StockState::default();
+        let code = |c| s.decide(&c).expect_err("rejected").code;
+        assert_eq!(code(StockCommand::Get), ErrorCode::UnknownSku);
+        assert_eq!(
+            code(StockCommand::Reserve { reservation: rid("r"), quantity: qty(1) }),
+            ErrorCode::UnknownSku
+        );
+        assert!(s.decide(&StockCommand::Restock { quantity: qty(1) }).is_ok());
+    }
+
+    #[test]
+    fn reserve_never_oversells_and_is_idempotent() {
+        let mut s = StockState::default();
+        run(&mut s, StockCommand::Restock { quantity: qty(2) }).expect("restock");
+        let r1 = StockCommand::Reserve { reservation: rid("a"), quantity: qty(2) };
+        assert_eq!(run(&mut s, r1.clone()).expect("reserve").len(), 1);
+        assert_eq!(run(&mut s, r1).expect("repeat").len(), 0, "second identical reserve is a no-op");
+        assert_eq!(s.available(), 0);
+        let err = run(&mut s, StockCommand::Reserve { reservation: rid("b"), quantity: qty(1) })
+            .expect_err("no stock left");
+        assert_eq!(err.code, ErrorCode::InsufficientStock);
+    }
+
+    #[test]
+    fn same_id_with_other_quantity_conflicts() {
+        let mut s = StockState::default();
+        run(&mut s, StockCommand::Restock { quantity: qty(5) }).expect("restock");
+        run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(1) }).expect("reserve");
+        let err = run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(2) })
+            .expect_err("conflict");
+        assert_eq!(err.code, ErrorCode::ReservationConflict);
+    }
+
+    #[test]
+    fn release_and_commit_lifecycle() {
+        let mut s = StockState::default();
+        run(&mut s, StockCommand::Restock { quantity: qty(10) }).expect("restock");
+        run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(3) }).expect("a");
+        run(&mut s, StockCommand::Reserve { reservation: rid("b"), quantity: qty(4) }).expect("b");
+        run(&mut s, StockCommand::Release { reservation: rid("a") }).expect("release");
+        assert_eq!(run(&mut s, StockCommand::Release { reservation: rid("a") }).expect("again").len(), 0);
+        run(&mut s, StockCommand::Commit { reservation: rid("b") }).expect("commit");
+        assert_eq!((s.on_hand, s.reserved, s.available()), (6, 0, 6));
+        let code = |s: &mut StockState, c| run(s, c).expect_err("rejected").code;
+        assert_eq!(
+            code(&mut s, StockCommand::Commit { reservation: rid("a") }),
+            ErrorCode::ReservationConflict
+        );
+        assert_eq!(
+            code(&mut s, StockCommand::Release { reservation: rid("b") }),
+            ErrorCode::ReservationConflict
+        );
+        assert_eq!(
+            code(&mut s, StockCommand::Commit { reservation: rid("zz") }),
+            ErrorCode::ReservationNotFound
+        );
+        assert_eq!(s.version, 5);
+    }
+
+    #[test]
+    fn events_have_their_documented_wire_shape() {
+        let levels = Levels { on_hand: 5, reserved: 2 };
+        let e = StockEvent::Reserved { reservation: rid("r1"), quantity: 2, levels };
+        let json = serde_json::to_value(&e).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "stock.reserved", "data": {"reservation": "r1", "quantity": 2, "on_hand": 5, "reserved": 2}})
+        );
+        assert_eq!(serde_json::from_value::<StockEvent>(json).expect("deserialize"), e);
+        assert_eq!(e.type_name(), "stock.reserved");
+    }
+}

@@ -1,0 +1,210 @@
+//! The event store: each entity's history is the sequence of commits on its own subject of
+//! `SOUK_EVENTS`. Appends state the entity's expected last sequence, so two writers that both
+//! believe they own an entity cannot both succeed: the loser is told, reloads, and decides again.
+
+use crate::metrics::StoreMetrics;
+use crate::streams::Jet;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use souk_messages::event::{Commit, Event, Fold};
+use souk_messages::subject::{EntityKind, Subjects};
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Why a load failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// JetStream did not answer or refused the read.
+    #[error("event store read failed for {0}: {1}")]
+    Read(String, #[source] crate::NatsSource),
+    /// A stored commit or snapshot does not decode.
+    #[error("corrupt record on {0}: {1}")]
+    Corrupt(String, #[source] serde_json::Error),
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Someone else appended since our expected sequence: reload and decide again.
+    #[error("concurrent append to {0}: expected last sequence {1}")]
+    Conflict(String, u64),
+    /// The outcome is unknown (timeout, lost connection): the commit may or may not be stored.
+    #[error("append to {0} has an unknown outcome: {1}")]
+    Unknown(String, #[source] crate::NatsSource),
+    /// The append was refused outright and is not stored.
+    #[error("append to {0} refused: {1}")]
+    Refused(String, #[source] crate::NatsSource),
+    /// The commit could not be encoded.
+    #[error("cannot encode commit: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// An entity's state, rehydrated.
+#[derive(Debug, Clone)]
+pub struct Loaded<S> {
+    /// The folded state.
+    pub state: S,
+    /// Stream sequence of the entity's last commit; 0 when it has none. The next append's
+    /// expected sequence.
+    pub last_seq: u64,
+    /// The first event id of the last commit, to recognise our own commit after an append
+    /// whose outcome was unknown.
+    pub last_commit: Option<Uuid>,
+    /// Commits applied on top of the snapshot.
+    pub replayed: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot<S> {
+    seq: u64,
+    state: S,
+}
+
+/// Appends and loads entity histories.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    jet: Jet,
+    metrics: StoreMetrics,
+}
+
+impl EventStore {
+    /// An event store over the provisioned stream and snapshot bucket.
+    pub fn new(jet: Jet, metrics: StoreMetrics) -> Self {
+        Self { jet, metrics }
+    }
+
+    /// Appends one commit to an entity, if its last sequence is still `expected_last_seq`
+    /// (0: the entity has no commits yet). Returns the commit's stream sequence.
+    pub async fn append<E: Serialize>(
+        &self,
+        kind: EntityKind,
+        id: &str,
+        expected_last_seq: u64,
+        commit: &Commit<E>,
+    ) -> Result<u64, AppendError> {
+        let subject = Subjects.entity_events(kind, id);
+        let payload = serde_json::to_vec(commit)?;
+        let mut msg =
+            PublishMessage::build().payload(payload.into()).expected_last_subject_sequence(expected_last_seq);
+        if let Some(first) = commit.first() {
+            // Lets JetStream drop a resend of the very same commit within its duplicate window.
+            msg = msg.message_id(first.event_id.to_string());
+        }
+        let started = Instant::now();
+        let result = async {
+            let ack = self.jet.js.send_publish(subject.clone(), msg).await.map_err(|e| match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::StreamNotFound => {
+                    AppendError::Refused(subject.clone(), Box::new(e))
+                }
+                _ => AppendError::Unknown(subject.clone(), Box::new(e)),
+            })?;
+            ack.await.map(|a| a.sequence).map_err(|e| match e.kind() {
+                PublishErrorKind::WrongLastSequence => {
+                    AppendError::Conflict(subject.clone(), expected_last_seq)
+                }
+                PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded => {
+                    AppendError::Refused(subject.clone(), Box::new(e))
+                }
+                _ => AppendError::Unknown(subject.clone(), Box::new(e)),
+            })
+        }
+        .await;
+        self.metrics.record_append(kind, started.elapsed(), &result);
+        result
+    }
+
+    /// Loads an entity: its snapshot, if any, then every later commit.
+    pub async fn load<S>(&self, kind: EntityKind, id: &str) -> Result<Loaded<S>, StoreError>
+    where
+        S: Fold + DeserializeOwned,
+        S::Event: DeserializeOwned,
+    {
+        let subject = Subjects.entity_events(kind, id);
+        let read_err = |e: crate::NatsSource| StoreError::Read(subject.clone(), e);
+        let last = match self.jet.events.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(read_err(Box::new(e))),
+        };
+        let Some(last) = last else {
+            return Ok(Loaded { state: S::default(), last_seq: 0, last_commit: None, replayed: 0 });
+        };
+        let last_commit: Commit<S::Event> = decode(&subject, &last.payload)?;
+        let mut snapshot = self.snapshot::<S>(kind, id).await?;
+        if snapshot.as_ref().is_some_and(|s| s.seq > last.sequence) {
+            // A snapshot from a history that no longer exists (stream recreated): ignore it.
+            snapshot = None;
+        }
+        let (mut state, mut seq) = snapshot.map_or_else(|| (S::default(), 0), |s| (s.state, s.seq));
+        let mut replayed = 0;
+        while seq < last.sequence {
+            let msg = if seq + 1 == last.sequence {
+                last.clone()
+            } else {
+                self.jet
+                    .events
+                    .get_first_raw_message_by_subject(&subject, seq + 1)
+                    .await
+                    .map_err(|e| read_err(Box::new(e)))?
+            };
+            let commit: Commit<S::Event> = decode(&subject, &msg.payload)?;
+            for event in &commit {
+                state.apply(&event.body);
+            }
+            seq = msg.sequence;
+            replayed += 1;
+        }
+        Ok(Loaded {
+            state,
+            last_seq: last.sequence,
+            last_commit: last_commit.first().map(|e: &Event<S::Event>| e.event_id),
+            replayed,
+        })
+    }
+
+    /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs
+    /// replay time, so failures are logged, not returned.
+    pub async fn save_snapshot<S: Serialize>(&self, kind: EntityKind, id: &str, seq: u64, state: &S) {
+        let key = format!("{kind}.{id}");
+        match serde_json::to_vec(&Snapshot { seq, state }) {
+            Ok(bytes) => {
+                if let Err(e) = self.jet.snapshots.put(&key, bytes.into()).await {
+                    tracing::warn!(%key, error = %e, "snapshot not saved");
+                }
+            }
+            Err(e) => tracing::warn!(%key, error = %e, "snapshot not encoded"),
+        }
+    }
+
+    async fn snapshot<S: DeserializeOwned>(
+        &self,
+        kind: EntityKind,
+        id: &str,
+    ) -> Result<Option<Snapshot<S>>, StoreError> {
+        let key = format!("{kind}.{id}");
+        let bytes = self
+            .jet
+            .snapshots
+            .get(key.clone())
+            .await
+            .map_err(|e| StoreError::Read(key.clone(), Box::new(e)))?;
+        match bytes {
+            None => Ok(None),
+            Some(b) => match serde_json::from_slice(&b) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => {
+                    // An undecodable snapshot (older format) is skipped; the history is the truth.
+                    tracing::warn!(%key, error = %e, "ignoring undecodable snapshot");
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt(subject.to_owned(), e))
+}

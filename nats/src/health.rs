@@ -1,0 +1,65 @@
+//! Readiness as the edge reports it on `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a node needs before it should take traffic. Cheap to clone and to read.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    client: async_nats::Client,
+    provisioned: Arc<AtomicBool>,
+    leases_settled: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+}
+
+/// One readiness check and whether it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReadinessReport {
+    /// The NATS connection is up.
+    pub nats_connected: bool,
+    /// The stream and buckets exist.
+    pub streams_provisioned: bool,
+    /// This node holds every lease assigned to it.
+    pub leases_settled: bool,
+    /// The node is shutting down.
+    pub draining: bool,
+}
+
+impl ReadinessReport {
+    /// Whether every check passes.
+    pub fn ready(&self) -> bool {
+        self.nats_connected && self.streams_provisioned && self.leases_settled && !self.draining
+    }
+}
+
+impl Readiness {
+    /// Readiness of a node using `client`; nothing is ready yet.
+    pub fn new(client: async_nats::Client) -> Self {
+        Self { client, provisioned: Arc::default(), leases_settled: Arc::default(), draining: Arc::default() }
+    }
+
+    /// Marks the stream and buckets as provisioned.
+    pub fn set_provisioned(&self) {
+        self.provisioned.store(true, Ordering::Release);
+    }
+
+    /// Records whether this node holds every lease assigned to it.
+    pub fn set_leases_settled(&self, settled: bool) {
+        self.leases_settled.store(settled, Ordering::Release);
+    }
+
+    /// Marks the node as shutting down: it stops being ready at once.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// The current checks.
+    pub fn report(&self) -> ReadinessReport {
+        ReadinessReport {
+            nats_connected: self.client.connection_state() == async_nats::connection::State::Connected,
+            streams_provisioned: self.provisioned.load(Ordering::Acquire),
+            leases_settled: self.leases_settled.load(Ordering::Acquire),
+            draining: self.draining.load(Ordering::Acquire),
+        }
+    }
+}

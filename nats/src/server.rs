@@ -1,0 +1,232 @@
+//! A local `nats-server` child process: what `souk serve` starts when no NATS URL is
+//! configured, and what the test harness starts for every test.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a local server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No `nats-server` binary was found.
+    #[error(
+        "nats-server not found: set NATS_SERVER_BIN, put it on PATH, or run `./dev setup` to install it into .tools/"
+    )]
+    NotFound,
+    /// The binary could not be started or its files written.
+    #[error("could not start nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server started but never said it was listening.
+    #[error("nats-server did not start listening within {0:?}; see {1}")]
+    NotListening(Duration, PathBuf),
+}
+
+/// How often JetStream flushes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync every write before acknowledging it: nothing acknowledged is lost on power loss.
+    Always,
+    /// fsync on an interval: faster, but a power loss loses up to one interval of
+    /// acknowledged writes.
+    Every(Duration),
+}
+
+/// Cluster membership of one server of a local cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The cluster's name.
+    pub name: String,
+    /// This server's route port on 127.0.0.1.
+    pub port: u16,
+    /// Every server's route port, this one's included.
+    pub peers: Vec<u16>,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where JetStream keeps its files, and where the config and log go.
+    pub dir: PathBuf,
+    /// The server's name (unique within a cluster).
+    pub name: String,
+    /// Client port on 127.0.0.1; `None` picks a free one.
+    pub port: Option<u16>,
+    /// JetStream's flush policy.
+    pub sync: SyncPolicy,
+    /// Routes to peers, for a cluster.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// A running `nats-server` child. Killed on drop.
+#[derive(Debug)]
+pub struct LocalServer {
+    child: Option<Child>,
+    options: ServerOptions,
+    url: String,
+}
+
+impl LocalServer {
+    /// Finds the binary: `$NATS_SERVER_BIN`, then `.tools/venv/bin/nats-server` in the current
+    /// directory or any parent (where `./dev setup` installs it), then next to the running
+    /// executable's project, then `PATH`.
+    pub fn find_binary() -> Result<PathBuf, ServerError> {
+        if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let local = |start: &Path| {
+            start.ancestors().map(|d| d.join(".tools/venv/bin/nats-server")).find(|p| p.is_file())
+        };
+        let from_cwd = std::env::current_dir().ok().and_then(|d| local(&d));
+        let from_exe = std::env::current_exe().ok().and_then(|e| local(&e));
+        if let Some(p) = from_cwd.or(from_exe) {
+            return Ok(p);
+        }
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+            .ok_or(ServerError::NotFound)
+    }
+
+    /// Starts a server and waits until it accepts clients.
+    pub fn start(options: ServerOptions) -> Result<Self, ServerError> {
+        let mut server = Self { child: None, url: String::new(), options };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the server to shut down (SIGTERM) and waits for it, killing it after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store, after [`kill`](Self::kill) or
+    /// [`stop`](Self::stop).
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.options.port = Some(self.port());
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let o = &self.options;
+        std::fs::create_dir_all(&o.dir)?;
+        let conf = o.dir.join("nats.conf");
+        let log = o.dir.join("nats.log");
+        // A fresh log each start, so waiting for "Listening" sees this start's line.
+        let _ = std::fs::remove_file(&log);
+        std::fs::File::create(&conf)?.write_all(render_config(o).as_bytes())?;
+        let child = Command::new(Self::find_binary()?)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let timeout = Duration::from_secs(20);
+        let addr = wait_for_line(&log, "Listening for client connections on ", timeout)
+            .ok_or_else(|| ServerError::NotListening(timeout, log.clone()))?;
+        self.url = format!("nats://{addr}");
+        Ok(())
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn render_config(o: &ServerOptions) -> String {
+    let port = o.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    let sync = match o.sync {
+        SyncPolicy::Always => "always".to_owned(),
+        SyncPolicy::Every(d) => format!("\"{}ms\"", d.as_millis().max(1)),
+    };
+    let store = o.dir.join("jetstream");
+    let mut conf = format!(
+        "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n",
+        name = o.name,
+        store = store.display(),
+    );
+    if let Some(c) = &o.cluster {
+        let routes: Vec<String> = c.peers.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+        conf.push_str(&format!(
+            "cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+            c.name,
+            c.port,
+            routes.join(", ")
+        ));
+    }
+    conf
+}
+
+/// Polls `path` until a line contains `marker`, and returns the rest of that line.
+fn wait_for_line(path: &Path, marker: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Some(rest) = text.lines().find_map(|l| l.split_once(marker).map(|(_, r)| r))
+        {
+            return Some(rest.trim().to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_sync_policy_and_routes() {
+        let o = ServerOptions {
+            dir: PathBuf::from("/tmp/x"),
+            name: "n1".into(),
+            port: None,
+            sync: SyncPolicy::Always,
+            cluster: Some(ClusterOptions { name: "c".into(), port: 7001, peers: vec![7001, 7002] }),
+        };
+        let c = render_config(&o);
+        assert!(c.contains("sync_interval: always"));
+        assert!(c.contains("listen: \"127.0.0.1:-1\""));
+        assert!(c.contains("nats-route://127.0.0.1:7002"));
+        let o = ServerOptions { sync: SyncPolicy::Every(Duration::from_secs(2)), cluster: None, ..o };
+        assert!(render_config(&o).contains("sync_interval: \"2000ms\""));
+    }
+}

@@ -1,0 +1,157 @@
+//! Event store and lease tests against a real nats-server.
+
+use souk_messages::event::Event;
+use souk_messages::stock::{Quantity, StockCommand, StockEvent, StockState};
+use souk_messages::subject::{EntityKind, ShardId};
+use souk_messages::{NodeId, ReservationId};
+use souk_nats::cluster::Cluster;
+use souk_nats::metrics::StoreMetrics;
+use souk_nats::streams::ProvisionSettings;
+use souk_nats::{AppendError, ConnectSettings, EventStore, Jet};
+use souk_testkit::NatsServer;
+use std::time::Duration;
+
+async fn jet(url: &str, lease_ttl: Duration) -> Jet {
+    let client = souk_nats::connect(
+        &ConnectSettings { urls: vec![url.to_owned()], name: "test".into(), ..Default::default() },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect");
+    souk_nats::provision(client, ProvisionSettings { replicas: 1, node_ttl: lease_ttl, lease_ttl })
+        .await
+        .expect("provision")
+}
+
+fn commit(state: &StockState, cmd: &StockCommand, sku: &str) -> (StockState, Vec<Event<StockEvent>>) {
+    let mut next = state.clone();
+    let events = state
+        .decide(cmd)
+        .expect("decide")
+        .into_iter()
+        .map(|body| {
+            next.apply(&body);
+            Event {
+                event_id: uuid::Uuid::now_v7(),
+                id: sku.to_owned(),
+                version: next.version,
+                time: time::OffsetDateTime::now_utc(),
+                correlation_id: None,
+                body,
+            }
+        })
+        .collect();
+    (next, events)
+}
+
+fn restock(n: i64) -> StockCommand {
+    StockCommand::Restock { quantity: Quantity::try_from(n).expect("qty") }
+}
+
+#[tokio::test]
+async fn two_writers_with_the_same_expected_sequence_exactly_one_wins() {
+    let nats = NatsServer::start();
+    // Two connections, as two nodes that both believe they own the entity.
+    let w1 = EventStore::new(jet(nats.url(), Duration::from_secs(5)).await, StoreMetrics::unregistered());
+    let w2 = EventStore::new(jet(nats.url(), Duration::from_secs(5)).await, StoreMetrics::unregistered());
+    let sku = "FENCE-1";
+    let mut wins = 0;
+    for round in 0..20 {
+        let l1 = w1.load::<StockState>(EntityKind::Stock, sku).await.expect("load 1");
+        let l2 = w2.load::<StockState>(EntityKind::Stock, sku).await.expect("load 2");
+        assert_eq!(l1.last_seq, l2.last_seq);
+        let (_, e1) = commit(&l1.state, &restock(1), sku);
+        let (_, e2) = commit(&l2.state, &restock(100), sku);
+        let (r1, r2) = tokio::join!(
+            w1.append(EntityKind::Stock, sku, l1.last_seq, &e1),
+            w2.append(EntityKind::Stock, sku, l2.last_seq, &e2)
+        );
+        let ok = [r1.is_ok(), r2.is_ok()].iter().filter(|x| **x).count();
+        assert_eq!(ok, 1, "round {round}: exactly one append may win");
+        for r in [r1, r2] {
+            if let Err(e) = r {
+                assert!(matches!(e, AppendError::Conflict(..)), "the loser is told it was fenced: {e}");
+            }
+        }
+        wins += 1;
+    }
+    // One linear history: 20 commits, versions 1..=20, whichever writer won each round.
+    let l = w1.load::<StockState>(EntityKind::Stock, sku).await.expect("load");
+    assert_eq!(l.state.version, wins);
+    assert_eq!(l.replayed, wins);
+}
+
+#[tokio::test]
+async fn load_resumes_from_a_snapshot_and_replays_only_later_commits() {
+    let nats = NatsServer::start();
+    let store = EventStore::new(jet(nats.url(), Duration::from_secs(5)).await, StoreMetrics::unregistered());
+    let sku = "SNAP-1";
+    let mut state = StockState::default();
+    let mut seq = 0;
+    for i in 0..10 {
+        let cmd = if i == 0 {
+            restock(100)
+        } else {
+            StockCommand::Reserve {
+                reservation: ReservationId::parse(format!("r{i}")).expect("id"),
+                quantity: Quantity::try_from(2).expect("qty"),
+            }
+        };
+        let (next, events) = commit(&state, &cmd, sku);
+        seq = store.append(EntityKind::Stock, sku, seq, &events).await.expect("append");
+        state = next;
+        if i == 5 {
+            store.save_snapshot(EntityKind::Stock, sku, seq, &state).await;
+        }
+    }
+    let loaded = store.load::<StockState>(EntityKind::Stock, sku).await.expect("load");
+    assert_eq!(loaded.state, state);
+    assert_eq!(loaded.last_seq, seq);
+    assert_eq!(loaded.replayed, 4, "only the commits after the snapshot are replayed");
+    let empty = store.load::<StockState>(EntityKind::Stock, "NEVER").await.expect("load");
+    assert_eq!((empty.last_seq, empty.state.version), (0, 0));
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_and_expires_when_not_renewed() {
+    let nats = NatsServer::start();
+    let ttl = Duration::from_secs(1);
+    let j = jet(nats.url(), ttl).await;
+    let a = Cluster::new(&j, NodeId::parse("a").expect("id"));
+    let b = Cluster::new(&j, NodeId::parse("b").expect("id"));
+    let shard = ShardId { kind: EntityKind::Stock, index: 3 };
+
+    let mut lease_a = a.acquire(shard).await.expect("acquire").expect("free shard is granted");
+    assert!(b.acquire(shard).await.expect("acquire").is_none(), "a held lease is refused");
+    assert!(a.renew(&mut lease_a).await.expect("renew"));
+    assert_eq!(a.owners().await.expect("owners").get(&shard).map(NodeId::as_str), Some("a"));
+
+    // Not renewed for longer than the TTL: it expires, b takes it with a higher epoch,
+    // and a learns it lost the lease.
+    let lease_b = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(l) = b.acquire(shard).await.expect("acquire") {
+            break l;
+        }
+    };
+    assert!(lease_b.epoch > lease_a.epoch, "epochs only grow");
+    assert!(!a.renew(&mut lease_a).await.expect("renew"), "the old holder's renewal is refused");
+
+    // A released lease is free at once.
+    b.release(&lease_b).await.expect("release");
+    assert!(a.acquire(shard).await.expect("acquire").is_some());
+}
+
+#[tokio::test]
+async fn membership_lists_live_nodes_and_forgets_leavers() {
+    let nats = NatsServer::start();
+    let j = jet(nats.url(), Duration::from_secs(30)).await;
+    let a = Cluster::new(&j, NodeId::parse("a").expect("id"));
+    let b = Cluster::new(&j, NodeId::parse("b").expect("id"));
+    a.heartbeat().await.expect("hb");
+    b.heartbeat().await.expect("hb");
+    let names = |v: Vec<NodeId>| v.into_iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a.live_nodes().await.expect("nodes")), ["a", "b"]);
+    b.leave().await.expect("leave");
+    assert_eq!(names(a.live_nodes().await.expect("nodes")), ["a"]);
+}

@@ -1,0 +1,155 @@
+//! Configuration: defaults, then an optional TOML file, then `SOUK_*` environment variables.
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every setting of a node. Field `x` is `x` in the TOML file and `SOUK_X` in the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the node keeps its id, its embedded database and its local NATS server's files.
+    pub data_dir: PathBuf,
+    /// This node's id; generated and kept in the data dir when not given.
+    pub node_id: Option<String>,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// NATS server URL(s), comma-separated. Unset: start a local nats-server.
+    pub nats_url: Option<String>,
+    /// NATS `.creds` file.
+    pub nats_credentials: Option<PathBuf>,
+    /// NATS user (with `nats_password`).
+    pub nats_user: Option<String>,
+    /// NATS password.
+    pub nats_password: Option<String>,
+    /// NATS token.
+    pub nats_token: Option<String>,
+    /// Require TLS to NATS.
+    pub nats_tls: bool,
+    /// Replicas of the stream and buckets: 1 for one NATS server, 3 for a cluster.
+    pub nats_replicas: usize,
+    /// The local nats-server's fsync policy: `always`, or an interval such as `1s`.
+    pub nats_sync: String,
+    /// SurrealDB endpoint: `surrealkv://<path>`, `mem://` or `ws://host:port`.
+    /// Unset: `surrealkv://<data_dir>/db`.
+    pub db: Option<String>,
+    /// SurrealDB namespace.
+    pub db_namespace: String,
+    /// SurrealDB database.
+    pub db_database: String,
+    /// SurrealDB root user, for a remote server.
+    pub db_user: Option<String>,
+    /// SurrealDB root password.
+    pub db_password: Option<String>,
+    /// Shards of stock items. Fixed for the life of a cluster.
+    pub shards_stock: u32,
+    /// How long a shard lease (and a node's heartbeat) lasts without renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long the edge waits for an entity's answer, retrying while its shard moves.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Write an entity snapshot after this many commits.
+    pub snapshot_every: u64,
+    /// Stop entity actors idle this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// Log filter, e.g. `info` or `souk=debug,info`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            node_id: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            nats_url: None,
+            nats_credentials: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_tls: false,
+            nats_replicas: 1,
+            nats_sync: "always".to_owned(),
+            db: None,
+            db_namespace: "souk".to_owned(),
+            db_database: "souk".to_owned(),
+            db_user: None,
+            db_password: None,
+            shards_stock: 64,
+            lease_ttl: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            snapshot_every: 64,
+            idle_after: Duration::from_secs(300),
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `SOUK_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig.merge(Env::prefixed("SOUK_")).extract().map_err(Box::new)
+    }
+
+    /// The SurrealDB endpoint, defaulting to a file database in the data dir.
+    pub fn db_endpoint(&self) -> String {
+        self.db.clone().unwrap_or_else(|| format!("surrealkv://{}", self.data_dir.join("db").display()))
+    }
+
+    /// The NATS URLs, if any are configured.
+    pub fn nats_urls(&self) -> Vec<String> {
+        self.nats_url
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The local nats-server's sync policy.
+    pub fn sync_policy(&self) -> Result<souk_nats::server::SyncPolicy, String> {
+        if self.nats_sync.eq_ignore_ascii_case("always") {
+            return Ok(souk_nats::server::SyncPolicy::Always);
+        }
+        humantime_serde::re::humantime::parse_duration(&self.nats_sync)
+            .map(souk_nats::server::SyncPolicy::Every)
+            .map_err(|e| format!("nats_sync must be `always` or a duration like `1s`: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_a_working_single_node() {
+        let c = Config::default();
+        assert!(c.nats_urls().is_empty());
+        assert!(c.db_endpoint().starts_with("surrealkv://"));
+        assert_eq!(c.sync_policy(), Ok(souk_nats::server::SyncPolicy::Always));
+    }
+
+    #[test]
+    fn urls_split_on_commas() {
+        let c = Config { nats_url: Some("nats://a:1, nats://b:2".into()), ..Config::default() };
+        assert_eq!(c.nats_urls(), vec!["nats://a:1", "nats://b:2"]);
+    }
+
+    #[test]
+    fn sync_accepts_intervals_and_rejects_nonsense() {
+        let c = Config { nats_sync: "2s".into(), ..Config::default() };
+        assert_eq!(c.sync_policy(), Ok(souk_nats::server::SyncPolicy::Every(Duration::from_secs(2))));
+        let c = Config { nats_sync: "sometimes".into(), ..Config::default() };
+        assert!(c.sync_policy().is_err());
+    }
+}

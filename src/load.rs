@@ -1,0 +1,213 @@
+//! `souk load`: a load generator for reservations against a running node, with the same
+//! generator run against a bare axum handler in-process as the ceiling of this machine.
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// The node's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long each scenario runs.
+    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub duration: Duration,
+    /// SKUs to spread reservations over.
+    #[arg(long, default_value_t = 1000)]
+    pub skus: usize,
+    /// Scenarios to run, comma-separated: spread, hot, ceiling.
+    #[arg(long, default_value = "spread,hot,ceiling", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    scenario: String,
+    concurrency: usize,
+    seconds: f64,
+    requests: u64,
+    succeeded: u64,
+    rejected: u64,
+    errors: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oversold: Option<bool>,
+}
+
+/// Runs the chosen scenarios and prints one JSON summary per scenario on stdout.
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    for scenario in &args.scenarios {
+        let summary = match scenario.as_str() {
+            "spread" => {
+                let skus: Vec<String> = (0..args.skus).map(|i| format!("LOAD-{run_id}-{i}")).collect();
+                restock(&client, &args.target, &skus, 1_000_000).await?;
+                drive(&client, &args, "spread", &args.target, &skus, &run_id).await
+            }
+            "hot" => {
+                let skus = vec![format!("HOT-{run_id}")];
+                restock(&client, &args.target, &skus, 1_000_000).await?;
+                let mut s = drive(&client, &args, "hot", &args.target, &skus, &run_id).await;
+                s.oversold = Some(oversold(&client, &args.target, &skus[0], s.succeeded).await?);
+                s
+            }
+            "ceiling" => {
+                let base = bare_server().await?;
+                let skus: Vec<String> = (0..args.skus).map(|i| format!("BARE-{i}")).collect();
+                drive(&client, &args, "ceiling (bare axum handler)", &base, &skus, &run_id).await
+            }
+            other => bail!("unknown scenario {other}; use spread, hot or ceiling"),
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+async fn restock(client: &reqwest::Client, base: &str, skus: &[String], qty: u32) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(skus.iter().map(|sku| async move {
+        let res = client
+            .post(format!("{base}/v1/inventory/{sku}/restock"))
+            .json(&json!({ "quantity": qty }))
+            .send()
+            .await
+            .context("restock request")?;
+        if !res.status().is_success() {
+            bail!("restock of {sku} answered {}", res.status());
+        }
+        Ok(())
+    }))
+    .buffer_unordered(64)
+    .collect()
+    .await;
+    results.into_iter().collect()
+}
+
+async fn drive(
+    client: &reqwest::Client,
+    args: &LoadArgs,
+    name: &str,
+    base: &str,
+    skus: &[String],
+    run_id: &str,
+) -> Summary {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let skus = Arc::new(skus.to_vec());
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let (client, stop, done, skus) = (client.clone(), stop.clone(), done.clone(), skus.clone());
+        let (base, run_id, name) = (base.to_owned(), run_id.to_owned(), name.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let (mut ok, mut rejected, mut errors) = (0u64, 0u64, 0u64);
+            let mut n: usize = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sku = &skus[(w * 7919 + n * 104_729) % skus.len()];
+                let id = format!("{run_id}-{}-{w}-{n}", name.len());
+                n += 1;
+                let t = Instant::now();
+                let res = client
+                    .post(format!("{base}/v1/inventory/{sku}/reservations"))
+                    .json(&json!({ "reservation_id": id, "quantity": 1 }))
+                    .send()
+                    .await;
+                lat.push(t.elapsed().as_micros() as u32);
+                match res.map(|r| r.status().as_u16()) {
+                    Ok(200..=299) => ok += 1,
+                    Ok(409) => rejected += 1,
+                    _ => errors += 1,
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (lat, ok, rejected, errors)
+        }));
+    }
+    let progress = {
+        let (done, stop) = (done.clone(), stop.clone());
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!("{name}: {now} requests, {}/s", now - last);
+                last = now;
+            }
+        })
+    };
+    tokio::time::sleep(args.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    let (mut ok, mut rejected, mut errors) = (0, 0, 0);
+    for w in workers {
+        if let Ok((l, o, r, e)) = w.await {
+            lat.extend(l);
+            ok += o;
+            rejected += r;
+            errors += e;
+        }
+    }
+    progress.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    let requests = lat.len() as u64;
+    Summary {
+        scenario: name.to_owned(),
+        concurrency: args.concurrency,
+        seconds,
+        requests,
+        succeeded: ok,
+        rejected,
+        errors,
+        per_second: requests as f64 / seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        oversold: None,
+    }
+}
+
+/// True when the hot SKU shows more units reserved than the generator was granted, or
+/// negative availability.
+async fn oversold(client: &reqwest::Client, base: &str, sku: &str, granted: u64) -> anyhow::Result<bool> {
+    let v: serde_json::Value = client.get(format!("{base}/v1/inventory/{sku}")).send().await?.json().await?;
+    let reserved = v["reserved"].as_u64().unwrap_or(u64::MAX);
+    let on_hand = v["on_hand"].as_u64().unwrap_or(0);
+    Ok(reserved > on_hand || reserved != granted)
+}
+
+/// A bare axum handler on a free loopback port: the same HTTP work without Souk behind it.
+async fn bare_server() -> anyhow::Result<String> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/inventory/{sku}/reservations",
+        post(|axum::extract::Path(sku): axum::extract::Path<String>, axum::Json(b): axum::Json<serde_json::Value>| async move {
+            (axum::http::StatusCode::CREATED, axum::Json(json!({ "reservation_id": b["reservation_id"], "quantity": 1, "stock": { "sku": sku } })))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}

@@ -1,0 +1,49 @@
+//! `souk`: run a node, or drive load against one.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "souk", version, about = "Souk e-commerce backend")]
+struct Cli {
+    /// A TOML configuration file; `SOUK_*` environment variables override it.
+    #[arg(long, short, env = "SOUK_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node until SIGTERM or SIGINT.
+    Serve {
+        /// Create the demo stock once the node is ready (skipping SKUs that exist).
+        #[arg(long)]
+        seed: bool,
+    },
+    /// Measure reservations per second against a running node.
+    Load(souk::load::LoadArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = souk::config::Config::load(cli.config.as_deref())?;
+    let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.command {
+        Command::Serve { seed } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_current_span(true)
+                .with_span_list(false)
+                .init();
+            souk::serve::run(cfg, seed).await
+        }
+        Command::Load(args) => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::load::run(args).await
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `souk serve`: start a node and run it until SIGTERM or SIGINT.
+
+use crate::config::Config;
+use anyhow::{Context as _, bail};
+use prometheus_client::registry::Registry;
+use souk_actors::metrics::ActorMetrics;
+use souk_actors::{ActorSettings, Node, NodeDeps};
+use souk_messages::NodeId;
+use souk_messages::subject::ShardCounts;
+use souk_nats::cluster::Cluster;
+use souk_nats::health::Readiness;
+use souk_nats::metrics::StoreMetrics;
+use souk_nats::server::{LocalServer, ServerOptions};
+use souk_nats::streams::ProvisionSettings;
+use souk_nats::{Bus, ConnectSettings, EventStore};
+use souk_storage::{DbSettings, StockRepo};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs a node until a shutdown signal, then leaves the cluster gracefully.
+pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let node_id = node_id(&cfg)?;
+    tracing::info!(node = %node_id, "starting souk node");
+
+    // No NATS configured: run our own, so one node works with nothing else set up.
+    let mut local_nats = None;
+    let mut urls = cfg.nats_urls();
+    if urls.is_empty() {
+        let sync = cfg.sync_policy().map_err(anyhow::Error::msg)?;
+        let dir = cfg.data_dir.join("nats");
+        let server = tokio::task::spawn_blocking(move || {
+            LocalServer::start(ServerOptions {
+                dir,
+                name: "souk-local".into(),
+                port: None,
+                sync,
+                cluster: None,
+            })
+        })
+        .await??;
+        tracing::info!(url = server.url(), "started local nats-server");
+        urls.push(server.url().to_owned());
+        local_nats = Some(server);
+    }
+
+    let client = souk_nats::connect(
+        &ConnectSettings {
+            urls,
+            credentials: cfg.nats_credentials.clone(),
+            user: cfg.nats_user.clone(),
+            password: cfg.nats_password.clone(),
+            token: cfg.nats_token.clone(),
+            require_tls: cfg.nats_tls,
+            name: format!("souk {node_id}"),
+        },
+        Duration::from_secs(30),
+    )
+    .await?;
+    let readiness = Readiness::new(client.clone());
+    let jet = provision(&client, &cfg).await?;
+    readiness.set_provisioned();
+    let shards = ShardCounts { stock: cfg.shards_stock };
+    if shards.stock == 0 {
+        bail!("shards_stock must be at least 1");
+    }
+    let cluster = Cluster::new(&jet, node_id.clone());
+    cluster.agree_on_shards(shards).await?;
+
+    let db = souk_storage::connect(&DbSettings {
+        endpoint: cfg.db_endpoint(),
+        namespace: cfg.db_namespace.clone(),
+        database: cfg.db_database.clone(),
+        root: cfg.db_user.clone().zip(cfg.db_password.clone()),
+    })
+    .await
+    .context("cannot open the read-model database")?;
+    let stock_repo = StockRepo::new(db);
+
+    let mut registry = Registry::default();
+    let store = EventStore::new(jet.clone(), StoreMetrics::register(&mut registry));
+    let actor_metrics = ActorMetrics::register(&mut registry);
+    let http = souk_api::metrics::HttpMetrics::register(&mut registry);
+    let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
+
+    // Embedded read models are per node, so each node projects everything through its own
+    // consumer; a shared database shares one consumer.
+    let projector_consumer = if cfg.db_endpoint().starts_with("ws") {
+        "souk_proj_stock".to_owned()
+    } else {
+        format!("souk_proj_stock_{node_id}")
+    };
+    let node = Node::start(
+        ActorSettings {
+            shards,
+            tick: (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
+            snapshot_every: cfg.snapshot_every,
+            idle_after: cfg.idle_after,
+            projector_consumer,
+        },
+        NodeDeps {
+            jet,
+            bus: bus.clone(),
+            store,
+            cluster,
+            stock_repo: stock_repo.clone(),
+            readiness: readiness.clone(),
+            metrics: actor_metrics,
+        },
+    )
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "http listening");
+
+    if seed {
+        let bus = bus.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::seed::run(&bus, &readiness).await {
+                tracing::error!(error = %e, "seeding failed");
+            }
+        });
+    }
+
+    let state = souk_api::AppState {
+        bus,
+        stock: stock_repo,
+        readiness: readiness.clone(),
+        registry: Arc::new(registry),
+        http,
+    };
+    let draining = readiness.clone();
+    souk_api::serve(listener, state, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests; finishing in-flight ones");
+        draining.set_draining();
+    })
+    .await?;
+
+    node.leave().await;
+    let _ = client.flush().await;
+    drop(client);
+    if let Some(mut server) = local_nats {
+        tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn node_id(cfg: &Config) -> anyhow::Result<NodeId> {
+    if let Some(id) = &cfg.node_id {
+        return NodeId::parse(id.clone()).context("node_id");
+    }
+    let path = cfg.data_dir.join("node-id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return NodeId::parse(s.trim()).with_context(|| format!("corrupt {}", path.display()));
+    }
+    let id = NodeId::generate();
+    std::fs::write(&path, id.as_str()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// Provisions, retrying while a freshly started NATS cluster elects its JetStream leader.
+async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<souk_nats::Jet> {
+    let settings =
+        ProvisionSettings { replicas: cfg.nats_replicas, node_ttl: cfg.lease_ttl, lease_ttl: cfg.lease_ttl };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match souk_nats::provision(client.clone(), settings).await {
+            Ok(jet) => return Ok(jet),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,136 @@
+//! The `stock` read model: one row per SKU with its levels, filled by the stock projector
+//! and read by the inventory list.
+
+use crate::{Db, StorageError};
+use serde::Deserialize;
+use serde_json::json;
+use souk_messages::Sku;
+use souk_messages::stock::{Levels, StockView};
+
+/// A stock item's levels as of one of its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockChange {
+    /// The SKU.
+    pub sku: Sku,
+    /// The entity version after the event.
+    pub version: u64,
+    /// Levels after the event.
+    pub levels: Levels,
+}
+
+#[derive(Debug, Deserialize)]
+struct StockRow {
+    sku: String,
+    on_hand: u64,
+    reserved: u64,
+    available: u64,
+    version: u64,
+}
+
+impl TryFrom<StockRow> for StockView {
+    type Error = StorageError;
+    fn try_from(r: StockRow) -> Result<Self, StorageError> {
+        let sku =
+            Sku::parse(r.sku).map_err(|e| StorageError::Corrupt { table: "stock", detail: e.to_string() })?;
+        Ok(Self { sku, on_hand: r.on_hand, reserved: r.reserved, available: r.available, version: r.version })
+    }
+}
+
+/// The stock table.
+#[derive(Debug, Clone)]
+pub struct StockRepo {
+    db: Db,
+}
+
+/// The projection name under which the stock projector records its checkpoint.
+const PROJECTION: &str = "stock";
+
+impl StockRepo {
+    /// The repository over `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Applies changes and advances the checkpoint to `checkpoint`, in one transaction. A row
+    /// only moves forward in version, so replays and out-of-order batches change nothing.
+    pub async fn apply(&self, changes: &[StockChange], checkpoint: u64) -> Result<(), StorageError> {
+        let rows: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| {
+                json!({
+                    "sku": c.sku.as_str(),
+                    "on_hand": c.levels.on_hand,
+                    "reserved": c.levels.reserved,
+                    "available": c.levels.available(),
+                    "version": c.version,
+                })
+            })
+            .collect();
+        self.db
+            .query("BEGIN TRANSACTION")
+            .query(
+                r"FOR $c IN $changes {
+                    LET $cur = (SELECT VALUE version FROM ONLY type::record('stock', $c.sku));
+                    IF $cur == NONE OR $cur < $c.version {
+                        UPSERT type::record('stock', $c.sku) CONTENT {
+                            sku: $c.sku, on_hand: $c.on_hand, reserved: $c.reserved,
+                            available: $c.available, version: $c.version, seq: $checkpoint
+                        };
+                    };
+                }",
+            )
+            .query(
+                r"LET $prev = (SELECT VALUE seq FROM ONLY type::record('projection', $name)) ?? 0;
+                UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
+            )
+            .query("COMMIT TRANSACTION")
+            .bind(json!({ "changes": rows, "checkpoint": checkpoint, "name": PROJECTION }))
+            .await?
+            .check()?;
+        Ok(())
+    }
+
+    /// The last stream sequence the projection has applied; 0 for an empty database.
+    pub async fn checkpoint(&self) -> Result<u64, StorageError> {
+        let mut res = self
+            .db
+            .query("SELECT VALUE seq FROM ONLY type::record('projection', $name)")
+            .bind(("name", PROJECTION))
+            .await?;
+        let seq: Option<i64> = res.take(0)?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
+    /// A page of stock items ordered by SKU, after `after`, optionally only those with fewer
+    /// than `below` units available.
+    pub async fn list(
+        &self,
+        after: Option<&Sku>,
+        below: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StockView>, StorageError> {
+        let mut res = self
+            .db
+            .query(
+                r"SELECT sku, on_hand, reserved, available, version FROM stock
+                  WHERE sku > $after AND available < $below
+                  ORDER BY sku ASC LIMIT $limit",
+            )
+            // Neutral bounds instead of optional filters: a JSON null binds as NULL, which
+            // SurrealQL does not treat as an absent value.
+            .bind(json!({
+                "after": after.map_or("", Sku::as_str),
+                "below": below.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+                "limit": limit,
+            }))
+            .await?;
+        let rows: Vec<serde_json::Value> = res.take(0)?;
+        rows.into_iter()
+            .map(|v| {
+                let row: StockRow = serde_json::from_value(v)
+                    .map_err(|e| StorageError::Corrupt { table: "stock", detail: e.to_string() })?;
+                StockView::try_from(row)
+            })
+            .collect()
+    }
+}

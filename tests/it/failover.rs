@@ -1,0 +1,104 @@
+//! Two nodes on one NATS server: shards spread, a killed node's shards move, nothing is lost.
+
+use crate::{bin, levels, ready, reserve, restock, stock, with_retry};
+use futures::future::join_all;
+use reqwest::{Client, StatusCode};
+use souk_testkit::{NatsServer, SoukNode, eventually, http};
+use std::time::Duration;
+
+/// Shards of stock this node owns, from its `/metrics`.
+pub(crate) async fn shards_owned(http: &Client, base: &str) -> Option<u64> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|l| l.starts_with("souk_shards_owned{kind=\"stock\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+}
+
+async fn both_own_shards(http: &Client, a: &str, b: &str) {
+    eventually("both nodes to own shards", Duration::from_secs(30), || async {
+        let (x, y) = (shards_owned(http, a).await?, shards_owned(http, b).await?);
+        (x > 0 && y > 0 && x + y == 16).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_hands_its_shards_to_the_survivor_and_takes_them_back() {
+    let nats = NatsServer::start();
+    let mut a = SoukNode::start(bin(), nats.url(), &[]).expect("node a");
+    let b = SoukNode::start(bin(), nats.url(), &[]).expect("node b");
+    let http = http();
+    ready(&http, &a).await;
+    ready(&http, &b).await;
+    both_own_shards(&http, a.url(), b.url()).await;
+
+    // Every SKU works through either node, whichever owns it.
+    let skus: Vec<String> = (0..40).map(|i| format!("FO-{i:02}")).collect();
+    for (i, sku) in skus.iter().enumerate() {
+        let (w, r) = if i % 2 == 0 { (a.url(), b.url()) } else { (b.url(), a.url()) };
+        assert_eq!(restock(&http, w, sku, 10).await.status(), StatusCode::OK);
+        assert_eq!(reserve(&http, r, sku, "first", 2).await.status(), StatusCode::CREATED);
+    }
+    let mut before = Vec::new();
+    for sku in &skus {
+        before.push(stock(&http, a.url(), sku).await);
+    }
+
+    a.kill();
+    // Within the lease TTL plus a few seconds, every SKU answers through the survivor.
+    let b_url = b.url().to_owned();
+    eventually("every SKU to answer through the survivor", Duration::from_secs(20), || async {
+        let answers =
+            join_all(skus.iter().map(|s| http.get(format!("{b_url}/v1/inventory/{s}")).send())).await;
+        answers.iter().all(|r| r.as_ref().is_ok_and(|r| r.status() == StatusCode::OK)).then_some(())
+    })
+    .await;
+    for (sku, was) in skus.iter().zip(&before) {
+        assert_eq!(&stock(&http, &b_url, sku).await, was, "{sku} survived the kill unchanged");
+    }
+    // Writes go on through the survivor.
+    for sku in &skus {
+        let r = with_retry(|| {
+            http.post(format!("{b_url}/v1/inventory/{sku}/reservations"))
+                .json(&serde_json::json!({"reservation_id": "second", "quantity": 1}))
+                .send()
+        })
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+
+    // The killed node comes back and takes its share again.
+    a.restart().expect("restart a");
+    ready(&http, &a).await;
+    both_own_shards(&http, a.url(), &b_url).await;
+    for sku in &skus {
+        let via_a = with_retry(|| http.get(format!("{}/v1/inventory/{sku}", a.url())).send()).await;
+        let v: serde_json::Value = via_a.json().await.expect("json");
+        assert_eq!(levels(&v), (10, 3, 7), "{sku}: both acknowledged reservations are there");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_gracefully_hands_off_without_errors() {
+    let nats = NatsServer::start();
+    let a = SoukNode::start(bin(), nats.url(), &[]).expect("node a");
+    let mut b = SoukNode::start(bin(), nats.url(), &[]).expect("node b");
+    let http = http();
+    ready(&http, &a).await;
+    ready(&http, &b).await;
+    both_own_shards(&http, a.url(), b.url()).await;
+    let skus: Vec<String> = (0..20).map(|i| format!("GS-{i:02}")).collect();
+    for sku in &skus {
+        assert_eq!(restock(&http, a.url(), sku, 5).await.status(), StatusCode::OK);
+    }
+    assert!(b.stop().expect("stop b"), "graceful stop exits 0");
+    // The survivor owns every shard well before b's lease would have expired.
+    eventually("a to own every shard", Duration::from_secs(10), || async {
+        (shards_owned(&http, a.url()).await? == 16).then_some(())
+    })
+    .await;
+    for sku in &skus {
+        assert_eq!(levels(&stock(&http, a.url(), sku).await), (5, 0, 5));
+    }
+}

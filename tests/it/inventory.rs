@@ -1,0 +1,242 @@
+//! One node: reservations under concurrency, idempotency, restart, bad input, read model.
+
+use crate::{bin, levels, list_all, ready, reserve, restock, stock};
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+use souk_testkit::{NatsServer, SoukNode, eventually, http};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_never_oversell_and_survive_a_restart() {
+    let nats = NatsServer::start();
+    let mut node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url().to_owned();
+
+    assert_eq!(restock(&http, &base, "LAMP-1", 50).await.status(), StatusCode::OK);
+    let attempts = (0..200).map(|i| {
+        let (http, base) = (http.clone(), base.clone());
+        async move { reserve(&http, &base, "LAMP-1", &format!("r-{i}"), 1).await }
+    });
+    let responses = join_all(attempts).await;
+    let mut created = 0;
+    for r in responses {
+        match r.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {
+                assert_eq!(r.headers()["content-type"], "application/problem+json");
+                let body: Value = r.json().await.expect("json");
+                assert_eq!(body["code"], "insufficient_stock");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 50, "exactly the stock on hand is reserved");
+    assert_eq!(levels(&stock(&http, &base, "LAMP-1").await), (50, 50, 0));
+
+    // The same reservation id twice reserves once.
+    restock(&http, &base, "LAMP-2", 10).await;
+    for _ in 0..2 {
+        assert_eq!(reserve(&http, &base, "LAMP-2", "same", 3).await.status(), StatusCode::CREATED);
+    }
+    let before = stock(&http, &base, "LAMP-2").await;
+    assert_eq!(levels(&before), (10, 3, 7));
+
+    // A graceful stop exits 0; after a restart the state is rehydrated from JetStream.
+    assert!(node.stop().expect("stop"), "SIGTERM should exit 0");
+    node.restart().expect("restart");
+    ready(&http, &node).await;
+    let base = node.url().to_owned();
+    assert_eq!(stock(&http, &base, "LAMP-2").await, before);
+    assert_eq!(levels(&stock(&http, &base, "LAMP-1").await), (50, 50, 0));
+    // …and still idempotent and still refusing to oversell.
+    assert_eq!(reserve(&http, &base, "LAMP-2", "same", 3).await.status(), StatusCode::CREATED);
+    assert_eq!(reserve(&http, &base, "LAMP-1", "late", 1).await.status(), StatusCode::CONFLICT);
+    assert_eq!(levels(&stock(&http, &base, "LAMP-2").await), (10, 3, 7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_and_commit_move_stock_as_documented() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url();
+    restock(&http, base, "CHAIR", 5).await;
+    reserve(&http, base, "CHAIR", "a", 2).await;
+    reserve(&http, base, "CHAIR", "b", 2).await;
+    let r = http.delete(format!("{base}/v1/inventory/CHAIR/reservations/a")).send().await.expect("release");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r =
+        http.post(format!("{base}/v1/inventory/CHAIR/reservations/b/commit")).send().await.expect("commit");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(levels(&r.json().await.expect("json")), (3, 0, 3));
+    // Committing a released reservation conflicts; releasing an unknown one is 404.
+    let r =
+        http.post(format!("{base}/v1/inventory/CHAIR/reservations/a/commit")).send().await.expect("commit");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r =
+        http.delete(format!("{base}/v1/inventory/CHAIR/reservations/nope")).send().await.expect("release");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "reservation_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_problem_json_and_changes_nothing() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url();
+    restock(&http, base, "DESK", 7).await;
+    let before = stock(&http, base, "DESK").await;
+
+    let post = |path: &str, body: Vec<u8>| {
+        http.post(format!("{base}{path}")).header("content-type", "application/json").body(body).send()
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("/v1/inventory/DESK/restock", b"{not json".to_vec(), 400, "invalid_body"),
+        ("/v1/inventory/DESK/restock", b"{}".to_vec(), 422, "invalid_body"),
+        ("/v1/inventory/DESK/restock", br#"{"quantity":"five"}"#.to_vec(), 422, "invalid_body"),
+        ("/v1/inventory/DESK/restock", br#"{"quantity":1.5}"#.to_vec(), 422, "invalid_body"),
+        ("/v1/inventory/DESK/restock", br#"{"quantity":0}"#.to_vec(), 422, "invalid_quantity"),
+        ("/v1/inventory/DESK/restock", br#"{"quantity":-3}"#.to_vec(), 422, "invalid_quantity"),
+        ("/v1/inventory/DESK/restock", br#"{"quantity":1000000000000}"#.to_vec(), 422, "invalid_quantity"),
+        ("/v1/inventory/DESK/restock", br#"{"quantity":1,"extra":true}"#.to_vec(), 422, "invalid_body"),
+        ("/v1/inventory/DESK/reservations", br#"{"quantity":1}"#.to_vec(), 422, "invalid_body"),
+        (
+            "/v1/inventory/DESK/reservations",
+            br#"{"reservation_id":"a.b","quantity":1}"#.to_vec(),
+            422,
+            "invalid_reservation_id",
+        ),
+        (
+            "/v1/inventory/DESK/reservations",
+            br#"{"reservation_id":"ok","quantity":0}"#.to_vec(),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            "/v1/inventory/DESK/reservations",
+            br#"{"reservation_id":"ok","quantity":99}"#.to_vec(),
+            409,
+            "insufficient_stock",
+        ),
+        (
+            "/v1/inventory/NO-SUCH-SKU/reservations",
+            br#"{"reservation_id":"ok","quantity":1}"#.to_vec(),
+            404,
+            "unknown_sku",
+        ),
+        ("/v1/inventory/bad.sku/restock", br#"{"quantity":1}"#.to_vec(), 422, "invalid_sku"),
+    ];
+    for (path, body, status, code) in cases {
+        let preview = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+        let r = post(path, body).await.expect("request");
+        assert_eq!(r.status().as_u16(), status, "{path} {preview}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{path} {preview}");
+        let problem: Value = r.json().await.expect("problem body");
+        assert_eq!(problem["code"], code, "{path} {preview}");
+        assert_eq!(problem["status"], status);
+    }
+    // A 10 MB body is refused from its Content-Length, before it is read.
+    let (status, head, body) = raw_post(base, "/v1/inventory/DESK/restock", 10 * 1024 * 1024).await;
+    assert_eq!(status, 413);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
+    assert!(body.contains("payload_too_large"), "{body}");
+
+    // Wrong content type, unknown route, wrong method, unknown SKU on GET, bad query.
+    let r =
+        http.post(format!("{base}/v1/inventory/DESK/restock")).body("quantity=1").send().await.expect("req");
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = http.get(format!("{base}/v1/nope")).send().await.expect("req");
+    assert_eq!(
+        (r.status(), r.headers()["content-type"].to_str().expect("ct")),
+        (StatusCode::NOT_FOUND, "application/problem+json")
+    );
+    let r = http.put(format!("{base}/v1/inventory/DESK")).send().await.expect("req");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let r = http.get(format!("{base}/v1/inventory/NEVER-STOCKED")).send().await.expect("req");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    for q in ["limit=0", "limit=abc", "below=-1", "after=a.b"] {
+        let r = http.get(format!("{base}/v1/inventory?{q}")).send().await.expect("req");
+        assert!(r.status().is_client_error(), "{q}: {}", r.status());
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{q}");
+    }
+    assert_eq!(stock(&http, base, "DESK").await, before, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_model_matches_entities_and_rebuilds_from_the_stream() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url().to_owned();
+
+    let skus: Vec<String> = (0..30).map(|i| format!("RM-{i:02}")).collect();
+    join_all(skus.iter().map(|s| restock(&http, &base, s, 20))).await;
+    join_all((0..300).map(|i| {
+        let (http, base, sku) = (http.clone(), base.clone(), skus[i % skus.len()].clone());
+        async move { reserve(&http, &base, &sku, &format!("b-{i}"), 1 + (i as i64 % 3)).await }
+    }))
+    .await;
+    join_all((0..30).map(|i| {
+        let (http, base, sku) = (http.clone(), base.clone(), skus[i].clone());
+        async move { http.delete(format!("{base}/v1/inventory/{sku}/reservations/b-{i}")).send().await }
+    }))
+    .await;
+
+    let mut truth = BTreeMap::new();
+    for s in &skus {
+        truth.insert(s.clone(), stock(&http, &base, s).await);
+    }
+    let as_map = |items: Vec<Value>| -> BTreeMap<String, Value> {
+        items.into_iter().map(|v| (v["sku"].as_str().expect("sku").to_owned(), v)).collect()
+    };
+    eventually("read model to match the entities", Duration::from_secs(20), || async {
+        (as_map(list_all(&http, &base).await) == truth).then_some(())
+    })
+    .await;
+    let low: Value = http
+        .get(format!("{base}/v1/inventory?below=5"))
+        .send()
+        .await
+        .expect("low")
+        .json()
+        .await
+        .expect("json");
+    for item in low["items"].as_array().expect("items") {
+        assert!(item["available"].as_u64().expect("available") < 5);
+    }
+
+    // A second node with a fresh database replays the whole stream into the same table.
+    let fresh = SoukNode::start(bin(), nats.url(), &[("SOUK_DB", "mem://")]).expect("second node");
+    ready(&http, &fresh).await;
+    eventually("replayed read model to match", Duration::from_secs(20), || async {
+        (as_map(list_all(&http, fresh.url()).await) == truth).then_some(())
+    })
+    .await;
+}
+
+/// Sends the head of a POST announcing `len` bytes of JSON, then reads the response: the node
+/// must answer from the head alone, as a client about to stream a huge body would need.
+async fn raw_post(base: &str, path: &str, len: usize) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}

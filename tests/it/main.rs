@@ -1,0 +1,92 @@
+//! End-to-end tests: real `souk` node processes, real nats-server processes, HTTP over loopback.
+
+mod cluster;
+mod failover;
+mod inventory;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use souk_testkit::{SoukNode, eventually};
+use std::path::Path;
+use std::time::Duration;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_souk"))
+}
+
+/// Waits until `/readyz` answers 200.
+async fn ready(http: &Client, node: &SoukNode) {
+    let url = format!("{}/readyz", node.url());
+    eventually("node ready", Duration::from_secs(30), || async {
+        let r = http.get(&url).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+async fn restock(http: &Client, base: &str, sku: &str, qty: i64) -> Response {
+    http.post(format!("{base}/v1/inventory/{sku}/restock"))
+        .json(&json!({ "quantity": qty }))
+        .send()
+        .await
+        .expect("restock")
+}
+
+async fn reserve(http: &Client, base: &str, sku: &str, id: &str, qty: i64) -> Response {
+    http.post(format!("{base}/v1/inventory/{sku}/reservations"))
+        .json(&json!({ "reservation_id": id, "quantity": qty }))
+        .send()
+        .await
+        .expect("reserve")
+}
+
+async fn stock(http: &Client, base: &str, sku: &str) -> Value {
+    let r = http.get(format!("{base}/v1/inventory/{sku}")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK, "GET {sku}");
+    r.json().await.expect("json")
+}
+
+/// The levels of a stock view, for comparisons.
+fn levels(v: &Value) -> (u64, u64, u64) {
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"));
+    (n("on_hand"), n("reserved"), n("available"))
+}
+
+/// A page of the read model, every page followed.
+async fn list_all(http: &Client, base: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/inventory?limit=100");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page: Value = http.get(url).send().await.expect("list").json().await.expect("json");
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+/// Retries a request that may meet a shard in motion (503) or a node that just died
+/// (connection refused), like a client behind a load balancer would.
+async fn with_retry<F, Fut>(mut f: F) -> Response
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<Response>>,
+{
+    for _ in 0..100 {
+        match f().await {
+            Ok(r)
+                if r.status() != StatusCode::SERVICE_UNAVAILABLE
+                    && r.status() != StatusCode::GATEWAY_TIMEOUT =>
+            {
+                return r;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("request kept failing");
+}
