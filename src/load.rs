@@ -23,9 +23,15 @@ pub struct LoadArgs {
     /// SKUs to spread reservations over.
     #[arg(long, default_value_t = 1000)]
     pub skus: usize,
-    /// Scenarios to run, comma-separated: spread, hot, ceiling.
+    /// Scenarios to run, comma-separated: spread, hot, ceiling, actors, failover.
     #[arg(long, default_value = "spread,hot,ceiling", value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// For `actors`: how many stock items to make resident.
+    #[arg(long, default_value_t = 100_000)]
+    pub actors: usize,
+    /// For `actors` and `failover`: the node process whose memory to read or to kill -9.
+    #[arg(long)]
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,11 +76,106 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let skus: Vec<String> = (0..args.skus).map(|i| format!("BARE-{i}")).collect();
                 drive(&client, &args, "ceiling (bare axum handler)", &base, &skus, &run_id).await
             }
-            other => bail!("unknown scenario {other}; use spread, hot or ceiling"),
+            "actors" => {
+                let pid = args.pid.context("--pid of the node is needed for `actors`")?;
+                println!("{}", serde_json::to_string(&resident(&client, &args, pid, &run_id).await?)?);
+                continue;
+            }
+            "failover" => {
+                let pid = args.pid.context("--pid of the node to kill is needed for `failover`")?;
+                println!("{}", serde_json::to_string(&failover(&client, &args, pid, &run_id).await?)?);
+                continue;
+            }
+            other => bail!("unknown scenario {other}; use spread, hot, ceiling, actors or failover"),
         };
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// Resident set size of a process, in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+/// Makes `args.actors` stock items resident (one restock each) and reports the node's RSS
+/// before and after.
+async fn resident(
+    client: &reqwest::Client,
+    args: &LoadArgs,
+    pid: u32,
+    run_id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let before = rss_mib(pid)?;
+    let skus: Vec<String> = (0..args.actors).map(|i| format!("RES-{run_id}-{i}")).collect();
+    let started = Instant::now();
+    for (i, chunk) in skus.chunks(10_000).enumerate() {
+        restock(client, &args.target, chunk, 1).await?;
+        eprintln!("actors: {} resident, node RSS {:.0} MiB", (i + 1) * chunk.len(), rss_mib(pid)?);
+    }
+    let after = rss_mib(pid)?;
+    Ok(json!({
+        "scenario": "resident stock-item actors",
+        "actors": args.actors,
+        "seconds_to_create": started.elapsed().as_secs_f64(),
+        "rss_before_mib": before,
+        "rss_after_mib": after,
+        "kib_per_actor": (after - before) * 1024.0 / args.actors as f64,
+    }))
+}
+
+/// Stocks `args.skus` SKUs, kills the node `pid` with SIGKILL, and measures how long until every
+/// SKU answers again through `args.target` (another node), with its state intact.
+async fn failover(
+    client: &reqwest::Client,
+    args: &LoadArgs,
+    pid: u32,
+    run_id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    use futures::StreamExt as _;
+    let skus: Vec<String> = (0..args.skus).map(|i| format!("FO-{run_id}-{i}")).collect();
+    restock(client, &args.target, &skus, 5).await?;
+    let probe = |sku: String| {
+        let url = format!("{}/v1/inventory/{sku}", args.target);
+        async move {
+            match client.get(url).timeout(Duration::from_millis(500)).send().await {
+                Ok(r) if r.status().is_success() => {
+                    r.json::<serde_json::Value>().await.ok().map(|v| v["on_hand"] == 5)
+                }
+                _ => None,
+            }
+        }
+    };
+    let killed = Instant::now();
+    std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status()?;
+    let mut first_failure = None;
+    loop {
+        let answers: Vec<Option<bool>> =
+            futures::stream::iter(skus.iter().cloned().map(probe)).buffer_unordered(64).collect().await;
+        if answers.contains(&Some(false)) {
+            bail!("a SKU answered with wrong state after failover");
+        }
+        if answers.iter().all(Option::is_some) {
+            break;
+        }
+        first_failure.get_or_insert_with(|| killed.elapsed());
+        if killed.elapsed() > Duration::from_secs(120) {
+            bail!("SKUs still failing 120 s after the kill");
+        }
+    }
+    Ok(json!({
+        "scenario": "failover after kill -9",
+        "skus": args.skus,
+        "first_failure_after_kill_s": first_failure.map(|d| d.as_secs_f64()),
+        "all_answer_after_kill_s": killed.elapsed().as_secs_f64(),
+        "failover_window_s": first_failure.map(|f| (killed.elapsed() - f).as_secs_f64()),
+    }))
 }
 
 async fn restock(client: &reqwest::Client, base: &str, skus: &[String], qty: u32) -> anyhow::Result<()> {

@@ -70,6 +70,9 @@ async fn consumer(
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
+            // A node that never comes back must not leave its consumer behind forever; one
+            // that does come back after this recreates it from its database's checkpoint.
+            inactive_threshold: Duration::from_secs(24 * 3600),
             ..Default::default()
         })
         .await

@@ -30,6 +30,9 @@ pub enum ShardMsg {
     Sweep,
     /// Stop taking commands and wait until every entity has answered what it took.
     Handoff(RpcReplyPort<()>),
+    /// Make an entity panic, to test supervision.
+    #[cfg(test)]
+    Crash(Sku),
 }
 
 /// What a shard supervisor is started with.
@@ -120,6 +123,12 @@ impl Actor for ShardSupervisor {
                     st.entities.values().map(|e| e.actor.call(StockItemMsg::Flush, Some(HANDOFF_GRACE)));
                 futures::future::join_all(flushes).await;
                 let _ = port.send(());
+            }
+            #[cfg(test)]
+            ShardMsg::Crash(sku) => {
+                if let Some(e) = st.entities.get(&sku) {
+                    let _ = e.actor.cast(StockItemMsg::Panic);
+                }
             }
         }
         Ok(())
@@ -215,5 +224,102 @@ impl ShardState {
         if let Some(t) = self.intake.take() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ActorMetrics;
+    use prometheus_client::registry::Registry;
+    use souk_messages::stock::{Quantity, StockCommand};
+    use souk_messages::subject::ShardCounts;
+    use souk_nats::metrics::StoreMetrics;
+    use souk_nats::streams::ProvisionSettings;
+    use souk_nats::{Bus, BusError, ConnectSettings, EventStore};
+    use souk_testkit::{NatsServer, eventually};
+
+    struct Harness {
+        bus: Bus,
+        shard: ActorRef<ShardMsg>,
+        registry: Registry,
+        _nats: NatsServer,
+    }
+
+    async fn harness(idle_after: Duration) -> Harness {
+        let nats = NatsServer::start();
+        let settings =
+            ConnectSettings { urls: vec![nats.url().to_owned()], name: "t".into(), ..Default::default() };
+        let client = souk_nats::connect(&settings, Duration::from_secs(5)).await.expect("connect");
+        let ttl = Duration::from_secs(5);
+        let jet = souk_nats::provision(
+            client.clone(),
+            ProvisionSettings { replicas: 1, node_ttl: ttl, lease_ttl: ttl },
+        )
+        .await
+        .expect("provision");
+        let mut registry = Registry::default();
+        let shards = ShardCounts { stock: 1 };
+        let bus = Bus::new(client, shards, Duration::from_secs(5));
+        let ctx = Arc::new(NodeContext {
+            bus: bus.clone(),
+            store: EventStore::new(jet, StoreMetrics::unregistered()),
+            metrics: ActorMetrics::register(&mut registry),
+            snapshot_every: 3,
+            idle_after,
+        });
+        let shard = ShardId { kind: EntityKind::Stock, index: 0 };
+        let (shard, _) =
+            Actor::spawn(None, ShardSupervisor, ShardArgs { shard, ctx }).await.expect("spawn shard");
+        Harness { bus, shard, registry, _nats: nats }
+    }
+
+    async fn send(bus: &Bus, sku: &str, command: StockCommand) -> Result<StockView, BusError> {
+        bus.request(&StockRequest { sku: Sku::parse(sku).expect("sku"), command, correlation_id: None }).await
+    }
+
+    fn restock(n: i64) -> StockCommand {
+        StockCommand::Restock { quantity: Quantity::try_from(n).expect("qty") }
+    }
+
+    fn metric(registry: &Registry, line_start: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn a_crashed_entity_comes_back_with_its_state_and_its_neighbours_never_notice() {
+        let h = harness(Duration::from_secs(300)).await;
+        for i in 0..5 {
+            send(&h.bus, "CRASHY", restock(1 + i)).await.expect("restock");
+        }
+        send(&h.bus, "STEADY", restock(7)).await.expect("restock");
+        let crashy = Sku::parse("CRASHY").expect("sku");
+
+        h.shard.cast(ShardMsg::Crash(crashy)).expect("cast");
+        eventually("the crash to be recorded", Duration::from_secs(5), || async {
+            (metric(&h.registry, "souk_actor_crashes_total{kind=\"stock\"}")? >= 1.0).then_some(())
+        })
+        .await;
+
+        // The shard is still serving, the neighbour kept its state, and the crashed entity
+        // rehydrates (snapshot plus later commits) on its next command.
+        assert_eq!(send(&h.bus, "STEADY", StockCommand::Get).await.expect("get").on_hand, 7);
+        let back = send(&h.bus, "CRASHY", StockCommand::Get).await.expect("get");
+        assert_eq!((back.on_hand, back.version), (15, 5));
+        assert_eq!(send(&h.bus, "CRASHY", restock(1)).await.expect("restock").on_hand, 16);
+    }
+
+    #[tokio::test]
+    async fn idle_entities_are_passivated_and_rehydrate_on_demand() {
+        let h = harness(Duration::from_millis(300)).await;
+        send(&h.bus, "IDLE-1", restock(4)).await.expect("restock");
+        assert_eq!(metric(&h.registry, "souk_live_actors{kind=\"stock\"}"), Some(1.0));
+        eventually("the idle entity to stop", Duration::from_secs(5), || async {
+            (metric(&h.registry, "souk_live_actors{kind=\"stock\"}")? == 0.0).then_some(())
+        })
+        .await;
+        assert_eq!(send(&h.bus, "IDLE-1", StockCommand::Get).await.expect("get").on_hand, 4);
     }
 }

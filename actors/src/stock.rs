@@ -38,6 +38,9 @@ pub enum StockItemMsg {
     AppendDone(Result<u64, AppendError>),
     /// Answer once nothing is queued or in flight (used before handing a shard off).
     Flush(RpcReplyPort<()>),
+    /// Panic, to test supervision.
+    #[cfg(test)]
+    Panic,
 }
 
 /// What a stock item is started with.
@@ -138,6 +141,8 @@ impl Actor for StockItem {
                 st.flush_waiters.push(port);
                 st.notify_if_idle();
             }
+            #[cfg(test)]
+            StockItemMsg::Panic => panic!("injected failure"),
         }
         Ok(())
     }

@@ -139,15 +139,31 @@ impl Cluster {
         Ok(nodes)
     }
 
-    /// Takes the lease on `shard` if nobody holds it.
+    /// Takes the lease on `shard` if nobody holds it, or if it is still held in this node's
+    /// name by a previous run of this node (same node id, so same data dir) that died: it
+    /// would otherwise block the shard until it expired.
     pub async fn acquire(&self, shard: ShardId) -> Result<Option<Lease>, ClusterError> {
         let key = lease_key(shard);
-        // The epoch is the revision the create lands at; it is unknown until then, so the
+        // The epoch is the revision the write lands at; it is unknown until then, so the
         // value carries 0 and the first renewal records the real one.
         let value = serde_json::to_vec(&LeaseValue { node: self.node.clone(), epoch: 0 })?;
-        match self.leases.create(&key, value.into()).await {
+        match self.leases.create(&key, value.clone().into()).await {
             Ok(revision) => Ok(Some(Lease { shard, epoch: revision, revision })),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let entry =
+                    self.leases.entry(&key).await.map_err(|e| ClusterError::Kv("read lease", Box::new(e)))?;
+                let Some(entry) = entry else { return Ok(None) };
+                let ours =
+                    serde_json::from_slice::<LeaseValue>(&entry.value).is_ok_and(|v| v.node == self.node);
+                if !ours {
+                    return Ok(None);
+                }
+                match self.leases.update(&key, value.into(), entry.revision).await {
+                    Ok(revision) => Ok(Some(Lease { shard, epoch: revision, revision })),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                    Err(e) => Err(ClusterError::Kv("adopt lease", Box::new(e))),
+                }
+            }
             Err(e) => Err(ClusterError::Kv("acquire lease", Box::new(e))),
         }
     }

@@ -142,6 +142,7 @@ impl LocalServer {
     fn spawn(&mut self) -> Result<(), ServerError> {
         let o = &self.options;
         std::fs::create_dir_all(&o.dir)?;
+        reap_orphan(&o.dir.join("nats.pid"));
         let conf = o.dir.join("nats.conf");
         let log = o.dir.join("nats.log");
         // A fresh log each start, so waiting for "Listening" sees this start's line.
@@ -179,8 +180,9 @@ fn render_config(o: &ServerOptions) -> String {
     };
     let store = o.dir.join("jetstream");
     let mut conf = format!(
-        "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n",
+        "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\npid_file: \"{pid}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n",
         name = o.name,
+        pid = o.dir.join("nats.pid").display(),
         store = store.display(),
     );
     if let Some(c) = &o.cluster {
@@ -193,6 +195,24 @@ fn render_config(o: &ServerOptions) -> String {
         ));
     }
     conf
+}
+
+/// Kills a server left running by a previous owner of this directory that died without
+/// stopping it (kill -9), so that it does not hold the JetStream store.
+fn reap_orphan(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+        return;
+    };
+    let is_nats = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nats-server"));
+    if is_nats {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 /// Polls `path` until a line contains `marker`, and returns the rest of that line.

@@ -83,6 +83,53 @@ async fn release_and_commit_move_stock_as_documented() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["code"], "reservation_not_found");
+
+    // What was just done shows in the metrics operators read.
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for needle in [
+        "souk_http_requests_total{method=\"POST\",route=\"/v1/inventory/{sku}/reservations\",status=\"201\"} 2",
+        "souk_http_request_duration_seconds_bucket{",
+        "souk_event_appends_total{kind=\"stock\",outcome=\"ok\"}",
+        "souk_event_append_duration_seconds_bucket{",
+        "souk_live_actors{kind=\"stock\"} 1",
+        "souk_shards_owned{kind=\"stock\"} 16",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_describes_its_api() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let doc: Value = http
+        .get(format!("{}/openapi.json", node.url()))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
+    for path in [
+        "/v1/inventory",
+        "/v1/inventory/{sku}",
+        "/v1/inventory/{sku}/restock",
+        "/v1/inventory/{sku}/reservations",
+        "/v1/inventory/{sku}/reservations/{id}",
+        "/v1/inventory/{sku}/reservations/{id}/commit",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    let page = http.get(format!("{}/docs", node.url())).send().await.expect("docs");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.expect("html").contains("/v1/inventory/{sku}/reservations"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

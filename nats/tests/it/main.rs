@@ -143,6 +143,23 @@ async fn a_lease_has_one_holder_and_expires_when_not_renewed() {
 }
 
 #[tokio::test]
+async fn a_restarted_node_adopts_the_leases_of_its_previous_run() {
+    let nats = NatsServer::start();
+    let j = jet(nats.url(), Duration::from_secs(60)).await;
+    let shard = ShardId { kind: EntityKind::Stock, index: 1 };
+    let mut crashed_run = Cluster::new(&j, NodeId::parse("a").expect("id"));
+    let mut old = crashed_run.acquire(shard).await.expect("acquire").expect("granted");
+    // Same node id (same data dir), new process: no need to wait a minute for expiry.
+    crashed_run = Cluster::new(&j, NodeId::parse("a").expect("id"));
+    let adopted = crashed_run.acquire(shard).await.expect("acquire").expect("adopted");
+    assert!(adopted.epoch > old.epoch, "adoption mints a new epoch");
+    assert!(!crashed_run.renew(&mut old).await.expect("renew"), "the previous run's lease is dead");
+    // Another node still cannot take it.
+    let b = Cluster::new(&j, NodeId::parse("b").expect("id"));
+    assert!(b.acquire(shard).await.expect("acquire").is_none());
+}
+
+#[tokio::test]
 async fn membership_lists_live_nodes_and_forgets_leavers() {
     let nats = NatsServer::start();
     let j = jet(nats.url(), Duration::from_secs(30)).await;
