@@ -97,7 +97,8 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig.merge(Env::prefixed("SOUK_")).extract().map_err(Box::new)
+        // SOUK_CONFIG names the file itself (read by the command line), it is not a setting.
+        fig.merge(Env::prefixed("SOUK_").ignore(&["config"])).extract().map_err(Box::new)
     }
 
     /// The SurrealDB endpoint, defaulting to a file database in the data dir.
@@ -137,6 +138,28 @@ mod tests {
         assert!(c.nats_urls().is_empty());
         assert!(c.db_endpoint().starts_with("surrealkv://"));
         assert_eq!(c.sync_policy(), Ok(souk_nats::server::SyncPolicy::Always));
+    }
+
+    #[test]
+    fn a_toml_file_sets_what_it_names_and_leaves_the_rest() {
+        let path = std::env::temp_dir().join(format!("souk-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "http_addr = \"0.0.0.0:9000\"\nlease_ttl = \"3s\"\nshards_stock = 8\n")
+            .expect("write");
+        let c = Config::load(Some(&path)).expect("load");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(c.http_addr.port(), 9000);
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.shards_stock, 8);
+        assert_eq!(c.snapshot_every, Config::default().snapshot_every);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_an_error() {
+        let path = std::env::temp_dir().join(format!("souk-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "lease_tll = \"3s\"\n").expect("write");
+        let loaded = Config::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        assert!(loaded.is_err(), "a misspelt key must not be silently ignored");
     }
 
     #[test]

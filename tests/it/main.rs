@@ -3,6 +3,7 @@
 mod cluster;
 mod failover;
 mod inventory;
+mod layout;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
