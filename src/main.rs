@@ -4,6 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
+// glibc's malloc spent about 40% of a node's CPU under load (arena contention and
+// consolidation across worker threads); mimalloc removes most of that (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "souk", version, about = "Souk e-commerce backend")]
 struct Cli {

@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// The most messages applied in one database transaction.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
+/// How long a batch may wait to fill. Each transaction costs a query parse and a commit, so
+/// under load it pays to apply many changes at once; the read model lags by at most this.
+const BATCH_WINDOW: Duration = Duration::from_millis(250);
 
 /// Why the projector stopped; it is restarted by [`run`] after a pause.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +85,16 @@ async fn consumer(
 async fn project(jet: &Jet, repo: &StockRepo, name: &str) -> Result<(), ProjectorError> {
     let checkpoint = repo.checkpoint().await?;
     let consumer = consumer(jet, name, checkpoint).await?;
-    let mut messages = consumer.messages().await.map_err(nats)?.ready_chunks(BATCH);
-    while let Some(chunk) = messages.next().await {
+    let mut messages = consumer.messages().await.map_err(nats)?;
+    while let Some(first) = messages.next().await {
+        let mut chunk = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while chunk.len() < BATCH {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(m)) => chunk.push(m),
+                Ok(None) | Err(_) => break,
+            }
+        }
         let mut latest: HashMap<Sku, StockChange> = HashMap::new();
         let mut last_seq = 0;
         let mut last_msg = None;

@@ -111,7 +111,10 @@ impl Actor for StockItem {
         _me: ActorRef<StockItemMsg>,
         st: &mut StockItemState,
     ) -> Result<(), ActorProcessingErr> {
-        st.reload().await?;
+        // Every await below is boxed: an actor's task is as large as the largest future it
+        // holds, and most actors sit idle between commands, so only the in-progress step
+        // should pay for the big I/O futures.
+        Box::pin(st.reload()).await?;
         st.ctx.metrics.entity_started(EntityKind::Stock);
         Ok(())
     }
@@ -134,9 +137,9 @@ impl Actor for StockItem {
         match msg {
             StockItemMsg::Command(request, reply_to) => {
                 st.decide(request, reply_to);
-                st.flush(&me).await;
+                Box::pin(st.flush(&me)).await;
             }
-            StockItemMsg::AppendDone(result) => st.append_done(&me, result).await?,
+            StockItemMsg::AppendDone(result) => Box::pin(st.append_done(&me, result)).await?,
             StockItemMsg::Flush(port) => {
                 st.flush_waiters.push(port);
                 st.notify_if_idle();

@@ -49,9 +49,15 @@ pub enum BusError {
     Rejected(#[from] ReplyError),
 }
 
-/// The request/reply side of a NATS connection.
+/// The request/reply side of a NATS connection. Cheap to clone (one shared handle), since the
+/// edge clones its state for every request.
 #[derive(Debug, Clone)]
 pub struct Bus {
+    inner: std::sync::Arc<BusInner>,
+}
+
+#[derive(Debug)]
+struct BusInner {
     client: async_nats::Client,
     shards: ShardCounts,
     deadline: Duration,
@@ -60,24 +66,24 @@ pub struct Bus {
 impl Bus {
     /// A bus on `client`; requests give up after `deadline`.
     pub fn new(client: async_nats::Client, shards: ShardCounts, deadline: Duration) -> Self {
-        Self { client, shards, deadline }
+        Self { inner: std::sync::Arc::new(BusInner { client, shards, deadline }) }
     }
 
     /// The shard counts requests are routed with.
     pub fn shards(&self) -> ShardCounts {
-        self.shards
+        self.inner.shards
     }
 
     /// The underlying client.
     pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        &self.inner.client
     }
 
     /// Sends `req` to its shard's owner and waits for the reply, until the deadline.
     pub async fn request<R: Routed>(&self, req: &R) -> Result<R::Reply, BusError> {
-        let subject = Subjects.command(req.shard(&self.shards));
+        let subject = Subjects.command(req.shard(&self.inner.shards));
         let payload = bytes::Bytes::from(serde_json::to_vec(req)?);
-        let deadline = Instant::now() + self.deadline;
+        let deadline = Instant::now() + self.inner.deadline;
         let mut backoff = Duration::from_millis(10);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -85,7 +91,7 @@ impl Bus {
                 return Err(BusError::NoResponders(subject));
             }
             let request = Request::new().payload(payload.clone()).timeout(Some(remaining));
-            match self.client.send_request(subject.clone(), request).await {
+            match self.inner.client.send_request(subject.clone(), request).await {
                 Ok(msg) => {
                     let reply: Reply<R::Reply> = serde_json::from_slice(&msg.payload)?;
                     return Result::from(reply).map_err(BusError::Rejected);
@@ -105,7 +111,8 @@ impl Bus {
     /// Subscribes to a shard's command subject, as its owner.
     pub async fn serve_shard(&self, shard: ShardId) -> Result<async_nats::Subscriber, BusError> {
         let subject = Subjects.command(shard);
-        self.client
+        self.inner
+            .client
             .queue_subscribe(subject.clone(), OWNERS_QUEUE.to_owned())
             .await
             .map_err(|e| BusError::Transport(subject, Box::new(e)))
@@ -116,7 +123,7 @@ impl Bus {
     pub async fn reply<T: Serialize>(&self, to: Subject, reply: &Reply<T>) {
         match serde_json::to_vec(reply) {
             Ok(bytes) => {
-                if let Err(e) = self.client.publish(to, bytes.into()).await {
+                if let Err(e) = self.inner.client.publish(to, bytes.into()).await {
                     tracing::warn!(error = %e, "reply not sent");
                 }
             }

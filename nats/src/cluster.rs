@@ -72,6 +72,12 @@ fn parse_lease_key(key: &str) -> Option<ShardId> {
     Some(ShardId { kind, index: index.parse().ok()? })
 }
 
+/// Every live key of a bucket.
+async fn keys(store: &kv::Store, op: &'static str) -> Result<Vec<String>, ClusterError> {
+    let listing = store.keys().await.map_err(|e| ClusterError::Kv(op, Box::new(e)))?;
+    listing.try_collect().await.map_err(|e| ClusterError::Kv(op, Box::new(e)))
+}
+
 /// The live node that owns `shard` under rendezvous hashing: the one with the highest score.
 pub fn assign(nodes: &[NodeId], shard: ShardId) -> Option<&NodeId> {
     let kind = shard.kind.as_str().as_bytes();
@@ -126,14 +132,7 @@ impl Cluster {
 
     /// The nodes whose heartbeats have not expired, sorted.
     pub async fn live_nodes(&self) -> Result<Vec<NodeId>, ClusterError> {
-        let keys: Vec<String> = self
-            .nodes
-            .keys()
-            .await
-            .map_err(|e| ClusterError::Kv("list nodes", Box::new(e)))?
-            .try_collect()
-            .await
-            .map_err(|e| ClusterError::Kv("list nodes", Box::new(e)))?;
+        let keys = keys(&self.nodes, "list nodes").await?;
         let mut nodes: Vec<NodeId> = keys.into_iter().filter_map(|k| NodeId::parse(k).ok()).collect();
         nodes.sort();
         Ok(nodes)
@@ -192,14 +191,7 @@ impl Cluster {
 
     /// Who holds each leased shard right now.
     pub async fn owners(&self) -> Result<BTreeMap<ShardId, NodeId>, ClusterError> {
-        let keys: Vec<String> = self
-            .leases
-            .keys()
-            .await
-            .map_err(|e| ClusterError::Kv("list leases", Box::new(e)))?
-            .try_collect()
-            .await
-            .map_err(|e| ClusterError::Kv("list leases", Box::new(e)))?;
+        let keys = keys(&self.leases, "list leases").await?;
         let mut owners = BTreeMap::new();
         for key in keys {
             let Some(shard) = parse_lease_key(&key) else { continue };

@@ -36,10 +36,11 @@ impl TryFrom<StockRow> for StockView {
     }
 }
 
-/// The stock table.
+/// The stock table. Cheap to clone: the handle is shared, because cloning a SurrealDB handle
+/// opens a new session.
 #[derive(Debug, Clone)]
 pub struct StockRepo {
-    db: Db,
+    db: std::sync::Arc<Db>,
 }
 
 /// The projection name under which the stock projector records its checkpoint.
@@ -48,7 +49,7 @@ const PROJECTION: &str = "stock";
 impl StockRepo {
     /// The repository over `db`.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db: std::sync::Arc::new(db) }
     }
 
     /// Applies changes and advances the checkpoint to `checkpoint`, in one transaction. A row
@@ -58,33 +59,34 @@ impl StockRepo {
             .iter()
             .map(|c| {
                 json!({
+                    "id": c.sku.as_str(),
                     "sku": c.sku.as_str(),
                     "on_hand": c.levels.on_hand,
                     "reserved": c.levels.reserved,
                     "available": c.levels.available(),
                     "version": c.version,
+                    "seq": checkpoint,
                 })
             })
             .collect();
+        // One bulk statement: per-row subqueries cost far more in SurrealDB's executor.
+        // `version` is assigned last, so every condition compares against the stored version.
         self.db
             .query("BEGIN TRANSACTION")
             .query(
-                r"FOR $c IN $changes {
-                    LET $cur = (SELECT VALUE version FROM ONLY type::record('stock', $c.sku));
-                    IF $cur == NONE OR $cur < $c.version {
-                        UPSERT type::record('stock', $c.sku) CONTENT {
-                            sku: $c.sku, on_hand: $c.on_hand, reserved: $c.reserved,
-                            available: $c.available, version: $c.version, seq: $checkpoint
-                        };
-                    };
-                }",
+                r"INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
+                    on_hand = IF $input.version > version { $input.on_hand } ELSE { on_hand },
+                    reserved = IF $input.version > version { $input.reserved } ELSE { reserved },
+                    available = IF $input.version > version { $input.available } ELSE { available },
+                    seq = IF $input.version > version { $input.seq } ELSE { seq },
+                    version = IF $input.version > version { $input.version } ELSE { version };",
             )
             .query(
                 r"LET $prev = (SELECT VALUE seq FROM ONLY type::record('projection', $name)) ?? 0;
                 UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
             )
             .query("COMMIT TRANSACTION")
-            .bind(json!({ "changes": rows, "checkpoint": checkpoint, "name": PROJECTION }))
+            .bind(json!({ "rows": rows, "checkpoint": checkpoint, "name": PROJECTION }))
             .await?
             .check()?;
         Ok(())
