@@ -166,17 +166,31 @@ impl EventStore {
     }
 
     /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs
-    /// replay time, so failures are logged, not returned.
+    /// replay time, so failures are counted and logged, not returned.
     pub async fn save_snapshot<S: Serialize>(&self, kind: EntityKind, id: &str, seq: u64, state: &S) {
         let key = format!("{kind}.{id}");
-        match serde_json::to_vec(&Snapshot { seq, state }) {
-            Ok(bytes) => {
-                if let Err(e) = self.jet.snapshots.put(&key, bytes.into()).await {
+        let outcome = match serde_json::to_vec(&Snapshot { seq, state }) {
+            // Larger than the server accepts in one message: it would only be refused.
+            Ok(bytes) if bytes.len() as u64 > self.max_snapshot_bytes() => "too_large",
+            Ok(bytes) => match self.jet.snapshots.put(&key, bytes.into()).await {
+                Ok(_) => "ok",
+                Err(e) => {
                     tracing::warn!(%key, error = %e, "snapshot not saved");
+                    "failed"
                 }
+            },
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "snapshot not encoded");
+                "failed"
             }
-            Err(e) => tracing::warn!(%key, error = %e, "snapshot not encoded"),
-        }
+        };
+        self.metrics.record_snapshot(kind, outcome);
+    }
+
+    /// The largest snapshot the server takes: its max payload, less room for the KV headers.
+    fn max_snapshot_bytes(&self) -> u64 {
+        let max_payload = self.jet.js.client().server_info().max_payload as u64;
+        max_payload.saturating_sub(4096)
     }
 
     async fn snapshot<S: DeserializeOwned>(

@@ -25,6 +25,7 @@ struct OutcomeLabels {
 pub struct StoreMetrics {
     appends: Family<OutcomeLabels, Counter>,
     latency: Family<KindLabel, Histogram>,
+    snapshots: Family<OutcomeLabels, Counter>,
 }
 
 impl StoreMetrics {
@@ -41,6 +42,11 @@ impl StoreMetrics {
             "Latency of successful and failed event appends",
             m.latency.clone(),
         );
+        registry.register(
+            "souk_snapshots",
+            "Entity snapshots by kind and outcome (ok, too_large, failed)",
+            m.snapshots.clone(),
+        );
         m
     }
 
@@ -49,7 +55,12 @@ impl StoreMetrics {
         Self {
             appends: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 16))),
+            snapshots: Family::default(),
         }
+    }
+
+    pub(crate) fn record_snapshot(&self, kind: EntityKind, outcome: &'static str) {
+        self.snapshots.get_or_create(&OutcomeLabels { kind: kind.as_str(), outcome }).inc();
     }
 
     pub(crate) fn record_append(&self, kind: EntityKind, took: Duration, result: &Result<u64, AppendError>) {

@@ -113,6 +113,30 @@ async fn load_resumes_from_a_snapshot_and_replays_only_later_commits() {
 }
 
 #[tokio::test]
+async fn a_snapshot_too_large_for_the_server_is_skipped_and_counted() {
+    let nats = NatsServer::start();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let store =
+        EventStore::new(jet(nats.url(), Duration::from_secs(5)).await, StoreMetrics::register(&mut registry));
+    let mut big = StockState::default();
+    for i in 0..40_000 {
+        big.reservations.insert(
+            ReservationId::parse(format!("reservation-{i:08}")).expect("id"),
+            souk_messages::stock::Reservation {
+                quantity: 1,
+                status: souk_messages::stock::ReservationStatus::Released,
+            },
+        );
+    }
+    store.save_snapshot(EntityKind::Stock, "BIG", 1, &big).await;
+    store.save_snapshot(EntityKind::Stock, "SMALL", 1, &StockState::default()).await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(text.contains("souk_snapshots_total{kind=\"stock\",outcome=\"too_large\"} 1"), "{text}");
+    assert!(text.contains("souk_snapshots_total{kind=\"stock\",outcome=\"ok\"} 1"), "{text}");
+}
+
+#[tokio::test]
 async fn a_lease_has_one_holder_and_expires_when_not_renewed() {
     let nats = NatsServer::start();
     let ttl = Duration::from_secs(1);
