@@ -101,7 +101,7 @@ async fn project(jet: &Jet, repo: &StockRepo, name: &str) -> Result<(), Projecto
         for m in chunk {
             let m = m.map_err(nats)?;
             let seq = m.info().map_err(ProjectorError::Nats)?.stream_sequence;
-            if let Some(change) = change_of(&m.subject, &m.payload) {
+            if let Some(change) = change_of(&m.subject, &m.payload, seq) {
                 let keep = latest.get(&change.sku).is_none_or(|c| c.version < change.version);
                 if keep {
                     latest.insert(change.sku.clone(), change);
@@ -122,12 +122,12 @@ async fn project(jet: &Jet, repo: &StockRepo, name: &str) -> Result<(), Projecto
 
 /// The levels a commit leaves its stock item at, or `None` for a message that is not a
 /// decodable stock commit (logged and skipped: one bad record must not stop the read model).
-fn change_of(subject: &str, payload: &[u8]) -> Option<StockChange> {
+fn change_of(subject: &str, payload: &[u8], seq: u64) -> Option<StockChange> {
     let sku = Subjects.entity_id_of(EntityKind::Stock, subject).and_then(|s| Sku::parse(s).ok());
     let commit: Option<Commit<StockEvent>> = serde_json::from_slice(payload).ok();
     match (sku, commit.and_then(|c| c.into_iter().last())) {
         (Some(sku), Some(last)) => {
-            Some(StockChange { sku, version: last.version, levels: last.body.levels() })
+            Some(StockChange { sku, version: last.version, seq, levels: last.body.levels() })
         }
         _ => {
             tracing::error!(subject, "skipping undecodable stock commit");

@@ -262,10 +262,7 @@ impl StockItemState {
                 tracing::error!(sku = %self.sku, error = %e, "append refused");
                 let later = std::mem::take(&mut self.next);
                 self.answer_with(batch.commands, ErrorCode::Internal).await;
-                self.speculative = self.confirmed.clone();
-                for p in later.commands {
-                    self.decide(p.request, p.reply_to);
-                }
+                self.decide_again(later.commands);
             }
         }
         self.flush(me).await;
@@ -295,10 +292,17 @@ impl StockItemState {
     async fn redecide(&mut self, batch: Batch) -> Result<(), ActorProcessingErr> {
         let later = std::mem::take(&mut self.next);
         self.reload().await?;
-        for p in batch.commands.into_iter().chain(later.commands) {
+        self.decide_again(batch.commands.into_iter().chain(later.commands));
+        Ok(())
+    }
+
+    /// Drops every speculative event and decides `commands` again, in order, on the confirmed
+    /// state. `next` must already have been taken.
+    fn decide_again(&mut self, commands: impl IntoIterator<Item = Pending>) {
+        self.speculative = self.confirmed.clone();
+        for p in commands {
             self.decide(p.request, p.reply_to);
         }
-        Ok(())
     }
 
     async fn fail_all(&mut self, batch: Batch, code: ErrorCode) {

@@ -68,12 +68,15 @@ struct Snapshot<S> {
 pub struct EventStore {
     jet: Jet,
     metrics: StoreMetrics,
+    /// The largest snapshot the server takes: its max payload, less room for the KV headers.
+    max_snapshot_bytes: u64,
 }
 
 impl EventStore {
     /// An event store over the provisioned stream and snapshot bucket.
     pub fn new(jet: Jet, metrics: StoreMetrics) -> Self {
-        Self { jet, metrics }
+        let max_payload = jet.js.client().server_info().max_payload as u64;
+        Self { jet, metrics, max_snapshot_bytes: max_payload.saturating_sub(4096) }
     }
 
     /// Appends one commit to an entity, if its last sequence is still `expected_last_seq`
@@ -171,7 +174,7 @@ impl EventStore {
         let key = format!("{kind}.{id}");
         let outcome = match serde_json::to_vec(&Snapshot { seq, state }) {
             // Larger than the server accepts in one message: it would only be refused.
-            Ok(bytes) if bytes.len() as u64 > self.max_snapshot_bytes() => "too_large",
+            Ok(bytes) if bytes.len() as u64 > self.max_snapshot_bytes => "too_large",
             Ok(bytes) => match self.jet.snapshots.put(&key, bytes.into()).await {
                 Ok(_) => "ok",
                 Err(e) => {
@@ -185,12 +188,6 @@ impl EventStore {
             }
         };
         self.metrics.record_snapshot(kind, outcome);
-    }
-
-    /// The largest snapshot the server takes: its max payload, less room for the KV headers.
-    fn max_snapshot_bytes(&self) -> u64 {
-        let max_payload = self.jet.js.client().server_info().max_payload as u64;
-        max_payload.saturating_sub(4096)
     }
 
     async fn snapshot<S: DeserializeOwned>(

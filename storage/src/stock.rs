@@ -14,6 +14,8 @@ pub struct StockChange {
     pub sku: Sku,
     /// The entity version after the event.
     pub version: u64,
+    /// The stream sequence of the commit that carried it.
+    pub seq: u64,
     /// Levels after the event.
     pub levels: Levels,
 }
@@ -65,7 +67,7 @@ impl StockRepo {
                     "reserved": c.levels.reserved,
                     "available": c.levels.available(),
                     "version": c.version,
-                    "seq": checkpoint,
+                    "seq": c.seq,
                 })
             })
             .collect();

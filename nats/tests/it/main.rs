@@ -8,7 +8,7 @@ use souk_nats::cluster::Cluster;
 use souk_nats::metrics::StoreMetrics;
 use souk_nats::streams::ProvisionSettings;
 use souk_nats::{AppendError, ConnectSettings, EventStore, Jet};
-use souk_testkit::NatsServer;
+use souk_testkit::{NatsServer, eventually};
 use std::time::Duration;
 
 async fn jet(url: &str, lease_ttl: Duration) -> Jet {
@@ -152,12 +152,10 @@ async fn a_lease_has_one_holder_and_expires_when_not_renewed() {
 
     // Not renewed for longer than the TTL: it expires, b takes it with a higher epoch,
     // and a learns it lost the lease.
-    let lease_b = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Some(l) = b.acquire(shard).await.expect("acquire") {
-            break l;
-        }
-    };
+    let lease_b = eventually("the unrenewed lease to expire", Duration::from_secs(10), || async {
+        b.acquire(shard).await.expect("acquire")
+    })
+    .await;
     assert!(lease_b.epoch > lease_a.epoch, "epochs only grow");
     assert!(!a.renew(&mut lease_a).await.expect("renew"), "the old holder's renewal is refused");
 

@@ -21,7 +21,12 @@ fn uuid_like() -> String {
 }
 
 fn change(sku: &str, version: u64, on_hand: u64, reserved: u64) -> StockChange {
-    StockChange { sku: Sku::parse(sku).expect("sku"), version, levels: Levels { on_hand, reserved } }
+    StockChange {
+        sku: Sku::parse(sku).expect("sku"),
+        version,
+        seq: version,
+        levels: Levels { on_hand, reserved },
+    }
 }
 
 #[tokio::test]
