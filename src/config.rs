@@ -3,6 +3,7 @@
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use souk_messages::subject::ShardCounts;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub struct Config {
     pub db_password: Option<String>,
     /// Shards of stock items. Fixed for the life of a cluster.
     pub shards_stock: u32,
+    /// Shards of user accounts. Fixed for the life of a cluster.
+    pub shards_user: u32,
     /// How long a shard lease (and a node's heartbeat) lasts without renewal.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
@@ -59,6 +62,36 @@ pub struct Config {
     pub idle_after: Duration,
     /// Log filter, e.g. `info` or `souk=debug,info`.
     pub log: String,
+    /// Access-token issuer (`iss`).
+    pub auth_issuer: String,
+    /// Access-token audience (`aud`).
+    pub auth_audience: String,
+    /// Access-token lifetime.
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    /// Refresh-token lifetime (renewed by each refresh).
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
+    /// Password-reset token lifetime.
+    #[serde(with = "humantime_serde")]
+    pub reset_ttl: Duration,
+    /// Token signing key files (Ed25519 PKCS#8 PEM), comma-separated, oldest first: the last
+    /// signs, all verify. Unset (and no `auth_keys_pem`): the cluster shares a generated key.
+    pub auth_keys: Option<String>,
+    /// Token signing keys as PEM text, oldest first; added after `auth_keys`.
+    pub auth_keys_pem: Option<String>,
+    /// argon2id memory cost, KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2id passes.
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// An admin account to ensure at start-up (with `admin_password`).
+    pub admin_email: Option<String>,
+    /// The password of `admin_email`, used only when the account is created.
+    pub admin_password: Option<String>,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for Config {
@@ -86,6 +119,20 @@ impl Default for Config {
             snapshot_every: 64,
             idle_after: Duration::from_secs(300),
             log: "info".to_owned(),
+            shards_user: 64,
+            auth_issuer: "souk".to_owned(),
+            auth_audience: "souk".to_owned(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            reset_ttl: Duration::from_secs(30 * 60),
+            auth_keys: None,
+            auth_keys_pem: None,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            admin_email: None,
+            admin_password: None,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -115,6 +162,52 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The shard counts.
+    pub fn shard_counts(&self) -> Result<ShardCounts, String> {
+        if self.shards_stock == 0 || self.shards_user == 0 {
+            return Err("shards_stock and shards_user must be at least 1".into());
+        }
+        Ok(ShardCounts { stock: self.shards_stock, user: self.shards_user })
+    }
+
+    /// The NATS URLs to use: the configured ones, or the local server a running `souk serve`
+    /// recorded in the data dir.
+    pub fn nats_urls_or_local(&self) -> Vec<String> {
+        let urls = self.nats_urls();
+        if !urls.is_empty() {
+            return urls;
+        }
+        std::fs::read_to_string(self.local_nats_file()).map(|s| vec![s.trim().to_owned()]).unwrap_or_default()
+    }
+
+    /// Where `souk serve` records its local nats-server's URL for other `souk` commands.
+    pub fn local_nats_file(&self) -> PathBuf {
+        self.data_dir.join("nats-url")
+    }
+
+    /// Account and token settings for the edge.
+    pub fn auth_settings(&self) -> souk_api::auth::AuthSettings {
+        souk_api::auth::AuthSettings {
+            tokens: souk_api::auth::tokens::TokenSettings {
+                issuer: self.auth_issuer.clone(),
+                audience: self.auth_audience.clone(),
+                access_ttl: self.access_ttl,
+            },
+            refresh_ttl: self.refresh_ttl,
+            reset_ttl: self.reset_ttl,
+            trust_forwarded_for: self.trust_forwarded_for,
+        }
+    }
+
+    /// argon2id parameters.
+    pub fn hash_params(&self) -> souk_api::auth::password::HashParams {
+        souk_api::auth::password::HashParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
     }
 
     /// The local nats-server's sync policy.

@@ -1,8 +1,10 @@
-//! The `souk` binary's library: configuration, `serve`, `seed` and `load`.
+//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys` and `admin`.
 //! It wires the crates into one process; the crates themselves know nothing of each other
 //! beyond their declared dependencies.
 
+pub mod admin;
 pub mod config;
+pub mod keys;
 pub mod load;
 pub mod seed;
 pub mod serve;

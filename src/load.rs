@@ -32,6 +32,12 @@ pub struct LoadArgs {
     /// For `actors` and `failover`: the node process whose memory to read or to kill -9.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// A staff or admin account to log in as (inventory routes need one).
+    #[arg(long, env = "SOUK_LOAD_EMAIL")]
+    pub email: Option<String>,
+    /// Its password.
+    #[arg(long, env = "SOUK_LOAD_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,9 +58,15 @@ struct Summary {
 
 /// Runs the chosen scenarios and prints one JSON summary per scenario on stdout.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let (Some(email), Some(password)) = (&args.email, &args.password) {
+        let token = login(&args.target, email, password).await?;
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     for scenario in &args.scenarios {
@@ -294,6 +306,21 @@ async fn oversold(client: &reqwest::Client, base: &str, sku: &str, granted: u64)
     let reserved = v["reserved"].as_u64().unwrap_or(u64::MAX);
     let on_hand = v["on_hand"].as_u64().unwrap_or(0);
     Ok(reserved > on_hand || reserved != granted)
+}
+
+/// Logs in and returns the access token.
+async fn login(base: &str, email: &str, password: &str) -> anyhow::Result<String> {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .context("login request")?;
+    if !res.status().is_success() {
+        bail!("login as {email} answered {}", res.status());
+    }
+    let body: serde_json::Value = res.json().await?;
+    body["access_token"].as_str().map(str::to_owned).context("login answer without access_token")
 }
 
 /// A bare axum handler on a free loopback port: the same HTTP work without Souk behind it.

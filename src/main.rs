@@ -29,6 +29,37 @@ enum Command {
     },
     /// Measure reservations per second against a running node.
     Load(souk::load::LoadArgs),
+    /// Token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Account administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new Ed25519 signing key (PKCS#8 PEM) and print its key id.
+    Generate {
+        /// The file to create (mode 0600); standard output when omitted.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an admin account (or make an existing account admin) on a running cluster.
+    /// The password comes from SOUK_ADMIN_PASSWORD or the first line of stdin.
+    Create {
+        /// The admin's email address.
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[tokio::main]
@@ -49,6 +80,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             souk::load::run(args).await
+        }
+        Command::Keys { command: KeysCommand::Generate { out } } => souk::keys::generate(out.as_deref()),
+        Command::Admin { command: AdminCommand::Create { email } } => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::admin::create(&cfg, &email).await
         }
     }
 }

@@ -1,19 +1,23 @@
 //! `souk serve`: start a node and run it until SIGTERM or SIGINT.
 
 use crate::config::Config;
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use souk_actors::metrics::ActorMetrics;
 use souk_actors::{ActorSettings, Node, NodeDeps};
+use souk_api::auth::password::Hasher;
+use souk_api::auth::{Auth, NewUser};
 use souk_messages::NodeId;
-use souk_messages::subject::ShardCounts;
+use souk_messages::user::{Email, Name, Role};
+use souk_nats::accounts::Accounts;
 use souk_nats::cluster::Cluster;
 use souk_nats::health::Readiness;
 use souk_nats::metrics::StoreMetrics;
 use souk_nats::server::{LocalServer, ServerOptions};
 use souk_nats::streams::ProvisionSettings;
 use souk_nats::{Bus, ConnectSettings, EventStore};
-use souk_storage::{DbSettings, StockRepo};
+use souk_storage::{DbSettings, ReadModels};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,29 +46,16 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         .await??;
         tracing::info!(url = server.url(), "started local nats-server");
         urls.push(server.url().to_owned());
+        // Other `souk` commands (admin create) on this data dir find the server here.
+        std::fs::write(cfg.local_nats_file(), server.url())?;
         local_nats = Some(server);
     }
 
-    let client = souk_nats::connect(
-        &ConnectSettings {
-            urls,
-            credentials: cfg.nats_credentials.clone(),
-            user: cfg.nats_user.clone(),
-            password: cfg.nats_password.clone(),
-            token: cfg.nats_token.clone(),
-            require_tls: cfg.nats_tls,
-            name: format!("souk {node_id}"),
-        },
-        Duration::from_secs(30),
-    )
-    .await?;
+    let client = connect(&cfg, urls, format!("souk {node_id}")).await?;
     let readiness = Readiness::new(client.clone());
     let jet = provision(&client, &cfg).await?;
     readiness.set_provisioned();
-    let shards = ShardCounts { stock: cfg.shards_stock };
-    if shards.stock == 0 {
-        bail!("shards_stock must be at least 1");
-    }
+    let shards = cfg.shard_counts().map_err(anyhow::Error::msg)?;
     let cluster = Cluster::new(&jet, node_id.clone());
     cluster.agree_on_shards(shards).await?;
 
@@ -76,7 +67,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     })
     .await
     .context("cannot open the read-model database")?;
-    let stock_repo = StockRepo::new(db);
+    let read_models = ReadModels::new(db);
 
     let mut registry = Registry::default();
     let store = EventStore::new(jet.clone(), StoreMetrics::register(&mut registry));
@@ -85,43 +76,44 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
 
     // Embedded read models are per node, so each node projects everything through its own
-    // consumer; a shared database shares one consumer.
-    let projector_consumer = if cfg.db_endpoint().starts_with("ws") {
-        "souk_proj_stock".to_owned()
-    } else {
-        format!("souk_proj_stock_{node_id}")
-    };
+    // consumers; a shared database shares one consumer per kind.
+    let projector_suffix =
+        if cfg.db_endpoint().starts_with("ws") { String::new() } else { format!("_{node_id}") };
     let node = Node::start(
         ActorSettings {
             shards,
             tick: (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
             snapshot_every: cfg.snapshot_every,
             idle_after: cfg.idle_after,
-            projector_consumer,
+            projector_suffix,
         },
         NodeDeps {
-            jet,
+            jet: jet.clone(),
             bus: bus.clone(),
             store,
             cluster,
-            stock_repo: stock_repo.clone(),
+            read_models: read_models.clone(),
             readiness: readiness.clone(),
             metrics: actor_metrics,
         },
     )
     .await?;
 
+    let auth = auth(&cfg, &jet, bus.clone()).await?;
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
     let addr = listener.local_addr()?;
+    // The configured admin exists before the first request is served.
+    if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
+        ensure_admin(&auth, email, password.clone()).await.context("admin_email")?;
+    }
     tracing::info!(%addr, "http listening");
 
     if seed {
-        let bus = bus.clone();
-        let readiness = readiness.clone();
+        let (bus, auth, readiness) = (bus.clone(), auth.clone(), readiness.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::seed::run(&bus, &readiness).await {
+            if let Err(e) = crate::seed::run(&bus, &auth, &readiness).await {
                 tracing::error!(error = %e, "seeding failed");
             }
         });
@@ -129,7 +121,9 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
 
     let state = souk_api::AppState {
         bus,
-        stock: stock_repo,
+        stock: read_models.stock,
+        users: read_models.users,
+        auth,
         readiness: readiness.clone(),
         registry: Arc::new(registry),
         http,
@@ -147,9 +141,64 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     drop(client);
     if let Some(mut server) = local_nats {
         tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await?;
+        let _ = std::fs::remove_file(cfg.local_nats_file());
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to NATS with the configured credentials.
+pub async fn connect(cfg: &Config, urls: Vec<String>, name: String) -> anyhow::Result<souk_nats::Client> {
+    Ok(souk_nats::connect(
+        &ConnectSettings {
+            urls,
+            credentials: cfg.nats_credentials.clone(),
+            user: cfg.nats_user.clone(),
+            password: cfg.nats_password.clone(),
+            token: cfg.nats_token.clone(),
+            require_tls: cfg.nats_tls,
+            name,
+        },
+        Duration::from_secs(30),
+    )
+    .await?)
+}
+
+/// The account service: signing keys, password hasher and account buckets.
+pub async fn auth(cfg: &Config, jet: &souk_nats::Jet, bus: Bus) -> anyhow::Result<Auth> {
+    let accounts = Accounts::new(jet);
+    let keys = crate::keys::load(cfg, &accounts).await?;
+    tracing::info!(kid = keys.signing_kid(), "token signing key loaded");
+    let hasher = Hasher::new(cfg.hash_params()).context("argon2 parameters")?;
+    Ok(Auth::new(cfg.auth_settings(), keys, hasher, accounts, bus))
+}
+
+/// Makes sure `email` has an admin account, creating it with `password` if needed.
+pub async fn ensure_admin(auth: &Auth, email: &str, password: String) -> anyhow::Result<()> {
+    let new = NewUser {
+        email: Email::parse(email)?,
+        name: Name::parse("Admin")?,
+        phone: None,
+        password,
+        roles: BTreeSet::from([Role::Admin]),
+    };
+    // The user's shard may still be settling right after start-up: retry a few times.
+    let mut last = None;
+    for _ in 0..10 {
+        match auth.ensure_user(new.clone()).await {
+            Ok(view) => {
+                tracing::info!(user = %view.id, "admin account in place");
+                return Ok(());
+            }
+            Err(e @ souk_api::error::ApiError::Rejected(_)) => return Err(anyhow::anyhow!("{e}")),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(anyhow::anyhow!(
+        "cannot create the admin account: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 fn node_id(cfg: &Config) -> anyhow::Result<NodeId> {
@@ -166,9 +215,13 @@ fn node_id(cfg: &Config) -> anyhow::Result<NodeId> {
 }
 
 /// Provisions, retrying while a freshly started NATS cluster elects its JetStream leader.
-async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<souk_nats::Jet> {
-    let settings =
-        ProvisionSettings { replicas: cfg.nats_replicas, node_ttl: cfg.lease_ttl, lease_ttl: cfg.lease_ttl };
+pub async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<souk_nats::Jet> {
+    let settings = ProvisionSettings {
+        replicas: cfg.nats_replicas,
+        node_ttl: cfg.lease_ttl,
+        lease_ttl: cfg.lease_ttl,
+        session_ttl: cfg.refresh_ttl,
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match souk_nats::provision(client.clone(), settings).await {

@@ -6,21 +6,21 @@
 //! # Layout
 //! - [`node`]: the node supervisor: heartbeats, shard leases, rebalancing.
 //! - [`shard`]: a shard supervisor: serves the shard's subject, owns its entity actors.
-//! - [`stock`]: the stock item entity actor.
-//! - [`projector`]: the stock read-model projector.
+//! - [`entity`]: the entity actor, generic over the kind (stock item, user).
+//! - [`projector`]: the read-model projectors.
 //! - [`context`] and [`metrics`]: what the actors share.
 //!
 //! ```text
-//! NodeSupervisor ──▶ ShardSupervisor(stock.0) ──▶ StockItem(SKU-1), StockItem(SKU-9), …
-//!                ──▶ ShardSupervisor(stock.5) ──▶ …
+//! NodeSupervisor ──▶ ShardSupervisor<Stock>(stock.0) ──▶ EntityActor<Stock>(SKU-1), …
+//!                ──▶ ShardSupervisor<User>(user.5)   ──▶ EntityActor<User>(usr-…), …
 //! ```
 
 pub mod context;
+pub mod entity;
 pub mod metrics;
 pub mod node;
 pub mod projector;
 pub mod shard;
-pub mod stock;
 
 use context::NodeContext;
 use metrics::ActorMetrics;
@@ -30,7 +30,7 @@ use souk_messages::subject::ShardCounts;
 use souk_nats::cluster::Cluster;
 use souk_nats::health::Readiness;
 use souk_nats::{Bus, EventStore, Jet};
-use souk_storage::StockRepo;
+use souk_storage::ReadModels;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,8 +45,9 @@ pub struct ActorSettings {
     pub snapshot_every: u64,
     /// Stop entity actors idle this long.
     pub idle_after: Duration,
-    /// The durable consumer name of this node's projectors.
-    pub projector_consumer: String,
+    /// Appended to each projector's durable consumer name (`souk_proj_<kind><suffix>`):
+    /// the node id for a per-node database, empty for a shared one.
+    pub projector_suffix: String,
 }
 
 /// A running actor system. Call [`Node::leave`] before dropping it to hand shards off.
@@ -54,7 +55,7 @@ pub struct ActorSettings {
 pub struct Node {
     supervisor: ActorRef<NodeMsg>,
     handle: tokio::task::JoinHandle<()>,
-    projector: tokio::task::JoinHandle<()>,
+    projectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Everything the actors need from the process that hosts them.
@@ -68,8 +69,8 @@ pub struct NodeDeps {
     pub store: EventStore,
     /// Membership and leases.
     pub cluster: Cluster,
-    /// The stock read model.
-    pub stock_repo: StockRepo,
+    /// The read models.
+    pub read_models: ReadModels,
     /// Readiness to update.
     pub readiness: Readiness,
     /// Actor metrics.
@@ -94,8 +95,12 @@ impl Node {
             readiness: deps.readiness,
         };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
-        let projector = tokio::spawn(projector::run(deps.jet, deps.stock_repo, settings.projector_consumer));
-        Ok(Self { supervisor, handle, projector })
+        let suffix = settings.projector_suffix;
+        let projectors = vec![
+            tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.stock, suffix.clone())),
+            tokio::spawn(projector::run(deps.jet, deps.read_models.users, suffix)),
+        ];
+        Ok(Self { supervisor, handle, projectors })
     }
 
     /// Leaves the cluster gracefully: every shard finishes what it took, hands off and
@@ -104,7 +109,9 @@ impl Node {
         if let Err(e) = self.supervisor.call(NodeMsg::Leave, Some(Duration::from_secs(30))).await {
             tracing::warn!(error = %e, "graceful leave did not finish");
         }
-        self.projector.abort();
+        for p in &self.projectors {
+            p.abort();
+        }
         self.supervisor.stop(Some("node leaving".into()));
         let _ = self.handle.await;
     }

@@ -4,7 +4,9 @@
 use crate::context::NodeContext;
 use crate::shard::{ShardArgs, ShardMsg, ShardSupervisor};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use souk_messages::stock::StockState;
 use souk_messages::subject::{EntityKind, ShardCounts, ShardId};
+use souk_messages::user::UserState;
 use souk_nats::cluster::{Cluster, Lease, assign};
 use souk_nats::health::Readiness;
 use std::collections::{BTreeMap, BTreeSet};
@@ -199,7 +201,15 @@ impl NodeState {
         shard: ShardId,
     ) -> Result<ActorRef<ShardMsg>, ActorProcessingErr> {
         let args = ShardArgs { shard, ctx: self.args.ctx.clone() };
-        let (actor, _) = Actor::spawn_linked(None, ShardSupervisor, args, me.get_cell()).await?;
+        let cell = me.get_cell();
+        let (actor, _) = match shard.kind {
+            EntityKind::Stock => {
+                Actor::spawn_linked(None, ShardSupervisor::<StockState>::new(), args, cell).await?
+            }
+            EntityKind::User => {
+                Actor::spawn_linked(None, ShardSupervisor::<UserState>::new(), args, cell).await?
+            }
+        };
         Ok(actor)
     }
 

@@ -1,17 +1,19 @@
-//! The stock projector: folds stock events from a durable JetStream consumer into the `stock`
-//! read model. The database's checkpoint is the truth about what has been applied, so the
+//! Projectors: each folds one entity kind's events from a durable JetStream consumer into its
+//! read model (stock levels, users). The database's checkpoint is the truth about what has been applied, so the
 //! consumer is (re)created from it whenever the two disagree (an in-memory database is empty
 //! after a restart, while the consumer remembers its place).
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
-use souk_messages::Sku;
 use souk_messages::event::Commit;
 use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
+use souk_messages::user::UserEvent;
+use souk_messages::{Sku, UserId};
 use souk_nats::Jet;
-use souk_storage::{StockChange, StockRepo};
-use std::collections::HashMap;
+use souk_storage::{StockChange, StockRepo, StorageError, UserEvents, UserRepo};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::time::Duration;
 
 /// The most messages applied in one database transaction.
@@ -35,11 +37,38 @@ fn nats<E: std::error::Error + Send + Sync + 'static>(e: E) -> ProjectorError {
     ProjectorError::Nats(Box::new(e))
 }
 
-/// Runs the stock projector until the task is dropped, restarting it after failures.
-pub async fn run(jet: Jet, repo: StockRepo, consumer_name: String) {
+/// One message of the stream, as a projection sees it.
+#[derive(Debug)]
+pub struct Record {
+    /// The entity's event subject.
+    pub subject: String,
+    /// The commit.
+    pub payload: bytes::Bytes,
+    /// Its stream sequence.
+    pub seq: u64,
+}
+
+/// A read model fed by one entity kind's events.
+pub trait Projection: Send + Sync + 'static {
+    /// The kind whose events it folds.
+    const KIND: EntityKind;
+    /// The last stream sequence applied.
+    fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    /// Applies `records` (in stream order) and moves the checkpoint to `last_seq`, atomically.
+    fn apply(
+        &self,
+        records: Vec<Record>,
+        last_seq: u64,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// Runs a projector until the task is dropped, restarting it after failures. Its durable
+/// consumer is `souk_proj_<kind><suffix>`.
+pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String) {
+    let name = format!("souk_proj_{}{suffix}", P::KIND);
     loop {
-        if let Err(e) = project(&jet, &repo, &consumer_name).await {
-            tracing::warn!(error = %e, consumer = %consumer_name, "stock projector stopped; restarting");
+        if let Err(e) = project(&jet, &projection, &name).await {
+            tracing::warn!(error = %e, consumer = %name, "projector stopped; restarting");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -47,6 +76,7 @@ pub async fn run(jet: Jet, repo: StockRepo, consumer_name: String) {
 
 async fn consumer(
     jet: &Jet,
+    kind: EntityKind,
     name: &str,
     checkpoint: u64,
 ) -> Result<consumer::Consumer<pull::Config>, ProjectorError> {
@@ -68,7 +98,7 @@ async fn consumer(
     stream
         .create_consumer(pull::Config {
             durable_name: Some(name.to_owned()),
-            filter_subject: Subjects.kind_events(EntityKind::Stock),
+            filter_subject: Subjects.kind_events(kind),
             deliver_policy,
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(30),
@@ -82,9 +112,9 @@ async fn consumer(
         .map_err(nats)
 }
 
-async fn project(jet: &Jet, repo: &StockRepo, name: &str) -> Result<(), ProjectorError> {
-    let checkpoint = repo.checkpoint().await?;
-    let consumer = consumer(jet, name, checkpoint).await?;
+async fn project<P: Projection>(jet: &Jet, projection: &P, name: &str) -> Result<(), ProjectorError> {
+    let checkpoint = projection.checkpoint().await?;
+    let consumer = consumer(jet, P::KIND, name, checkpoint).await?;
     let mut messages = consumer.messages().await.map_err(nats)?;
     while let Some(first) = messages.next().await {
         let mut chunk = vec![first];
@@ -95,29 +125,70 @@ async fn project(jet: &Jet, repo: &StockRepo, name: &str) -> Result<(), Projecto
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut latest: HashMap<Sku, StockChange> = HashMap::new();
+        let mut records = Vec::with_capacity(chunk.len());
         let mut last_seq = 0;
         let mut last_msg = None;
         for m in chunk {
             let m = m.map_err(nats)?;
             let seq = m.info().map_err(ProjectorError::Nats)?.stream_sequence;
-            if let Some(change) = change_of(&m.subject, &m.payload, seq) {
-                let keep = latest.get(&change.sku).is_none_or(|c| c.version < change.version);
-                if keep {
-                    latest.insert(change.sku.clone(), change);
-                }
-            }
+            records.push(Record { subject: m.subject.to_string(), payload: m.payload.clone(), seq });
             last_seq = last_seq.max(seq);
             last_msg = Some(m);
         }
-        let changes: Vec<StockChange> = latest.into_values().collect();
-        repo.apply(&changes, last_seq).await?;
+        projection.apply(records, last_seq).await?;
         if let Some(m) = last_msg {
             // AckPolicy::All: acknowledging the last message acknowledges the whole chunk.
             m.ack().await.map_err(ProjectorError::Nats)?;
         }
     }
     Ok(())
+}
+
+impl Projection for StockRepo {
+    const KIND: EntityKind = EntityKind::Stock;
+
+    fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        StockRepo::checkpoint(self)
+    }
+
+    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+        // Stock events carry the levels after them, so only each SKU's newest one matters.
+        let mut latest: HashMap<Sku, StockChange> = HashMap::new();
+        for r in records {
+            if let Some(change) = change_of(&r.subject, &r.payload, r.seq) {
+                let keep = latest.get(&change.sku).is_none_or(|c| c.version < change.version);
+                if keep {
+                    latest.insert(change.sku.clone(), change);
+                }
+            }
+        }
+        let changes: Vec<StockChange> = latest.into_values().collect();
+        StockRepo::apply(self, &changes, last_seq).await
+    }
+}
+
+impl Projection for UserRepo {
+    const KIND: EntityKind = EntityKind::User;
+
+    fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        UserRepo::checkpoint(self)
+    }
+
+    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+        let mut by_user: BTreeMap<UserId, UserEvents> = BTreeMap::new();
+        for r in records {
+            let id = Subjects.entity_id_of(EntityKind::User, &r.subject).and_then(|s| UserId::parse(s).ok());
+            let commit: Option<Commit<UserEvent>> = serde_json::from_slice(&r.payload).ok();
+            let (Some(id), Some(commit)) = (id, commit) else {
+                tracing::error!(subject = r.subject, "skipping undecodable user commit");
+                continue;
+            };
+            let entry = by_user.entry(id.clone()).or_insert_with(|| UserEvents { id, events: Vec::new() });
+            entry.events.extend(commit.into_iter().map(|e| (r.seq, e)));
+        }
+        let batch: Vec<UserEvents> = by_user.into_values().collect();
+        UserRepo::apply(self, &batch, last_seq).await
+    }
 }
 
 /// The levels a commit leaves its stock item at, or `None` for a message that is not a

@@ -3,13 +3,13 @@
 //! afresh from their history.
 
 use crate::context::NodeContext;
-use crate::stock::{StockItem, StockItemArgs, StockItemMsg};
+use crate::entity::{EntityActor, EntityArgs, EntityMsg};
 use futures::StreamExt as _;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use souk_messages::stock::{StockRequest, StockView};
-use souk_messages::subject::{EntityKind, ShardId};
-use souk_messages::{ErrorCode, Reply, ReplyError, Sku};
+use souk_messages::subject::ShardId;
+use souk_messages::{Entity, ErrorCode, Reply, ReplyError, Request};
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -17,9 +17,22 @@ use tokio::task::JoinHandle;
 /// How long a hand-off waits for entities to finish what they started.
 const HANDOFF_GRACE: Duration = Duration::from_secs(5);
 
-/// The supervisor of one shard.
+/// The supervisor of one shard of entity kind `E`.
 #[derive(Debug)]
-pub struct ShardSupervisor;
+pub struct ShardSupervisor<E>(PhantomData<fn() -> E>);
+
+impl<E> ShardSupervisor<E> {
+    /// The supervisor behaviour.
+    pub const fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<E> Default for ShardSupervisor<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Messages a shard supervisor handles.
 #[derive(Debug)]
@@ -32,7 +45,7 @@ pub enum ShardMsg {
     Handoff(RpcReplyPort<()>),
     /// Make an entity panic, to test supervision.
     #[cfg(test)]
-    Crash(Sku),
+    Crash(String),
 }
 
 /// What a shard supervisor is started with.
@@ -45,32 +58,32 @@ pub struct ShardArgs {
 }
 
 #[derive(Debug)]
-struct Entry {
-    actor: ActorRef<StockItemMsg>,
+struct Entry<E: Entity> {
+    actor: ActorRef<EntityMsg<E>>,
     last_used: Instant,
 }
 
 /// A shard supervisor's state.
 #[derive(Debug)]
-pub struct ShardState {
+pub struct ShardState<E: Entity> {
     shard: ShardId,
     ctx: Arc<NodeContext>,
-    entities: HashMap<Sku, Entry>,
-    by_actor: HashMap<ActorId, Sku>,
+    entities: HashMap<E::Id, Entry<E>>,
+    by_actor: HashMap<ActorId, E::Id>,
     intake: Option<JoinHandle<()>>,
     sweeper: Option<JoinHandle<()>>,
 }
 
-impl Actor for ShardSupervisor {
+impl<E: Entity> Actor for ShardSupervisor<E> {
     type Msg = ShardMsg;
-    type State = ShardState;
+    type State = ShardState<E>;
     type Arguments = ShardArgs;
 
     async fn pre_start(
         &self,
         me: ActorRef<ShardMsg>,
         args: ShardArgs,
-    ) -> Result<ShardState, ActorProcessingErr> {
+    ) -> Result<ShardState<E>, ActorProcessingErr> {
         let mut sub = args.ctx.bus.serve_shard(args.shard).await?;
         let intake_me = me.clone();
         let intake = tokio::spawn(async move {
@@ -95,7 +108,7 @@ impl Actor for ShardSupervisor {
     async fn post_stop(
         &self,
         _me: ActorRef<ShardMsg>,
-        st: &mut ShardState,
+        st: &mut ShardState<E>,
     ) -> Result<(), ActorProcessingErr> {
         st.stop_intake();
         if let Some(s) = st.sweeper.take() {
@@ -112,7 +125,7 @@ impl Actor for ShardSupervisor {
         &self,
         me: ActorRef<ShardMsg>,
         msg: ShardMsg,
-        st: &mut ShardState,
+        st: &mut ShardState<E>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Command(msg) => st.route(&me, msg).await,
@@ -120,14 +133,14 @@ impl Actor for ShardSupervisor {
             ShardMsg::Handoff(port) => {
                 st.stop_intake();
                 let flushes =
-                    st.entities.values().map(|e| e.actor.call(StockItemMsg::Flush, Some(HANDOFF_GRACE)));
+                    st.entities.values().map(|e| e.actor.call(EntityMsg::Flush, Some(HANDOFF_GRACE)));
                 futures::future::join_all(flushes).await;
                 let _ = port.send(());
             }
             #[cfg(test)]
-            ShardMsg::Crash(sku) => {
-                if let Some(e) = st.entities.get(&sku) {
-                    let _ = e.actor.cast(StockItemMsg::Panic);
+            ShardMsg::Crash(id) => {
+                if let Some(e) = st.entities.iter().find(|(k, _)| E::id_str(k) == id).map(|(_, e)| e) {
+                    let _ = e.actor.cast(EntityMsg::Panic);
                 }
             }
         }
@@ -138,15 +151,15 @@ impl Actor for ShardSupervisor {
         &self,
         _me: ActorRef<ShardMsg>,
         evt: SupervisionEvent,
-        st: &mut ShardState,
+        st: &mut ShardState<E>,
     ) -> Result<(), ActorProcessingErr> {
         // ractor's default is to fail along with a failed child; a shard instead forgets the
         // child, whose next command starts a fresh actor that rehydrates from its history.
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(sku) = st.forget(cell.get_id()) {
-                    st.ctx.metrics.entity_crashed(EntityKind::Stock);
-                    tracing::warn!(%sku, error = %err, "stock item failed; it restarts on its next command");
+                if let Some(id) = st.forget(cell.get_id()) {
+                    st.ctx.metrics.entity_crashed(E::KIND);
+                    tracing::warn!(kind = %E::KIND, %id, error = %err, "entity failed; it restarts on its next command");
                 }
             }
             SupervisionEvent::ActorTerminated(cell, ..) => {
@@ -158,65 +171,65 @@ impl Actor for ShardSupervisor {
     }
 }
 
-impl ShardState {
+impl<E: Entity> ShardState<E> {
     async fn route(&mut self, me: &ActorRef<ShardMsg>, msg: async_nats::Message) {
-        let request: StockRequest = match serde_json::from_slice(&msg.payload) {
+        let request: Request<E> = match serde_json::from_slice(&msg.payload) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(to) = msg.reply {
                     let err = ReplyError::new(ErrorCode::InvalidBody, format!("malformed command: {e}"));
-                    self.ctx.bus.reply::<StockView>(to, &Reply::Err(err)).await;
+                    self.ctx.bus.reply::<E::View>(to, &Reply::Err(err)).await;
                 }
                 return;
             }
         };
-        let sku = request.sku.clone();
-        let actor = match self.entities.get_mut(&sku) {
+        let id = request.id.clone();
+        let actor = match self.entities.get_mut(&id) {
             Some(entry) => {
                 entry.last_used = Instant::now();
                 entry.actor.clone()
             }
             None => {
-                let args = StockItemArgs { sku: sku.clone(), ctx: self.ctx.clone() };
-                match Actor::spawn_linked(None, StockItem, args, me.get_cell()).await {
+                let args = EntityArgs { id: id.clone(), ctx: self.ctx.clone() };
+                match Actor::spawn_linked(None, EntityActor::<E>::new(), args, me.get_cell()).await {
                     Ok((actor, _)) => {
-                        self.by_actor.insert(actor.get_id(), sku.clone());
-                        self.entities.insert(sku, Entry { actor: actor.clone(), last_used: Instant::now() });
+                        self.by_actor.insert(actor.get_id(), id.clone());
+                        self.entities.insert(id, Entry { actor: actor.clone(), last_used: Instant::now() });
                         actor
                     }
                     Err(e) => {
-                        tracing::error!(%sku, error = %e, "cannot start stock item");
+                        tracing::error!(kind = %E::KIND, %id, error = %e, "cannot start entity");
                         return;
                     }
                 }
             }
         };
-        if let Err(e) = actor.cast(StockItemMsg::Command(request, msg.reply)) {
+        if let Err(e) = actor.cast(EntityMsg::Command(request, msg.reply)) {
             // The actor is stopping; the caller's retry reaches a fresh one.
-            tracing::debug!(error = %e, "command to a stopping stock item dropped");
+            tracing::debug!(error = %e, "command to a stopping entity dropped");
         }
     }
 
     fn sweep(&mut self) {
         let idle_after = self.ctx.idle_after;
-        let idle: Vec<Sku> = self
+        let idle: Vec<E::Id> = self
             .entities
             .iter()
             .filter(|(_, e)| e.last_used.elapsed() >= idle_after)
-            .map(|(sku, _)| sku.clone())
+            .map(|(id, _)| id.clone())
             .collect();
-        for sku in idle {
-            if let Some(e) = self.entities.remove(&sku) {
+        for id in idle {
+            if let Some(e) = self.entities.remove(&id) {
                 self.by_actor.remove(&e.actor.get_id());
                 e.actor.stop(Some("passivated".into()));
             }
         }
     }
 
-    fn forget(&mut self, id: ActorId) -> Option<Sku> {
-        let sku = self.by_actor.remove(&id)?;
-        self.entities.remove(&sku);
-        Some(sku)
+    fn forget(&mut self, actor: ActorId) -> Option<E::Id> {
+        let id = self.by_actor.remove(&actor)?;
+        self.entities.remove(&id);
+        Some(id)
     }
 
     fn stop_intake(&mut self) {
@@ -232,8 +245,9 @@ mod tests {
     use super::*;
     use crate::metrics::ActorMetrics;
     use prometheus_client::registry::Registry;
-    use souk_messages::stock::{Quantity, StockCommand};
-    use souk_messages::subject::ShardCounts;
+    use souk_messages::Sku;
+    use souk_messages::stock::{Quantity, StockCommand, StockRequest, StockState, StockView};
+    use souk_messages::subject::{EntityKind, ShardCounts};
     use souk_nats::metrics::StoreMetrics;
     use souk_nats::streams::ProvisionSettings;
     use souk_nats::{Bus, BusError, ConnectSettings, EventStore};
@@ -254,12 +268,12 @@ mod tests {
         let ttl = Duration::from_secs(5);
         let jet = souk_nats::provision(
             client.clone(),
-            ProvisionSettings { replicas: 1, node_ttl: ttl, lease_ttl: ttl },
+            ProvisionSettings { replicas: 1, node_ttl: ttl, lease_ttl: ttl, session_ttl: ttl },
         )
         .await
         .expect("provision");
         let mut registry = Registry::default();
-        let shards = ShardCounts { stock: 1 };
+        let shards = ShardCounts { stock: 1, user: 1 };
         let bus = Bus::new(client, shards, Duration::from_secs(5));
         let ctx = Arc::new(NodeContext {
             bus: bus.clone(),
@@ -269,13 +283,14 @@ mod tests {
             idle_after,
         });
         let shard = ShardId { kind: EntityKind::Stock, index: 0 };
-        let (shard, _) =
-            Actor::spawn(None, ShardSupervisor, ShardArgs { shard, ctx }).await.expect("spawn shard");
+        let (shard, _) = Actor::spawn(None, ShardSupervisor::<StockState>::new(), ShardArgs { shard, ctx })
+            .await
+            .expect("spawn shard");
         Harness { bus, shard, registry, _nats: nats }
     }
 
     async fn send(bus: &Bus, sku: &str, command: StockCommand) -> Result<StockView, BusError> {
-        bus.request(&StockRequest { sku: Sku::parse(sku).expect("sku"), command, correlation_id: None }).await
+        bus.request(&StockRequest::new(Sku::parse(sku).expect("sku"), command)).await
     }
 
     fn restock(n: i64) -> StockCommand {
@@ -295,9 +310,7 @@ mod tests {
             send(&h.bus, "CRASHY", restock(1 + i)).await.expect("restock");
         }
         send(&h.bus, "STEADY", restock(7)).await.expect("restock");
-        let crashy = Sku::parse("CRASHY").expect("sku");
-
-        h.shard.cast(ShardMsg::Crash(crashy)).expect("cast");
+        h.shard.cast(ShardMsg::Crash("CRASHY".into())).expect("cast");
         eventually("the crash to be recorded", Duration::from_secs(5), || async {
             (metric(&h.registry, "souk_actor_crashes_total{kind=\"stock\"}")? >= 1.0).then_some(())
         })

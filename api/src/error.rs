@@ -45,6 +45,15 @@ pub enum ApiError {
     /// 500: a read model failed.
     #[error(transparent)]
     Storage(#[from] souk_storage::StorageError),
+    /// 500: an account bucket failed.
+    #[error(transparent)]
+    Kv(#[from] souk_nats::KvError),
+    /// 429: too many failed attempts; retry after the duration.
+    #[error("throttled for {0:?}")]
+    Throttled(std::time::Duration),
+    /// 500: an unexpected failure; the detail is logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl From<BusError> for ApiError {
@@ -79,7 +88,14 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, None)
             }
             Self::Bus(BusError::TimedOut(_)) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout, None),
-            Self::Bus(_) | Self::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None),
+            Self::Throttled(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                Some(format!("too many failed attempts; retry in {} s", wait.as_secs().max(1))),
+            ),
+            Self::Bus(_) | Self::Storage(_) | Self::Kv(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
+            }
         }
     }
 }
@@ -92,14 +108,23 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidInput
         | ErrorCode::InvalidQuantity
         | ErrorCode::InvalidSku
-        | ErrorCode::InvalidReservationId => StatusCode::UNPROCESSABLE_ENTITY,
+        | ErrorCode::InvalidReservationId
+        | ErrorCode::InvalidEmail
+        | ErrorCode::WeakPassword => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Unauthorized | ErrorCode::InvalidCredentials | ErrorCode::InvalidToken => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorCode::Forbidden | ErrorCode::AccountDisabled => StatusCode::FORBIDDEN,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::RouteNotFound | ErrorCode::UnknownSku | ErrorCode::ReservationNotFound => {
-            StatusCode::NOT_FOUND
-        }
+        ErrorCode::RouteNotFound
+        | ErrorCode::UnknownSku
+        | ErrorCode::ReservationNotFound
+        | ErrorCode::UnknownUser => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::InsufficientStock | ErrorCode::ReservationConflict => StatusCode::CONFLICT,
+        ErrorCode::InsufficientStock | ErrorCode::ReservationConflict | ErrorCode::EmailTaken => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -117,7 +142,11 @@ impl IntoResponse for ApiError {
         } else {
             detail
         };
-        problem(status, code, detail)
+        let mut res = problem(status, code, detail);
+        if let Self::Throttled(wait) = self {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        }
+        res
     }
 }
 
@@ -134,6 +163,9 @@ pub fn problem(status: StatusCode, code: ErrorCode, detail: Option<String>) -> R
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"souk\""));
     }
     res
 }

@@ -5,11 +5,15 @@
 //! and scale on its own.
 //!
 //! # Layout
-//! - [`routes`]: handlers, one module per area; thin: parse, send, map.
+//! - [`routes`]: handlers, one module per area; thin: parse, send, map. Also the route
+//!   table, which gives every route its access level.
+//! - [`auth`]: accounts, sessions, tokens, password hashing, login throttling, and the one
+//!   middleware that checks every request against the route table.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
 //! - [`request_id`], [`metrics`]: cross-cutting middleware.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -24,7 +28,7 @@ use prometheus_client::registry::Registry;
 use souk_messages::ErrorCode;
 use souk_nats::Bus;
 use souk_nats::health::Readiness;
-use souk_storage::StockRepo;
+use souk_storage::{StockRepo, UserRepo};
 use std::future::Future;
 use std::sync::Arc;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,6 +44,10 @@ pub struct AppState {
     pub bus: Bus,
     /// The stock read model.
     pub stock: StockRepo,
+    /// The users read model.
+    pub users: UserRepo,
+    /// Accounts and sessions.
+    pub auth: auth::Auth,
     /// Readiness checks.
     pub readiness: Readiness,
     /// Every metric of the process, for `/metrics`.
@@ -62,17 +70,83 @@ pub struct AppState {
         routes::ops::healthz,
         routes::ops::readyz,
         routes::ops::metrics,
+        routes::ops::jwks,
+        routes::auth::register,
+        routes::auth::login,
+        routes::auth::refresh,
+        routes::auth::logout,
+        routes::auth::request_reset,
+        routes::auth::confirm_reset,
+        routes::me::me,
+        routes::me::update,
+        routes::me::change_password,
+        routes::admin::list,
+        routes::admin::get_one,
+        routes::admin::set_roles,
+        routes::admin::disable,
+        routes::admin::enable,
     ),
-    components(schemas(error::Problem, ErrorCode))
+    components(schemas(error::Problem, ErrorCode)),
+    modifiers(&Security)
 )]
 pub struct ApiDoc;
+
+/// Adds the bearer scheme, and gives every operation the security its route's access level
+/// demands (none for public routes), with the 401/403 answers that come with it.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from /v1/auth/login or /v1/auth/refresh"))
+                    .build(),
+            ),
+        );
+        for (path, item) in &mut doc.paths.paths {
+            let ops = [
+                (Method::GET, &mut item.get),
+                (Method::POST, &mut item.post),
+                (Method::PUT, &mut item.put),
+                (Method::PATCH, &mut item.patch),
+                (Method::DELETE, &mut item.delete),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let access = auth::access::access_of(&method, path).unwrap_or(auth::access::Access::Admin);
+                if access == auth::access::Access::Public {
+                    op.security = Some(vec![SecurityRequirement::default()]);
+                    continue;
+                }
+                op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+                let role = access.as_str();
+                let mut add = |code: &str, text: String| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(text).build()));
+                };
+                add("401", "no valid bearer token (unauthorized)".to_owned());
+                if access != auth::access::Access::User {
+                    add("403", format!("the caller lacks the {role} role (forbidden)"));
+                }
+            }
+        }
+    }
+}
 
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let http = state.http.clone();
-    Router::new()
-        .merge(routes::inventory::router())
-        .merge(routes::ops::router())
+    routes::router()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::access::authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -124,5 +198,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

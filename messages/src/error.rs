@@ -35,6 +35,25 @@ pub enum ErrorCode {
     InsufficientStock,
     /// The reservation id is already used in a way that conflicts with this request.
     ReservationConflict,
+    /// The email address is not a valid address.
+    InvalidEmail,
+    /// The password is too short, too long, or too common.
+    WeakPassword,
+    /// Another account already uses this email address.
+    EmailTaken,
+    /// No user has this id.
+    UnknownUser,
+    /// The request needs a valid access token: none was sent, or it is expired, tampered
+    /// with, or not meant for Souk.
+    Unauthorized,
+    /// The caller's roles do not allow this request.
+    Forbidden,
+    /// The email address and password do not match an account.
+    InvalidCredentials,
+    /// The account is disabled.
+    AccountDisabled,
+    /// A refresh or password-reset token is unknown, expired, spent or revoked.
+    InvalidToken,
     /// Too many requests: slow down and retry after the indicated time.
     RateLimited,
     /// The owning shard is moving or the cluster is not ready; retry shortly.
@@ -63,6 +82,15 @@ impl ErrorCode {
             Self::ReservationNotFound => "reservation_not_found",
             Self::InsufficientStock => "insufficient_stock",
             Self::ReservationConflict => "reservation_conflict",
+            Self::InvalidEmail => "invalid_email",
+            Self::WeakPassword => "weak_password",
+            Self::EmailTaken => "email_taken",
+            Self::UnknownUser => "unknown_user",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::AccountDisabled => "account_disabled",
+            Self::InvalidToken => "invalid_token",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -71,7 +99,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 26] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
@@ -85,6 +113,15 @@ impl ErrorCode {
         Self::ReservationNotFound,
         Self::InsufficientStock,
         Self::ReservationConflict,
+        Self::InvalidEmail,
+        Self::WeakPassword,
+        Self::EmailTaken,
+        Self::UnknownUser,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::InvalidCredentials,
+        Self::AccountDisabled,
+        Self::InvalidToken,
         Self::RateLimited,
         Self::Unavailable,
         Self::Timeout,

@@ -90,6 +90,18 @@ token_id!(
     NodeId, "node id", 64
 );
 
+token_id!(
+    /// A user account's id, assigned by Souk at registration.
+    UserId, "user id", 64
+);
+
+impl UserId {
+    /// A fresh random user id.
+    pub fn generate() -> Self {
+        Self(format!("usr-{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
 impl NodeId {
     /// A fresh random node id.
     pub fn generate() -> Self {

@@ -8,14 +8,19 @@
 //! - [`error`]: stable error codes and the `Reply<T>` envelope of every request/reply.
 //! - [`ids`]: validated identifiers (`Sku`, `ReservationId`, `NodeId`).
 //! - [`event`]: the public event envelope published on `souk.evt.<kind>.<id>`.
+//! - [`entity`]: the `Entity` trait every kind implements and the bus request envelope.
 //! - [`stock`]: the stock item entity: commands, events, its state fold and its view.
 //! - [`subject`]: entity kinds, shard hashing and the typed subject builder.
+//! - [`user`]: the user account entity, and the rules for emails, names, phones and passwords.
 
+pub mod entity;
 pub mod error;
 pub mod event;
 pub mod ids;
 pub mod stock;
 pub mod subject;
+pub mod user;
 
+pub use entity::{Entity, Request};
 pub use error::{ErrorCode, Reply, ReplyError};
-pub use ids::{IdError, NodeId, ReservationId, Sku};
+pub use ids::{IdError, NodeId, ReservationId, Sku, UserId};

@@ -80,17 +80,8 @@ pub enum StockCommand {
     Get,
 }
 
-/// A command on the bus: which SKU, what to do, and the request it came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StockRequest {
-    /// The stock item.
-    pub sku: Sku,
-    /// What to do.
-    pub command: StockCommand,
-    /// The originating request's correlation id, copied into the events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-}
+/// A command on the bus addressed to one stock item.
+pub type StockRequest = crate::entity::Request<StockState>;
 
 /// A stock item's state as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -392,6 +383,34 @@ impl crate::event::Fold for StockState {
     type Event = StockEvent;
     fn apply(&mut self, event: &StockEvent) {
         StockState::apply(self, event);
+    }
+}
+
+impl crate::entity::Entity for StockState {
+    const KIND: crate::subject::EntityKind = crate::subject::EntityKind::Stock;
+    type Id = Sku;
+    type Command = StockCommand;
+    type View = StockView;
+
+    fn id_str(id: &Sku) -> &str {
+        id.as_str()
+    }
+
+    fn decide(
+        &self,
+        _id: &Sku,
+        cmd: &StockCommand,
+        _now: time::OffsetDateTime,
+    ) -> Result<Vec<StockEvent>, ReplyError> {
+        StockState::decide(self, cmd)
+    }
+
+    fn view(&self, id: &Sku) -> StockView {
+        StockState::view(self, id)
+    }
+
+    fn version(&self) -> u64 {
+        self.version
     }
 }
 

@@ -10,16 +10,19 @@ use std::fmt;
 pub enum EntityKind {
     /// A stock item: the inventory of one SKU.
     Stock,
+    /// A user account.
+    User,
 }
 
 impl EntityKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 1] = [Self::Stock];
+    pub const ALL: [Self; 2] = [Self::Stock, Self::User];
 
     /// The kind as a subject token.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Stock => "stock",
+            Self::User => "user",
         }
     }
 }
@@ -36,11 +39,18 @@ impl fmt::Display for EntityKind {
 pub struct ShardCounts {
     /// Shards of stock items.
     pub stock: u32,
+    /// Shards of user accounts.
+    #[serde(default = "default_shards")]
+    pub user: u32,
+}
+
+const fn default_shards() -> u32 {
+    64
 }
 
 impl Default for ShardCounts {
     fn default() -> Self {
-        Self { stock: 64 }
+        Self { stock: default_shards(), user: default_shards() }
     }
 }
 
@@ -49,6 +59,7 @@ impl ShardCounts {
     pub const fn of(&self, kind: EntityKind) -> u32 {
         match kind {
             EntityKind::Stock => self.stock,
+            EntityKind::User => self.user,
         }
     }
 

@@ -1,12 +1,11 @@
 //! Typed request/reply over core NATS, with a deadline. A request whose shard has no owner at
 //! the moment (it is moving between nodes) is retried with back-off until the deadline.
 
-use async_nats::{Request, RequestErrorKind, Subject};
+use async_nats::{RequestErrorKind, Subject};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use souk_messages::stock::{StockRequest, StockView};
-use souk_messages::subject::{EntityKind, ShardCounts, ShardId, Subjects, shard_of};
-use souk_messages::{Reply, ReplyError};
+use souk_messages::subject::{ShardCounts, ShardId, Subjects, shard_of};
+use souk_messages::{Entity, Reply, ReplyError, Request};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -22,10 +21,10 @@ pub trait Routed: Serialize {
     fn shard(&self, shards: &ShardCounts) -> ShardId;
 }
 
-impl Routed for StockRequest {
-    type Reply = StockView;
+impl<E: Entity> Routed for Request<E> {
+    type Reply = E::View;
     fn shard(&self, shards: &ShardCounts) -> ShardId {
-        shard_of(EntityKind::Stock, self.sku.as_str(), shards.stock)
+        shard_of(E::KIND, E::id_str(&self.id), shards.of(E::KIND))
     }
 }
 
@@ -90,7 +89,7 @@ impl Bus {
             if remaining.is_zero() {
                 return Err(BusError::NoResponders(subject));
             }
-            let request = Request::new().payload(payload.clone()).timeout(Some(remaining));
+            let request = async_nats::Request::new().payload(payload.clone()).timeout(Some(remaining));
             match self.inner.client.send_request(subject.clone(), request).await {
                 Ok(msg) => {
                     let reply: Reply<R::Reply> = serde_json::from_slice(&msg.payload)?;

@@ -10,13 +10,17 @@
 //! - [`event_store`]: append with optimistic concurrency, load with snapshots.
 //! - [`bus`]: typed request/reply with a deadline and retry while a shard moves.
 //! - [`cluster`]: live-node heartbeats, rendezvous assignment and fenced shard leases.
+//! - [`kv`]: a typed JSON KV bucket with revision-checked writes.
+//! - [`accounts`]: email claims, password hashes, refresh-token families, login failures.
 //! - [`metrics`] and [`health`]: what the edge exposes on `/metrics` and `/readyz`.
 
+pub mod accounts;
 pub mod bus;
 pub mod cluster;
 pub mod connect;
 pub mod event_store;
 pub mod health;
+pub mod kv;
 pub mod metrics;
 pub mod server;
 pub mod streams;
@@ -25,6 +29,7 @@ pub use async_nats::Client;
 pub use bus::{Bus, BusError, Routed};
 pub use connect::{ConnectError, ConnectSettings, connect};
 pub use event_store::{AppendError, EventStore, Loaded, StoreError};
+pub use kv::{JsonKv, KvError};
 pub use streams::{Jet, ProvisionError, provision};
 
 /// Boxed error from async-nats, kept as the source of our own error kinds.

@@ -15,6 +15,16 @@ pub const LEASES_BUCKET: &str = "souk_leases";
 pub const SNAPSHOTS_BUCKET: &str = "souk_snapshots";
 /// Cluster-wide settings every node must agree on, such as shard counts.
 pub const CLUSTER_BUCKET: &str = "souk_cluster";
+/// Email claims: key = the hex of a normalised address, value = the user who owns it.
+pub const EMAILS_BUCKET: &str = "souk_emails";
+/// Password hashes: key = user id. Kept out of the event stream on purpose.
+pub const CREDENTIALS_BUCKET: &str = "souk_credentials";
+/// Refresh-token families: key = family id, expiring after the refresh-token lifetime.
+pub const SESSIONS_BUCKET: &str = "souk_sessions";
+/// Login failure counters per account and per client address, expiring after an hour.
+pub const THROTTLE_BUCKET: &str = "souk_throttle";
+/// How long a login-failure counter lives without a new failure.
+pub const THROTTLE_TTL: Duration = Duration::from_secs(3600);
 
 /// Provisioning parameters.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +35,8 @@ pub struct ProvisionSettings {
     pub node_ttl: Duration,
     /// How long a lease lasts without renewal.
     pub lease_ttl: Duration,
+    /// How long a refresh-token family lives after its last rotation.
+    pub session_ttl: Duration,
 }
 
 /// Handles to everything provisioned.
@@ -42,6 +54,14 @@ pub struct Jet {
     pub snapshots: kv::Store,
     /// Cluster settings.
     pub cluster: kv::Store,
+    /// Email claims.
+    pub emails: kv::Store,
+    /// Password hashes.
+    pub credentials: kv::Store,
+    /// Refresh-token families.
+    pub sessions: kv::Store,
+    /// Login failure counters.
+    pub throttle: kv::Store,
 }
 
 /// Why provisioning failed.
@@ -95,5 +115,9 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     let leases = bucket(LEASES_BUCKET, s.lease_ttl, 1).await?;
     let snapshots = bucket(SNAPSHOTS_BUCKET, Duration::ZERO, 1).await?;
     let cluster = bucket(CLUSTER_BUCKET, Duration::ZERO, 1).await?;
-    Ok(Jet { js, events, nodes, leases, snapshots, cluster })
+    let emails = bucket(EMAILS_BUCKET, Duration::ZERO, 1).await?;
+    let credentials = bucket(CREDENTIALS_BUCKET, Duration::ZERO, 1).await?;
+    let sessions = bucket(SESSIONS_BUCKET, s.session_ttl, 1).await?;
+    let throttle = bucket(THROTTLE_BUCKET, THROTTLE_TTL, 1).await?;
+    Ok(Jet { js, events, nodes, leases, snapshots, cluster, emails, credentials, sessions, throttle })
 }

@@ -36,9 +36,10 @@ pub async fn connect(s: &DbSettings) -> Result<Db, StorageError> {
 
 /// Schema versions, applied in order, each exactly once. Never edit a released one: add a
 /// new version instead.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    r"
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        r"
     DEFINE TABLE IF NOT EXISTS stock SCHEMAFULL;
     DEFINE FIELD IF NOT EXISTS sku ON stock TYPE string;
     DEFINE FIELD IF NOT EXISTS on_hand ON stock TYPE int;
@@ -51,7 +52,59 @@ const MIGRATIONS: &[(u32, &str)] = &[(
     DEFINE TABLE IF NOT EXISTS projection SCHEMAFULL;
     DEFINE FIELD IF NOT EXISTS seq ON projection TYPE int;
     ",
-)];
+    ),
+    (
+        2,
+        r"
+    DEFINE TABLE IF NOT EXISTS users SCHEMAFULL;
+    DEFINE FIELD IF NOT EXISTS uid ON users TYPE string;
+    DEFINE FIELD IF NOT EXISTS email ON users TYPE string;
+    DEFINE FIELD IF NOT EXISTS name ON users TYPE string;
+    DEFINE FIELD IF NOT EXISTS phone ON users TYPE option<string>;
+    DEFINE FIELD IF NOT EXISTS roles ON users TYPE array<string>;
+    DEFINE FIELD IF NOT EXISTS disabled ON users TYPE bool;
+    DEFINE FIELD IF NOT EXISTS session_epoch ON users TYPE int;
+    DEFINE FIELD IF NOT EXISTS search ON users TYPE string;
+    DEFINE FIELD IF NOT EXISTS created_at ON users TYPE string;
+    DEFINE FIELD IF NOT EXISTS version ON users TYPE int;
+    DEFINE FIELD IF NOT EXISTS seq ON users TYPE int;
+    DEFINE INDEX IF NOT EXISTS users_uid ON users FIELDS uid UNIQUE;
+    ",
+    ),
+];
+
+/// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to
+/// `checkpoint`, in one transaction, so rows and checkpoint never disagree. The checkpoint only
+/// moves forward.
+pub(crate) async fn apply_projection(
+    db: &Db,
+    upsert: &'static str,
+    rows: Vec<serde_json::Value>,
+    name: &'static str,
+    checkpoint: u64,
+) -> Result<(), StorageError> {
+    db.query("BEGIN TRANSACTION")
+        .query(upsert)
+        .query(
+            r"LET $prev = (SELECT VALUE seq FROM ONLY type::record('projection', $name)) ?? 0;
+            UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
+        )
+        .query("COMMIT TRANSACTION")
+        .bind(serde_json::json!({ "rows": rows, "checkpoint": checkpoint, "name": name }))
+        .await?
+        .check()?;
+    Ok(())
+}
+
+/// The last stream sequence projection `name` has applied; 0 for an empty database.
+pub(crate) async fn checkpoint(db: &Db, name: &str) -> Result<u64, StorageError> {
+    let mut res = db
+        .query("SELECT VALUE seq FROM ONLY type::record('projection', $name)")
+        .bind(("name", name.to_owned()))
+        .await?;
+    let seq: Option<i64> = res.take(0)?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
+}
 
 /// Applies every migration newer than the database's schema version.
 pub async fn migrate(db: &Db) -> Result<(), StorageError> {

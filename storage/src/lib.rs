@@ -7,12 +7,33 @@
 //! # Layout
 //! - [`db`]: connect (`mem://`, `surrealkv://path`, `ws://host`) and migrate.
 //! - [`stock`]: the `stock` read model and its projection checkpoint.
+//! - [`user`]: the `users` read model, for the admin user list and search.
 
 pub mod db;
 pub mod stock;
+pub mod user;
 
 pub use db::{Db, DbSettings, connect, migrate};
 pub use stock::{StockChange, StockRepo};
+pub use user::{UserEvents, UserRepo};
+
+/// Every read model over one database handle.
+#[derive(Debug, Clone)]
+pub struct ReadModels {
+    /// Stock levels.
+    pub stock: StockRepo,
+    /// User accounts.
+    pub users: UserRepo,
+}
+
+impl ReadModels {
+    /// The read models over `db`, sharing one handle (cloning a SurrealDB handle would open
+    /// a new session without the selected namespace).
+    pub fn new(db: Db) -> Self {
+        let db = std::sync::Arc::new(db);
+        Self { stock: StockRepo::shared(db.clone()), users: UserRepo::new(db) }
+    }
+}
 
 /// Why a read-model operation failed.
 #[derive(Debug, thiserror::Error)]

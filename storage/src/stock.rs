@@ -51,7 +51,12 @@ const PROJECTION: &str = "stock";
 impl StockRepo {
     /// The repository over `db`.
     pub fn new(db: Db) -> Self {
-        Self { db: std::sync::Arc::new(db) }
+        Self::shared(std::sync::Arc::new(db))
+    }
+
+    /// The repository over a handle shared with other repositories.
+    pub fn shared(db: std::sync::Arc<Db>) -> Self {
+        Self { db }
     }
 
     /// Applies changes and advances the checkpoint to `checkpoint`, in one transaction. A row
@@ -73,36 +78,18 @@ impl StockRepo {
             .collect();
         // One bulk statement: per-row subqueries cost far more in SurrealDB's executor.
         // `version` is assigned last, so every condition compares against the stored version.
-        self.db
-            .query("BEGIN TRANSACTION")
-            .query(
-                r"INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
+        const UPSERT: &str = r"INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
                     on_hand = IF $input.version > version { $input.on_hand } ELSE { on_hand },
                     reserved = IF $input.version > version { $input.reserved } ELSE { reserved },
                     available = IF $input.version > version { $input.available } ELSE { available },
                     seq = IF $input.version > version { $input.seq } ELSE { seq },
-                    version = IF $input.version > version { $input.version } ELSE { version };",
-            )
-            .query(
-                r"LET $prev = (SELECT VALUE seq FROM ONLY type::record('projection', $name)) ?? 0;
-                UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
-            )
-            .query("COMMIT TRANSACTION")
-            .bind(json!({ "rows": rows, "checkpoint": checkpoint, "name": PROJECTION }))
-            .await?
-            .check()?;
-        Ok(())
+                    version = IF $input.version > version { $input.version } ELSE { version };";
+        crate::db::apply_projection(&self.db, UPSERT, rows, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.
     pub async fn checkpoint(&self) -> Result<u64, StorageError> {
-        let mut res = self
-            .db
-            .query("SELECT VALUE seq FROM ONLY type::record('projection', $name)")
-            .bind(("name", PROJECTION))
-            .await?;
-        let seq: Option<i64> = res.take(0)?;
-        Ok(seq.unwrap_or(0).max(0) as u64)
+        crate::db::checkpoint(&self.db, PROJECTION).await
     }
 
     /// A page of stock items ordered by SKU, after `after`, optionally only those with fewer

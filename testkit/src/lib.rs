@@ -13,6 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// The admin every test node creates at start-up (`SOUK_ADMIN_EMAIL`).
+pub const ADMIN_EMAIL: &str = "admin@souk.test";
+/// That admin's password (`SOUK_ADMIN_PASSWORD`).
+pub const ADMIN_PASSWORD: &str = "test admin password 1";
+
 /// A JetStream-enabled nats-server on a free loopback port, in its own temp dir. Killed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -108,6 +113,13 @@ impl SoukNode {
             ("SOUK_NATS_URL", nats_url),
             ("SOUK_HTTP_ADDR", "127.0.0.1:0"),
             ("SOUK_SHARDS_STOCK", "16"),
+            ("SOUK_SHARDS_USER", "16"),
+            ("SOUK_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("SOUK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            // Cheap hashing keeps the many logins of the suite fast; the default cost is
+            // covered by the unit tests.
+            ("SOUK_ARGON2_MEMORY_KIB", "1024"),
+            ("SOUK_ARGON2_ITERATIONS", "1"),
             ("SOUK_LEASE_TTL", "2s"),
             ("SOUK_REQUEST_TIMEOUT", "15s"),
             ("SOUK_LOG", "info,surrealdb=warn,surrealkv=warn"),
@@ -227,6 +239,41 @@ pub fn http() -> reqwest::Client {
         .pool_max_idle_per_host(256)
         .build()
         .expect("client")
+}
+
+/// Logs in at `base` and returns the answer (`access_token`, `refresh_token`, …), retrying
+/// while the account's shard is still settling.
+pub async fn login(base: &str, email: &str, password: &str) -> serde_json::Value {
+    let client = http();
+    let body = serde_json::json!({ "email": email, "password": password });
+    eventually("login", Duration::from_secs(30), || async {
+        let r = client.post(format!("{base}/v1/auth/login")).json(&body).send().await.ok()?;
+        match r.status().as_u16() {
+            200 => r.json().await.ok(),
+            503 | 504 => None,
+            other => panic!("login as {email} answered {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    })
+    .await
+}
+
+/// An HTTP client that sends `token` as its bearer token on every request.
+pub fn http_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {token}").parse().expect("header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A client signed in as the test admin of the node at `base`.
+pub async fn admin_http(base: &str) -> reqwest::Client {
+    let tokens = login(base, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    http_with_token(tokens["access_token"].as_str().expect("access_token"))
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

@@ -2,7 +2,7 @@
 
 use crate::{bin, ready, restock, stock};
 use reqwest::StatusCode;
-use souk_testkit::{NatsCluster, SoukNode, eventually, http};
+use souk_testkit::{NatsCluster, SoukNode, admin_http, eventually, http};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,6 +16,7 @@ async fn losing_a_nats_server_mid_traffic_loses_no_acknowledged_reservation() {
             .expect("node");
     let http = http();
     ready(&http, &node).await;
+    let http = admin_http(node.url()).await;
     let base = node.url().to_owned();
     let skus: Vec<String> = (0..8).map(|i| format!("CL-{i}")).collect();
     for sku in &skus {

@@ -3,7 +3,7 @@
 use crate::{bin, levels, ready, reserve, restock, stock, with_retry};
 use futures::future::join_all;
 use reqwest::{Client, StatusCode};
-use souk_testkit::{NatsServer, SoukNode, eventually, http};
+use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
 use std::time::Duration;
 
 /// Shards of stock this node owns, from its `/metrics`.
@@ -31,6 +31,7 @@ async fn a_killed_node_hands_its_shards_to_the_survivor_and_takes_them_back() {
     let http = http();
     ready(&http, &a).await;
     ready(&http, &b).await;
+    let http = admin_http(a.url()).await;
     both_own_shards(&http, a.url(), b.url()).await;
 
     // Every SKU works through either node, whichever owns it.
@@ -87,6 +88,7 @@ async fn a_node_stopped_gracefully_hands_off_without_errors() {
     let http = http();
     ready(&http, &a).await;
     ready(&http, &b).await;
+    let http = admin_http(a.url()).await;
     both_own_shards(&http, a.url(), b.url()).await;
     let skus: Vec<String> = (0..20).map(|i| format!("GS-{i:02}")).collect();
     for sku in &skus {

@@ -4,7 +4,7 @@ use crate::{bin, levels, list_all, ready, reserve, restock, stock};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
-use souk_testkit::{NatsServer, SoukNode, eventually, http};
+use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ async fn concurrent_reservations_never_oversell_and_survive_a_restart() {
     let mut node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     let http = http();
     ready(&http, &node).await;
+    let http = admin_http(node.url()).await;
     let base = node.url().to_owned();
 
     assert_eq!(restock(&http, &base, "LAMP-1", 50).await.status(), StatusCode::OK);
@@ -64,6 +65,7 @@ async fn release_and_commit_move_stock_as_documented() {
     let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     let http = http();
     ready(&http, &node).await;
+    let http = admin_http(node.url()).await;
     let base = node.url();
     restock(&http, base, "CHAIR", 5).await;
     reserve(&http, base, "CHAIR", "a", 2).await;
@@ -105,6 +107,7 @@ async fn the_node_describes_its_api() {
     let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     let http = http();
     ready(&http, &node).await;
+    let http = admin_http(node.url()).await;
     let doc: Value = http
         .get(format!("{}/openapi.json", node.url()))
         .send()
@@ -114,18 +117,24 @@ async fn the_node_describes_its_api() {
         .await
         .expect("json");
     assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
-    for path in [
-        "/v1/inventory",
-        "/v1/inventory/{sku}",
-        "/v1/inventory/{sku}/restock",
-        "/v1/inventory/{sku}/reservations",
-        "/v1/inventory/{sku}/reservations/{id}",
-        "/v1/inventory/{sku}/reservations/{id}/commit",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    // Every route of the router is documented, with the security its access level demands.
+    for e in souk_api::routes::endpoints() {
+        if matches!(e.path, "/openapi.json" | "/docs") {
+            continue;
+        }
+        let op = &doc["paths"][e.path][e.method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{} {} missing from the OpenAPI document", e.method, e.path);
+        let security =
+            op["security"].as_array().unwrap_or_else(|| panic!("{} {} has no security", e.method, e.path));
+        let needs_token = e.access != souk_api::auth::access::Access::Public;
+        assert_eq!(
+            security.iter().any(|r| r.get("bearer").is_some()),
+            needs_token,
+            "{} {}",
+            e.method,
+            e.path
+        );
     }
     let page = http.get(format!("{}/docs", node.url())).send().await.expect("docs");
     assert_eq!(page.status(), StatusCode::OK);
@@ -138,6 +147,7 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
     let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     let http = http();
     ready(&http, &node).await;
+    let http = admin_http(node.url()).await;
     let base = node.url();
     restock(&http, base, "DESK", 7).await;
     let before = stock(&http, base, "DESK").await;
@@ -223,6 +233,7 @@ async fn read_model_matches_entities_and_rebuilds_from_the_stream() {
     let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     let http = http();
     ready(&http, &node).await;
+    let http = admin_http(node.url()).await;
     let base = node.url().to_owned();
 
     let skus: Vec<String> = (0..30).map(|i| format!("RM-{i:02}")).collect();

@@ -2,12 +2,14 @@
 //! stock item's owner over NATS; the list reads the read model.
 
 use crate::AppState;
+use crate::auth::access::Access;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::request_id::RequestId;
+use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use souk_messages::stock::{Quantity, StockCommand, StockRequest, StockView};
@@ -67,14 +69,15 @@ pub struct StockPage {
     pub next: Option<String>,
 }
 
-pub(crate) fn router() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/v1/inventory", get(list))
-        .route("/v1/inventory/{sku}", get(get_one))
-        .route("/v1/inventory/{sku}/restock", post(restock))
-        .route("/v1/inventory/{sku}/reservations", post(reserve))
-        .route("/v1/inventory/{sku}/reservations/{id}", delete(release))
-        .route("/v1/inventory/{sku}/reservations/{id}/commit", post(commit))
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::GET, "/v1/inventory", Access::Staff, get(list)),
+        Route::new(Method::GET, "/v1/inventory/{sku}", Access::Staff, get(get_one)),
+        Route::new(Method::POST, "/v1/inventory/{sku}/restock", Access::Staff, post(restock)),
+        Route::new(Method::POST, "/v1/inventory/{sku}/reservations", Access::Staff, post(reserve)),
+        Route::new(Method::DELETE, "/v1/inventory/{sku}/reservations/{id}", Access::Staff, delete(release)),
+        Route::new(Method::POST, "/v1/inventory/{sku}/reservations/{id}/commit", Access::Staff, post(commit)),
+    ]
 }
 
 fn sku(s: String) -> Result<Sku, ApiError> {
@@ -91,7 +94,7 @@ async fn send(
     command: StockCommand,
     rid: &RequestId,
 ) -> Result<StockView, ApiError> {
-    let request = StockRequest { sku, command, correlation_id: Some(rid.0.clone()) };
+    let request = StockRequest::new(sku, command).correlated(rid.0.clone());
     Ok(app.bus.request(&request).await?)
 }
 

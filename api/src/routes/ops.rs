@@ -1,21 +1,25 @@
 //! Operational routes: liveness, readiness, metrics, the OpenAPI document and its viewer.
 
 use crate::AppState;
+use crate::auth::access::Access;
+use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use souk_nats::health::ReadinessReport;
 use utoipa::OpenApi as _;
 
-pub(crate) fn router() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/docs", get(docs))
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::GET, "/healthz", Access::Public, get(healthz)),
+        Route::new(Method::GET, "/readyz", Access::Public, get(readyz)),
+        Route::new(Method::GET, "/metrics", Access::Public, get(metrics)),
+        Route::new(Method::GET, "/openapi.json", Access::Public, get(openapi)),
+        Route::new(Method::GET, "/docs", Access::Public, get(docs)),
+        Route::new(Method::GET, "/.well-known/jwks.json", Access::Public, get(jwks)),
+    ]
 }
 
 /// The process is alive.
@@ -53,4 +57,11 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 /// A browsable view of the OpenAPI document.
 async fn docs() -> Html<String> {
     Html(utoipa_scalar::Scalar::new(crate::ApiDoc::openapi()).to_html())
+}
+
+/// The public keys that verify Souk's access tokens (RFC 7517 JWK Set).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "JWK Set with one Ed25519 key per configured signing key")))]
+async fn jwks(State(app): State<AppState>) -> Response {
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(app.auth.keys().jwks().clone())).into_response()
 }

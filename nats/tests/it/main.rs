@@ -18,9 +18,12 @@ async fn jet(url: &str, lease_ttl: Duration) -> Jet {
     )
     .await
     .expect("connect");
-    souk_nats::provision(client, ProvisionSettings { replicas: 1, node_ttl: lease_ttl, lease_ttl })
-        .await
-        .expect("provision")
+    souk_nats::provision(
+        client,
+        ProvisionSettings { replicas: 1, node_ttl: lease_ttl, lease_ttl, session_ttl: lease_ttl },
+    )
+    .await
+    .expect("provision")
 }
 
 fn commit(state: &StockState, cmd: &StockCommand, sku: &str) -> (StockState, Vec<Event<StockEvent>>) {

@@ -1,0 +1,149 @@
+//! `/v1/admin/users`: account administration. Every route here is admin-only.
+
+use crate::AppState;
+use crate::auth::access::{Access, Principal};
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::request_id::RequestId;
+use crate::routes::Route;
+use axum::Json;
+use axum::extract::State;
+use axum::http::Method;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use souk_messages::user::{Role, UserCommand, UserView};
+use souk_messages::{ErrorCode, UserId};
+use std::collections::BTreeSet;
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::GET, "/v1/admin/users", Access::Admin, get(list)),
+        Route::new(Method::GET, "/v1/admin/users/{id}", Access::Admin, get(get_one)),
+        Route::new(Method::POST, "/v1/admin/users/{id}/roles", Access::Admin, post(set_roles)),
+        Route::new(Method::POST, "/v1/admin/users/{id}/disable", Access::Admin, post(disable)),
+        Route::new(Method::POST, "/v1/admin/users/{id}/enable", Access::Admin, post(enable)),
+    ]
+}
+
+/// `GET /v1/admin/users` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only users whose email or name contains this (case-insensitive), up to 100 characters.
+    pub q: Option<String>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 500; default 50.
+    pub limit: Option<u32>,
+}
+
+/// A page of users.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserPage {
+    /// Users, ordered by id.
+    pub items: Vec<UserView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /v1/admin/users/{id}/roles`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolesBody {
+    /// The user's roles after the change: any of `customer`, `staff`, `admin`; at least one.
+    #[schema(example = json!(["customer", "staff"]))]
+    pub roles: Vec<String>,
+}
+
+fn user_id(s: String) -> Result<UserId, ApiError> {
+    UserId::parse(s).map_err(|e| ApiError::invalid(ErrorCode::InvalidInput, e.to_string()))
+}
+
+/// Users from the read model, by id, in pages, optionally searched by email or name.
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", params(ListQuery),
+    responses((status = 200, body = UserPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn list(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<UserPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid(ErrorCode::InvalidInput, "limit must be between 1 and 500"));
+    }
+    if q.q.as_ref().is_some_and(|s| s.chars().count() > 100) {
+        return Err(ApiError::invalid(ErrorCode::InvalidInput, "q must be at most 100 characters"));
+    }
+    let after = q.after.map(user_id).transpose()?;
+    let items = app.users.list(q.q.as_deref(), after.as_ref(), limit).await?;
+    let next = (items.len() == limit as usize).then(|| items.last().map(|u| u.id.to_string())).flatten();
+    Ok(Json(UserPage { items, next }))
+}
+
+/// One user, from its entity (always current).
+#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+async fn get_one(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(app.auth.command(&user_id(id)?, UserCommand::Get, &rid.0).await?))
+}
+
+/// Replaces a user's roles. Admins cannot take the admin role from themselves.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/roles", tag = "admin", request_body = RolesBody,
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = UserView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn set_roles(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<RolesBody>,
+) -> Result<Json<UserView>, ApiError> {
+    let id = user_id(id)?;
+    let roles = body
+        .roles
+        .iter()
+        .map(|r| {
+            serde_json::from_value::<Role>(serde_json::Value::String(r.clone())).map_err(|_| {
+                ApiError::invalid(
+                    ErrorCode::InvalidInput,
+                    format!("unknown role {r:?}: use customer, staff or admin"),
+                )
+            })
+        })
+        .collect::<Result<BTreeSet<Role>, ApiError>>()?;
+    if id == who.user && !roles.contains(&Role::Admin) {
+        return Err(ApiError::invalid(ErrorCode::Forbidden, "admins cannot remove their own admin role"));
+    }
+    Ok(Json(app.auth.command(&id, UserCommand::SetRoles { roles }, &rid.0).await?))
+}
+
+/// Disables an account: it can no longer log in, and its sessions end at their next refresh.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin", params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = UserView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn disable(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<UserView>, ApiError> {
+    let id = user_id(id)?;
+    if id == who.user {
+        return Err(ApiError::invalid(ErrorCode::Forbidden, "admins cannot disable themselves"));
+    }
+    Ok(Json(app.auth.command(&id, UserCommand::Disable, &rid.0).await?))
+}
+
+/// Enables a disabled account.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/enable", tag = "admin", params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+async fn enable(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(app.auth.command(&user_id(id)?, UserCommand::Enable, &rid.0).await?))
+}

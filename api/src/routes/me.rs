@@ -1,0 +1,91 @@
+//! `/v1/me`: the signed-in user's own account.
+
+use crate::AppState;
+use crate::auth::access::{Access, Principal};
+use crate::auth::field_error;
+use crate::error::{ApiError, Problem};
+use crate::extract::ApiJson;
+use crate::request_id::RequestId;
+use crate::routes::Route;
+use axum::Json;
+use axum::extract::State;
+use axum::http::Method;
+use axum::routing::{get, post};
+use serde::{Deserialize, Deserializer};
+use souk_messages::user::{Name, Phone, UserCommand, UserView};
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::new(Method::GET, "/v1/me", Access::User, get(me)),
+        Route::new(Method::PATCH, "/v1/me", Access::User, axum::routing::patch(update)),
+        Route::new(Method::POST, "/v1/me/password", Access::User, post(change_password)),
+    ]
+}
+
+/// `PATCH /v1/me`: only the fields present change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileBody {
+    /// New display name.
+    pub name: Option<String>,
+    /// New phone in international form; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// `POST /v1/me/password`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordBody {
+    /// The password in use now.
+    pub current_password: String,
+    /// The new password: 10 to 128 characters, not a common one.
+    pub new_password: String,
+}
+
+/// The signed-in user's account.
+#[utoipa::path(get, path = "/v1/me", tag = "me", responses((status = 200, body = UserView), (status = 401, body = Problem)))]
+async fn me(State(app): State<AppState>, rid: RequestId, who: Principal) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(app.auth.command(&who.user, UserCommand::Get, &rid.0).await?))
+}
+
+/// Changes name and/or phone.
+#[utoipa::path(patch, path = "/v1/me", tag = "me", request_body = ProfileBody,
+    responses((status = 200, body = UserView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem)))]
+async fn update(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiJson(body): ApiJson<ProfileBody>,
+) -> Result<Json<UserView>, ApiError> {
+    let name = body.name.as_deref().map(Name::parse).transpose().map_err(|e| field_error("name", e))?;
+    let (phone, clear_phone) = match body.phone {
+        None => (None, false),
+        Some(None) => (None, true),
+        Some(Some(p)) => (Some(Phone::parse(&p).map_err(|e| field_error("phone", e))?), false),
+    };
+    let cmd = UserCommand::UpdateProfile { name, phone, clear_phone };
+    Ok(Json(app.auth.command(&who.user, cmd, &rid.0).await?))
+}
+
+/// Changes the password. Every other session ends; this one continues.
+#[utoipa::path(post, path = "/v1/me/password", tag = "me", request_body = PasswordBody,
+    responses((status = 200, body = UserView), (status = 401, body = Problem, description = "invalid_credentials: the current password is wrong"), (status = 422, body = Problem, description = "weak_password")))]
+async fn change_password(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> Result<Json<UserView>, ApiError> {
+    let view = app
+        .auth
+        .change_password(&who.user, &who.session, body.current_password, body.new_password, &rid.0)
+        .await?;
+    Ok(Json(view))
+}

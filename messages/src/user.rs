@@ -1,0 +1,689 @@
+//! The user account entity, and the rules for the values an account holds.
+//!
+//! An account's history never holds a password, a hash or a session token: credentials and
+//! sessions live in their own KV buckets (see `docs/security.md`). The one exception is the
+//! password-reset token, which travels in its own event, `user.password_reset_requested`,
+//! so that the notification service can mail it; that event is documented as sensitive.
+
+use crate::entity::Entity;
+use crate::error::{ErrorCode, ReplyError};
+use crate::event::Fold;
+use crate::ids::UserId;
+use crate::subject::EntityKind;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::LazyLock;
+use time::OffsetDateTime;
+
+/// The longest accepted email address, in bytes (RFC 5321 path limit).
+pub const EMAIL_MAX: usize = 254;
+/// The longest accepted display name, in characters.
+pub const NAME_MAX: usize = 100;
+/// The shortest accepted password, in characters.
+pub const PASSWORD_MIN: usize = 10;
+/// The longest accepted password, in characters.
+pub const PASSWORD_MAX: usize = 128;
+
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../data/common-passwords.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
+
+fn invalid(code: ErrorCode, detail: impl Into<String>) -> ReplyError {
+    ReplyError::new(code, detail)
+}
+
+/// A normalised email address: trimmed, with its domain lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, format = "email", example = "ada@example.com")]
+pub struct Email(String);
+
+impl Email {
+    /// Validates and normalises `s`.
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        let s = s.trim();
+        let bad = |why: &str| invalid(ErrorCode::InvalidEmail, format!("not a valid email address: {why}"));
+        if s.len() > EMAIL_MAX {
+            return Err(bad("longer than 254 characters"));
+        }
+        let (local, domain) = s.rsplit_once('@').ok_or_else(|| bad("no @"))?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b));
+        if !local_ok {
+            return Err(bad("the part before @"));
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels.iter().all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !domain_ok {
+            return Err(bad("the domain"));
+        }
+        Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
+    }
+
+    /// The address as given (domain lower-cased).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key that makes an address unique: the whole address lower-cased, so that
+    /// `Ada@example.com` and `ada@example.com` are one account.
+    pub fn unique_key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl TryFrom<String> for Email {
+    type Error = ReplyError;
+    fn try_from(s: String) -> Result<Self, ReplyError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Email> for String {
+    fn from(e: Email) -> String {
+        e.0
+    }
+}
+
+impl std::fmt::Display for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name: 1 to [`NAME_MAX`] characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, min_length = 1, max_length = 100, example = "Ada Lovelace")]
+pub struct Name(String);
+
+impl Name {
+    /// Validates and trims `s`.
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        let s = s.trim();
+        let n = s.chars().count();
+        if n == 0 || n > NAME_MAX || s.chars().any(char::is_control) {
+            return Err(invalid(
+                ErrorCode::InvalidInput,
+                format!("name must be 1 to {NAME_MAX} characters without control characters"),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = ReplyError;
+    fn try_from(s: String) -> Result<Self, ReplyError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0
+    }
+}
+
+/// A phone number in E.164 form (`+` and 8 to 15 digits). Spaces, dots, dashes and
+/// parentheses in the input are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "+442071838750")]
+pub struct Phone(String);
+
+impl Phone {
+    /// Validates and normalises `s`.
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        let compact: String = s.chars().filter(|c| !matches!(c, ' ' | '.' | '-' | '(' | ')')).collect();
+        let digits = compact.strip_prefix('+').unwrap_or("");
+        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || s.len() > 32 {
+            return Err(invalid(
+                ErrorCode::InvalidInput,
+                "phone must be in international form: + and 8 to 15 digits",
+            ));
+        }
+        Ok(Self(compact))
+    }
+
+    /// The number.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Phone {
+    type Error = ReplyError;
+    fn try_from(s: String) -> Result<Self, ReplyError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Phone> for String {
+    fn from(p: Phone) -> String {
+        p.0
+    }
+}
+
+/// Checks a new password against the policy: [`PASSWORD_MIN`] to [`PASSWORD_MAX`]
+/// characters, not one of the 10,000 most common passwords, not the account's email.
+pub fn check_password(password: &str, email: Option<&Email>) -> Result<(), ReplyError> {
+    let n = password.chars().count();
+    if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&n) {
+        return Err(invalid(
+            ErrorCode::WeakPassword,
+            format!("password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters"),
+        ));
+    }
+    let lower = password.to_lowercase();
+    if COMMON_PASSWORDS.contains(lower.as_str()) {
+        return Err(invalid(ErrorCode::WeakPassword, "this password is too common; choose another"));
+    }
+    if email.is_some_and(|e| e.unique_key() == lower) {
+        return Err(invalid(ErrorCode::WeakPassword, "the password may not be the email address"));
+    }
+    Ok(())
+}
+
+/// A secret string (a reset token) whose `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl Secret {
+    /// Compares in time independent of where the strings differ.
+    pub fn matches(&self, other: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// What a user may do. Roles are a set; `admin` includes everything `staff` may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A shopper: their own account, cart and orders.
+    Customer,
+    /// Shop staff: catalog and inventory.
+    Staff,
+    /// Everything, including users and roles.
+    Admin,
+}
+
+impl Role {
+    /// The role's wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Staff => "staff",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Why a password changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordChange {
+    /// The user changed it, knowing the current one.
+    Changed,
+    /// The user set it with a reset token.
+    Reset,
+}
+
+/// A command addressed to one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum UserCommand {
+    /// Create the account. Idempotent: the same id and email again changes nothing.
+    Register {
+        /// The email, already claimed for this id.
+        email: Email,
+        /// Display name.
+        name: Name,
+        /// Phone, for SMS.
+        phone: Option<Phone>,
+        /// Initial roles.
+        roles: BTreeSet<Role>,
+    },
+    /// Change name and/or phone.
+    UpdateProfile {
+        /// New name, if it changes.
+        name: Option<Name>,
+        /// New phone, if it changes.
+        phone: Option<Phone>,
+        /// Remove the phone.
+        clear_phone: bool,
+    },
+    /// Record that the password changed: every session started before is revoked.
+    RecordPasswordChange,
+    /// Issue a single-use password-reset token.
+    RequestPasswordReset {
+        /// The token, generated by the caller.
+        token: Secret,
+        /// When it stops working.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+    /// Spend a reset token: every session is revoked.
+    ResetPassword {
+        /// The token from the reset request.
+        token: Secret,
+    },
+    /// Replace the roles.
+    SetRoles {
+        /// The new roles; at least one.
+        roles: BTreeSet<Role>,
+    },
+    /// Disable the account: no logins, no refreshes.
+    Disable,
+    /// Enable a disabled account.
+    Enable,
+    /// Read the account.
+    Get,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserView {
+    /// The user id.
+    #[schema(value_type = String, example = "usr-0c6f8b1f5d0e4a7c9a7e2d3b4c5d6e7f")]
+    pub id: UserId,
+    /// Email address.
+    pub email: Email,
+    /// Display name.
+    pub name: Name,
+    /// Phone, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<Phone>,
+    /// Roles.
+    pub roles: BTreeSet<Role>,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+    /// Bumped whenever every session must end (password change or reset); a refresh token
+    /// from an older epoch is refused.
+    pub session_epoch: u64,
+    /// The entity version.
+    pub version: u64,
+}
+
+/// Something that happened to a user. Serialized as `{"type": "user.…", "data": {…}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum UserEvent {
+    /// The account was created.
+    #[serde(rename = "user.registered")]
+    Registered {
+        /// Email address.
+        email: Email,
+        /// Display name.
+        name: Name,
+        /// Phone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<Phone>,
+        /// Initial roles.
+        roles: BTreeSet<Role>,
+    },
+    /// Name or phone changed; carries the whole profile after the change.
+    #[serde(rename = "user.profile_updated")]
+    ProfileUpdated {
+        /// Display name.
+        name: Name,
+        /// Phone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<Phone>,
+    },
+    /// The password changed; sessions from before `session_epoch` are revoked.
+    #[serde(rename = "user.password_changed")]
+    PasswordChanged {
+        /// Changed by the user, or reset with a token.
+        reason: PasswordChange,
+        /// The new session epoch.
+        session_epoch: u64,
+    },
+    /// The roles were replaced.
+    #[serde(rename = "user.roles_changed")]
+    RolesChanged {
+        /// The roles after the change.
+        roles: BTreeSet<Role>,
+    },
+    /// The account was disabled.
+    #[serde(rename = "user.disabled")]
+    Disabled {},
+    /// The account was enabled again.
+    #[serde(rename = "user.enabled")]
+    Enabled {},
+    /// A password reset was requested. **Sensitive**: carries the single-use token.
+    #[serde(rename = "user.password_reset_requested")]
+    PasswordResetRequested {
+        /// Where to send the token.
+        email: Email,
+        /// The token.
+        token: Secret,
+        /// When it stops working.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+}
+
+impl UserEvent {
+    /// The event's `type` on the wire.
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Self::Registered { .. } => "user.registered",
+            Self::ProfileUpdated { .. } => "user.profile_updated",
+            Self::PasswordChanged { .. } => "user.password_changed",
+            Self::RolesChanged { .. } => "user.roles_changed",
+            Self::Disabled {} => "user.disabled",
+            Self::Enabled {} => "user.enabled",
+            Self::PasswordResetRequested { .. } => "user.password_reset_requested",
+        }
+    }
+}
+
+/// An open password reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReset {
+    /// The token.
+    pub token: Secret,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A user's full state, folded from its events. Snapshots store exactly this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserState {
+    /// Email; `None` until registered.
+    pub email: Option<Email>,
+    /// Display name.
+    pub name: Option<Name>,
+    /// Phone.
+    pub phone: Option<Phone>,
+    /// Roles.
+    pub roles: BTreeSet<Role>,
+    /// Disabled accounts cannot log in or refresh.
+    pub disabled: bool,
+    /// Sessions from an older epoch are revoked.
+    pub session_epoch: u64,
+    /// The open password reset, if any.
+    pub reset: Option<PendingReset>,
+    /// How many events have been applied.
+    pub version: u64,
+}
+
+impl UserState {
+    fn require_exists(&self) -> Result<(), ReplyError> {
+        if self.email.is_some() { Ok(()) } else { Err(invalid(ErrorCode::UnknownUser, "no such user")) }
+    }
+
+    fn password_changed(&self, reason: PasswordChange) -> UserEvent {
+        UserEvent::PasswordChanged { reason, session_epoch: self.session_epoch + 1 }
+    }
+}
+
+impl Fold for UserState {
+    type Event = UserEvent;
+
+    fn apply(&mut self, event: &UserEvent) {
+        self.version += 1;
+        match event {
+            UserEvent::Registered { email, name, phone, roles } => {
+                self.email = Some(email.clone());
+                self.name = Some(name.clone());
+                self.phone.clone_from(phone);
+                self.roles.clone_from(roles);
+            }
+            UserEvent::ProfileUpdated { name, phone } => {
+                self.name = Some(name.clone());
+                self.phone.clone_from(phone);
+            }
+            UserEvent::PasswordChanged { session_epoch, .. } => {
+                self.session_epoch = *session_epoch;
+                self.reset = None;
+            }
+            UserEvent::RolesChanged { roles } => self.roles.clone_from(roles),
+            UserEvent::Disabled {} => self.disabled = true,
+            UserEvent::Enabled {} => self.disabled = false,
+            UserEvent::PasswordResetRequested { token, expires_at, .. } => {
+                self.reset = Some(PendingReset { token: token.clone(), expires_at: *expires_at });
+            }
+        }
+    }
+}
+
+impl Entity for UserState {
+    const KIND: EntityKind = EntityKind::User;
+    type Id = UserId;
+    type Command = UserCommand;
+    type View = UserView;
+
+    fn id_str(id: &UserId) -> &str {
+        id.as_str()
+    }
+
+    fn decide(
+        &self,
+        _id: &UserId,
+        cmd: &UserCommand,
+        now: OffsetDateTime,
+    ) -> Result<Vec<UserEvent>, ReplyError> {
+        if let UserCommand::Register { email, name, phone, roles } = cmd {
+            return match &self.email {
+                None => Ok(vec![UserEvent::Registered {
+                    email: email.clone(),
+                    name: name.clone(),
+                    phone: phone.clone(),
+                    roles: roles.clone(),
+                }]),
+                Some(existing) if existing == email => Ok(Vec::new()),
+                Some(_) => Err(invalid(ErrorCode::EmailTaken, "this user id is already registered")),
+            };
+        }
+        self.require_exists()?;
+        match cmd {
+            UserCommand::Register { .. } | UserCommand::Get => Ok(Vec::new()),
+            UserCommand::UpdateProfile { name, phone, clear_phone } => {
+                let name = name.clone().or_else(|| self.name.clone());
+                let phone = if *clear_phone { None } else { phone.clone().or_else(|| self.phone.clone()) };
+                match name {
+                    Some(name) if Some(&name) != self.name.as_ref() || phone != self.phone => {
+                        Ok(vec![UserEvent::ProfileUpdated { name, phone }])
+                    }
+                    _ => Ok(Vec::new()),
+                }
+            }
+            UserCommand::RecordPasswordChange => Ok(vec![self.password_changed(PasswordChange::Changed)]),
+            UserCommand::RequestPasswordReset { token, expires_at } => {
+                let email =
+                    self.email.clone().ok_or_else(|| invalid(ErrorCode::UnknownUser, "no such user"))?;
+                Ok(vec![UserEvent::PasswordResetRequested {
+                    email,
+                    token: token.clone(),
+                    expires_at: *expires_at,
+                }])
+            }
+            UserCommand::ResetPassword { token } => match &self.reset {
+                Some(r) if r.token.matches(&token.0) && r.expires_at > now => {
+                    Ok(vec![self.password_changed(PasswordChange::Reset)])
+                }
+                _ => Err(invalid(ErrorCode::InvalidToken, "the reset token is invalid, used or expired")),
+            },
+            UserCommand::SetRoles { roles } => {
+                if roles.is_empty() {
+                    return Err(invalid(ErrorCode::InvalidInput, "a user needs at least one role"));
+                }
+                Ok(if *roles == self.roles {
+                    Vec::new()
+                } else {
+                    vec![UserEvent::RolesChanged { roles: roles.clone() }]
+                })
+            }
+            UserCommand::Disable => Ok(if self.disabled { Vec::new() } else { vec![UserEvent::Disabled {}] }),
+            UserCommand::Enable => Ok(if self.disabled { vec![UserEvent::Enabled {}] } else { Vec::new() }),
+        }
+    }
+
+    fn view(&self, id: &UserId) -> UserView {
+        UserView {
+            id: id.clone(),
+            // Only called after `decide` succeeded, which requires a registered user.
+            email: self.email.clone().unwrap_or_else(|| Email(String::new())),
+            name: self.name.clone().unwrap_or_else(|| Name(String::new())),
+            phone: self.phone.clone(),
+            roles: self.roles.clone(),
+            disabled: self.disabled,
+            session_epoch: self.session_epoch,
+            version: self.version,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+/// A request addressed to one user.
+pub type UserRequest = crate::entity::Request<UserState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+
+    fn registered() -> UserState {
+        let mut s = UserState::default();
+        let id = UserId::generate();
+        let cmd = UserCommand::Register {
+            email: Email::parse("Ada@Example.COM").expect("email"),
+            name: Name::parse("Ada").expect("name"),
+            phone: None,
+            roles: BTreeSet::from([Role::Customer]),
+        };
+        for e in s.decide(&id, &cmd, OffsetDateTime::now_utc()).expect("register") {
+            s.apply(&e);
+        }
+        s
+    }
+
+    fn run(s: &mut UserState, cmd: &UserCommand, now: OffsetDateTime) -> Result<usize, ErrorCode> {
+        let events = s.decide(&UserId::generate(), cmd, now).map_err(|e| e.code)?;
+        for e in &events {
+            s.apply(e);
+        }
+        Ok(events.len())
+    }
+
+    #[test]
+    fn emails_are_normalised_and_validated() {
+        let e = Email::parse("  Ada.L+shop@Example.COM ").expect("valid");
+        assert_eq!(e.as_str(), "Ada.L+shop@example.com");
+        assert_eq!(e.unique_key(), "ada.l+shop@example.com");
+        for bad in
+            ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@-x.com", "a..b@x.com"]
+        {
+            assert_eq!(Email::parse(bad).expect_err(bad).code, ErrorCode::InvalidEmail, "{bad:?}");
+        }
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn password_policy() {
+        assert!(check_password("correct horse battery", None).is_ok());
+        assert_eq!(check_password("short", None).expect_err("short").code, ErrorCode::WeakPassword);
+        assert!(check_password(&"x".repeat(129), None).is_err());
+        assert!(check_password(&"é".repeat(128), None).is_ok(), "length counts characters");
+        // Common passwords are refused whatever their case.
+        assert!(check_password("1234567890", None).is_err());
+        assert!(check_password("QWERTYUIOP", None).is_err());
+        let email = Email::parse("someone@example.com").expect("email");
+        assert!(check_password("Someone@Example.com", Some(&email)).is_err());
+        assert!(COMMON_PASSWORDS.len() >= 9_990, "the shipped list is complete");
+    }
+
+    #[test]
+    fn phones_and_names() {
+        assert_eq!(Phone::parse("+44 (20) 7183-8750").expect("phone").as_str(), "+442071838750");
+        assert!(Phone::parse("020 7183 8750").is_err());
+        assert!(Phone::parse("+12").is_err());
+        assert!(Name::parse("  ").is_err());
+        assert!(Name::parse(&"n".repeat(101)).is_err());
+        assert!(Name::parse("bad\u{7}name").is_err());
+    }
+
+    #[test]
+    fn register_is_idempotent_and_commands_need_a_user() {
+        let mut s = registered();
+        let again = UserCommand::Register {
+            email: Email::parse("Ada@example.com").expect("email"),
+            name: Name::parse("Ada").expect("name"),
+            phone: None,
+            roles: BTreeSet::from([Role::Customer]),
+        };
+        assert_eq!(run(&mut s, &again, OffsetDateTime::now_utc()), Ok(0));
+        let mut nobody = UserState::default();
+        assert_eq!(
+            run(&mut nobody, &UserCommand::Disable, OffsetDateTime::now_utc()),
+            Err(ErrorCode::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn reset_tokens_are_single_use_and_expire() {
+        let now = OffsetDateTime::now_utc();
+        let mut s = registered();
+        let token = Secret("tok-1".into());
+        let request = UserCommand::RequestPasswordReset {
+            token: token.clone(),
+            expires_at: now + Duration::minutes(30),
+        };
+        run(&mut s, &request, now).expect("request");
+        let wrong = UserCommand::ResetPassword { token: Secret("tok-2".into()) };
+        assert_eq!(run(&mut s, &wrong, now), Err(ErrorCode::InvalidToken));
+        let late = UserCommand::ResetPassword { token: token.clone() };
+        assert_eq!(run(&mut s, &late, now + Duration::minutes(31)), Err(ErrorCode::InvalidToken));
+        assert_eq!(run(&mut s, &late, now), Ok(1));
+        assert_eq!(s.session_epoch, 1);
+        assert_eq!(run(&mut s, &late, now), Err(ErrorCode::InvalidToken), "single use");
+    }
+
+    #[test]
+    fn events_never_carry_credentials_but_the_reset_token_event() {
+        let e = UserEvent::PasswordChanged { reason: PasswordChange::Reset, session_epoch: 3 };
+        let json = serde_json::to_value(&e).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "user.password_changed", "data": {"reason": "reset", "session_epoch": 3}})
+        );
+        assert_eq!(format!("{:?}", Secret("hunter2hunter2".into())), "Secret(…)");
+        let disabled = serde_json::to_value(UserEvent::Disabled {}).expect("serialize");
+        assert_eq!(serde_json::from_value::<UserEvent>(disabled).expect("back"), UserEvent::Disabled {});
+    }
+}

@@ -1,0 +1,177 @@
+//! The `users` read model: one row per account, for the admin user list and search. Rows are
+//! folded from user events with the entity's own fold, so the read model and the entity can
+//! never disagree about what an event means.
+
+use crate::{Db, StorageError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use souk_messages::UserId;
+use souk_messages::event::{Event, Fold as _};
+use souk_messages::user::{Email, Name, Phone, Role, UserEvent, UserState, UserView};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// The projection name under which the user projector records its checkpoint.
+const PROJECTION: &str = "user";
+
+/// One user's events in a projected batch, in stream order.
+#[derive(Debug, Clone)]
+pub struct UserEvents {
+    /// The user.
+    pub id: UserId,
+    /// Its events, each with the stream sequence of its commit.
+    pub events: Vec<(u64, Event<UserEvent>)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UserRow {
+    uid: String,
+    email: String,
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    phone: Option<String>,
+    roles: BTreeSet<Role>,
+    disabled: bool,
+    session_epoch: u64,
+    search: String,
+    created_at: String,
+    version: u64,
+    seq: u64,
+}
+
+impl UserRow {
+    fn state(&self) -> Result<UserState, StorageError> {
+        let corrupt =
+            |e: souk_messages::ReplyError| StorageError::Corrupt { table: "users", detail: e.detail };
+        Ok(UserState {
+            email: Some(Email::parse(&self.email).map_err(corrupt)?),
+            name: Some(Name::parse(&self.name).map_err(corrupt)?),
+            phone: self.phone.as_deref().map(Phone::parse).transpose().map_err(corrupt)?,
+            roles: self.roles.clone(),
+            disabled: self.disabled,
+            session_epoch: self.session_epoch,
+            reset: None,
+            version: self.version,
+        })
+    }
+
+    fn view(&self) -> Result<UserView, StorageError> {
+        let id = UserId::parse(self.uid.clone())
+            .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
+        let state = self.state()?;
+        Ok(souk_messages::Entity::view(&state, &id))
+    }
+}
+
+/// The users table. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UserRepo {
+    db: Arc<Db>,
+}
+
+impl UserRepo {
+    /// The repository over a shared handle.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    /// Folds each user's events into its row and advances the checkpoint, in one
+    /// transaction. Events at or below a row's version are skipped, so replays are harmless.
+    pub async fn apply(&self, batch: &[UserEvents], checkpoint: u64) -> Result<(), StorageError> {
+        let ids: Vec<&str> = batch.iter().map(|u| u.id.as_str()).collect();
+        let mut res =
+            self.db.query("SELECT * OMIT id FROM users WHERE uid IN $ids").bind(("ids", ids)).await?;
+        let existing: Vec<serde_json::Value> = res.take(0)?;
+        let mut rows: HashMap<String, UserRow> = HashMap::new();
+        for v in existing {
+            let row: UserRow = serde_json::from_value(v)
+                .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
+            rows.insert(row.uid.clone(), row);
+        }
+        let mut out = Vec::new();
+        for user in batch {
+            let row = rows.remove(user.id.as_str());
+            let mut state = row.as_ref().map(UserRow::state).transpose()?.unwrap_or_default();
+            let mut created_at = row.as_ref().map(|r| r.created_at.clone());
+            let mut seq = row.as_ref().map_or(0, |r| r.seq);
+            let before = state.version;
+            for (s, e) in &user.events {
+                if e.version <= state.version {
+                    continue;
+                }
+                if created_at.is_none() {
+                    created_at = e.time.format(&time::format_description::well_known::Rfc3339).ok();
+                }
+                state.apply(&e.body);
+                // The stream's version is the truth, even across a commit this fold skipped.
+                state.version = e.version;
+                seq = *s;
+            }
+            let (Some(email), Some(name)) = (&state.email, &state.name) else { continue };
+            if state.version == before {
+                continue;
+            }
+            let row = UserRow {
+                uid: user.id.to_string(),
+                email: email.to_string(),
+                name: name.as_str().to_owned(),
+                phone: state.phone.as_ref().map(|p| p.as_str().to_owned()),
+                roles: state.roles.clone(),
+                disabled: state.disabled,
+                session_epoch: state.session_epoch,
+                search: format!("{} {}", email.unique_key(), name.as_str().to_lowercase()),
+                created_at: created_at.unwrap_or_default(),
+                version: state.version,
+                seq,
+            };
+            let mut value = serde_json::to_value(&row)
+                .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
+            value["id"] = json!(row.uid);
+            out.push(value);
+        }
+        // Rows were folded from the stored ones above, and only this node's projector
+        // writes them, so a newer row simply replaces the old one.
+        const UPSERT: &str = r"INSERT INTO users $rows ON DUPLICATE KEY UPDATE
+                    email = $input.email, name = $input.name, phone = $input.phone,
+                    roles = $input.roles, disabled = $input.disabled,
+                    session_epoch = $input.session_epoch, search = $input.search,
+                    created_at = $input.created_at, seq = $input.seq, version = $input.version;";
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+    }
+
+    /// The last stream sequence the projection has applied; 0 for an empty database.
+    pub async fn checkpoint(&self) -> Result<u64, StorageError> {
+        crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// A page of users ordered by id, after `after`, whose email or name contains `query`
+    /// (case-insensitive).
+    pub async fn list(
+        &self,
+        query: Option<&str>,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserView>, StorageError> {
+        let mut res = self
+            .db
+            .query(
+                r"SELECT * OMIT id FROM users
+                  WHERE uid > $after AND string::contains(search, $q)
+                  ORDER BY uid ASC LIMIT $limit",
+            )
+            .bind(json!({
+                "after": after.map_or("", UserId::as_str),
+                "q": query.unwrap_or("").to_lowercase(),
+                "limit": limit,
+            }))
+            .await?;
+        let rows: Vec<serde_json::Value> = res.take(0)?;
+        rows.into_iter()
+            .map(|v| {
+                let row: UserRow = serde_json::from_value(v)
+                    .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
+                row.view()
+            })
+            .collect()
+    }
+}
