@@ -92,6 +92,10 @@ pub struct Config {
     pub admin_password: Option<String>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_forwarded_for: bool,
+    /// Sustained requests per second one client address may make of this node; 0: no limit.
+    pub rate_limit_per_second: f64,
+    /// Requests one client address may send at once after being idle.
+    pub rate_limit_burst: f64,
 }
 
 impl Default for Config {
@@ -133,6 +137,8 @@ impl Default for Config {
             admin_email: None,
             admin_password: None,
             trust_forwarded_for: false,
+            rate_limit_per_second: 100.0,
+            rate_limit_burst: 200.0,
         }
     }
 }
@@ -198,6 +204,14 @@ impl Config {
             refresh_ttl: self.refresh_ttl,
             reset_ttl: self.reset_ttl,
             trust_forwarded_for: self.trust_forwarded_for,
+        }
+    }
+
+    /// The per-client request rate limit.
+    pub fn rate_settings(&self) -> souk_api::rate_limit::RateSettings {
+        souk_api::rate_limit::RateSettings {
+            per_second: self.rate_limit_per_second,
+            burst: self.rate_limit_burst.max(1.0),
         }
     }
 

@@ -44,7 +44,14 @@ pub fn generate(out: Option<&Path>) -> anyhow::Result<()> {
     match out {
         Some(path) => {
             write_private(path, &pem)?;
-            eprintln!("wrote Ed25519 signing key {kid} to {}", path.display());
+            let public = path.with_extension("pub.pem");
+            std::fs::write(&public, public_pem(&pem)?)
+                .with_context(|| format!("cannot write {}", public.display()))?;
+            eprintln!(
+                "wrote Ed25519 signing key {kid} to {} (public key: {})",
+                path.display(),
+                public.display()
+            );
         }
         None => {
             print!("{pem}");
@@ -52,6 +59,18 @@ pub fn generate(out: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The SubjectPublicKeyInfo PEM of an Ed25519 private key, for tools that want a file rather
+/// than the JWKS.
+fn public_pem(private_pem: &str) -> anyhow::Result<String> {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+    let block = pem::parse(private_pem)?;
+    let pair = Ed25519KeyPair::from_pkcs8(block.contents()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // RFC 8410: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING { key } }.
+    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    der.extend_from_slice(pair.public_key().as_ref());
+    Ok(pem::encode_config(&pem::Pem::new("PUBLIC KEY", der), souk_api::auth::keys::lf()))
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -124,6 +124,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         stock: read_models.stock,
         users: read_models.users,
         auth,
+        rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
         readiness: readiness.clone(),
         registry: Arc::new(registry),
         http,

@@ -51,6 +51,9 @@ pub enum ApiError {
     /// 429: too many failed attempts; retry after the duration.
     #[error("throttled for {0:?}")]
     Throttled(std::time::Duration),
+    /// 429: too many requests from one client; retry after the duration.
+    #[error("rate limited for {0:?}")]
+    RateLimited(std::time::Duration),
     /// 500: an unexpected failure; the detail is logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -91,13 +94,23 @@ impl ApiError {
             Self::Throttled(wait) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
-                Some(format!("too many failed attempts; retry in {} s", wait.as_secs().max(1))),
+                Some(format!("too many failed attempts; retry in {} s", retry_secs(*wait))),
+            ),
+            Self::RateLimited(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                Some(format!("too many requests; retry in {} s", retry_secs(*wait))),
             ),
             Self::Bus(_) | Self::Storage(_) | Self::Kv(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
             }
         }
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// The one table from error code to HTTP status. No `_` arm: a new code does not compile
@@ -143,8 +156,8 @@ impl IntoResponse for ApiError {
             detail
         };
         let mut res = problem(status, code, detail);
-        if let Self::Throttled(wait) = self {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        if let Self::Throttled(wait) | Self::RateLimited(wait) = self {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(wait)));
         }
         res
     }

@@ -11,12 +11,13 @@
 //!   middleware that checks every request against the route table.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
-//! - [`request_id`], [`metrics`]: cross-cutting middleware.
+//! - [`request_id`], [`metrics`], [`rate_limit`]: cross-cutting middleware.
 
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub users: UserRepo,
     /// Accounts and sessions.
     pub auth: auth::Auth,
+    /// Per-client request rate limit.
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Readiness checks.
     pub readiness: Readiness,
     /// Every metric of the process, for `/metrics`.
@@ -149,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::access::authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))

@@ -513,3 +513,66 @@ async fn bad_account_input_gets_problem_json_and_creates_nothing() {
     .await;
     assert!(page.get("next").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_over_its_rate_gets_429_but_probes_always_answer() {
+    let (_nats, node, http) =
+        one_node(&[("SOUK_RATE_LIMIT_PER_SECOND", "1"), ("SOUK_RATE_LIMIT_BURST", "5")]).await;
+    let base = node.url();
+    let mut limited = None;
+    for _ in 0..12 {
+        let r = http.get(format!("{base}/.well-known/jwks.json")).send().await.expect("jwks");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = limited.expect("the sixth quick request is over the burst");
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, p) = problem(r).await;
+    assert_eq!(p["code"], "rate_limited");
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let r = http.get(format!("{base}{probe}")).send().await.expect("probe");
+        assert_eq!(r.status(), StatusCode::OK, "{probe} must not be rate limited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn souk_admin_create_makes_an_admin_on_a_running_cluster() {
+    let (nats, node, http) = one_node(&[]).await;
+    let base = node.url();
+    let dir = tempfile::tempdir().expect("dir");
+    let out = tokio::process::Command::new(bin())
+        .args(["admin", "create", "--email", "Owner@Shop.example"])
+        .env_clear()
+        .env("SOUK_NATS_URL", nats.url())
+        .env("SOUK_SHARDS_STOCK", "16")
+        .env("SOUK_SHARDS_USER", "16")
+        .env("SOUK_ARGON2_MEMORY_KIB", "1024")
+        .env("SOUK_ARGON2_ITERATIONS", "1")
+        .env("SOUK_ADMIN_PASSWORD", "the owner's long password")
+        .env("SOUK_DATA_DIR", dir.path())
+        .output()
+        .await
+        .expect("souk admin create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokens = login(base, "owner@shop.example", "the owner's long password").await;
+    let users = bearer(&tokens).get(format!("{base}/v1/admin/users")).send().await.expect("list");
+    assert_eq!(users.status(), StatusCode::OK);
+    // A weak password is refused, and nothing is created.
+    let out = tokio::process::Command::new(bin())
+        .args(["admin", "create", "--email", "second@shop.example"])
+        .env_clear()
+        .env("SOUK_NATS_URL", nats.url())
+        .env("SOUK_SHARDS_STOCK", "16")
+        .env("SOUK_SHARDS_USER", "16")
+        .env("SOUK_ADMIN_PASSWORD", "password")
+        .env("SOUK_DATA_DIR", dir.path())
+        .output()
+        .await
+        .expect("souk admin create");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weak_password"));
+    assert_eq!(login_raw(&http, base, "second@shop.example", "password").await.status(), 401);
+}

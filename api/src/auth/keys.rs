@@ -99,8 +99,14 @@ impl KeySet {
 /// A new Ed25519 private key as PKCS#8 PEM.
 pub fn generate_pem() -> Result<String, KeyError> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
-    Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec())))
+    // PKCS#8 v1, the form OpenSSL and most tools write and read for Ed25519.
+    let doc = Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|_| KeyError::Generate)?;
+    Ok(pem::encode_config(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()), lf()))
+}
+
+/// PEM with Unix line endings, as OpenSSL writes it.
+pub fn lf() -> pem::EncodeConfig {
+    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
 }
 
 /// The RFC 7638 thumbprint of an Ed25519 public key (`x`, base64url).

@@ -37,6 +37,9 @@ pub enum HashError {
 #[derive(Clone)]
 pub struct Hasher {
     argon: Argon2<'static>,
+    /// Each hash holds its memory cost (19 MiB by default) for its duration: without a bound,
+    /// a burst of logins would run hundreds at once on the blocking pool and exhaust memory.
+    running: std::sync::Arc<tokio::sync::Semaphore>,
     /// A hash of nothing anyone knows, verified against when an account does not exist, so
     /// that an unknown email costs the same time as a wrong password.
     decoy: String,
@@ -55,12 +58,15 @@ impl Hasher {
             .map_err(HashError::Params)?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, p);
         let decoy = hash_with(&argon, &super::tokens::random_token(24))?;
-        Ok(Self { argon, decoy })
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let running = std::sync::Arc::new(tokio::sync::Semaphore::new(cores * 2));
+        Ok(Self { argon, running, decoy })
     }
 
     /// The PHC string of `password` with a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let argon = self.argon.clone();
+        let _slot = self.running.acquire().await.map_err(|e| HashError::Hash(e.to_string()))?;
         tokio::task::spawn_blocking(move || hash_with(&argon, &password))
             .await
             .map_err(|e| HashError::Hash(e.to_string()))?
@@ -72,6 +78,7 @@ impl Hasher {
         let argon = self.argon.clone();
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.decoy.clone());
+        let Ok(_slot) = self.running.acquire().await else { return false };
         let matched = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc).is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok())
         })
