@@ -89,7 +89,7 @@ pub struct AppState {
         routes::admin::disable,
         routes::admin::enable,
     ),
-    components(schemas(error::Problem, ErrorCode)),
+    components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
@@ -113,6 +113,11 @@ impl utoipa::Modify for Security {
                     .build(),
             ),
         );
+        let problem = || {
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+                .build()
+        };
         for (path, item) in &mut doc.paths.paths {
             let ops = [
                 (Method::GET, &mut item.get),
@@ -123,6 +128,26 @@ impl utoipa::Modify for Security {
             ];
             for (method, op) in ops {
                 let Some(op) = op.as_mut() else { continue };
+                // Errors are problem+json; any status not listed is one too (400, 413, 415,
+                // 422, 429, 503, 504, 500 can come from the edge for any route).
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(r) = response
+                        && let Some(c) = r.content.shift_remove("application/json")
+                    {
+                        let is_problem = matches!(&c, RefOr::T(c)
+                            if matches!(&c.schema, Some(RefOr::Ref(x)) if x.ref_location.ends_with("/Problem")));
+                        let kind = if is_problem { "application/problem+json" } else { "application/json" };
+                        r.content.insert(kind.to_owned(), c);
+                    }
+                }
+                op.responses.responses.entry("default".to_owned()).or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description("an error, as problem+json with a stable code")
+                            .content("application/problem+json", problem())
+                            .build(),
+                    )
+                });
                 let access = auth::access::access_of(&method, path).unwrap_or(auth::access::Access::Admin);
                 if access == auth::access::Access::Public {
                     op.security = Some(vec![SecurityRequirement::default()]);

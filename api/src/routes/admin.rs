@@ -34,6 +34,7 @@ pub struct ListQuery {
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
     /// Page size, 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -52,7 +53,7 @@ pub struct UserPage {
 #[serde(deny_unknown_fields)]
 pub struct RolesBody {
     /// The user's roles after the change: any of `customer`, `staff`, `admin`; at least one.
-    #[schema(example = json!(["customer", "staff"]))]
+    #[schema(example = json!(["customer", "staff"]), value_type = Vec<Role>, min_items = 1)]
     pub roles: Vec<String>,
 }
 
@@ -81,7 +82,7 @@ async fn list(
 }
 
 /// One user, from its entity (always current).
-#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path, description = "User id")),
+#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = UserId, Path, description = "User id")),
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 async fn get_one(
     State(app): State<AppState>,
@@ -93,7 +94,7 @@ async fn get_one(
 
 /// Replaces a user's roles. Admins cannot take the admin role from themselves.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/roles", tag = "admin", request_body = RolesBody,
-    params(("id" = String, Path, description = "User id")),
+    params(("id" = UserId, Path, description = "User id")),
     responses((status = 200, body = UserView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn set_roles(
     State(app): State<AppState>,
@@ -122,7 +123,7 @@ async fn set_roles(
 }
 
 /// Disables an account: it can no longer log in, and its sessions end at their next refresh.
-#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin", params(("id" = String, Path, description = "User id")),
+#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin", params(("id" = UserId, Path, description = "User id")),
     responses((status = 200, body = UserView), (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn disable(
     State(app): State<AppState>,
@@ -138,7 +139,7 @@ async fn disable(
 }
 
 /// Enables a disabled account.
-#[utoipa::path(post, path = "/v1/admin/users/{id}/enable", tag = "admin", params(("id" = String, Path, description = "User id")),
+#[utoipa::path(post, path = "/v1/admin/users/{id}/enable", tag = "admin", params(("id" = UserId, Path, description = "User id")),
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 async fn enable(
     State(app): State<AppState>,

@@ -31,16 +31,16 @@ pub(crate) fn routes() -> Vec<Route> {
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Email address; unique across the shop (case-insensitive).
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", format = Email, min_length = 3, max_length = 254)]
     pub email: String,
     /// 10 to 128 characters, not a common password.
-    #[schema(example = "a long and uncommon passphrase")]
+    #[schema(example = "a long and uncommon passphrase", min_length = 10, max_length = 128)]
     pub password: String,
     /// Display name, 1 to 100 characters.
-    #[schema(example = "Ada Lovelace")]
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
     pub name: String,
     /// Phone in international form, for SMS notifications.
-    #[schema(example = "+442071838750")]
+    #[schema(example = "+442071838750", pattern = r"^\+[0-9 ().-]{8,31}$")]
     pub phone: Option<String>,
 }
 
@@ -49,8 +49,10 @@ pub struct RegisterBody {
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     /// Email address.
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     pub email: String,
     /// Password.
+    #[schema(min_length = 1, max_length = 128)]
     pub password: String,
 }
 
@@ -59,6 +61,7 @@ pub struct LoginBody {
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     /// The refresh token from the last login or refresh.
+    #[schema(min_length = 1, max_length = 256)]
     pub refresh_token: String,
 }
 
@@ -67,6 +70,7 @@ pub struct RefreshBody {
 #[serde(deny_unknown_fields)]
 pub struct ResetRequestBody {
     /// The account's email address.
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     pub email: String,
 }
 
@@ -75,8 +79,10 @@ pub struct ResetRequestBody {
 #[serde(deny_unknown_fields)]
 pub struct ResetConfirmBody {
     /// The token from the reset email.
+    #[schema(min_length = 1, max_length = 256)]
     pub token: String,
-    /// The new password.
+    /// The new password: 10 to 128 characters, not a common one.
+    #[schema(min_length = 10, max_length = 128)]
     pub new_password: String,
 }
 

@@ -20,7 +20,7 @@ use souk_messages::{ErrorCode, ReservationId, Sku};
 #[serde(deny_unknown_fields)]
 pub struct RestockBody {
     /// Units received, 1 to 1,000,000.
-    #[schema(example = 50)]
+    #[schema(example = 50, minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
 }
 
@@ -29,10 +29,10 @@ pub struct RestockBody {
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
     /// The caller's id for this reservation: sending it again reserves only once.
-    #[schema(example = "order-42-line-1")]
+    #[schema(example = "order-42-line-1", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub reservation_id: String,
     /// Units to hold, 1 to 1,000,000.
-    #[schema(example = 2)]
+    #[schema(example = 2, minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
 }
 
@@ -56,6 +56,7 @@ pub struct ListQuery {
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
     /// Page size, 1 to 500; default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -100,7 +101,7 @@ async fn send(
 
 /// Stock levels of one SKU, from its owner (always current).
 #[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory",
-    params(("sku" = String, Path, description = "The SKU")),
+    params(("sku" = Sku, Path, description = "The SKU")),
     responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 async fn get_one(
     State(app): State<AppState>,
@@ -112,7 +113,7 @@ async fn get_one(
 
 /// Adds units on hand. Creates the stock item on its first restock.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/restock", tag = "inventory", request_body = RestockBody,
-    params(("sku" = String, Path, description = "The SKU")),
+    params(("sku" = Sku, Path, description = "The SKU")),
     responses((status = 200, body = StockView), (status = 400, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 async fn restock(
     State(app): State<AppState>,
@@ -127,7 +128,7 @@ async fn restock(
 
 /// Holds units for a reservation. Idempotent by `reservation_id`.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/reservations", tag = "inventory", request_body = ReserveBody,
-    params(("sku" = String, Path, description = "The SKU")),
+    params(("sku" = Sku, Path, description = "The SKU")),
     responses((status = 201, body = ReservationView), (status = 404, body = Problem), (status = 409, body = Problem, description = "insufficient_stock or reservation_conflict"), (status = 422, body = Problem)))]
 async fn reserve(
     State(app): State<AppState>,
@@ -145,7 +146,7 @@ async fn reserve(
 
 /// Gives a held reservation's units back. Idempotent.
 #[utoipa::path(delete, path = "/v1/inventory/{sku}/reservations/{id}", tag = "inventory",
-    params(("sku" = String, Path, description = "The SKU"), ("id" = String, Path, description = "The reservation id")),
+    params(("sku" = Sku, Path, description = "The SKU"), ("id" = ReservationId, Path, description = "The reservation id")),
     responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn release(
     State(app): State<AppState>,
@@ -158,7 +159,7 @@ async fn release(
 
 /// Sells a held reservation: its units leave stock. Idempotent.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/reservations/{id}/commit", tag = "inventory",
-    params(("sku" = String, Path, description = "The SKU"), ("id" = String, Path, description = "The reservation id")),
+    params(("sku" = Sku, Path, description = "The SKU"), ("id" = ReservationId, Path, description = "The reservation id")),
     responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn commit(
     State(app): State<AppState>,

@@ -27,10 +27,11 @@ pub(crate) fn routes() -> Vec<Route> {
 #[serde(deny_unknown_fields)]
 pub struct ProfileBody {
     /// New display name.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// New phone in international form; `null` removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^\+[0-9 ().-]{8,31}$")]
     pub phone: Option<Option<String>>,
 }
 
@@ -44,8 +45,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     /// The password in use now.
+    #[schema(min_length = 1, max_length = 128)]
     pub current_password: String,
     /// The new password: 10 to 128 characters, not a common one.
+    #[schema(min_length = 10, max_length = 128)]
     pub new_password: String,
 }
 
