@@ -117,7 +117,7 @@ pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next
     let Some(token) = bearer else {
         return unauthorized("this route needs a bearer access token").into_response();
     };
-    let claims = match super::tokens::verify(app.auth.keys(), &app.auth.settings().tokens, token) {
+    let claims = match app.auth.verify_access(token) {
         Ok(c) => c,
         Err(e) => return unauthorized(&e.to_string()).into_response(),
     };

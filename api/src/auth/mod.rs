@@ -79,10 +79,16 @@ pub struct Auth {
     inner: Arc<Inner>,
 }
 
+/// How many verified access tokens a node remembers.
+const VERIFIED_KEPT: usize = 50_000;
+
 #[derive(Debug)]
 struct Inner {
     settings: AuthSettings,
     keys: KeySet,
+    /// Access tokens already verified, by digest, until they expire: a signature check costs
+    /// far more than the rest of a typical request's work at the edge.
+    verified: std::sync::Mutex<std::collections::HashMap<String, tokens::Claims>>,
     hasher: Hasher,
     accounts: Accounts,
     throttle: Throttle,
@@ -101,7 +107,8 @@ impl Auth {
     /// The service over its parts.
     pub fn new(settings: AuthSettings, keys: KeySet, hasher: Hasher, accounts: Accounts, bus: Bus) -> Self {
         let throttle = Throttle::new(accounts.failures.clone());
-        Self { inner: Arc::new(Inner { settings, keys, hasher, accounts, throttle, bus }) }
+        let verified = std::sync::Mutex::new(std::collections::HashMap::new());
+        Self { inner: Arc::new(Inner { settings, keys, verified, hasher, accounts, throttle, bus }) }
     }
 
     /// The settings.
@@ -112,6 +119,26 @@ impl Auth {
     /// The keys.
     pub fn keys(&self) -> &KeySet {
         &self.inner.keys
+    }
+
+    /// Checks an access token (see [`tokens::verify`]), remembering good ones until expiry.
+    pub fn verify_access(&self, token: &str) -> Result<tokens::Claims, tokens::TokenError> {
+        let key = digest(token);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let lock = || self.inner.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(claims) = lock().get(&key).filter(|c| c.exp > now) {
+            return Ok(claims.clone());
+        }
+        let claims = tokens::verify(&self.inner.keys, &self.inner.settings.tokens, token)?;
+        let mut verified = lock();
+        if verified.len() >= VERIFIED_KEPT {
+            verified.retain(|_, c| c.exp > now);
+            if verified.len() >= VERIFIED_KEPT {
+                verified.clear();
+            }
+        }
+        verified.insert(key, claims.clone());
+        Ok(claims)
     }
 
     async fn user(&self, request: UserRequest) -> Result<UserView, ApiError> {
@@ -265,7 +292,7 @@ impl Auth {
     /// whole family: either the client or a thief holds a copy, and we cannot tell which.
     pub async fn refresh(&self, token: &str, correlation: &str) -> Result<TokenPair, ApiError> {
         let (family, secret) = token.split_once('.').ok_or_else(invalid_token)?;
-        if family.is_empty() || !family.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !is_family_id(family) {
             return Err(invalid_token());
         }
         let sessions = &self.inner.accounts.sessions;
@@ -328,9 +355,10 @@ impl Auth {
     /// Ends the session a refresh token belongs to. Answers the same for any token.
     pub async fn logout(&self, token: &str) -> Result<(), ApiError> {
         let Some((family, secret)) = token.split_once('.') else { return Ok(()) };
-        let Some((session, _)) = self.inner.accounts.sessions.get(family).await.ok().flatten() else {
+        if !is_family_id(family) {
             return Ok(());
-        };
+        }
+        let Some((session, _)) = self.inner.accounts.sessions.get(family).await? else { return Ok(()) };
         let presented = digest(secret);
         if same(&session.current, &presented) || session.spent.iter().any(|h| same(h, &presented)) {
             self.revoke(family).await?;
@@ -429,6 +457,11 @@ impl Auth {
             }
         }
     }
+}
+
+/// Whether `s` can be a family id (and so a KV key): base64url characters only.
+fn is_family_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// `ReplyError` for a field that failed validation, named.
