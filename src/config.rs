@@ -150,8 +150,11 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        // SOUK_CONFIG names the file itself (read by the command line), it is not a setting.
-        fig.merge(Env::prefixed("SOUK_").ignore(&["config"])).extract().map_err(Box::new)
+        // SOUK_CONFIG names the file itself and SOUK_LOAD_* are `souk load`'s credentials
+        // (all read by the command line): they are not node settings.
+        fig.merge(Env::prefixed("SOUK_").ignore(&["config", "load_email", "load_password"]))
+            .extract()
+            .map_err(Box::new)
     }
 
     /// The SurrealDB endpoint, defaulting to a file database in the data dir.

@@ -191,7 +191,11 @@ pub async fn ensure_admin(auth: &Auth, email: &str, password: String) -> anyhow:
                 tracing::info!(user = %view.id, "admin account in place");
                 return Ok(());
             }
-            Err(e @ souk_api::error::ApiError::Rejected(_)) => return Err(anyhow::anyhow!("{e}")),
+            Err(souk_api::error::ApiError::Rejected(e))
+                if e.code != souk_messages::ErrorCode::Unavailable =>
+            {
+                return Err(anyhow::anyhow!("{e}"));
+            }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -56,6 +56,7 @@ pub struct Node {
     supervisor: ActorRef<NodeMsg>,
     handle: tokio::task::JoinHandle<()>,
     projectors: Vec<tokio::task::JoinHandle<()>>,
+    stop_projectors: tokio::sync::watch::Sender<bool>,
 }
 
 /// Everything the actors need from the process that hosts them.
@@ -96,11 +97,17 @@ impl Node {
         };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
         let suffix = settings.projector_suffix;
+        let (stop_projectors, stop) = tokio::sync::watch::channel(false);
         let projectors = vec![
-            tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.stock, suffix.clone())),
-            tokio::spawn(projector::run(deps.jet, deps.read_models.users, suffix)),
+            tokio::spawn(projector::run(
+                deps.jet.clone(),
+                deps.read_models.stock,
+                suffix.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(projector::run(deps.jet, deps.read_models.users, suffix, stop)),
         ];
-        Ok(Self { supervisor, handle, projectors })
+        Ok(Self { supervisor, handle, projectors, stop_projectors })
     }
 
     /// Leaves the cluster gracefully: every shard finishes what it took, hands off and
@@ -109,8 +116,12 @@ impl Node {
         if let Err(e) = self.supervisor.call(NodeMsg::Leave, Some(Duration::from_secs(30))).await {
             tracing::warn!(error = %e, "graceful leave did not finish");
         }
-        for p in &self.projectors {
-            p.abort();
+        // Projectors finish the batch they are writing, so no database transaction is cut.
+        let _ = self.stop_projectors.send(true);
+        for p in self.projectors {
+            if tokio::time::timeout(Duration::from_secs(10), p).await.is_err() {
+                tracing::warn!("a projector did not stop within 10 s");
+            }
         }
         self.supervisor.stop(Some("node leaving".into()));
         let _ = self.handle.await;

@@ -15,6 +15,7 @@ use souk_storage::{StockChange, StockRepo, StorageError, UserEvents, UserRepo};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The most messages applied in one database transaction.
 const BATCH: usize = 4096;
@@ -64,13 +65,17 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Runs a projector until the task is dropped, restarting it after failures. Its durable
 /// consumer is `souk_proj_<kind><suffix>`.
-pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String) {
+pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String, mut stop: watch::Receiver<bool>) {
     let name = format!("souk_proj_{}{suffix}", P::KIND);
-    loop {
-        if let Err(e) = project(&jet, &projection, &name).await {
-            tracing::warn!(error = %e, consumer = %name, "projector stopped; restarting");
+    while !*stop.borrow() {
+        match project(&jet, &projection, &name, &mut stop).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, consumer = %name, "projector stopped; restarting"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 
@@ -112,11 +117,23 @@ async fn consumer(
         .map_err(nats)
 }
 
-async fn project<P: Projection>(jet: &Jet, projection: &P, name: &str) -> Result<(), ProjectorError> {
+/// Applies batches until the consumer ends or `stop` is set; a batch in progress is finished
+/// (and its transaction committed) before stopping.
+async fn project<P: Projection>(
+    jet: &Jet,
+    projection: &P,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ProjectorError> {
     let checkpoint = projection.checkpoint().await?;
     let consumer = consumer(jet, P::KIND, name, checkpoint).await?;
     let mut messages = consumer.messages().await.map_err(nats)?;
-    while let Some(first) = messages.next().await {
+    loop {
+        let first = tokio::select! {
+            m = messages.next() => m,
+            _ = stop.changed() => None,
+        };
+        let Some(first) = first else { return Ok(()) };
         let mut chunk = vec![first];
         let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         while chunk.len() < BATCH {
@@ -141,7 +158,6 @@ async fn project<P: Projection>(jet: &Jet, projection: &P, name: &str) -> Result
             m.ack().await.map_err(ProjectorError::Nats)?;
         }
     }
-    Ok(())
 }
 
 impl Projection for StockRepo {

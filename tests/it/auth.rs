@@ -576,3 +576,26 @@ async fn souk_admin_create_makes_an_admin_on_a_running_cluster() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("weak_password"));
     assert_eq!(login_raw(&http, base, "second@shop.example", "password").await.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_agree_on_the_configured_admin() {
+    let nats = NatsServer::start();
+    let url = nats.url().to_owned();
+    // Started in parallel, each node tries to create the admin before serving: one creates
+    // it, the others find it; none fails to start.
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || SoukNode::start(bin(), &url, &[]))
+        })
+        .collect();
+    let nodes: Vec<SoukNode> = starts.into_iter().map(|t| t.join().expect("thread").expect("node")).collect();
+    let http = http();
+    for node in &nodes {
+        ready(&http, node).await;
+        let admin = admin_http(node.url()).await;
+        let me: Value =
+            admin.get(format!("{}/v1/me", node.url())).send().await.expect("me").json().await.expect("json");
+        assert_eq!(me["roles"], json!(["admin"]));
+    }
+}

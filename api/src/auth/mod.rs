@@ -448,14 +448,27 @@ impl Auth {
     /// For the first admin (`souk admin create`, config) and the demo users.
     pub async fn ensure_user(&self, new: NewUser) -> Result<UserView, ApiError> {
         let roles = new.roles.clone();
-        match self.owner(&new.email).await? {
-            None => self.register(new, "bootstrap").await,
-            Some(id) => {
-                let view = self.command(&id, UserCommand::Get, "bootstrap").await?;
-                let all: BTreeSet<Role> = view.roles.union(&roles).copied().collect();
-                self.command(&id, UserCommand::SetRoles { roles: all }, "bootstrap").await
-            }
+        // Several nodes starting at once may all try to create the account; the losers of
+        // the email claim find the winner's account on the next pass.
+        for _ in 0..3 {
+            let Some(id) = self.owner(&new.email).await? else {
+                match self.register(new.clone(), "bootstrap").await {
+                    Err(ApiError::Rejected(e)) if e.code == ErrorCode::EmailTaken => continue,
+                    other => return other,
+                }
+            };
+            let view = match self.command(&id, UserCommand::Get, "bootstrap").await {
+                // A claim whose registration is still under way (or died): try again.
+                Err(ApiError::Rejected(e)) if e.code == ErrorCode::UnknownUser => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                other => other?,
+            };
+            let all: BTreeSet<Role> = view.roles.union(&roles).copied().collect();
+            return self.command(&id, UserCommand::SetRoles { roles: all }, "bootstrap").await;
         }
+        Err(ApiError::invalid(ErrorCode::Unavailable, "the account is being created elsewhere; retry"))
     }
 }
 
