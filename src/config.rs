@@ -49,6 +49,8 @@ pub struct Config {
     pub shards_stock: u32,
     /// Shards of user accounts. Fixed for the life of a cluster.
     pub shards_user: u32,
+    /// Shards of products. Fixed for the life of a cluster.
+    pub shards_product: u32,
     /// How long a shard lease (and a node's heartbeat) lasts without renewal.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
@@ -124,6 +126,7 @@ impl Default for Config {
             idle_after: Duration::from_secs(300),
             log: "info".to_owned(),
             shards_user: 64,
+            shards_product: 64,
             auth_issuer: "souk".to_owned(),
             auth_audience: "souk".to_owned(),
             access_ttl: Duration::from_secs(15 * 60),
@@ -175,10 +178,10 @@ impl Config {
 
     /// The shard counts.
     pub fn shard_counts(&self) -> Result<ShardCounts, String> {
-        if self.shards_stock == 0 || self.shards_user == 0 {
-            return Err("shards_stock and shards_user must be at least 1".into());
+        if self.shards_stock == 0 || self.shards_user == 0 || self.shards_product == 0 {
+            return Err("shards_stock, shards_user and shards_product must be at least 1".into());
         }
-        Ok(ShardCounts { stock: self.shards_stock, user: self.shards_user })
+        Ok(ShardCounts { stock: self.shards_stock, user: self.shards_user, product: self.shards_product })
     }
 
     /// The NATS URLs to use: the configured ones, or the local server a running `souk serve`

@@ -119,10 +119,16 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         });
     }
 
+    let catalog = souk_api::catalog::Catalog::new(
+        bus.clone(),
+        souk_nats::catalog::CatalogClaims::new(&jet),
+        read_models.catalog,
+    );
     let state = souk_api::AppState {
         bus,
         stock: read_models.stock,
         users: read_models.users,
+        catalog,
         auth,
         rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
         readiness: readiness.clone(),

@@ -105,7 +105,13 @@ impl Node {
                 suffix.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(projector::run(deps.jet, deps.read_models.users, suffix, stop)),
+            tokio::spawn(projector::run(
+                deps.jet.clone(),
+                deps.read_models.users,
+                suffix.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(projector::run(deps.jet, deps.read_models.catalog, suffix, stop)),
         ];
         Ok(Self { supervisor, handle, projectors, stop_projectors })
     }

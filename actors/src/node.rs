@@ -4,6 +4,7 @@
 use crate::context::NodeContext;
 use crate::shard::{ShardArgs, ShardMsg, ShardSupervisor};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use souk_messages::product::ProductState;
 use souk_messages::stock::StockState;
 use souk_messages::subject::{EntityKind, ShardCounts, ShardId};
 use souk_messages::user::UserState;
@@ -208,6 +209,9 @@ impl NodeState {
             }
             EntityKind::User => {
                 Actor::spawn_linked(None, ShardSupervisor::<UserState>::new(), args, cell).await?
+            }
+            EntityKind::Product => {
+                Actor::spawn_linked(None, ShardSupervisor::<ProductState>::new(), args, cell).await?
             }
         };
         Ok(actor)

@@ -5,13 +5,14 @@
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
-use souk_messages::event::Commit;
+use souk_messages::event::{Commit, Event};
+use souk_messages::product::{ProductEvent, ProductId};
 use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_messages::user::UserEvent;
 use souk_messages::{Sku, UserId};
 use souk_nats::Jet;
-use souk_storage::{StockChange, StockRepo, StorageError, UserEvents, UserRepo};
+use souk_storage::{CatalogRepo, ProductEvents, StockChange, StockRepo, StorageError, UserEvents, UserRepo};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
@@ -191,20 +192,50 @@ impl Projection for UserRepo {
     }
 
     async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
-        let mut by_user: BTreeMap<UserId, UserEvents> = BTreeMap::new();
-        for r in records {
-            let id = Subjects.entity_id_of(EntityKind::User, &r.subject).and_then(|s| UserId::parse(s).ok());
-            let commit: Option<Commit<UserEvent>> = serde_json::from_slice(&r.payload).ok();
-            let (Some(id), Some(commit)) = (id, commit) else {
-                tracing::error!(subject = r.subject, "skipping undecodable user commit");
-                continue;
-            };
-            let entry = by_user.entry(id.clone()).or_insert_with(|| UserEvents { id, events: Vec::new() });
-            entry.events.extend(commit.into_iter().map(|e| (r.seq, e)));
-        }
-        let batch: Vec<UserEvents> = by_user.into_values().collect();
+        let batch: Vec<UserEvents> =
+            by_entity::<UserEvent, UserId>(EntityKind::User, records, |s| UserId::parse(s).ok())
+                .into_iter()
+                .map(|(id, events)| UserEvents { id, events })
+                .collect();
         UserRepo::apply(self, &batch, last_seq).await
     }
+}
+
+impl Projection for CatalogRepo {
+    const KIND: EntityKind = EntityKind::Product;
+
+    fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        CatalogRepo::checkpoint(self)
+    }
+
+    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+        let batch: Vec<ProductEvents> =
+            by_entity::<ProductEvent, ProductId>(EntityKind::Product, records, |s| ProductId::parse(s).ok())
+                .into_iter()
+                .map(|(id, events)| ProductEvents { id, events })
+                .collect();
+        CatalogRepo::apply(self, &batch, last_seq).await
+    }
+}
+
+/// Each entity's events in `records`, in stream order, with their commit's sequence.
+/// Undecodable records are logged and skipped: one bad record must not stop a read model.
+fn by_entity<E: serde::de::DeserializeOwned, I: Ord>(
+    kind: EntityKind,
+    records: Vec<Record>,
+    parse: impl Fn(&str) -> Option<I>,
+) -> BTreeMap<I, Vec<(u64, Event<E>)>> {
+    let mut out: BTreeMap<I, Vec<(u64, Event<E>)>> = BTreeMap::new();
+    for r in records {
+        let id = Subjects.entity_id_of(kind, &r.subject).and_then(|s| parse(&s));
+        let commit: Option<Commit<E>> = serde_json::from_slice(&r.payload).ok();
+        let (Some(id), Some(commit)) = (id, commit) else {
+            tracing::error!(subject = r.subject, "skipping an undecodable commit");
+            continue;
+        };
+        out.entry(id).or_default().extend(commit.into_iter().map(|e| (r.seq, e)));
+    }
+    out
 }
 
 /// The levels a commit leaves its stock item at, or `None` for a message that is not a

@@ -133,11 +133,17 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::RouteNotFound
         | ErrorCode::UnknownSku
         | ErrorCode::ReservationNotFound
-        | ErrorCode::UnknownUser => StatusCode::NOT_FOUND,
+        | ErrorCode::UnknownUser
+        | ErrorCode::UnknownProduct => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::InsufficientStock | ErrorCode::ReservationConflict | ErrorCode::EmailTaken => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::InsufficientStock
+        | ErrorCode::ReservationConflict
+        | ErrorCode::EmailTaken
+        | ErrorCode::ProductConflict
+        | ErrorCode::SlugTaken
+        | ErrorCode::SkuTaken => StatusCode::CONFLICT,
+        ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
+        ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,

@@ -9,11 +9,13 @@
 //!   table, which gives every route its access level.
 //! - [`auth`]: accounts, sessions, tokens, password hashing, login throttling, and the one
 //!   middleware that checks every request against the route table.
+//! - [`catalog`]: product changes with their slug and SKU claims.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
 //! - [`request_id`], [`metrics`], [`rate_limit`]: cross-cutting middleware.
 
 pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub users: UserRepo,
     /// Accounts and sessions.
     pub auth: auth::Auth,
+    /// Products and the catalog.
+    pub catalog: catalog::Catalog,
     /// Per-client request rate limit.
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Readiness checks.
@@ -88,6 +92,13 @@ pub struct AppState {
         routes::admin::set_roles,
         routes::admin::disable,
         routes::admin::enable,
+        routes::products::list,
+        routes::products::get_one,
+        routes::products::create,
+        routes::products::update,
+        routes::products::archive,
+        routes::products::restore,
+        routes::products::remove,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)

@@ -54,6 +54,18 @@ pub enum ErrorCode {
     AccountDisabled,
     /// A refresh or password-reset token is unknown, expired, spent or revoked.
     InvalidToken,
+    /// The entity changed since the version the request was made against (`If-Match`).
+    VersionMismatch,
+    /// The request must say which version it was made against (`If-Match`).
+    PreconditionRequired,
+    /// No product has this id or slug.
+    UnknownProduct,
+    /// The product's state does not allow the change (archived, deleted, not a draft).
+    ProductConflict,
+    /// Another product already uses this slug.
+    SlugTaken,
+    /// Another product already uses this SKU.
+    SkuTaken,
     /// Too many requests: slow down and retry after the indicated time.
     RateLimited,
     /// The owning shard is moving or the cluster is not ready; retry shortly.
@@ -91,6 +103,12 @@ impl ErrorCode {
             Self::InvalidCredentials => "invalid_credentials",
             Self::AccountDisabled => "account_disabled",
             Self::InvalidToken => "invalid_token",
+            Self::VersionMismatch => "version_mismatch",
+            Self::PreconditionRequired => "precondition_required",
+            Self::UnknownProduct => "unknown_product",
+            Self::ProductConflict => "product_conflict",
+            Self::SlugTaken => "slug_taken",
+            Self::SkuTaken => "sku_taken",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -99,7 +117,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 32] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
@@ -122,6 +140,12 @@ impl ErrorCode {
         Self::InvalidCredentials,
         Self::AccountDisabled,
         Self::InvalidToken,
+        Self::VersionMismatch,
+        Self::PreconditionRequired,
+        Self::UnknownProduct,
+        Self::ProductConflict,
+        Self::SlugTaken,
+        Self::SkuTaken,
         Self::RateLimited,
         Self::Unavailable,
         Self::Timeout,

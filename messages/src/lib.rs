@@ -9,6 +9,7 @@
 //! - [`ids`]: validated identifiers (`Sku`, `ReservationId`, `NodeId`).
 //! - [`event`]: the public event envelope published on `souk.evt.<kind>.<id>`.
 //! - [`entity`]: the `Entity` trait every kind implements and the bus request envelope.
+//! - [`product`]: the product entity: variants, money, catalog rules.
 //! - [`stock`]: the stock item entity: commands, events, its state fold and its view.
 //! - [`subject`]: entity kinds, shard hashing and the typed subject builder.
 //! - [`user`]: the user account entity, and the rules for emails, names, phones and passwords.
@@ -17,6 +18,7 @@ pub mod entity;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod product;
 pub mod stock;
 pub mod subject;
 pub mod user;

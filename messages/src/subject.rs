@@ -12,17 +12,20 @@ pub enum EntityKind {
     Stock,
     /// A user account.
     User,
+    /// A catalog product.
+    Product,
 }
 
 impl EntityKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 2] = [Self::Stock, Self::User];
+    pub const ALL: [Self; 3] = [Self::Stock, Self::User, Self::Product];
 
     /// The kind as a subject token.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Stock => "stock",
             Self::User => "user",
+            Self::Product => "product",
         }
     }
 }
@@ -42,6 +45,9 @@ pub struct ShardCounts {
     /// Shards of user accounts.
     #[serde(default = "default_shards")]
     pub user: u32,
+    /// Shards of products.
+    #[serde(default = "default_shards")]
+    pub product: u32,
 }
 
 const fn default_shards() -> u32 {
@@ -50,7 +56,7 @@ const fn default_shards() -> u32 {
 
 impl Default for ShardCounts {
     fn default() -> Self {
-        Self { stock: default_shards(), user: default_shards() }
+        Self { stock: default_shards(), user: default_shards(), product: default_shards() }
     }
 }
 
@@ -60,6 +66,7 @@ impl ShardCounts {
         match kind {
             EntityKind::Stock => self.stock,
             EntityKind::User => self.user,
+            EntityKind::Product => self.product,
         }
     }
 

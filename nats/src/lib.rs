@@ -11,11 +11,13 @@
 //! - [`bus`]: typed request/reply with a deadline and retry while a shard moves.
 //! - [`cluster`]: live-node heartbeats, rendezvous assignment and fenced shard leases.
 //! - [`kv`]: a typed JSON KV bucket with revision-checked writes.
+//! - [`catalog`]: product slug and SKU claims.
 //! - [`accounts`]: email claims, password hashes, refresh-token families, login failures.
 //! - [`metrics`] and [`health`]: what the edge exposes on `/metrics` and `/readyz`.
 
 pub mod accounts;
 pub mod bus;
+pub mod catalog;
 pub mod cluster;
 pub mod connect;
 pub mod event_store;

@@ -21,6 +21,10 @@ pub const EMAILS_BUCKET: &str = "souk_emails";
 pub const CREDENTIALS_BUCKET: &str = "souk_credentials";
 /// Refresh-token families: key = family id, expiring after the refresh-token lifetime.
 pub const SESSIONS_BUCKET: &str = "souk_sessions";
+/// Product slug claims: key = slug, value = the product that owns it.
+pub const SLUGS_BUCKET: &str = "souk_slugs";
+/// SKU claims: key = SKU, value = the product whose variant it is.
+pub const SKUS_BUCKET: &str = "souk_skus";
 /// Login failure counters per account and per client address, expiring after an hour.
 pub const THROTTLE_BUCKET: &str = "souk_throttle";
 /// How long a login-failure counter lives without a new failure.
@@ -62,6 +66,10 @@ pub struct Jet {
     pub sessions: kv::Store,
     /// Login failure counters.
     pub throttle: kv::Store,
+    /// Product slug claims.
+    pub slugs: kv::Store,
+    /// SKU claims.
+    pub skus: kv::Store,
 }
 
 /// Why provisioning failed.
@@ -119,5 +127,20 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     let credentials = bucket(CREDENTIALS_BUCKET, Duration::ZERO, 1).await?;
     let sessions = bucket(SESSIONS_BUCKET, s.session_ttl, 1).await?;
     let throttle = bucket(THROTTLE_BUCKET, THROTTLE_TTL, 1).await?;
-    Ok(Jet { js, events, nodes, leases, snapshots, cluster, emails, credentials, sessions, throttle })
+    let slugs = bucket(SLUGS_BUCKET, Duration::ZERO, 1).await?;
+    let skus = bucket(SKUS_BUCKET, Duration::ZERO, 1).await?;
+    Ok(Jet {
+        js,
+        events,
+        nodes,
+        leases,
+        snapshots,
+        cluster,
+        emails,
+        credentials,
+        sessions,
+        throttle,
+        slugs,
+        skus,
+    })
 }

@@ -71,6 +71,21 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS users_uid ON users FIELDS uid UNIQUE;
     ",
     ),
+    (
+        3,
+        // Slugs are unique through their claims, not here: within one projected batch a slug
+        // can move from one product to another, which a unique index would refuse.
+        r"
+    DEFINE TABLE IF NOT EXISTS product SCHEMALESS;
+    DEFINE ANALYZER IF NOT EXISTS catalog_words TOKENIZERS class FILTERS lowercase, ascii, edgengram(2, 15);
+    DEFINE INDEX IF NOT EXISTS product_pid ON product FIELDS pid UNIQUE;
+    DEFINE INDEX IF NOT EXISTS product_slug ON product FIELDS slug;
+    DEFINE INDEX IF NOT EXISTS product_title_words ON product FIELDS title FULLTEXT ANALYZER catalog_words BM25;
+    DEFINE INDEX IF NOT EXISTS product_description_words ON product FIELDS description FULLTEXT ANALYZER catalog_words BM25;
+    DEFINE INDEX IF NOT EXISTS product_price ON product FIELDS price_min;
+    DEFINE INDEX IF NOT EXISTS product_created ON product FIELDS created_at;
+    ",
+    ),
 ];
 
 /// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to

@@ -7,12 +7,15 @@
 //! # Layout
 //! - [`db`]: connect (`mem://`, `surrealkv://path`, `ws://host`) and migrate.
 //! - [`stock`]: the `stock` read model and its projection checkpoint.
+//! - [`catalog`]: the `product` read model: browse, filter, search, availability.
 //! - [`user`]: the `users` read model, for the admin user list and search.
 
+pub mod catalog;
 pub mod db;
 pub mod stock;
 pub mod user;
 
+pub use catalog::{CatalogPage, CatalogQuery, CatalogRepo, CatalogRow, ProductEvents, Sort};
 pub use db::{Db, DbSettings, connect, migrate};
 pub use stock::{StockChange, StockRepo};
 pub use user::{UserEvents, UserRepo};
@@ -24,6 +27,8 @@ pub struct ReadModels {
     pub stock: StockRepo,
     /// User accounts.
     pub users: UserRepo,
+    /// The product catalog.
+    pub catalog: CatalogRepo,
 }
 
 impl ReadModels {
@@ -31,8 +36,35 @@ impl ReadModels {
     /// a new session without the selected namespace).
     pub fn new(db: Db) -> Self {
         let db = std::sync::Arc::new(db);
-        Self { stock: StockRepo::shared(db.clone()), users: UserRepo::new(db) }
+        Self {
+            stock: StockRepo::shared(db.clone()),
+            users: UserRepo::new(db.clone()),
+            catalog: CatalogRepo::new(db),
+        }
     }
+}
+
+/// Applies the events newer than `state`'s version, tracking the time of the entity's first
+/// event and the sequence of its last; returns whether anything changed. Shared by the
+/// projections that fold events with the entity's own rules.
+pub(crate) fn fold_new<S: souk_messages::Entity>(
+    state: &mut S,
+    created_at: &mut Option<String>,
+    seq: &mut u64,
+    events: &[(u64, souk_messages::event::Event<S::Event>)],
+) -> bool {
+    let before = state.version();
+    for (s, e) in events {
+        if e.version <= state.version() {
+            continue;
+        }
+        if created_at.is_none() {
+            *created_at = e.time.format(&time::format_description::well_known::Rfc3339).ok();
+        }
+        state.apply(&e.body);
+        *seq = *s;
+    }
+    state.version() != before
 }
 
 /// Why a read-model operation failed.

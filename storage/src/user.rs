@@ -6,7 +6,7 @@ use crate::{Db, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use souk_messages::UserId;
-use souk_messages::event::{Event, Fold as _};
+use souk_messages::event::Event;
 use souk_messages::user::{Email, Name, Phone, Role, UserEvent, UserState, UserView};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -94,21 +94,9 @@ impl UserRepo {
             let mut state = row.as_ref().map(UserRow::state).transpose()?.unwrap_or_default();
             let mut created_at = row.as_ref().map(|r| r.created_at.clone());
             let mut seq = row.as_ref().map_or(0, |r| r.seq);
-            let before = state.version;
-            for (s, e) in &user.events {
-                if e.version <= state.version {
-                    continue;
-                }
-                if created_at.is_none() {
-                    created_at = e.time.format(&time::format_description::well_known::Rfc3339).ok();
-                }
-                state.apply(&e.body);
-                // The stream's version is the truth, even across a commit this fold skipped.
-                state.version = e.version;
-                seq = *s;
-            }
+            let changed = crate::fold_new(&mut state, &mut created_at, &mut seq, &user.events);
             let (Some(email), Some(name)) = (&state.email, &state.name) else { continue };
-            if state.version == before {
+            if !changed {
                 continue;
             }
             let row = UserRow {

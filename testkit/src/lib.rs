@@ -114,6 +114,7 @@ impl SoukNode {
             ("SOUK_HTTP_ADDR", "127.0.0.1:0"),
             ("SOUK_SHARDS_STOCK", "16"),
             ("SOUK_SHARDS_USER", "16"),
+            ("SOUK_SHARDS_PRODUCT", "16"),
             ("SOUK_ADMIN_EMAIL", ADMIN_EMAIL),
             ("SOUK_ADMIN_PASSWORD", ADMIN_PASSWORD),
             // Cheap hashing keeps the many logins of the suite fast; the default cost is

@@ -91,6 +91,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Principal {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Self>().cloned())
+    }
+}
+
+impl Principal {
+    /// Whether the caller may see and change the whole catalog.
+    pub fn is_staff(&self) -> bool {
+        Access::Staff.allows(&self.roles)
+    }
+}
+
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::invalid(ErrorCode::Unauthorized, detail)
 }
@@ -105,15 +119,23 @@ pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next
         tracing::error!(method = %req.method(), path, "route has no access level; refusing");
         return ApiError::invalid(ErrorCode::Forbidden, "this route is not open to anyone").into_response();
     };
-    if access == Access::Public {
-        return next.run(req).await;
-    }
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
+    if access == Access::Public {
+        // A public route still learns who a signed-in caller is (staff see more of the
+        // catalog); a bad token there is simply ignored.
+        let who = bearer.and_then(|t| app.auth.verify_access(t).ok()).and_then(|c| {
+            Some(Principal { user: UserId::parse(c.sub).ok()?, roles: c.roles, session: c.sid })
+        });
+        if let Some(who) = who {
+            req.extensions_mut().insert(who);
+        }
+        return next.run(req).await;
+    }
     let Some(token) = bearer else {
         return unauthorized("this route needs a bearer access token").into_response();
     };

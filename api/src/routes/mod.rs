@@ -6,6 +6,7 @@ pub mod auth;
 pub mod inventory;
 pub mod me;
 pub mod ops;
+pub mod products;
 
 use crate::AppState;
 use crate::auth::access::{Access, Endpoint};
@@ -31,7 +32,7 @@ impl Route {
 
 /// Every route of the API.
 pub fn all() -> Vec<Route> {
-    [ops::routes(), auth::routes(), me::routes(), admin::routes(), inventory::routes()]
+    [ops::routes(), auth::routes(), me::routes(), admin::routes(), products::routes(), inventory::routes()]
         .into_iter()
         .flatten()
         .collect()

@@ -136,3 +136,146 @@ mod users {
         assert_eq!(page_two.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["usr-b"]);
     }
 }
+
+mod catalog {
+    use souk_messages::Sku;
+    use souk_messages::event::Event;
+    use souk_messages::product::{
+        Currency, Money, ProductData, ProductEvent, ProductId, ProductStatus, Slug, Variant,
+    };
+    use souk_storage::{CatalogQuery, CatalogRepo, DbSettings, ProductEvents, ReadModels, Sort};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    async fn repo() -> CatalogRepo {
+        let db = souk_storage::connect(&DbSettings {
+            endpoint: "mem://".into(),
+            namespace: "test".into(),
+            database: super::uuid_like(),
+            root: None,
+        })
+        .await
+        .expect("mem db");
+        ReadModels::new(db).catalog
+    }
+
+    fn product(
+        n: usize,
+        title: &str,
+        description: &str,
+        price: i64,
+        category: &str,
+        size: &str,
+    ) -> ProductData {
+        ProductData {
+            title: title.into(),
+            slug: Slug::parse(&format!("p-{n}")).expect("slug"),
+            description: description.into(),
+            categories: BTreeSet::from([category.to_owned()]),
+            attributes: BTreeMap::new(),
+            images: Vec::new(),
+            variants: vec![Variant {
+                sku: Sku::parse(format!("SKU-{n}")).expect("sku"),
+                price: Money::new(price, Currency::parse("EUR").expect("eur")).expect("money"),
+                attributes: BTreeMap::from([("size".to_owned(), size.to_owned())]),
+            }],
+        }
+    }
+
+    fn created(id: &ProductId, data: ProductData, status: ProductStatus, seq: u64) -> ProductEvents {
+        let event = Event {
+            event_id: uuid::Uuid::now_v7(),
+            id: id.to_string(),
+            version: 1,
+            time: time::OffsetDateTime::now_utc() + time::Duration::milliseconds(seq as i64),
+            correlation_id: None,
+            body: ProductEvent::Created { product: data, status },
+        };
+        ProductEvents { id: id.clone(), events: vec![(seq, event)] }
+    }
+
+    fn titles(page: &souk_storage::CatalogPage) -> Vec<String> {
+        page.items.iter().map(|r| r.state.data.as_ref().expect("data").title.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn filters_sorts_pages_and_searches_with_title_matches_first() {
+        let repo = repo().await;
+        let rows = [
+            ("Linen shirt", "A light shirt for summer", 3000, "shirts", "M", ProductStatus::Active),
+            ("Wool scarf", "Goes with any shirt", 2000, "scarves", "S", ProductStatus::Active),
+            ("Denim jacket", "Sturdy", 9000, "jackets", "L", ProductStatus::Active),
+            ("Secret shirt", "Not yet", 100, "shirts", "M", ProductStatus::Draft),
+        ];
+        let batch: Vec<ProductEvents> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (t, d, p, c, s, st))| {
+                created(&ProductId::generate(), product(i, t, d, *p, c, s), *st, i as u64 + 1)
+            })
+            .collect();
+        repo.apply(&batch, 4).await.expect("apply");
+        repo.apply(&batch, 4).await.expect("replay changes nothing");
+
+        let q = |f: &dyn Fn(&mut CatalogQuery)| {
+            let mut q = CatalogQuery { limit: 10, ..CatalogQuery::default() };
+            f(&mut q);
+            q
+        };
+        let newest = repo.list(&q(&|_| {})).await.expect("list");
+        assert_eq!(
+            titles(&newest),
+            ["Denim jacket", "Wool scarf", "Linen shirt"],
+            "drafts hidden, newest first"
+        );
+        let all = repo.list(&q(&|q| q.all_statuses = true)).await.expect("list");
+        assert_eq!(all.items.len(), 4);
+        let cheap = repo.list(&q(&|q| q.sort = Sort::PriceAsc)).await.expect("list");
+        assert_eq!(titles(&cheap), ["Wool scarf", "Linen shirt", "Denim jacket"]);
+        let shirts = repo.list(&q(&|q| q.category = Some("shirts".into()))).await.expect("list");
+        assert_eq!(titles(&shirts), ["Linen shirt"]);
+        let mid = repo
+            .list(&q(&|q| {
+                q.min_price = Some(2500);
+                q.max_price = Some(5000);
+            }))
+            .await
+            .expect("list");
+        assert_eq!(titles(&mid), ["Linen shirt"]);
+        let large = repo.list(&q(&|q| q.attribute = Some(("size".into(), "l".into())))).await.expect("list");
+        assert_eq!(titles(&large), ["Denim jacket"]);
+
+        // Search: title matches rank above description matches; prefixes match.
+        let found = repo
+            .list(&q(&|q| {
+                q.search = Some("shirt".into());
+                q.sort = Sort::Relevance;
+            }))
+            .await
+            .expect("search");
+        assert_eq!(titles(&found), ["Linen shirt", "Wool scarf"]);
+        let prefix = repo.list(&q(&|q| q.search = Some("jack".into()))).await.expect("search");
+        assert_eq!(titles(&prefix), ["Denim jacket"]);
+
+        // Pages of one walk the whole catalog in order.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = repo
+                .list(&q(&|q| {
+                    q.limit = 1;
+                    q.sort = Sort::PriceAsc;
+                    q.after.clone_from(&after);
+                }))
+                .await
+                .expect("page");
+            seen.extend(titles(&page));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["Wool scarf", "Linen shirt", "Denim jacket"]);
+        let levels = repo.availability(&[Sku::parse("SKU-0").expect("sku")]).await.expect("levels");
+        assert_eq!(levels.values().copied().collect::<Vec<_>>(), [0]);
+    }
+}

@@ -1,0 +1,310 @@
+//! The catalog over HTTP: staff manage products, shoppers browse and search them.
+
+use crate::{bin, ready};
+use futures::future::join_all;
+use futures::{StreamExt as _, stream};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn product(slug: &str, title: &str, description: &str, sku: &str, price: i64, status: &str) -> Value {
+    json!({
+        "title": title, "slug": slug, "description": description, "status": status,
+        "categories": ["demo"],
+        "variants": [{"sku": sku, "price": {"amount": price, "currency": "EUR"}, "attributes": {"size": "M"}}],
+    })
+}
+
+async fn create(staff: &Client, base: &str, body: &Value) -> Response {
+    staff.post(format!("{base}/v1/products")).json(body).send().await.expect("create")
+}
+
+async fn body(r: Response, status: StatusCode) -> Value {
+    let got = r.status();
+    let text = r.text().await.expect("body");
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Every product the anonymous catalog lists, following `next`, with `query` appended.
+async fn walk(http: &Client, base: &str, query: &str, limit: u32) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/products?limit={limit}{query}");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={}", urlencode(a)));
+        }
+        let page = body(http.get(url).send().await.expect("page"), StatusCode::OK).await;
+        out.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_manage_products_and_shoppers_see_only_active_ones() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+
+    let shirt = body(
+        create(
+            &staff,
+            base,
+            &product("linen-shirt", "Linen shirt", "Light and cool", "LINEN-M", 3900, "active"),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = shirt["id"].as_str().expect("id").to_owned();
+    let draft = body(
+        create(&staff, base, &product("secret-coat", "Secret coat", "Not yet", "COAT-1", 19900, "draft"))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let draft_id = draft["id"].as_str().expect("id").to_owned();
+
+    // Shoppers find the active product by id or slug, not the draft; staff see both.
+    for key in [id.as_str(), "linen-shirt"] {
+        let got =
+            body(http.get(format!("{base}/v1/products/{key}")).send().await.expect("get"), StatusCode::OK)
+                .await;
+        assert_eq!(got["available"], json!({"LINEN-M": 0}), "a new variant has no stock");
+    }
+    let hidden = http.get(format!("{base}/v1/products/secret-coat")).send().await.expect("get");
+    assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+    let seen = staff.get(format!("{base}/v1/products/secret-coat")).send().await.expect("get");
+    assert_eq!(seen.status(), StatusCode::OK);
+    eventually("the catalog to list both for staff", Duration::from_secs(10), || async {
+        let page: Value = staff.get(format!("{base}/v1/products")).send().await.ok()?.json().await.ok()?;
+        (page["items"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    let shopper_view = walk(&http, base, "", 10).await;
+    assert_eq!(shopper_view.len(), 1);
+    assert_eq!(shopper_view[0]["slug"], "linen-shirt");
+
+    // Conditional GET.
+    let r = http.get(format!("{base}/v1/products/linen-shirt")).send().await.expect("get");
+    let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+    let again =
+        http.get(format!("{base}/v1/products/linen-shirt")).header("if-none-match", &etag).send().await;
+    assert_eq!(again.expect("get").status(), StatusCode::NOT_MODIFIED);
+
+    // Updates need the current version in If-Match.
+    let mut changed = product("linen-shirt", "Linen shirt", "Light and cool", "LINEN-M", 3500, "active");
+    let put = |v: Option<&str>, b: Value| {
+        let mut r = staff.put(format!("{base}/v1/products/{id}")).json(&b);
+        if let Some(v) = v {
+            r = r.header("if-match", v);
+        }
+        r.send()
+    };
+    assert_eq!(put(None, changed.clone()).await.expect("put").status(), StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(
+        put(Some("\"9\""), changed.clone()).await.expect("put").status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let updated = body(put(Some("\"1\""), changed.clone()).await.expect("put"), StatusCode::OK).await;
+    assert_eq!(updated["version"], 2);
+    assert_eq!(
+        put(Some("\"1\""), changed.clone()).await.expect("put").status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+
+    // A slug or SKU of another product is refused and changes nothing.
+    changed["slug"] = json!("secret-coat");
+    let r = put(Some("\"2\""), changed.clone()).await.expect("put");
+    assert_eq!(body(r, StatusCode::CONFLICT).await["code"], "slug_taken");
+    let r = create(&staff, base, &product("another", "Another", "", "LINEN-M", 100, "draft")).await;
+    assert_eq!(body(r, StatusCode::CONFLICT).await["code"], "sku_taken");
+    let r = staff.get(format!("{base}/v1/products/{id}")).send().await.expect("get");
+    assert_eq!(body(r, StatusCode::OK).await["version"], 2);
+
+    // Archive hides it from shoppers; restore brings it back; only never-sold drafts delete.
+    let r = staff.post(format!("{base}/v1/products/{id}/archive")).send().await.expect("archive");
+    assert_eq!(body(r, StatusCode::OK).await["status"], "archived");
+    let r = http.get(format!("{base}/v1/products/{id}")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = staff.post(format!("{base}/v1/products/{id}/restore")).send().await.expect("restore");
+    assert_eq!(body(r, StatusCode::OK).await["status"], "active");
+    let r = staff.delete(format!("{base}/v1/products/{id}")).send().await.expect("delete");
+    assert_eq!(body(r, StatusCode::CONFLICT).await["code"], "product_conflict");
+    let r = staff.delete(format!("{base}/v1/products/{draft_id}")).send().await.expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Its slug and SKU are free again.
+    let r = create(&staff, base, &product("secret-coat", "Coat", "", "COAT-1", 100, "draft")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Restocking the variant shows in the catalog.
+    let r =
+        staff.post(format!("{base}/v1/inventory/LINEN-M/restock")).json(&json!({"quantity": 4})).send().await;
+    assert_eq!(r.expect("restock").status(), StatusCode::OK);
+    eventually("availability in the catalog", Duration::from_secs(10), || async {
+        let v: Value =
+            http.get(format!("{base}/v1/products/linen-shirt")).send().await.ok()?.json().await.ok()?;
+        (v["available"]["LINEN-M"] == 4).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_for_one_slug_or_sku_create_one_product() {
+    let nats = NatsServer::start();
+    let a = SoukNode::start(bin(), nats.url(), &[]).expect("node a");
+    let b = SoukNode::start(bin(), nats.url(), &[]).expect("node b");
+    let http = http();
+    ready(&http, &a).await;
+    ready(&http, &b).await;
+    let staff = admin_http(a.url()).await;
+    let attempts = (0..12).map(|i| {
+        let (staff, base) = (staff.clone(), if i % 2 == 0 { a.url().to_owned() } else { b.url().to_owned() });
+        // Half race for one slug, half for one SKU.
+        let body = if i < 6 {
+            product("the-one", "The one", "", &format!("UNIQUE-{i}"), 100, "draft")
+        } else {
+            product(&format!("slug-{i}"), "Twin", "", "TWIN-SKU", 100, "draft")
+        };
+        async move { create(&staff, &base, &body).await.status() }
+    });
+    let statuses = join_all(attempts).await;
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+    assert_eq!((created, refused), (2, 10), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_ranks_titles_first_and_pages_walk_a_growing_catalog_without_gaps() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url().to_owned();
+    let staff = admin_http(&base).await;
+
+    let make = {
+        let (staff, base) = (staff.clone(), base.clone());
+        move |i: usize| {
+            let (staff, base) = (staff.clone(), base.clone());
+            async move {
+                let title = format!("Item {i}");
+                let r = create(
+                    &staff,
+                    &base,
+                    &product(&format!("item-{i}"), &title, "plain", &format!("IT-{i}"), i as i64, "active"),
+                )
+                .await;
+                assert_eq!(r.status(), StatusCode::CREATED);
+            }
+        }
+    };
+    stream::iter(0..1000).for_each_concurrent(32, make.clone()).await;
+    for (slug, title, description) in [
+        ("desc-match", "Garden chair", "A chair for your lantern-lit garden"),
+        ("title-match", "Brass lantern", "Warm light"),
+    ] {
+        let r = create(&staff, &base, &product(slug, title, description, &slug.to_uppercase(), 5, "active"))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    eventually("all products in the catalog", Duration::from_secs(60), || async {
+        let page: Value = http
+            .get(format!("{base}/v1/products?limit=1&sort=price_asc&min_price=999"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (page["items"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+
+    let found = body(
+        http.get(format!("{base}/v1/products?q=lantern&sort=relevance")).send().await.expect("search"),
+        StatusCode::OK,
+    )
+    .await;
+    let slugs: Vec<&str> =
+        found["items"].as_array().expect("items").iter().filter_map(|p| p["slug"].as_str()).collect();
+    assert_eq!(slugs, ["title-match", "desc-match"]);
+    let prefix =
+        body(http.get(format!("{base}/v1/products?q=lant")).send().await.expect("search"), StatusCode::OK)
+            .await;
+    assert_eq!(prefix["items"].as_array().expect("items").len(), 2, "prefixes match");
+
+    // Walk the whole catalog by price while more products are being added: every product
+    // that existed before the walk appears exactly once.
+    let adding = tokio::spawn(async move { stream::iter(1000..1100).for_each_concurrent(8, make).await });
+    let walked = walk(&http, &base, "&sort=price_asc", 37).await;
+    adding.await.expect("adding");
+    let slugs: Vec<String> = walked.iter().filter_map(|p| p["slug"].as_str().map(str::to_owned)).collect();
+    let unique: BTreeSet<&String> = slugs.iter().collect();
+    assert_eq!(unique.len(), slugs.len(), "no product twice");
+    for i in 0..1000 {
+        assert!(unique.contains(&format!("item-{i}")), "item-{i} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_product_input_gets_problem_json_and_creates_nothing() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+    let good = product("good", "Good", "", "GOOD-1", 100, "draft");
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v
+    };
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (with(&|v| v["title"] = json!("")), 422, "invalid_input"),
+        (with(&|v| v["title"] = json!("t".repeat(201))), 422, "invalid_input"),
+        (with(&|v| v["slug"] = json!("Not A Slug")), 422, "invalid_body"),
+        (with(&|v| v["variants"] = json!([])), 422, "invalid_input"),
+        (with(&|v| v["variants"][0]["sku"] = json!("bad.sku")), 422, "invalid_body"),
+        (with(&|v| v["variants"][0]["price"]["amount"] = json!(-1)), 422, "invalid_input"),
+        (with(&|v| v["variants"][0]["price"]["currency"] = json!("euro")), 422, "invalid_body"),
+        (with(&|v| v["status"] = json!("archived")), 422, "invalid_input"),
+        (with(&|v| v["images"] = json!(["javascript:alert(1)"])), 422, "invalid_input"),
+        (with(&|v| v["unknown"] = json!(1)), 422, "invalid_body"),
+        (json!({"title": "No variants", "slug": "x"}), 422, "invalid_body"),
+    ];
+    for (b, status, code) in cases {
+        let r = create(&staff, base, &b).await;
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{b}");
+        let got = body(r, StatusCode::from_u16(status).expect("status")).await;
+        assert_eq!(got["code"], code, "{b}");
+    }
+    for q in ["limit=0", "limit=101", "min_price=-1", "attribute=nocolon", "sort=cheapest"] {
+        let r = http.get(format!("{base}/v1/products?{q}")).send().await.expect("list");
+        assert!(r.status().is_client_error(), "{q}: {}", r.status());
+    }
+    // Nothing was claimed by the refused requests: the good product goes in.
+    assert_eq!(create(&staff, base, &good).await.status(), StatusCode::CREATED);
+}
