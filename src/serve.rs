@@ -71,6 +71,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let store = EventStore::new(jet.clone(), StoreMetrics::register(&mut registry));
+    let history = store.clone();
     let actor_metrics = ActorMetrics::register(&mut registry);
     let http = souk_api::metrics::HttpMetrics::register(&mut registry);
     let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
@@ -125,6 +126,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         read_models.catalog,
     );
     let state = souk_api::AppState {
+        store: history,
         bus,
         stock: read_models.stock,
         users: read_models.users,

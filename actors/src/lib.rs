@@ -8,6 +8,7 @@
 //! - [`shard`]: a shard supervisor: serves the shard's subject, owns its entity actors.
 //! - [`entity`]: the entity actor, generic over the kind (stock item, user).
 //! - [`projector`]: the read-model projectors.
+//! - [`follow`]: stock items follow the catalog's variants.
 //! - [`context`] and [`metrics`]: what the actors share.
 //!
 //! ```text
@@ -17,6 +18,7 @@
 
 pub mod context;
 pub mod entity;
+pub mod follow;
 pub mod metrics;
 pub mod node;
 pub mod projector;
@@ -82,7 +84,7 @@ impl Node {
     /// Starts the node supervisor (which takes this node's shards) and the projectors.
     pub async fn start(settings: ActorSettings, deps: NodeDeps) -> Result<Self, ractor::SpawnErr> {
         let ctx = Arc::new(NodeContext {
-            bus: deps.bus,
+            bus: deps.bus.clone(),
             store: deps.store,
             metrics: deps.metrics,
             snapshot_every: settings.snapshot_every.max(1),
@@ -111,7 +113,8 @@ impl Node {
                 suffix.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(projector::run(deps.jet, deps.read_models.catalog, suffix, stop)),
+            tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.catalog, suffix, stop.clone())),
+            tokio::spawn(follow::run(deps.jet, deps.bus, stop)),
         ];
         Ok(Self { supervisor, handle, projectors, stop_projectors })
     }

@@ -138,6 +138,7 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InsufficientStock
         | ErrorCode::ReservationConflict
+        | ErrorCode::SkuRetired
         | ErrorCode::EmailTaken
         | ErrorCode::ProductConflict
         | ErrorCode::SlugTaken

@@ -53,6 +53,8 @@ pub struct AppState {
     pub auth: auth::Auth,
     /// Products and the catalog.
     pub catalog: catalog::Catalog,
+    /// Entity histories, for the history routes.
+    pub store: souk_nats::EventStore,
     /// Per-client request rate limit.
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Readiness checks.
@@ -74,6 +76,9 @@ pub struct AppState {
         routes::inventory::release,
         routes::inventory::commit,
         routes::inventory::list,
+        routes::inventory::adjust,
+        routes::inventory::set_low_stock,
+        routes::inventory::history,
         routes::ops::healthz,
         routes::ops::readyz,
         routes::ops::metrics,

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     InsufficientStock,
     /// The reservation id is already used in a way that conflicts with this request.
     ReservationConflict,
+    /// The SKU's variant was removed from the catalog: it takes no new reservations.
+    SkuRetired,
     /// The email address is not a valid address.
     InvalidEmail,
     /// The password is too short, too long, or too common.
@@ -94,6 +96,7 @@ impl ErrorCode {
             Self::ReservationNotFound => "reservation_not_found",
             Self::InsufficientStock => "insufficient_stock",
             Self::ReservationConflict => "reservation_conflict",
+            Self::SkuRetired => "sku_retired",
             Self::InvalidEmail => "invalid_email",
             Self::WeakPassword => "weak_password",
             Self::EmailTaken => "email_taken",
@@ -117,7 +120,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 32] = [
+    pub const ALL: [Self; 33] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
@@ -131,6 +134,7 @@ impl ErrorCode {
         Self::ReservationNotFound,
         Self::InsufficientStock,
         Self::ReservationConflict,
+        Self::SkuRetired,
         Self::InvalidEmail,
         Self::WeakPassword,
         Self::EmailTaken,

@@ -352,13 +352,20 @@ pub enum ProductEvent {
         /// Its status.
         status: ProductStatus,
     },
-    /// The product's data or status changed; carries the whole product after the change.
+    /// The product's data or status changed; carries the whole product after the change,
+    /// and which variants joined or left it (their stock items follow).
     #[serde(rename = "product.updated")]
     Updated {
         /// Its data.
         product: ProductData,
         /// Its status.
         status: ProductStatus,
+        /// SKUs of variants added by this change.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        added_skus: Vec<Sku>,
+        /// SKUs of variants removed by this change.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed_skus: Vec<Sku>,
     },
     /// The product was withdrawn from sale.
     #[serde(rename = "product.archived")]
@@ -371,7 +378,11 @@ pub enum ProductEvent {
     },
     /// A never-sold draft was deleted; its slug and SKUs are free again.
     #[serde(rename = "product.deleted")]
-    Deleted {},
+    Deleted {
+        /// The SKUs it had (their stock items are retired).
+        #[serde(default)]
+        skus: Vec<Sku>,
+    },
 }
 
 /// A product's full state, folded from its events.
@@ -442,7 +453,7 @@ impl Fold for ProductState {
     fn apply(&mut self, event: &ProductEvent) {
         self.version += 1;
         match event {
-            ProductEvent::Created { product, status } | ProductEvent::Updated { product, status } => {
+            ProductEvent::Created { product, status } | ProductEvent::Updated { product, status, .. } => {
                 self.data = Some(product.clone());
                 self.status = Some(*status);
                 self.ever_active |= *status == ProductStatus::Active;
@@ -455,7 +466,7 @@ impl Fold for ProductState {
                 self.status = Some(*status);
                 self.before_archive = None;
             }
-            ProductEvent::Deleted {} => self.deleted = true,
+            ProductEvent::Deleted { .. } => self.deleted = true,
         }
     }
 }
@@ -501,7 +512,13 @@ impl Entity for ProductState {
                 if data == current && *new_status == status {
                     return Ok(Vec::new());
                 }
-                Ok(vec![ProductEvent::Updated { product: data.clone(), status: *new_status }])
+                let (before, after) = (current.skus(), data.skus());
+                Ok(vec![ProductEvent::Updated {
+                    product: data.clone(),
+                    status: *new_status,
+                    added_skus: after.difference(&before).cloned().collect(),
+                    removed_skus: before.difference(&after).cloned().collect(),
+                }])
             }
             ProductCommand::Archive { expected_version } => {
                 self.check_version(*expected_version)?;
@@ -529,7 +546,7 @@ impl Entity for ProductState {
                         "only a draft that was never on sale can be deleted; archive it instead",
                     ));
                 }
-                Ok(vec![ProductEvent::Deleted {}])
+                Ok(vec![ProductEvent::Deleted { skus: current.skus().into_iter().collect() }])
             }
         }
     }
@@ -631,11 +648,25 @@ mod tests {
         };
         assert_eq!(run(&mut s, &stale), Err(ErrorCode::VersionMismatch));
         let publish = ProductCommand::Update {
-            data: data("shirt", &["S-1"]),
+            data: data("shirt", &["S-2"]),
             status: ProductStatus::Active,
             expected_version: 1,
         };
         assert_eq!(run(&mut s, &publish), Ok(1));
+        let sku = |s: &str| Sku::parse(s).expect("sku");
+        let updated = s
+            .decide(
+                &ProductId::generate(),
+                &ProductCommand::Update {
+                    data: data("shirt", &["S-3"]),
+                    status: ProductStatus::Active,
+                    expected_version: 2,
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .expect("update");
+        assert!(matches!(&updated[..], [ProductEvent::Updated { added_skus, removed_skus, .. }]
+            if *added_skus == [sku("S-3")] && *removed_skus == [sku("S-2")]));
         assert_eq!(
             run(&mut s, &ProductCommand::Delete { expected_version: None }),
             Err(ErrorCode::ProductConflict)

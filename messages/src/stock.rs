@@ -10,6 +10,7 @@
 
 use crate::error::{ErrorCode, ReplyError};
 use crate::ids::{ReservationId, Sku};
+use crate::product::ProductId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -76,8 +77,40 @@ pub enum StockCommand {
         /// The reservation to commit.
         reservation: ReservationId,
     },
+    /// Make the item exist (with nothing on hand) for a product's variant; undoes a
+    /// retirement. Idempotent.
+    Track {
+        /// The product the SKU belongs to.
+        product: ProductId,
+    },
+    /// The variant is gone: refuse new reservations. Idempotent.
+    Retire,
+    /// Change on hand by `delta` for a recorded reason.
+    Adjust {
+        /// Units added (positive) or removed (negative); never zero.
+        delta: i64,
+        /// Why.
+        reason: AdjustReason,
+    },
+    /// Publish `stock.low` whenever available drops below `threshold` (0: never).
+    SetLowStock {
+        /// The threshold.
+        threshold: u64,
+    },
     /// Read the current state.
     Get,
+}
+
+/// Why stock was adjusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustReason {
+    /// Goods arrived.
+    Received,
+    /// Goods were damaged or lost.
+    Damaged,
+    /// A stock count found a different number.
+    CountCorrection,
 }
 
 /// A command on the bus addressed to one stock item.
@@ -97,6 +130,12 @@ pub struct StockView {
     pub available: u64,
     /// The entity version: how many events it has.
     pub version: u64,
+    /// Below this many available units the item publishes `stock.low` (0: never).
+    #[serde(default)]
+    pub low_stock: u64,
+    /// The variant was removed from the catalog: no new reservations.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 /// Something that happened to a stock item. Serialized as `{"type": "stock.…", "data": {…}}`.
@@ -149,21 +188,83 @@ pub enum StockEvent {
         #[serde(flatten)]
         levels: Levels,
     },
+    /// The SKU became (or is again) a variant of a product.
+    #[serde(rename = "stock.tracked")]
+    Tracked {
+        /// The product.
+        product: ProductId,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// The variant was removed: no new reservations.
+    #[serde(rename = "stock.retired")]
+    Retired {
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// On hand was adjusted by staff.
+    #[serde(rename = "stock.adjusted")]
+    Adjusted {
+        /// Units added or removed.
+        delta: i64,
+        /// Why.
+        reason: AdjustReason,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// The low-stock threshold was set.
+    #[serde(rename = "stock.low_stock_set")]
+    LowStockSet {
+        /// Levels after the event (with the new threshold).
+        #[serde(flatten)]
+        levels: Levels,
+    },
+    /// Available fell below the low-stock threshold (published once per crossing).
+    #[serde(rename = "stock.low")]
+    Low {
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
 }
 
-/// A stock item's counters.
+/// A stock item's counters and flags after an event.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Levels {
     /// Units in the warehouse.
     pub on_hand: u64,
     /// Units held by open reservations.
     pub reserved: u64,
+    /// The low-stock threshold (absent: 0, none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub low_stock: u64,
+    /// Whether the item is retired (absent: false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retired: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+const fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+const fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Levels {
     /// Units that can still be reserved.
     pub const fn available(self) -> u64 {
         self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// Whether available is below the low-stock threshold.
+    pub const fn is_low(self) -> bool {
+        self.low_stock > 0 && self.available() < self.low_stock
     }
 }
 
@@ -174,7 +275,12 @@ impl StockEvent {
             Self::Restocked { levels, .. }
             | Self::Reserved { levels, .. }
             | Self::Released { levels, .. }
-            | Self::Committed { levels, .. } => *levels,
+            | Self::Committed { levels, .. }
+            | Self::Tracked { levels, .. }
+            | Self::Retired { levels }
+            | Self::Adjusted { levels, .. }
+            | Self::LowStockSet { levels }
+            | Self::Low { levels } => *levels,
         }
     }
 
@@ -185,6 +291,11 @@ impl StockEvent {
             Self::Reserved { .. } => "stock.reserved",
             Self::Released { .. } => "stock.released",
             Self::Committed { .. } => "stock.committed",
+            Self::Tracked { .. } => "stock.tracked",
+            Self::Retired { .. } => "stock.retired",
+            Self::Adjusted { .. } => "stock.adjusted",
+            Self::LowStockSet { .. } => "stock.low_stock_set",
+            Self::Low { .. } => "stock.low",
         }
     }
 }
@@ -221,6 +332,15 @@ pub struct StockState {
     pub reservations: BTreeMap<ReservationId, Reservation>,
     /// How many events have been applied.
     pub version: u64,
+    /// The product whose variant this SKU is, once tracked.
+    #[serde(default)]
+    pub product: Option<ProductId>,
+    /// The low-stock threshold (0: none).
+    #[serde(default)]
+    pub low_stock: u64,
+    /// Retired: no new reservations.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 impl StockState {
@@ -242,13 +362,81 @@ impl StockState {
             reserved: self.reserved,
             available: self.available(),
             version: self.version,
+            low_stock: self.low_stock,
+            retired: self.retired,
         }
     }
 
+    /// The levels now, with counters replaced.
+    const fn levels_with(&self, on_hand: u64, reserved: u64) -> Levels {
+        Levels { on_hand, reserved, low_stock: self.low_stock, retired: self.retired }
+    }
+
     /// Decides what `cmd` does to this state: the events to append (none for a repeated
-    /// idempotent command or a read) or a business rejection.
+    /// idempotent command or a read) or a business rejection. A change that takes available
+    /// below the low-stock threshold is followed by `stock.low`.
     pub fn decide(&self, cmd: &StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
+        let mut events = self.decide_core(cmd)?;
+        let before = self.levels_with(self.on_hand, self.reserved);
+        if let Some(after) = events.last().map(StockEvent::levels)
+            && !before.is_low()
+            && after.is_low()
+        {
+            events.push(StockEvent::Low { levels: after });
+        }
+        Ok(events)
+    }
+
+    fn decide_core(&self, cmd: &StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
         match cmd {
+            StockCommand::Track { product } => {
+                if self.exists() && !self.retired && self.product.as_ref() == Some(product) {
+                    return Ok(Vec::new());
+                }
+                let levels = Levels { retired: false, ..self.levels_with(self.on_hand, self.reserved) };
+                Ok(vec![StockEvent::Tracked { product: product.clone(), levels }])
+            }
+            StockCommand::Retire => {
+                self.require_exists()?;
+                if self.retired {
+                    return Ok(Vec::new());
+                }
+                let levels = Levels { retired: true, ..self.levels_with(self.on_hand, self.reserved) };
+                Ok(vec![StockEvent::Retired { levels }])
+            }
+            StockCommand::Adjust { delta, reason } => {
+                self.require_exists()?;
+                if *delta == 0 || delta.unsigned_abs() > u64::from(MAX_QUANTITY) {
+                    return Err(ReplyError::new(
+                        ErrorCode::InvalidQuantity,
+                        format!("an adjustment moves 1 to {MAX_QUANTITY} units, up or down"),
+                    ));
+                }
+                let on_hand = i128::from(self.on_hand) + i128::from(*delta);
+                if on_hand < i128::from(self.reserved) || on_hand > i128::from(MAX_ON_HAND) {
+                    return Err(ReplyError::new(
+                        ErrorCode::InvalidQuantity,
+                        format!(
+                            "on hand would be {on_hand}: it may not go below the {} units reserved or above {MAX_ON_HAND}",
+                            self.reserved
+                        ),
+                    ));
+                }
+                let levels = self.levels_with(on_hand as u64, self.reserved);
+                Ok(vec![StockEvent::Adjusted { delta: *delta, reason: *reason, levels }])
+            }
+            StockCommand::SetLowStock { threshold } => {
+                self.require_exists()?;
+                if *threshold > MAX_ON_HAND {
+                    return Err(ReplyError::new(ErrorCode::InvalidQuantity, "threshold is too large"));
+                }
+                if *threshold == self.low_stock {
+                    return Ok(Vec::new());
+                }
+                let levels =
+                    Levels { low_stock: *threshold, ..self.levels_with(self.on_hand, self.reserved) };
+                Ok(vec![StockEvent::LowStockSet { levels }])
+            }
             StockCommand::Get => self.require_exists().map(|()| Vec::new()),
             StockCommand::Restock { quantity } => {
                 let q = u64::from(quantity.get());
@@ -258,11 +446,17 @@ impl StockState {
                         format!("on hand may not exceed {MAX_ON_HAND}"),
                     ));
                 }
-                let levels = Levels { on_hand: self.on_hand + q, reserved: self.reserved };
+                let levels = self.levels_with(self.on_hand + q, self.reserved);
                 Ok(vec![StockEvent::Restocked { quantity: quantity.get(), levels }])
             }
             StockCommand::Reserve { reservation, quantity } => {
                 self.require_exists()?;
+                if self.retired && !self.reservations.contains_key(reservation) {
+                    return Err(ReplyError::new(
+                        ErrorCode::SkuRetired,
+                        "this SKU is no longer sold: its variant was removed",
+                    ));
+                }
                 if let Some(existing) = self.reservations.get(reservation) {
                     return match existing.status {
                         ReservationStatus::Held | ReservationStatus::Committed
@@ -285,8 +479,7 @@ impl StockState {
                         format!("{} requested, {} available", quantity.get(), self.available()),
                     ));
                 }
-                let levels =
-                    Levels { on_hand: self.on_hand, reserved: self.reserved + u64::from(quantity.get()) };
+                let levels = self.levels_with(self.on_hand, self.reserved + u64::from(quantity.get()));
                 Ok(vec![StockEvent::Reserved {
                     reservation: reservation.clone(),
                     quantity: quantity.get(),
@@ -299,10 +492,8 @@ impl StockState {
                     ReservationStatus::Held => Ok(vec![StockEvent::Released {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
-                        levels: Levels {
-                            on_hand: self.on_hand,
-                            reserved: self.reserved.saturating_sub(u64::from(r.quantity)),
-                        },
+                        levels: self
+                            .levels_with(self.on_hand, self.reserved.saturating_sub(u64::from(r.quantity))),
                     }]),
                     ReservationStatus::Released => Ok(Vec::new()),
                     ReservationStatus::Committed => Err(ReplyError::new(
@@ -317,10 +508,10 @@ impl StockState {
                     ReservationStatus::Held => Ok(vec![StockEvent::Committed {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
-                        levels: Levels {
-                            on_hand: self.on_hand.saturating_sub(u64::from(r.quantity)),
-                            reserved: self.reserved.saturating_sub(u64::from(r.quantity)),
-                        },
+                        levels: self.levels_with(
+                            self.on_hand.saturating_sub(u64::from(r.quantity)),
+                            self.reserved.saturating_sub(u64::from(r.quantity)),
+                        ),
                     }]),
                     ReservationStatus::Committed => Ok(Vec::new()),
                     ReservationStatus::Released => Err(ReplyError::new(
@@ -339,8 +530,15 @@ impl StockState {
         let levels = event.levels();
         self.on_hand = levels.on_hand;
         self.reserved = levels.reserved;
+        self.low_stock = levels.low_stock;
+        self.retired = levels.retired;
         match event {
-            StockEvent::Restocked { .. } => {}
+            StockEvent::Restocked { .. }
+            | StockEvent::Retired { .. }
+            | StockEvent::Adjusted { .. }
+            | StockEvent::LowStockSet { .. }
+            | StockEvent::Low { .. } => {}
+            StockEvent::Tracked { product, .. } => self.product = Some(product.clone()),
             StockEvent::Reserved { reservation, quantity, .. } => {
                 self.reservations.insert(
                     reservation.clone(),
@@ -504,7 +702,7 @@ mod tests {
 
     #[test]
     fn events_have_their_documented_wire_shape() {
-        let levels = Levels { on_hand: 5, reserved: 2 };
+        let levels = Levels { on_hand: 5, reserved: 2, ..Levels::default() };
         let e = StockEvent::Reserved { reservation: rid("r1"), quantity: 2, levels };
         let json = serde_json::to_value(&e).expect("serialize");
         assert_eq!(

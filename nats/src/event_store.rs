@@ -168,6 +168,33 @@ impl EventStore {
         })
     }
 
+    /// One page of an entity's history: up to `limit` commits after stream sequence
+    /// `after_seq`, oldest first, each with its sequence; the events as stored (JSON).
+    pub async fn page(
+        &self,
+        kind: EntityKind,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<serde_json::Value>)>, StoreError> {
+        let subject = Subjects.entity_events(kind, id);
+        let mut out = Vec::new();
+        let mut next = after_seq + 1;
+        while out.len() < limit {
+            let msg = match self.jet.events.get_first_raw_message_by_subject(&subject, next).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    break;
+                }
+                Err(e) => return Err(StoreError::Read(subject, Box::new(e))),
+            };
+            let events: Vec<serde_json::Value> = decode(&subject, &msg.payload)?;
+            out.push((msg.sequence, events));
+            next = msg.sequence + 1;
+        }
+        Ok(out)
+    }
+
     /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs
     /// replay time, so failures are counted and logged, not returned.
     pub async fn save_snapshot<S: Serialize>(&self, kind: EntityKind, id: &str, seq: u64, state: &S) {

@@ -86,6 +86,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS product_created ON product FIELDS created_at;
     ",
     ),
+    (
+        4,
+        r"
+    DEFINE FIELD IF NOT EXISTS low_stock ON stock TYPE int DEFAULT 0;
+    DEFINE FIELD IF NOT EXISTS retired ON stock TYPE bool DEFAULT false;
+    ",
+    ),
 ];
 
 /// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to

@@ -27,6 +27,10 @@ struct StockRow {
     reserved: u64,
     available: u64,
     version: u64,
+    #[serde(default)]
+    low_stock: u64,
+    #[serde(default)]
+    retired: bool,
 }
 
 impl TryFrom<StockRow> for StockView {
@@ -34,7 +38,15 @@ impl TryFrom<StockRow> for StockView {
     fn try_from(r: StockRow) -> Result<Self, StorageError> {
         let sku =
             Sku::parse(r.sku).map_err(|e| StorageError::Corrupt { table: "stock", detail: e.to_string() })?;
-        Ok(Self { sku, on_hand: r.on_hand, reserved: r.reserved, available: r.available, version: r.version })
+        Ok(Self {
+            sku,
+            on_hand: r.on_hand,
+            reserved: r.reserved,
+            available: r.available,
+            version: r.version,
+            low_stock: r.low_stock,
+            retired: r.retired,
+        })
     }
 }
 
@@ -71,6 +83,8 @@ impl StockRepo {
                     "on_hand": c.levels.on_hand,
                     "reserved": c.levels.reserved,
                     "available": c.levels.available(),
+                    "low_stock": c.levels.low_stock,
+                    "retired": c.levels.retired,
                     "version": c.version,
                     "seq": c.seq,
                 })
@@ -82,6 +96,8 @@ impl StockRepo {
                     on_hand = IF $input.version > version { $input.on_hand } ELSE { on_hand },
                     reserved = IF $input.version > version { $input.reserved } ELSE { reserved },
                     available = IF $input.version > version { $input.available } ELSE { available },
+                    low_stock = IF $input.version > version { $input.low_stock } ELSE { low_stock },
+                    retired = IF $input.version > version { $input.retired } ELSE { retired },
                     seq = IF $input.version > version { $input.seq } ELSE { seq },
                     version = IF $input.version > version { $input.version } ELSE { version };";
         crate::db::apply_projection(&self.db, UPSERT, rows, PROJECTION, checkpoint).await
@@ -103,7 +119,7 @@ impl StockRepo {
         let mut res = self
             .db
             .query(
-                r"SELECT sku, on_hand, reserved, available, version FROM stock
+                r"SELECT sku, on_hand, reserved, available, version, low_stock, retired FROM stock
                   WHERE sku > $after AND available < $below
                   ORDER BY sku ASC LIMIT $limit",
             )

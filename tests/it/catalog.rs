@@ -308,3 +308,109 @@ async fn bad_product_input_gets_problem_json_and_creates_nothing() {
     // Nothing was claimed by the refused requests: the good product goes in.
     assert_eq!(create(&staff, base, &good).await.status(), StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+
+    // A variant created over HTTP becomes a stock item with nothing on hand.
+    let mut shirt = product("tee", "Tee", "", "TEE-M", 1500, "active");
+    shirt["variants"]
+        .as_array_mut()
+        .expect("variants")
+        .push(json!({"sku": "TEE-L", "price": {"amount": 1500, "currency": "EUR"}}));
+    let created = body(create(&staff, base, &shirt).await, StatusCode::CREATED).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let item = eventually("the stock item to follow the variant", Duration::from_secs(10), || async {
+        let r = staff.get(format!("{base}/v1/inventory/TEE-M")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())?;
+        r.json::<Value>().await.ok()
+    })
+    .await;
+    assert_eq!((item["on_hand"].as_u64(), item["retired"].as_bool()), (Some(0), Some(false)));
+
+    // Adjustments are recorded with their reason; on hand cannot drop below what is reserved.
+    let adjust = |delta: i64, reason: &str| {
+        staff
+            .post(format!("{base}/v1/inventory/TEE-M/adjustments"))
+            .json(&json!({"delta": delta, "reason": reason}))
+            .send()
+    };
+    assert_eq!(adjust(10, "received").await.expect("adjust").status(), StatusCode::OK);
+    let r =
+        staff.put(format!("{base}/v1/inventory/TEE-M/low-stock")).json(&json!({"threshold": 5})).send().await;
+    assert_eq!(r.expect("threshold").status(), StatusCode::OK);
+    let reserve = |id: &str, qty: i64| {
+        staff
+            .post(format!("{base}/v1/inventory/TEE-M/reservations"))
+            .json(&json!({"reservation_id": id, "quantity": qty}))
+            .send()
+    };
+    assert_eq!(reserve("a", 6).await.expect("reserve").status(), StatusCode::CREATED); // 4 left: low
+    assert_eq!(reserve("b", 1).await.expect("reserve").status(), StatusCode::CREATED); // 3 left: still low
+    let r = adjust(-4, "damaged").await.expect("adjust");
+    assert_eq!(
+        body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"],
+        "invalid_quantity",
+        "7 reserved of 10"
+    );
+    assert_eq!(adjust(-2, "damaged").await.expect("adjust").status(), StatusCode::OK); // 1 left
+    assert_eq!(adjust(20, "count_correction").await.expect("adjust").status(), StatusCode::OK); // 21 left
+    assert_eq!(reserve("c", 18).await.expect("reserve").status(), StatusCode::CREATED); // 3 left: low again
+    let history = body(
+        staff.get(format!("{base}/v1/inventory/TEE-M/history?limit=100")).send().await.expect("history"),
+        StatusCode::OK,
+    )
+    .await;
+    let types: Vec<&str> =
+        history["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "stock.low").count(), 2, "once per crossing: {types:?}");
+    let reasons: Vec<&str> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "stock.adjusted")
+        .filter_map(|e| e["data"]["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["received", "damaged", "count_correction"]);
+
+    // The catalog shows availability; removing the variant retires its stock item.
+    eventually("availability in the catalog", Duration::from_secs(10), || async {
+        let v: Value = http.get(format!("{base}/v1/products/tee")).send().await.ok()?.json().await.ok()?;
+        (v["available"]["TEE-M"] == 3).then_some(())
+    })
+    .await;
+    let version = staff
+        .get(format!("{base}/v1/products/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json::<Value>()
+        .await
+        .expect("json")["version"]
+        .clone();
+    shirt["variants"].as_array_mut().expect("variants").remove(0);
+    let r = staff
+        .put(format!("{base}/v1/products/{id}"))
+        .header("if-match", format!("\"{version}\""))
+        .json(&shirt)
+        .send()
+        .await;
+    assert_eq!(r.expect("put").status(), StatusCode::OK);
+    let refused =
+        eventually("the removed variant's stock to be retired", Duration::from_secs(10), || async {
+            let r = reserve("late", 1).await.ok()?;
+            (r.status() == StatusCode::CONFLICT).then_some(r)
+        })
+        .await;
+    assert_eq!(body(refused, StatusCode::CONFLICT).await["code"], "sku_retired");
+    // Reservations made before still settle.
+    let r =
+        staff.post(format!("{base}/v1/inventory/TEE-M/reservations/a/commit")).send().await.expect("commit");
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
-use souk_messages::stock::{Quantity, StockCommand, StockRequest, StockView};
+use souk_messages::stock::{AdjustReason, Quantity, StockCommand, StockRequest, StockView};
 use souk_messages::{ErrorCode, ReservationId, Sku};
 
 /// `POST /v1/inventory/{sku}/restock`
@@ -78,6 +78,14 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/inventory/{sku}/reservations", Access::Staff, post(reserve)),
         Route::new(Method::DELETE, "/v1/inventory/{sku}/reservations/{id}", Access::Staff, delete(release)),
         Route::new(Method::POST, "/v1/inventory/{sku}/reservations/{id}/commit", Access::Staff, post(commit)),
+        Route::new(Method::POST, "/v1/inventory/{sku}/adjustments", Access::Staff, post(adjust)),
+        Route::new(
+            Method::PUT,
+            "/v1/inventory/{sku}/low-stock",
+            Access::Staff,
+            axum::routing::put(set_low_stock),
+        ),
+        Route::new(Method::GET, "/v1/inventory/{sku}/history", Access::Staff, get(history)),
     ]
 }
 
@@ -186,4 +194,99 @@ async fn list(
     let items = app.stock.list(after.as_ref(), q.below, limit).await?;
     let next = (items.len() == limit as usize).then(|| items.last().map(|i| i.sku.to_string())).flatten();
     Ok(Json(StockPage { items, next }))
+}
+
+/// `POST /v1/inventory/{sku}/adjustments`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustBody {
+    /// Units to add (positive) or remove (negative); not zero, at most 1,000,000 either way.
+    #[schema(example = -2, minimum = -1_000_000, maximum = 1_000_000)]
+    pub delta: i64,
+    /// `received`, `damaged` or `count_correction`.
+    pub reason: AdjustReason,
+}
+
+/// `PUT /v1/inventory/{sku}/low-stock`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LowStockBody {
+    /// Publish `stock.low` when available drops below this; 0 turns it off.
+    #[schema(example = 5, minimum = 0)]
+    pub threshold: u64,
+}
+
+/// `GET /v1/inventory/{sku}/history` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// The `next` cursor of the previous page.
+    pub after: Option<u64>,
+    /// Page size, 1 to 100; default 50.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+}
+
+/// A page of a stock item's events, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HistoryPage {
+    /// Events as published on `souk.evt.stock.<sku>` (see docs/events.md).
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// Changes on hand for a recorded reason (received, damaged, count correction). On hand may
+/// not drop below what is reserved.
+#[utoipa::path(post, path = "/v1/inventory/{sku}/adjustments", tag = "inventory", request_body = AdjustBody,
+    params(("sku" = Sku, Path, description = "The SKU")),
+    responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn adjust(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(s): ApiPath<String>,
+    ApiJson(body): ApiJson<AdjustBody>,
+) -> Result<Json<StockView>, ApiError> {
+    let cmd = StockCommand::Adjust { delta: body.delta, reason: body.reason };
+    Ok(Json(send(&app, sku(s)?, cmd, &rid).await?))
+}
+
+/// Sets the low-stock threshold: when available falls below it, `stock.low` is published
+/// (once per crossing).
+#[utoipa::path(put, path = "/v1/inventory/{sku}/low-stock", tag = "inventory", request_body = LowStockBody,
+    params(("sku" = Sku, Path, description = "The SKU")),
+    responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn set_low_stock(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiPath(s): ApiPath<String>,
+    ApiJson(body): ApiJson<LowStockBody>,
+) -> Result<Json<StockView>, ApiError> {
+    let cmd = StockCommand::SetLowStock { threshold: body.threshold };
+    Ok(Json(send(&app, sku(s)?, cmd, &rid).await?))
+}
+
+/// Every change of one SKU's stock, oldest first, from its event history.
+#[utoipa::path(get, path = "/v1/inventory/{sku}/history", tag = "inventory", params(("sku" = Sku, Path, description = "The SKU"), HistoryQuery),
+    responses((status = 200, body = HistoryPage), (status = 422, body = Problem)))]
+async fn history(
+    State(app): State<AppState>,
+    ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let sku = sku(s)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid(ErrorCode::InvalidInput, "limit must be between 1 and 100"));
+    }
+    let commits = app
+        .store
+        .page(souk_messages::subject::EntityKind::Stock, sku.as_str(), q.after.unwrap_or(0), limit)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let next = (commits.len() == limit).then(|| commits.last().map(|(seq, _)| *seq)).flatten();
+    let events = commits.into_iter().flat_map(|(_, events)| events).collect();
+    Ok(Json(HistoryPage { events, next }))
 }

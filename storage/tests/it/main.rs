@@ -25,7 +25,7 @@ fn change(sku: &str, version: u64, on_hand: u64, reserved: u64) -> StockChange {
         sku: Sku::parse(sku).expect("sku"),
         version,
         seq: version,
-        levels: Levels { on_hand, reserved },
+        levels: Levels { on_hand, reserved, ..Levels::default() },
     }
 }
 
