@@ -98,6 +98,10 @@ pub struct Config {
     pub rate_limit_per_second: f64,
     /// Requests one client address may send at once after being idle.
     pub rate_limit_burst: f64,
+    /// How long a stock reservation holds, unless committed or released, when the request
+    /// does not say.
+    #[serde(with = "humantime_serde")]
+    pub reservation_ttl: Duration,
 }
 
 impl Default for Config {
@@ -142,6 +146,7 @@ impl Default for Config {
             trust_forwarded_for: false,
             rate_limit_per_second: 100.0,
             rate_limit_burst: 200.0,
+            reservation_ttl: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -127,6 +127,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     );
     let state = souk_api::AppState {
         store: history,
+        reservation_ttl: cfg.reservation_ttl,
         bus,
         stock: read_models.stock,
         users: read_models.users,

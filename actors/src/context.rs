@@ -17,4 +17,6 @@ pub struct NodeContext {
     pub snapshot_every: u64,
     /// An entity idle this long is stopped; it rehydrates on its next command.
     pub idle_after: Duration,
+    /// The shards this node owns now, kept by the node supervisor.
+    pub owned_shards: std::sync::RwLock<std::collections::BTreeSet<souk_messages::subject::ShardId>>,
 }

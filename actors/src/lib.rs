@@ -9,6 +9,7 @@
 //! - [`entity`]: the entity actor, generic over the kind (stock item, user).
 //! - [`projector`]: the read-model projectors.
 //! - [`follow`]: stock items follow the catalog's variants.
+//! - [`expiry`]: held reservations lapse when their time is up.
 //! - [`context`] and [`metrics`]: what the actors share.
 //!
 //! ```text
@@ -18,6 +19,7 @@
 
 pub mod context;
 pub mod entity;
+pub mod expiry;
 pub mod follow;
 pub mod metrics;
 pub mod node;
@@ -57,6 +59,7 @@ pub struct ActorSettings {
 pub struct Node {
     supervisor: ActorRef<NodeMsg>,
     handle: tokio::task::JoinHandle<()>,
+    /// Projectors, the catalog follower and the expiry sweeper.
     projectors: Vec<tokio::task::JoinHandle<()>>,
     stop_projectors: tokio::sync::watch::Sender<bool>,
 }
@@ -89,18 +92,20 @@ impl Node {
             metrics: deps.metrics,
             snapshot_every: settings.snapshot_every.max(1),
             idle_after: settings.idle_after,
+            owned_shards: std::sync::RwLock::default(),
         });
         let args = NodeArgs {
             cluster: deps.cluster,
             shards: settings.shards,
             tick: settings.tick,
-            ctx,
+            ctx: ctx.clone(),
             readiness: deps.readiness,
         };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
         let suffix = settings.projector_suffix;
         let (stop_projectors, stop) = tokio::sync::watch::channel(false);
         let projectors = vec![
+            tokio::spawn(expiry::run(ctx, deps.read_models.stock.clone(), deps.bus.clone(), stop.clone())),
             tokio::spawn(projector::run(
                 deps.jet.clone(),
                 deps.read_models.stock,

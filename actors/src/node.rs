@@ -218,6 +218,8 @@ impl NodeState {
     }
 
     fn publish_counts(&self) {
+        let owned = self.held.keys().copied().collect();
+        *self.args.ctx.owned_shards.write().unwrap_or_else(std::sync::PoisonError::into_inner) = owned;
         for kind in EntityKind::ALL {
             let n = self.held.keys().filter(|s| s.kind == kind).count();
             self.args.ctx.metrics.set_shards(kind, n);

@@ -68,8 +68,9 @@ pub trait Projection: Send + Sync + 'static {
 /// consumer is `souk_proj_<kind><suffix>`.
 pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String, mut stop: watch::Receiver<bool>) {
     let name = format!("souk_proj_{}{suffix}", P::KIND);
+    let own = !suffix.is_empty();
     while !*stop.borrow() {
-        match project(&jet, &projection, &name, &mut stop).await {
+        match project(&jet, &projection, &name, own, &mut stop).await {
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, consumer = %name, "projector stopped; restarting"),
         }
@@ -85,15 +86,19 @@ async fn consumer(
     kind: EntityKind,
     name: &str,
     checkpoint: u64,
+    own: bool,
 ) -> Result<consumer::Consumer<pull::Config>, ProjectorError> {
     let stream = &jet.events;
     if let Ok(mut c) = stream.get_consumer::<pull::Config>(name).await {
         let info = c.info().await.map_err(nats)?;
         // Behind the database is fine (replays change nothing); ahead of it would skip events.
-        if info.ack_floor.stream_sequence <= checkpoint {
+        // A node's own consumer with messages still out to a previous run of this node (it
+        // crashed) would hold them back until their ack wait expires: start afresh instead.
+        let stranded = own && info.num_ack_pending > 0;
+        if info.ack_floor.stream_sequence <= checkpoint && !stranded {
             return Ok(c);
         }
-        tracing::info!(name, checkpoint, "read model is behind its consumer; rewinding");
+        tracing::info!(name, checkpoint, stranded, "recreating the projection's consumer from the database");
         stream.delete_consumer(name).await.map_err(nats)?;
     }
     let deliver_policy = if checkpoint == 0 {
@@ -119,15 +124,16 @@ async fn consumer(
 }
 
 /// Applies batches until the consumer ends or `stop` is set; a batch in progress is finished
-/// (and its transaction committed) before stopping.
+/// (and its transaction committed) before stopping. `own`: the consumer is this node's alone.
 async fn project<P: Projection>(
     jet: &Jet,
     projection: &P,
     name: &str,
+    own: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
     let checkpoint = projection.checkpoint().await?;
-    let consumer = consumer(jet, P::KIND, name, checkpoint).await?;
+    let consumer = consumer(jet, P::KIND, name, checkpoint, own).await?;
     let mut messages = consumer.messages().await.map_err(nats)?;
     loop {
         let first = tokio::select! {

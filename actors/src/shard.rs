@@ -281,6 +281,7 @@ mod tests {
             metrics: ActorMetrics::register(&mut registry),
             snapshot_every: 3,
             idle_after,
+            owned_shards: std::sync::RwLock::default(),
         });
         let shard = ShardId { kind: EntityKind::Stock, index: 0 };
         let (shard, _) = Actor::spawn(None, ShardSupervisor::<StockState>::new(), ShardArgs { shard, ctx })

@@ -55,6 +55,8 @@ pub struct AppState {
     pub catalog: catalog::Catalog,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
+    /// How long a reservation holds when the request does not say.
+    pub reservation_ttl: std::time::Duration,
     /// Per-client request rate limit.
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Readiness checks.

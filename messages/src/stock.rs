@@ -13,6 +13,7 @@ use crate::ids::{ReservationId, Sku};
 use crate::product::ProductId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use time::OffsetDateTime;
 
 /// The largest quantity one command may move.
 pub const MAX_QUANTITY: u32 = 1_000_000;
@@ -66,6 +67,9 @@ pub enum StockCommand {
         reservation: ReservationId,
         /// Units to hold.
         quantity: Quantity,
+        /// When the hold lapses by itself if neither committed nor released.
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        expires_at: Option<OffsetDateTime>,
     },
     /// Give a held reservation's units back. Idempotent.
     Release {
@@ -97,6 +101,8 @@ pub enum StockCommand {
         /// The threshold.
         threshold: u64,
     },
+    /// Release every held reservation whose time is up. Idempotent.
+    ExpireDue,
     /// Read the current state.
     Get,
 }
@@ -162,6 +168,9 @@ pub enum StockEvent {
         reservation: ReservationId,
         /// Units held.
         quantity: u32,
+        /// When the hold lapses unless committed or released.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+        expires_at: Option<OffsetDateTime>,
         /// Levels after the event.
         #[serde(flatten)]
         levels: Levels,
@@ -173,6 +182,9 @@ pub enum StockEvent {
         reservation: ReservationId,
         /// Units given back.
         quantity: u32,
+        /// Released by its expiry rather than by a caller.
+        #[serde(default, skip_serializing_if = "is_false")]
+        expired: bool,
         /// Levels after the event.
         #[serde(flatten)]
         levels: Levels,
@@ -244,6 +256,10 @@ pub struct Levels {
     /// Whether the item is retired (absent: false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub retired: bool,
+    /// When the earliest held reservation lapses (Unix seconds; absent: none), so a reader
+    /// of any single event knows when the item next needs waking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_expiry: Option<i64>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -319,6 +335,9 @@ pub struct Reservation {
     pub quantity: u32,
     /// Where it stands.
     pub status: ReservationStatus,
+    /// When it lapses if still held (Unix seconds).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 /// A stock item's full state, folded from its events. Snapshots store exactly this.
@@ -341,6 +360,9 @@ pub struct StockState {
     /// Retired: no new reservations.
     #[serde(default)]
     pub retired: bool,
+    /// When the earliest held reservation lapses (Unix seconds).
+    #[serde(default)]
+    pub next_expiry: Option<i64>,
 }
 
 impl StockState {
@@ -369,14 +391,38 @@ impl StockState {
 
     /// The levels now, with counters replaced.
     const fn levels_with(&self, on_hand: u64, reserved: u64) -> Levels {
-        Levels { on_hand, reserved, low_stock: self.low_stock, retired: self.retired }
+        Levels {
+            on_hand,
+            reserved,
+            low_stock: self.low_stock,
+            retired: self.retired,
+            next_expiry: self.next_expiry,
+        }
+    }
+
+    /// The earliest expiry among held reservations, leaving out `gone`.
+    fn earliest_expiry(&self, gone: &dyn Fn(&ReservationId) -> bool) -> Option<i64> {
+        self.reservations
+            .iter()
+            .filter(|(id, r)| r.status == ReservationStatus::Held && !gone(id))
+            .filter_map(|(_, r)| r.expires_at)
+            .min()
+    }
+
+    /// `next_expiry` once `id` is no longer held: only a scan when it was the earliest.
+    fn expiry_without(&self, id: &ReservationId, r: &Reservation) -> Option<i64> {
+        if r.expires_at.is_some() && r.expires_at == self.next_expiry {
+            self.earliest_expiry(&|x| x == id)
+        } else {
+            self.next_expiry
+        }
     }
 
     /// Decides what `cmd` does to this state: the events to append (none for a repeated
     /// idempotent command or a read) or a business rejection. A change that takes available
     /// below the low-stock threshold is followed by `stock.low`.
-    pub fn decide(&self, cmd: &StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
-        let mut events = self.decide_core(cmd)?;
+    pub fn decide(&self, cmd: &StockCommand, now: OffsetDateTime) -> Result<Vec<StockEvent>, ReplyError> {
+        let mut events = self.decide_core(cmd, now)?;
         let before = self.levels_with(self.on_hand, self.reserved);
         if let Some(after) = events.last().map(StockEvent::levels)
             && !before.is_low()
@@ -387,8 +433,42 @@ impl StockState {
         Ok(events)
     }
 
-    fn decide_core(&self, cmd: &StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
+    fn decide_core(&self, cmd: &StockCommand, now: OffsetDateTime) -> Result<Vec<StockEvent>, ReplyError> {
         match cmd {
+            StockCommand::ExpireDue => {
+                let now = now.unix_timestamp();
+                let due: Vec<(&ReservationId, &Reservation)> = self
+                    .reservations
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.status == ReservationStatus::Held && r.expires_at.is_some_and(|e| e <= now)
+                    })
+                    .collect();
+                let is_due = |id: &ReservationId| due.iter().any(|(d, _)| *d == id);
+                let next_expiry = self.earliest_expiry(&is_due);
+                let mut reserved = self.reserved;
+                let mut events = Vec::with_capacity(due.len());
+                for (id, r) in &due {
+                    reserved = reserved.saturating_sub(u64::from(r.quantity));
+                    let mut levels = self.levels_with(self.on_hand, reserved);
+                    // Each event says what the item looks like after it: the expiries
+                    // still pending include the due ones not yet released.
+                    let rest: Vec<i64> = due
+                        .iter()
+                        .skip_while(|(d, _)| d != id)
+                        .skip(1)
+                        .filter_map(|(_, r)| r.expires_at)
+                        .collect();
+                    levels.next_expiry = rest.into_iter().chain(next_expiry).min();
+                    events.push(StockEvent::Released {
+                        reservation: (*id).clone(),
+                        quantity: r.quantity,
+                        expired: true,
+                        levels,
+                    });
+                }
+                Ok(events)
+            }
             StockCommand::Track { product } => {
                 if self.exists() && !self.retired && self.product.as_ref() == Some(product) {
                     return Ok(Vec::new());
@@ -449,7 +529,7 @@ impl StockState {
                 let levels = self.levels_with(self.on_hand + q, self.reserved);
                 Ok(vec![StockEvent::Restocked { quantity: quantity.get(), levels }])
             }
-            StockCommand::Reserve { reservation, quantity } => {
+            StockCommand::Reserve { reservation, quantity, expires_at } => {
                 self.require_exists()?;
                 if self.retired && !self.reservations.contains_key(reservation) {
                     return Err(ReplyError::new(
@@ -479,10 +559,16 @@ impl StockState {
                         format!("{} requested, {} available", quantity.get(), self.available()),
                     ));
                 }
-                let levels = self.levels_with(self.on_hand, self.reserved + u64::from(quantity.get()));
+                let mut levels = self.levels_with(self.on_hand, self.reserved + u64::from(quantity.get()));
+                let expiry = expires_at.map(OffsetDateTime::unix_timestamp);
+                levels.next_expiry = match (self.next_expiry, expiry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 Ok(vec![StockEvent::Reserved {
                     reservation: reservation.clone(),
                     quantity: quantity.get(),
+                    expires_at: *expires_at,
                     levels,
                 }])
             }
@@ -492,8 +578,14 @@ impl StockState {
                     ReservationStatus::Held => Ok(vec![StockEvent::Released {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
-                        levels: self
-                            .levels_with(self.on_hand, self.reserved.saturating_sub(u64::from(r.quantity))),
+                        expired: false,
+                        levels: Levels {
+                            next_expiry: self.expiry_without(reservation, &r),
+                            ..self.levels_with(
+                                self.on_hand,
+                                self.reserved.saturating_sub(u64::from(r.quantity)),
+                            )
+                        },
                     }]),
                     ReservationStatus::Released => Ok(Vec::new()),
                     ReservationStatus::Committed => Err(ReplyError::new(
@@ -508,10 +600,13 @@ impl StockState {
                     ReservationStatus::Held => Ok(vec![StockEvent::Committed {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
-                        levels: self.levels_with(
-                            self.on_hand.saturating_sub(u64::from(r.quantity)),
-                            self.reserved.saturating_sub(u64::from(r.quantity)),
-                        ),
+                        levels: Levels {
+                            next_expiry: self.expiry_without(reservation, &r),
+                            ..self.levels_with(
+                                self.on_hand.saturating_sub(u64::from(r.quantity)),
+                                self.reserved.saturating_sub(u64::from(r.quantity)),
+                            )
+                        },
                     }]),
                     ReservationStatus::Committed => Ok(Vec::new()),
                     ReservationStatus::Released => Err(ReplyError::new(
@@ -532,6 +627,7 @@ impl StockState {
         self.reserved = levels.reserved;
         self.low_stock = levels.low_stock;
         self.retired = levels.retired;
+        self.next_expiry = levels.next_expiry;
         match event {
             StockEvent::Restocked { .. }
             | StockEvent::Retired { .. }
@@ -539,10 +635,14 @@ impl StockState {
             | StockEvent::LowStockSet { .. }
             | StockEvent::Low { .. } => {}
             StockEvent::Tracked { product, .. } => self.product = Some(product.clone()),
-            StockEvent::Reserved { reservation, quantity, .. } => {
+            StockEvent::Reserved { reservation, quantity, expires_at, .. } => {
                 self.reservations.insert(
                     reservation.clone(),
-                    Reservation { quantity: *quantity, status: ReservationStatus::Held },
+                    Reservation {
+                        quantity: *quantity,
+                        status: ReservationStatus::Held,
+                        expires_at: expires_at.map(OffsetDateTime::unix_timestamp),
+                    },
                 );
             }
             StockEvent::Released { reservation, .. } => {
@@ -598,9 +698,9 @@ impl crate::entity::Entity for StockState {
         &self,
         _id: &Sku,
         cmd: &StockCommand,
-        _now: time::OffsetDateTime,
+        now: time::OffsetDateTime,
     ) -> Result<Vec<StockEvent>, ReplyError> {
-        StockState::decide(self, cmd)
+        StockState::decide(self, cmd, now)
     }
 
     fn view(&self, id: &Sku) -> StockView {
@@ -624,7 +724,7 @@ mod tests {
     }
     #[allow(clippy::needless_pass_by_value)] // call sites read better with owned commands
     fn run(state: &mut StockState, cmd: StockCommand) -> Result<Vec<StockEvent>, ReplyError> {
-        let events = state.decide(&cmd)?;
+        let events = state.decide(&cmd, OffsetDateTime::now_utc())?;
         for e in &events {
             state.apply(e);
         }
@@ -642,25 +742,26 @@ mod tests {
     #[test]
     fn unknown_sku_rejects_everything_but_restock() {
         let s = StockState::default();
-        let code = |c| s.decide(&c).expect_err("rejected").code;
+        let code = |c| s.decide(&c, OffsetDateTime::now_utc()).expect_err("rejected").code;
         assert_eq!(code(StockCommand::Get), ErrorCode::UnknownSku);
         assert_eq!(
-            code(StockCommand::Reserve { reservation: rid("r"), quantity: qty(1) }),
+            code(StockCommand::Reserve { reservation: rid("r"), quantity: qty(1), expires_at: None }),
             ErrorCode::UnknownSku
         );
-        assert!(s.decide(&StockCommand::Restock { quantity: qty(1) }).is_ok());
+        assert!(s.decide(&StockCommand::Restock { quantity: qty(1) }, OffsetDateTime::now_utc()).is_ok());
     }
 
     #[test]
     fn reserve_never_oversells_and_is_idempotent() {
         let mut s = StockState::default();
         run(&mut s, StockCommand::Restock { quantity: qty(2) }).expect("restock");
-        let r1 = StockCommand::Reserve { reservation: rid("a"), quantity: qty(2) };
+        let r1 = StockCommand::Reserve { reservation: rid("a"), quantity: qty(2), expires_at: None };
         assert_eq!(run(&mut s, r1.clone()).expect("reserve").len(), 1);
         assert_eq!(run(&mut s, r1).expect("repeat").len(), 0, "second identical reserve is a no-op");
         assert_eq!(s.available(), 0);
-        let err = run(&mut s, StockCommand::Reserve { reservation: rid("b"), quantity: qty(1) })
-            .expect_err("no stock left");
+        let err =
+            run(&mut s, StockCommand::Reserve { reservation: rid("b"), quantity: qty(1), expires_at: None })
+                .expect_err("no stock left");
         assert_eq!(err.code, ErrorCode::InsufficientStock);
     }
 
@@ -668,9 +769,11 @@ mod tests {
     fn same_id_with_other_quantity_conflicts() {
         let mut s = StockState::default();
         run(&mut s, StockCommand::Restock { quantity: qty(5) }).expect("restock");
-        run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(1) }).expect("reserve");
-        let err = run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(2) })
-            .expect_err("conflict");
+        run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(1), expires_at: None })
+            .expect("reserve");
+        let err =
+            run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(2), expires_at: None })
+                .expect_err("conflict");
         assert_eq!(err.code, ErrorCode::ReservationConflict);
     }
 
@@ -678,8 +781,10 @@ mod tests {
     fn release_and_commit_lifecycle() {
         let mut s = StockState::default();
         run(&mut s, StockCommand::Restock { quantity: qty(10) }).expect("restock");
-        run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(3) }).expect("a");
-        run(&mut s, StockCommand::Reserve { reservation: rid("b"), quantity: qty(4) }).expect("b");
+        run(&mut s, StockCommand::Reserve { reservation: rid("a"), quantity: qty(3), expires_at: None })
+            .expect("a");
+        run(&mut s, StockCommand::Reserve { reservation: rid("b"), quantity: qty(4), expires_at: None })
+            .expect("b");
         run(&mut s, StockCommand::Release { reservation: rid("a") }).expect("release");
         assert_eq!(run(&mut s, StockCommand::Release { reservation: rid("a") }).expect("again").len(), 0);
         run(&mut s, StockCommand::Commit { reservation: rid("b") }).expect("commit");
@@ -701,9 +806,40 @@ mod tests {
     }
 
     #[test]
+    fn held_reservations_lapse_once_when_their_time_is_up() {
+        let t0 = OffsetDateTime::now_utc();
+        let at = |secs: i64| t0 + time::Duration::seconds(secs);
+        let mut s = StockState::default();
+        let mut go = |s: &mut StockState, c: StockCommand, now: OffsetDateTime| {
+            let events = s.decide(&c, now).expect("decide");
+            for e in &events {
+                s.apply(e);
+            }
+            events.len()
+        };
+        go(&mut s, StockCommand::Restock { quantity: qty(10) }, t0);
+        let reserve = |id: &str, n: i64, secs: i64| StockCommand::Reserve {
+            reservation: rid(id),
+            quantity: qty(n),
+            expires_at: Some(at(secs)),
+        };
+        go(&mut s, reserve("a", 2, 10), t0);
+        go(&mut s, reserve("b", 3, 20), t0);
+        assert_eq!(s.next_expiry, Some(at(10).unix_timestamp()));
+        assert_eq!(go(&mut s, StockCommand::ExpireDue, at(5)), 0, "nothing due yet");
+        assert_eq!(go(&mut s, StockCommand::ExpireDue, at(15)), 1, "a lapses");
+        assert_eq!(go(&mut s, StockCommand::ExpireDue, at(15)), 0, "never twice");
+        assert_eq!((s.reserved, s.next_expiry), (3, Some(at(20).unix_timestamp())));
+        go(&mut s, StockCommand::Commit { reservation: rid("b") }, at(16));
+        assert_eq!(s.next_expiry, None, "nothing held any more");
+        assert_eq!(go(&mut s, StockCommand::ExpireDue, at(30)), 0, "a committed hold never lapses");
+        assert_eq!((s.on_hand, s.reserved), (7, 0));
+    }
+
+    #[test]
     fn events_have_their_documented_wire_shape() {
         let levels = Levels { on_hand: 5, reserved: 2, ..Levels::default() };
-        let e = StockEvent::Reserved { reservation: rid("r1"), quantity: 2, levels };
+        let e = StockEvent::Reserved { reservation: rid("r1"), quantity: 2, expires_at: None, levels };
         let json = serde_json::to_value(&e).expect("serialize");
         assert_eq!(
             json,

@@ -91,6 +91,8 @@ const MIGRATIONS: &[(u32, &str)] = &[
         r"
     DEFINE FIELD IF NOT EXISTS low_stock ON stock TYPE int DEFAULT 0;
     DEFINE FIELD IF NOT EXISTS retired ON stock TYPE bool DEFAULT false;
+    DEFINE FIELD IF NOT EXISTS next_expiry ON stock TYPE int DEFAULT 0;
+    DEFINE INDEX IF NOT EXISTS stock_next_expiry ON stock FIELDS next_expiry;
     ",
     ),
 ];

@@ -85,6 +85,7 @@ impl StockRepo {
                     "available": c.levels.available(),
                     "low_stock": c.levels.low_stock,
                     "retired": c.levels.retired,
+                    "next_expiry": c.levels.next_expiry.unwrap_or(0),
                     "version": c.version,
                     "seq": c.seq,
                 })
@@ -98,6 +99,7 @@ impl StockRepo {
                     available = IF $input.version > version { $input.available } ELSE { available },
                     low_stock = IF $input.version > version { $input.low_stock } ELSE { low_stock },
                     retired = IF $input.version > version { $input.retired } ELSE { retired },
+                    next_expiry = IF $input.version > version { $input.next_expiry } ELSE { next_expiry },
                     seq = IF $input.version > version { $input.seq } ELSE { seq },
                     version = IF $input.version > version { $input.version } ELSE { version };";
         crate::db::apply_projection(&self.db, UPSERT, rows, PROJECTION, checkpoint).await
@@ -106,6 +108,18 @@ impl StockRepo {
     /// The last stream sequence the projection has applied; 0 for an empty database.
     pub async fn checkpoint(&self) -> Result<u64, StorageError> {
         crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// SKUs with a held reservation whose time was up at `now` (Unix seconds), as far as
+    /// the read model knows: the candidates for an expiry sweep.
+    pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<Sku>, StorageError> {
+        let mut res = self
+            .db
+            .query("SELECT VALUE sku FROM stock WHERE next_expiry > 0 AND next_expiry <= $now LIMIT $limit")
+            .bind(json!({ "now": now, "limit": limit }))
+            .await?;
+        let skus: Vec<String> = res.take(0)?;
+        Ok(skus.into_iter().filter_map(|s| Sku::parse(s).ok()).collect())
     }
 
     /// A page of stock items ordered by SKU, after `after`, optionally only those with fewer

@@ -414,3 +414,78 @@ async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
         staff.post(format!("{base}/v1/inventory/TEE-M/reservations/a/commit")).send().await.expect("commit");
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsettled_reservation_lapses_once_even_across_a_restart() {
+    let nats = NatsServer::start();
+    let mut node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let staff = admin_http(node.url()).await;
+    let base = node.url().to_owned();
+    let r =
+        staff.post(format!("{base}/v1/inventory/LAPSE-1/restock")).json(&json!({"quantity": 5})).send().await;
+    assert_eq!(r.expect("restock").status(), StatusCode::OK);
+    let hold = |id: &str, ttl: u64| {
+        staff
+            .post(format!("{base}/v1/inventory/LAPSE-1/reservations"))
+            .json(&json!({"reservation_id": id, "quantity": 2, "ttl_seconds": ttl}))
+            .send()
+    };
+    assert_eq!(hold("short", 3).await.expect("reserve").status(), StatusCode::CREATED);
+    assert_eq!(hold("long", 3600).await.expect("reserve").status(), StatusCode::CREATED);
+    let r = staff
+        .post(format!("{base}/v1/inventory/LAPSE-1/reservations"))
+        .json(&json!({"reservation_id": "x", "quantity": 1, "ttl_seconds": 0}))
+        .send()
+        .await;
+    assert_eq!(body(r.expect("reserve"), StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_input");
+
+    // The node goes down before the hold is due and comes back after.
+    node.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    node.restart().expect("restart");
+    ready(&http, &node).await;
+    let base = node.url().to_owned();
+    let item = eventually("the short hold to lapse", Duration::from_secs(20), || async {
+        let v: Value =
+            staff.get(format!("{base}/v1/inventory/LAPSE-1")).send().await.ok()?.json().await.ok()?;
+        (v["reserved"] == 2).then_some(v)
+    })
+    .await;
+    assert_eq!((item["on_hand"].as_u64(), item["available"].as_u64()), (Some(5), Some(3)));
+    // Give further sweeps time to run: the lapse is recorded exactly once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let history: Value = staff
+        .get(format!("{base}/v1/inventory/LAPSE-1/history"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    let lapses: Vec<&Value> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "stock.released")
+        .collect();
+    assert_eq!(lapses.len(), 1, "{history}");
+    assert_eq!(
+        (lapses[0]["data"]["reservation"].as_str(), lapses[0]["data"]["expired"].as_bool()),
+        (Some("short"), Some(true))
+    );
+    // A lapsed hold cannot be committed; the long one still can.
+    let r = staff
+        .post(format!("{base}/v1/inventory/LAPSE-1/reservations/short/commit"))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = staff
+        .post(format!("{base}/v1/inventory/LAPSE-1/reservations/long/commit"))
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -34,6 +34,10 @@ pub struct ReserveBody {
     /// Units to hold, 1 to 1,000,000.
     #[schema(example = 2, minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
+    /// Seconds until the hold lapses by itself unless committed or released: 1 to 604,800
+    /// (a week); the node's `reservation_ttl` (15 minutes by default) when absent.
+    #[schema(example = 900, minimum = 1, maximum = 604_800)]
+    pub ttl_seconds: Option<u64>,
 }
 
 /// A reservation and the stock it was taken from.
@@ -147,7 +151,14 @@ async fn reserve(
     let sku = sku(s)?;
     let id = reservation(body.reservation_id)?;
     let quantity = Quantity::try_from(body.quantity)?;
-    let stock = send(&app, sku, StockCommand::Reserve { reservation: id.clone(), quantity }, &rid).await?;
+    let ttl = match body.ttl_seconds {
+        None => app.reservation_ttl,
+        Some(s @ 1..=604_800) => std::time::Duration::from_secs(s),
+        Some(_) => return Err(ApiError::invalid(ErrorCode::InvalidInput, "ttl_seconds must be 1 to 604800")),
+    };
+    let expires_at = Some(time::OffsetDateTime::now_utc() + ttl);
+    let cmd = StockCommand::Reserve { reservation: id.clone(), quantity, expires_at };
+    let stock = send(&app, sku, cmd, &rid).await?;
     let view = ReservationView { reservation_id: id.to_string(), quantity: quantity.get(), stock };
     Ok((StatusCode::CREATED, Json(view)))
 }

@@ -29,7 +29,7 @@ async fn jet(url: &str, lease_ttl: Duration) -> Jet {
 fn commit(state: &StockState, cmd: &StockCommand, sku: &str) -> (StockState, Vec<Event<StockEvent>>) {
     let mut next = state.clone();
     let events = state
-        .decide(cmd)
+        .decide(cmd, time::OffsetDateTime::now_utc())
         .expect("decide")
         .into_iter()
         .map(|body| {
@@ -98,6 +98,7 @@ async fn load_resumes_from_a_snapshot_and_replays_only_later_commits() {
             StockCommand::Reserve {
                 reservation: ReservationId::parse(format!("r{i}")).expect("id"),
                 quantity: Quantity::try_from(2).expect("qty"),
+                expires_at: None,
             }
         };
         let (next, events) = commit(&state, &cmd, sku);
@@ -128,6 +129,7 @@ async fn a_snapshot_too_large_for_the_server_is_skipped_and_counted() {
             souk_messages::stock::Reservation {
                 quantity: 1,
                 status: souk_messages::stock::ReservationStatus::Released,
+                expires_at: None,
             },
         );
     }
