@@ -1,9 +1,12 @@
-//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys` and `admin`.
+//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys`, `admin` and
+//! `import`.
 //! It wires the crates into one process; the crates themselves know nothing of each other
 //! beyond their declared dependencies.
 
 pub mod admin;
+pub mod client;
 pub mod config;
+pub mod import;
 pub mod keys;
 pub mod load;
 pub mod seed;

@@ -39,6 +39,35 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Bulk import into a running cluster.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+    /// Load the demo catalog (products, stock, accounts) into a running cluster; existing
+    /// products and stock are left as they are.
+    Seed,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Products from JSON lines (one product per line) or CSV (one variant per row),
+    /// idempotent by SKU.
+    Products {
+        /// The file.
+        file: PathBuf,
+        /// `jsonl` or `csv`; by default from the file's extension.
+        #[arg(long, value_parser = parse_format)]
+        format: Option<souk_api::import::Format>,
+    },
+}
+
+fn parse_format(s: &str) -> Result<souk_api::import::Format, String> {
+    match s {
+        "jsonl" | "ndjson" => Ok(souk_api::import::Format::Jsonl),
+        "csv" => Ok(souk_api::import::Format::Csv),
+        other => Err(format!("unknown format {other:?}: use jsonl or csv")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +114,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin { command: AdminCommand::Create { email } } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             souk::admin::create(&cfg, &email).await
+        }
+        Command::Import { command: ImportCommand::Products { file, format } } => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::import::products(&cfg, &file, format).await
+        }
+        Command::Seed => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::seed::standalone(&cfg).await
         }
     }
 }

@@ -111,20 +111,16 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, "http listening");
 
+    let catalog = souk_api::catalog::Catalog::new(bus.clone(), souk_nats::catalog::CatalogClaims::new(&jet));
     if seed {
-        let (bus, auth, readiness) = (bus.clone(), auth.clone(), readiness.clone());
+        let (bus, auth, catalog, readiness) = (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::seed::run(&bus, &auth, &readiness).await {
+            if let Err(e) = crate::seed::run(&bus, &auth, &catalog, &readiness).await {
                 tracing::error!(error = %e, "seeding failed");
             }
         });
     }
 
-    let catalog = souk_api::catalog::Catalog::new(
-        bus.clone(),
-        souk_nats::catalog::CatalogClaims::new(&jet),
-        read_models.catalog,
-    );
     let state = souk_api::AppState {
         store: history,
         reservation_ttl: cfg.reservation_ttl,
@@ -132,6 +128,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         stock: read_models.stock,
         users: read_models.users,
         catalog,
+        catalog_repo: read_models.catalog,
         auth,
         rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
         readiness: readiness.clone(),

@@ -22,7 +22,6 @@ const STALE_CLAIM: Duration = Duration::from_secs(60);
 pub struct Catalog {
     bus: Bus,
     claims: CatalogClaims,
-    repo: CatalogRepo,
 }
 
 /// A claim this request made, to release if the change fails.
@@ -34,8 +33,8 @@ struct Claimed<'a> {
 
 impl Catalog {
     /// The service over its parts.
-    pub fn new(bus: Bus, claims: CatalogClaims, repo: CatalogRepo) -> Self {
-        Self { bus, claims, repo }
+    pub fn new(bus: Bus, claims: CatalogClaims) -> Self {
+        Self { bus, claims }
     }
 
     /// Sends a command to a product.
@@ -61,16 +60,14 @@ impl Catalog {
         self.command(&id, ProductCommand::Get, correlation).await
     }
 
-    /// Units available per SKU of `views`, from the stock read model.
-    pub async fn availability(&self, views: &[&ProductView]) -> Result<BTreeMap<Sku, u64>, ApiError> {
+    /// Units available per SKU of `views`, from the stock read model in `repo`.
+    pub async fn availability(
+        repo: &CatalogRepo,
+        views: &[&ProductView],
+    ) -> Result<BTreeMap<Sku, u64>, ApiError> {
         let skus: Vec<Sku> =
             views.iter().flat_map(|v| v.data.variants.iter().map(|x| x.sku.clone())).collect();
-        Ok(self.repo.availability(&skus).await?)
-    }
-
-    /// The catalog read model.
-    pub fn repo(&self) -> &CatalogRepo {
-        &self.repo
+        Ok(repo.availability(&skus).await?)
     }
 
     async fn claim<'a>(
@@ -183,6 +180,42 @@ impl Catalog {
                 Err(e)
             }
         }
+    }
+
+    /// Creates the product, or, if one of its SKUs (or its slug) already belongs to a product,
+    /// makes that product so. The import's idempotence.
+    pub async fn upsert(
+        &self,
+        data: ProductData,
+        status: ProductStatus,
+        correlation: &str,
+    ) -> Result<crate::import::Outcome, ApiError> {
+        use crate::import::Outcome;
+        let mut owner = None;
+        for sku in data.skus() {
+            if let Some((claim, _)) = self.claims.skus.get(sku.as_str()).await? {
+                owner = Some(claim.product);
+                break;
+            }
+        }
+        if owner.is_none() {
+            owner = self.claims.slugs.get(data.slug.as_str()).await?.map(|(c, _)| c.product);
+        }
+        let current = match owner {
+            None => None,
+            Some(id) => match self.command(&id, ProductCommand::Get, correlation).await {
+                Ok(v) => Some(v),
+                Err(ApiError::Rejected(e)) if e.code == ErrorCode::UnknownProduct => None,
+                Err(e) => return Err(e),
+            },
+        };
+        let Some(current) = current else {
+            return self.create(data, status, correlation).await.map(|_| Outcome::Created);
+        };
+        if current.data == data && current.status == status {
+            return Ok(Outcome::Unchanged);
+        }
+        self.update(&current.id, data, status, current.version, correlation).await.map(|_| Outcome::Updated)
     }
 
     /// Deletes a never-sold draft and frees its slug and SKUs.

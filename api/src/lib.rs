@@ -10,6 +10,7 @@
 //! - [`auth`]: accounts, sessions, tokens, password hashing, login throttling, and the one
 //!   middleware that checks every request against the route table.
 //! - [`catalog`]: product changes with their slug and SKU claims.
+//! - [`import`]: bulk product import (JSON lines, CSV).
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
 //! - [`request_id`], [`metrics`], [`rate_limit`]: cross-cutting middleware.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod extract;
+pub mod import;
 pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
@@ -39,6 +41,8 @@ use tower_http::trace::TraceLayer;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
+/// The largest import body accepted (`POST /v1/admin/import`), in bytes.
+pub const IMPORT_MAX: usize = 4 * 1024 * 1024;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -51,8 +55,10 @@ pub struct AppState {
     pub users: UserRepo,
     /// Accounts and sessions.
     pub auth: auth::Auth,
-    /// Products and the catalog.
+    /// Product changes.
     pub catalog: catalog::Catalog,
+    /// The catalog read model.
+    pub catalog_repo: souk_storage::CatalogRepo,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
     /// How long a reservation holds when the request does not say.
@@ -99,6 +105,7 @@ pub struct AppState {
         routes::admin::set_roles,
         routes::admin::disable,
         routes::admin::enable,
+        routes::admin::import,
         routes::products::list,
         routes::products::get_one,
         routes::products::create,
@@ -217,11 +224,12 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    let limit = if req.uri().path() == "/v1/admin/import" { IMPORT_MAX } else { MAX_BODY };
+    if declared.is_some_and(|n| n > limit as u64) {
         return error::problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PayloadTooLarge,
-            Some(format!("request bodies are limited to {MAX_BODY} bytes")),
+            Some(format!("request bodies here are limited to {limit} bytes")),
         );
     }
     next.run(req).await

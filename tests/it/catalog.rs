@@ -489,3 +489,128 @@ async fn an_unsettled_reservation_lapses_once_even_across_a_restart() {
         .expect("commit");
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_takes_the_good_lines_reports_the_bad_ones_and_is_idempotent_by_sku() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+
+    // CSV through the admin route: one product with two variants, one bad row, one bad product.
+    let csv = "slug,title,description,status,categories,images,sku,price,currency,attributes\n\
+               tee,Tee,Soft cotton,active,shirts,,TEE-S,1500,EUR,size=S\n\
+               tee,Tee,Soft cotton,active,shirts,,TEE-L,1500,EUR,size=L\n\
+               mug,Mug,,active,,,MUG 1,900,EUR,\n\
+               cap,Cap,,active,,,CAP-1,-5,EUR,\n";
+    let r = staff
+        .post(format!("{base}/v1/admin/import?format=csv"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .expect("import");
+    let summary = body(r, StatusCode::OK).await;
+    assert_eq!((summary["created"].as_u64(), summary["updated"].as_u64()), (Some(1), Some(0)));
+    let lines: Vec<u64> =
+        summary["rejected"].as_array().expect("rejected").iter().filter_map(|r| r["line"].as_u64()).collect();
+    assert_eq!(lines, [4, 5], "{summary}");
+    let tee =
+        body(http.get(format!("{base}/v1/products/tee")).send().await.expect("get"), StatusCode::OK).await;
+    assert_eq!(tee["variants"].as_array().expect("variants").len(), 2);
+
+    // JSON lines through the command line: again (unchanged), changed (updated), new, bad.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("products.jsonl");
+    let tee_line = json!({"title": "Tee", "slug": "tee", "description": "Soft cotton", "status": "active",
+        "categories": ["shirts"], "variants": [
+            {"sku": "TEE-S", "price": {"amount": 1500, "currency": "EUR"}, "attributes": {"size": "S"}},
+            {"sku": "TEE-L", "price": {"amount": 1500, "currency": "EUR"}, "attributes": {"size": "L"}}]});
+    let mut cheaper = tee_line.clone();
+    cheaper["variants"][0]["price"]["amount"] = json!(1200);
+    let new_line = product("scarf", "Scarf", "Warm", "SCARF-1", 2500, "active");
+    let text = format!("{tee_line}\n{new_line}\nnot json\n");
+    std::fs::write(&file, text).expect("write");
+    let run = |file: std::path::PathBuf| {
+        let url = nats.url().to_owned();
+        async move {
+            tokio::process::Command::new(bin())
+                .args(["import", "products"])
+                .arg(&file)
+                .env_clear()
+                .env("SOUK_NATS_URL", url)
+                .env("SOUK_SHARDS_STOCK", "16")
+                .env("SOUK_SHARDS_USER", "16")
+                .env("SOUK_SHARDS_PRODUCT", "16")
+                .env("SOUK_DATA_DIR", file.parent().expect("dir"))
+                .output()
+                .await
+                .expect("souk import")
+        }
+    };
+    let out = run(file.clone()).await;
+    assert!(!out.status.success(), "a refused line makes the command fail");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary json");
+    assert_eq!((summary["created"].as_u64(), summary["unchanged"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert_eq!(summary["rejected"][0]["line"], 3);
+    std::fs::write(&file, format!("{cheaper}\n{new_line}\n")).expect("write");
+    let out = run(file.clone()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary json");
+    assert_eq!((summary["updated"].as_u64(), summary["unchanged"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let tee =
+        body(http.get(format!("{base}/v1/products/tee")).send().await.expect("get"), StatusCode::OK).await;
+    assert_eq!(tee["variants"][0]["price"]["amount"], 1200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn souk_seed_loads_a_demo_catalog_once() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let seed = || {
+        tokio::process::Command::new(bin())
+            .arg("seed")
+            .env_clear()
+            .env("SOUK_NATS_URL", nats.url())
+            .env("SOUK_SHARDS_STOCK", "16")
+            .env("SOUK_SHARDS_USER", "16")
+            .env("SOUK_SHARDS_PRODUCT", "16")
+            .env("SOUK_ARGON2_MEMORY_KIB", "1024")
+            .env("SOUK_ARGON2_ITERATIONS", "1")
+            .env("SOUK_DATA_DIR", dir.path())
+            .output()
+    };
+    let out = seed().await.expect("seed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo admin account: admin@demo.souk.dev / demo-"));
+    let base = node.url();
+    let active = eventually("the demo catalog in the read model", Duration::from_secs(60), || async {
+        let all = walk(&http, base, "", 100).await;
+        (all.len() >= 285).then_some(all)
+    })
+    .await;
+    assert_eq!(active.len(), 285, "300 products, one in twenty a draft");
+    let categories: BTreeSet<String> =
+        active.iter().filter_map(|p| p["categories"][0].as_str().map(str::to_owned)).collect();
+    assert!(categories.len() >= 8, "{categories:?}");
+    assert!(
+        active
+            .iter()
+            .any(|p| p["available"].as_object().is_some_and(|a| a.values().any(|n| n.as_u64() > Some(0))))
+    );
+    // Seeding again creates nothing and changes no stock.
+    let before = walk(&http, base, "&sort=price_asc", 100).await;
+    let out = seed().await.expect("seed");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 products created"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(walk(&http, base, "&sort=price_asc", 100).await, before);
+}

@@ -22,6 +22,12 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/admin/users/{id}/roles", Access::Admin, post(set_roles)),
         Route::new(Method::POST, "/v1/admin/users/{id}/disable", Access::Admin, post(disable)),
         Route::new(Method::POST, "/v1/admin/users/{id}/enable", Access::Admin, post(enable)),
+        Route::new(
+            Method::POST,
+            "/v1/admin/import",
+            Access::Admin,
+            post(import).layer(axum::extract::DefaultBodyLimit::max(crate::IMPORT_MAX)),
+        ),
     ]
 }
 
@@ -147,4 +153,31 @@ async fn enable(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
     Ok(Json(app.auth.command(&user_id(id)?, UserCommand::Enable, &rid.0).await?))
+}
+
+/// `POST /v1/admin/import` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// `jsonl` (default) or `csv`.
+    pub format: Option<crate::import::Format>,
+}
+
+/// Imports products from a JSON-lines or CSV body (up to 4 MiB), idempotent by SKU: the good
+/// lines are imported and each bad one is reported with its reason.
+#[utoipa::path(post, path = "/v1/admin/import", tag = "admin", params(ImportQuery),
+    request_body(content = String, description = "JSON lines (one product per line) or CSV (one variant per row)", content_type = "text/plain"),
+    responses((status = 200, body = crate::import::Summary), (status = 413, body = Problem), (status = 422, body = Problem)))]
+async fn import(
+    State(app): State<AppState>,
+    rid: RequestId,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::import::Summary>, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid(ErrorCode::InvalidBody, "the body must be UTF-8 text"))?;
+    let (entries, rejected) = crate::import::parse(q.format.unwrap_or(crate::import::Format::Jsonl), text);
+    let mut summary = crate::import::Summary { rejected, ..Default::default() };
+    crate::import::run(&app.catalog, entries, &rid.0, &mut summary, |_| {}).await;
+    Ok(Json(summary))
 }

@@ -3,6 +3,7 @@
 
 use crate::AppState;
 use crate::auth::access::{Access, Principal};
+use crate::catalog::Catalog;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::request_id::RequestId;
@@ -171,7 +172,7 @@ async fn list(
         after: q.after,
         limit,
     };
-    let page = app.catalog.repo().list(&query).await?;
+    let page = app.catalog_repo.list(&query).await?;
     let views: Vec<ProductView> = page
         .items
         .into_iter()
@@ -180,7 +181,7 @@ async fn list(
             Some(souk_messages::Entity::view(&row.state, &id))
         })
         .collect();
-    let available = app.catalog.availability(&views.iter().collect::<Vec<_>>()).await?;
+    let available = Catalog::availability(&app.catalog_repo, &views.iter().collect::<Vec<_>>()).await?;
     let items = views.into_iter().map(|v| with_availability(v, &available)).collect();
     cached(&headers, &ProductPage { items, next: page.next })
 }
@@ -212,7 +213,7 @@ async fn get_one(
     if view.status != ProductStatus::Active && !who.is_some_and(|w| w.is_staff()) {
         return Err(ApiError::invalid(ErrorCode::UnknownProduct, "no such product"));
     }
-    let available = app.catalog.availability(&[&view]).await?;
+    let available = Catalog::availability(&app.catalog_repo, &[&view]).await?;
     cached(&headers, &with_availability(view, &available))
 }
 
