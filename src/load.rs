@@ -1,5 +1,6 @@
-//! `souk load`: a load generator for reservations against a running node, with the same
-//! generator run against a bare axum handler in-process as the ceiling of this machine.
+//! `souk load`: a load generator for reservations and catalog browsing against a running node,
+//! with the same generator run against a bare axum handler in-process as the ceiling of this
+//! machine.
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -38,6 +39,10 @@ pub struct LoadArgs {
     /// Its password.
     #[arg(long, env = "SOUK_LOAD_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// For `browse`: the size of the catalog to import (the demo generator's first N products)
+    /// before measuring. Importing again is harmless: it is idempotent by SKU.
+    #[arg(long, default_value_t = 10_000)]
+    pub products: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,19 +79,26 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             "spread" => {
                 let skus: Vec<String> = (0..args.skus).map(|i| format!("LOAD-{run_id}-{i}")).collect();
                 restock(&client, &args.target, &skus, 1_000_000).await?;
-                drive(&client, &args, "spread", &args.target, &skus, &run_id).await
+                drive(&client, &args, "spread", reservations(&args.target, &skus, &run_id, "spread")).await
             }
             "hot" => {
                 let skus = vec![format!("HOT-{run_id}")];
                 restock(&client, &args.target, &skus, 1_000_000).await?;
-                let mut s = drive(&client, &args, "hot", &args.target, &skus, &run_id).await;
+                let mut s =
+                    drive(&client, &args, "hot", reservations(&args.target, &skus, &run_id, "hot")).await;
                 s.oversold = Some(oversold(&client, &args.target, &skus[0], s.succeeded).await?);
                 s
             }
             "ceiling" => {
                 let base = bare_server().await?;
                 let skus: Vec<String> = (0..args.skus).map(|i| format!("BARE-{i}")).collect();
-                drive(&client, &args, "ceiling (bare axum handler)", &base, &skus, &run_id).await
+                drive(
+                    &client,
+                    &args,
+                    "ceiling (bare axum handler)",
+                    reservations(&base, &skus, &run_id, "ceiling"),
+                )
+                .await
             }
             "actors" => {
                 let pid = args.pid.context("--pid of the node is needed for `actors`")?;
@@ -98,11 +110,70 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&failover(&client, &args, pid, &run_id).await?)?);
                 continue;
             }
-            other => bail!("unknown scenario {other}; use spread, hot, ceiling, actors or failover"),
+            "browse" => {
+                for summary in browse(&client, &args).await? {
+                    println!("{}", serde_json::to_string(&summary)?);
+                }
+                continue;
+            }
+            other => bail!("unknown scenario {other}; use spread, hot, ceiling, actors, failover or browse"),
         };
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// Imports an `args.products` catalog (admin needed), then measures product pages, searches,
+/// and the same GET against a bare handler.
+async fn browse(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<Vec<Summary>> {
+    let products = crate::seed::demo_catalog(args.products);
+    let slugs: Arc<Vec<String>> =
+        Arc::new(products.iter().map(|(p, _, _)| p.slug.as_str().to_owned()).collect());
+    let started = Instant::now();
+    for (i, chunk) in products.chunks(500).enumerate() {
+        let mut body = String::new();
+        for (p, status, _) in chunk {
+            let mut line = serde_json::to_value(p)?;
+            line["status"] = serde_json::to_value(status)?;
+            body.push_str(&line.to_string());
+            body.push('\n');
+        }
+        let res = client
+            .post(format!("{}/v1/admin/import?format=jsonl", args.target))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .context("import request (log in as an admin with --email/--password)")?;
+        if !res.status().is_success() {
+            bail!("import answered {}", res.status());
+        }
+        eprintln!("browse: catalog {} / {} products", ((i + 1) * 500).min(products.len()), products.len());
+    }
+    eprintln!(
+        "browse: catalog in place after {:.0} s; letting the read model settle",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let base = args.target.clone();
+    let detail: MakeRequest = {
+        let (base, slugs) = (base.clone(), slugs.clone());
+        Arc::new(move |c, w, n| {
+            c.get(format!("{base}/v1/products/{}", slugs[(w * 7919 + n * 104_729) % slugs.len()]))
+        })
+    };
+    let words = crate::seed::search_words();
+    let search: MakeRequest = Arc::new(move |c, w, n| {
+        c.get(format!("{base}/v1/products?limit=24&q={}", words[(w * 31 + n * 7) % words.len()]))
+    });
+    let bare = bare_server().await?;
+    let ceiling: MakeRequest = Arc::new(move |c, _, n| c.get(format!("{bare}/v1/products/p-{}", n % 1000)));
+    Ok(vec![
+        drive(client, args, "browse: product page", detail).await,
+        drive(client, args, "browse: search", search).await,
+        drive(client, args, "ceiling (bare axum GET)", ceiling).await,
+    ])
 }
 
 /// Resident set size of a process, in MiB.
@@ -210,36 +281,36 @@ async fn restock(client: &reqwest::Client, base: &str, skus: &[String], qty: u32
     results.into_iter().collect()
 }
 
-async fn drive(
-    client: &reqwest::Client,
-    args: &LoadArgs,
-    name: &str,
-    base: &str,
-    skus: &[String],
-    run_id: &str,
-) -> Summary {
+/// Builds the `n`-th request of worker `w`.
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// Reservations of one unit on `skus` at `base`, each with a fresh reservation id.
+fn reservations(base: &str, skus: &[String], run_id: &str, name: &str) -> MakeRequest {
+    let (base, skus, run_id, tag) = (base.to_owned(), skus.to_vec(), run_id.to_owned(), name.len());
+    Arc::new(move |client, w, n| {
+        let sku = &skus[(w * 7919 + n * 104_729) % skus.len()];
+        client
+            .post(format!("{base}/v1/inventory/{sku}/reservations"))
+            .json(&json!({ "reservation_id": format!("{run_id}-{tag}-{w}-{n}"), "quantity": 1 }))
+    })
+}
+
+async fn drive(client: &reqwest::Client, args: &LoadArgs, name: &str, make: MakeRequest) -> Summary {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let skus = Arc::new(skus.to_vec());
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (client, stop, done, skus) = (client.clone(), stop.clone(), done.clone(), skus.clone());
-        let (base, run_id, name) = (base.to_owned(), run_id.to_owned(), name.to_owned());
+        let (client, stop, done, make) = (client.clone(), stop.clone(), done.clone(), make.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let (mut ok, mut rejected, mut errors) = (0u64, 0u64, 0u64);
             let mut n: usize = 0;
             while !stop.load(Ordering::Relaxed) {
-                let sku = &skus[(w * 7919 + n * 104_729) % skus.len()];
-                let id = format!("{run_id}-{}-{w}-{n}", name.len());
+                let request = make(&client, w, n);
                 n += 1;
                 let t = Instant::now();
-                let res = client
-                    .post(format!("{base}/v1/inventory/{sku}/reservations"))
-                    .json(&json!({ "reservation_id": id, "quantity": 1 }))
-                    .send()
-                    .await;
+                let res = request.send().await;
                 lat.push(t.elapsed().as_micros() as u32);
                 match res.map(|r| r.status().as_u16()) {
                     Ok(200..=299) => ok += 1,
@@ -325,8 +396,15 @@ async fn login(base: &str, email: &str, password: &str) -> anyhow::Result<String
 
 /// A bare axum handler on a free loopback port: the same HTTP work without Souk behind it.
 async fn bare_server() -> anyhow::Result<String> {
-    use axum::routing::post;
-    let app = axum::Router::new().route(
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/v1/products/{slug}",
+            get(|axum::extract::Path(slug): axum::extract::Path<String>| async move {
+                axum::Json(json!({ "slug": slug, "title": "A product", "variants": [], "available": {} }))
+            }),
+        )
+        .route(
         "/v1/inventory/{sku}/reservations",
         post(|axum::extract::Path(sku): axum::extract::Path<String>, axum::Json(b): axum::Json<serde_json::Value>| async move {
             (axum::http::StatusCode::CREATED, axum::Json(json!({ "reservation_id": b["reservation_id"], "quantity": 1, "stock": { "sku": sku } })))

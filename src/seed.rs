@@ -132,7 +132,7 @@ impl Lcg {
 }
 
 /// A demo product: its data, status, and the starting stock of each variant.
-type DemoProduct = (ProductData, ProductStatus, Vec<(Sku, i64)>);
+pub type DemoProduct = (ProductData, ProductStatus, Vec<(Sku, i64)>);
 
 /// The `i`-th demo product.
 fn demo_product(i: usize, rng: &mut Lcg) -> Option<DemoProduct> {
@@ -177,12 +177,21 @@ fn demo_product(i: usize, rng: &mut Lcg) -> Option<DemoProduct> {
     Some((data, status, stock))
 }
 
+/// The first `n` demo products (the demo catalog is the first 300).
+pub fn demo_catalog(n: usize) -> Vec<DemoProduct> {
+    let mut rng = Lcg(0x5eed_50c1);
+    (0..n).filter_map(|i| demo_product(i, &mut rng)).collect()
+}
+
+/// Words that occur in demo titles and descriptions, for search load.
+pub fn search_words() -> Vec<String> {
+    ADJECTIVES.iter().chain(MATERIALS).map(|w| w.split(' ').next().unwrap_or(w).to_lowercase()).collect()
+}
+
 /// Creates the demo catalog's missing products and gives new stock items their stock.
 pub async fn catalog(bus: &Bus, catalog: &Catalog, products: usize) -> anyhow::Result<usize> {
-    let mut rng = Lcg(0x5eed_50c1);
     let mut created = 0;
-    for i in 0..products {
-        let Some((data, status, stock)) = demo_product(i, &mut rng) else { continue };
+    for (data, status, stock) in demo_catalog(products) {
         if catalog.upsert(data, status, "seed").await? == souk_api::import::Outcome::Created {
             created += 1;
         }

@@ -50,6 +50,8 @@ pub struct CatalogQuery {
     pub max_price: Option<i64>,
     /// Only products with an attribute (product or variant) `name=value`.
     pub attribute: Option<(String, String)>,
+    /// Only products with at least one variant available to order.
+    pub in_stock: bool,
     /// Words to search for in title and description.
     pub search: Option<String>,
     /// Order.
@@ -207,6 +209,12 @@ impl CatalogRepo {
         };
         let matching =
             if search.is_some() { "(title @1@ $search OR description @2@ $search)" } else { "true" };
+        // A per-row subquery: only in the statement when asked for (SurrealDB does not skip it).
+        let in_stock = if q.in_stock {
+            "count((SELECT VALUE sku FROM stock WHERE sku IN $parent.skus AND available > 0)) > 0"
+        } else {
+            "true"
+        };
         // BM25 alone cannot put title matches first (on a small catalog a common word scores
         // zero), so a title match is its own, first, ranking key.
         let score = if search.is_some() {
@@ -220,6 +228,7 @@ impl CatalogRepo {
                AND ($category = '' OR $category IN categories)
                AND price_max >= $min_price AND price_min <= $max_price
                AND ($attr = '' OR $attr IN attr_values)
+               AND {in_stock}
                AND {matching} AND {cursor}
              {order} LIMIT $limit START $offset"
         );

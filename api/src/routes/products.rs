@@ -80,6 +80,8 @@ pub struct ListQuery {
     pub max_price: Option<i64>,
     /// Only products with this attribute value, as `name:value` (e.g. `size:M`).
     pub attribute: Option<String>,
+    /// Only products with a variant available to order.
+    pub in_stock: Option<bool>,
     /// `newest` (default), `price_asc`, `price_desc` or `relevance` (with `q`).
     pub sort: Option<Sort>,
     /// The `next` cursor of the previous page.
@@ -167,6 +169,7 @@ async fn list(
         min_price: q.min_price,
         max_price: q.max_price,
         attribute,
+        in_stock: q.in_stock.unwrap_or(false),
         search: q.q,
         sort: q.sort.unwrap_or_default(),
         after: q.after,
