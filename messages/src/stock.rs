@@ -96,6 +96,13 @@ pub enum StockCommand {
         /// Why.
         reason: AdjustReason,
     },
+    /// Set on hand to a counted number for a recorded reason (recorded as the difference).
+    SetOnHand {
+        /// Units counted.
+        on_hand: u64,
+        /// Why.
+        reason: AdjustReason,
+    },
     /// Publish `stock.low` whenever available drops below `threshold` (0: never).
     SetLowStock {
         /// The threshold.
@@ -483,6 +490,20 @@ impl StockState {
                 }
                 let levels = Levels { retired: true, ..self.levels_with(self.on_hand, self.reserved) };
                 Ok(vec![StockEvent::Retired { levels }])
+            }
+            StockCommand::SetOnHand { on_hand, reason } => {
+                self.require_exists()?;
+                if *on_hand == self.on_hand {
+                    return Ok(Vec::new());
+                }
+                let delta = i128::from(*on_hand) - i128::from(self.on_hand);
+                let delta = i64::try_from(delta).map_err(|_| {
+                    ReplyError::new(
+                        ErrorCode::InvalidQuantity,
+                        format!("on hand may not exceed {MAX_ON_HAND}"),
+                    )
+                })?;
+                self.decide_core(&StockCommand::Adjust { delta, reason: *reason }, now)
             }
             StockCommand::Adjust { delta, reason } => {
                 self.require_exists()?;

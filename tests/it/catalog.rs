@@ -360,7 +360,13 @@ async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
         "7 reserved of 10"
     );
     assert_eq!(adjust(-2, "damaged").await.expect("adjust").status(), StatusCode::OK); // 1 left
-    assert_eq!(adjust(20, "count_correction").await.expect("adjust").status(), StatusCode::OK); // 21 left
+    let counted = staff
+        .post(format!("{base}/v1/inventory/TEE-M/adjustments"))
+        .json(&json!({"on_hand": 28, "reason": "count_correction"}))
+        .send()
+        .await
+        .expect("count");
+    assert_eq!(body(counted, StatusCode::OK).await["available"], 21); // 28 counted, 7 reserved
     assert_eq!(reserve("c", 18).await.expect("reserve").status(), StatusCode::CREATED); // 3 left: low again
     let history = body(
         staff.get(format!("{base}/v1/inventory/TEE-M/history?limit=100")).send().await.expect("history"),
@@ -378,6 +384,21 @@ async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
         .filter_map(|e| e["data"]["reason"].as_str())
         .collect();
     assert_eq!(reasons, ["received", "damaged", "count_correction"]);
+    let deltas: Vec<i64> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "stock.adjusted")
+        .filter_map(|e| e["data"]["delta"].as_i64())
+        .collect();
+    assert_eq!(deltas, [10, -2, 20], "a count is recorded as the difference");
+    let both = staff
+        .post(format!("{base}/v1/inventory/TEE-M/adjustments"))
+        .json(&json!({"delta": 1, "on_hand": 1, "reason": "received"}))
+        .send()
+        .await
+        .expect("adjust");
+    assert_eq!(body(both, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_input");
 
     // The catalog shows availability; removing the variant retires its stock item.
     eventually("availability in the catalog", Duration::from_secs(10), || async {

@@ -207,13 +207,16 @@ async fn list(
     Ok(Json(StockPage { items, next }))
 }
 
-/// `POST /v1/inventory/{sku}/adjustments`
+/// `POST /v1/inventory/{sku}/adjustments`: exactly one of `delta` and `on_hand`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustBody {
     /// Units to add (positive) or remove (negative); not zero, at most 1,000,000 either way.
     #[schema(example = -2, minimum = -1_000_000, maximum = 1_000_000)]
-    pub delta: i64,
+    pub delta: Option<i64>,
+    /// Or: the units counted on hand (recorded as the difference).
+    #[schema(example = 42, minimum = 0)]
+    pub on_hand: Option<u64>,
     /// `received`, `damaged` or `count_correction`.
     pub reason: AdjustReason,
 }
@@ -249,8 +252,8 @@ pub struct HistoryPage {
     pub next: Option<u64>,
 }
 
-/// Changes on hand for a recorded reason (received, damaged, count correction). On hand may
-/// not drop below what is reserved.
+/// Changes on hand, by a difference or to a counted number, for a recorded reason (received,
+/// damaged, count correction). On hand may not drop below what is reserved.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/adjustments", tag = "inventory", request_body = AdjustBody,
     params(("sku" = Sku, Path, description = "The SKU")),
     responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -260,7 +263,11 @@ async fn adjust(
     ApiPath(s): ApiPath<String>,
     ApiJson(body): ApiJson<AdjustBody>,
 ) -> Result<Json<StockView>, ApiError> {
-    let cmd = StockCommand::Adjust { delta: body.delta, reason: body.reason };
+    let cmd = match (body.delta, body.on_hand) {
+        (Some(delta), None) => StockCommand::Adjust { delta, reason: body.reason },
+        (None, Some(on_hand)) => StockCommand::SetOnHand { on_hand, reason: body.reason },
+        _ => return Err(ApiError::invalid(ErrorCode::InvalidInput, "send exactly one of delta and on_hand")),
+    };
     Ok(Json(send(&app, sku(s)?, cmd, &rid).await?))
 }
 
