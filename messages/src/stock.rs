@@ -831,7 +831,7 @@ mod tests {
         let t0 = OffsetDateTime::now_utc();
         let at = |secs: i64| t0 + time::Duration::seconds(secs);
         let mut s = StockState::default();
-        let mut go = |s: &mut StockState, c: StockCommand, now: OffsetDateTime| {
+        let go = |s: &mut StockState, c: StockCommand, now: OffsetDateTime| {
             let events = s.decide(&c, now).expect("decide");
             for e in &events {
                 s.apply(e);
