@@ -42,7 +42,9 @@ async fn follow(jet: &Jet, bus: &Bus, stop: &mut watch::Receiver<bool>) -> Resul
                 filter_subject: Subjects.kind_events(EntityKind::Product),
                 deliver_policy: DeliverPolicy::All,
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // Short, because the commands are idempotent: an event a crashed node had in
+                // flight goes to another node soon, and a slow repeat changes nothing.
+                ack_wait: Duration::from_secs(10),
                 ..Default::default()
             },
         )
