@@ -28,7 +28,11 @@ impl ClusterClient {
             );
         }
         let client = crate::serve::connect(cfg, urls, name.to_owned()).await?;
-        let jet = crate::serve::provision(&client, cfg).await?;
+        // Attach, never provision: a tool's TTLs and replica count must not reconfigure the
+        // cluster's buckets.
+        let jet = souk_nats::streams::attach(client.clone())
+            .await
+            .context("the cluster's stream and buckets (is a `souk serve` node running?)")?;
         let shards = cfg.shard_counts().map_err(anyhow::Error::msg)?;
         // Refuses to talk to a cluster that shards differently: requests would go astray.
         Cluster::new(&jet, souk_messages::NodeId::generate())

@@ -226,7 +226,7 @@ fn node_id(cfg: &Config) -> anyhow::Result<NodeId> {
 }
 
 /// Provisions, retrying while a freshly started NATS cluster elects its JetStream leader.
-pub async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<souk_nats::Jet> {
+async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<souk_nats::Jet> {
     let settings = ProvisionSettings {
         replicas: cfg.nats_replicas,
         node_ttl: cfg.lease_ttl,

@@ -144,3 +144,29 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         skus,
     })
 }
+
+/// Binds to a cluster's stream and buckets without changing them: for command-line tools,
+/// whose settings (TTLs, replicas) need not match the nodes' and must not overwrite them.
+pub async fn attach(client: async_nats::Client) -> Result<Jet, ProvisionError> {
+    let js = jetstream::new(client);
+    let events =
+        js.get_stream(EVENTS_STREAM).await.map_err(|e| ProvisionError::Stream(EVENTS_STREAM, Box::new(e)))?;
+    let bucket = |name: &'static str| {
+        let js = js.clone();
+        async move { js.get_key_value(name).await.map_err(|e| ProvisionError::Bucket(name, Box::new(e))) }
+    };
+    Ok(Jet {
+        events,
+        nodes: bucket(NODES_BUCKET).await?,
+        leases: bucket(LEASES_BUCKET).await?,
+        snapshots: bucket(SNAPSHOTS_BUCKET).await?,
+        cluster: bucket(CLUSTER_BUCKET).await?,
+        emails: bucket(EMAILS_BUCKET).await?,
+        credentials: bucket(CREDENTIALS_BUCKET).await?,
+        sessions: bucket(SESSIONS_BUCKET).await?,
+        throttle: bucket(THROTTLE_BUCKET).await?,
+        slugs: bucket(SLUGS_BUCKET).await?,
+        skus: bucket(SKUS_BUCKET).await?,
+        js,
+    })
+}

@@ -18,6 +18,31 @@ pub const ADMIN_EMAIL: &str = "admin@souk.test";
 /// That admin's password (`SOUK_ADMIN_PASSWORD`).
 pub const ADMIN_PASSWORD: &str = "test admin password 1";
 
+/// Settings every test node and every `souk` command of a test share: small shard counts
+/// (the cluster refuses a command that shards differently), short leases, cheap hashing (the
+/// default cost is covered by unit tests).
+pub const CLUSTER_SETTINGS: &[(&str, &str)] = &[
+    ("SOUK_SHARDS_STOCK", "16"),
+    ("SOUK_SHARDS_USER", "16"),
+    ("SOUK_SHARDS_PRODUCT", "16"),
+    ("SOUK_LEASE_TTL", "2s"),
+    ("SOUK_ARGON2_MEMORY_KIB", "1024"),
+    ("SOUK_ARGON2_ITERATIONS", "1"),
+];
+
+/// `bin <args>` as a command-line tool of the cluster at `nats_url`, with its own data dir and
+/// the shared test settings; add more with `.env(…)`.
+pub fn souk_command(bin: &Path, nats_url: &str, data_dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(CLUSTER_SETTINGS.iter().copied())
+        .env("SOUK_NATS_URL", nats_url)
+        .env("SOUK_DATA_DIR", data_dir);
+    cmd
+}
+
 /// A JetStream-enabled nats-server on a free loopback port, in its own temp dir. Killed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -112,22 +137,15 @@ impl SoukNode {
         let mut vars: BTreeMap<String, String> = [
             ("SOUK_NATS_URL", nats_url),
             ("SOUK_HTTP_ADDR", "127.0.0.1:0"),
-            ("SOUK_SHARDS_STOCK", "16"),
-            ("SOUK_SHARDS_USER", "16"),
-            ("SOUK_SHARDS_PRODUCT", "16"),
-            ("SOUK_ADMIN_EMAIL", ADMIN_EMAIL),
-            ("SOUK_ADMIN_PASSWORD", ADMIN_PASSWORD),
-            // Cheap hashing keeps the many logins of the suite fast; the default cost is
-            // covered by the unit tests.
-            ("SOUK_ARGON2_MEMORY_KIB", "1024"),
-            ("SOUK_ARGON2_ITERATIONS", "1"),
-            // Tests drive many requests from one address; the limit has its own test.
-            ("SOUK_RATE_LIMIT_PER_SECOND", "0"),
-            ("SOUK_LEASE_TTL", "2s"),
             ("SOUK_REQUEST_TIMEOUT", "15s"),
             ("SOUK_LOG", "info,surrealdb=warn,surrealkv=warn"),
+            ("SOUK_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("SOUK_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            // Tests drive many requests from one address; the limit has its own test.
+            ("SOUK_RATE_LIMIT_PER_SECOND", "0"),
         ]
         .into_iter()
+        .chain(CLUSTER_SETTINGS.iter().copied())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         for (k, v) in env {

@@ -10,7 +10,9 @@ use souk_api::auth::tokens::{TokenSettings, issue};
 use souk_messages::UserId;
 use souk_messages::event::Commit;
 use souk_messages::user::{Role, UserEvent};
-use souk_testkit::{ADMIN_EMAIL, NatsServer, SoukNode, admin_http, http, http_with_token, login};
+use souk_testkit::{
+    ADMIN_EMAIL, NatsServer, SoukNode, admin_http, http, http_with_token, login, souk_command,
+};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -543,37 +545,23 @@ async fn souk_admin_create_makes_an_admin_on_a_running_cluster() {
     let (nats, node, http) = one_node(&[]).await;
     let base = node.url();
     let dir = tempfile::tempdir().expect("dir");
-    let out = tokio::process::Command::new(bin())
-        .args(["admin", "create", "--email", "Owner@Shop.example"])
-        .env_clear()
-        .env("SOUK_NATS_URL", nats.url())
-        .env("SOUK_SHARDS_STOCK", "16")
-        .env("SOUK_SHARDS_USER", "16")
-        .env("SOUK_SHARDS_PRODUCT", "16")
-        .env("SOUK_ARGON2_MEMORY_KIB", "1024")
-        .env("SOUK_ARGON2_ITERATIONS", "1")
-        .env("SOUK_ADMIN_PASSWORD", "the owner's long password")
-        .env("SOUK_DATA_DIR", dir.path())
-        .output()
-        .await
-        .expect("souk admin create");
+    let out =
+        souk_command(bin(), nats.url(), dir.path(), &["admin", "create", "--email", "Owner@Shop.example"])
+            .env("SOUK_ADMIN_PASSWORD", "the owner's long password")
+            .output()
+            .await
+            .expect("souk admin create");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tokens = login(base, "owner@shop.example", "the owner's long password").await;
     let users = bearer(&tokens).get(format!("{base}/v1/admin/users")).send().await.expect("list");
     assert_eq!(users.status(), StatusCode::OK);
     // A weak password is refused, and nothing is created.
-    let out = tokio::process::Command::new(bin())
-        .args(["admin", "create", "--email", "second@shop.example"])
-        .env_clear()
-        .env("SOUK_NATS_URL", nats.url())
-        .env("SOUK_SHARDS_STOCK", "16")
-        .env("SOUK_SHARDS_USER", "16")
-        .env("SOUK_SHARDS_PRODUCT", "16")
-        .env("SOUK_ADMIN_PASSWORD", "password")
-        .env("SOUK_DATA_DIR", dir.path())
-        .output()
-        .await
-        .expect("souk admin create");
+    let out =
+        souk_command(bin(), nats.url(), dir.path(), &["admin", "create", "--email", "second@shop.example"])
+            .env("SOUK_ADMIN_PASSWORD", "password")
+            .output()
+            .await
+            .expect("souk admin create");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("weak_password"));
     assert_eq!(login_raw(&http, base, "second@shop.example", "password").await.status(), 401);

@@ -5,7 +5,7 @@ use futures::future::join_all;
 use futures::{StreamExt as _, stream};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
-use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
+use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http, souk_command};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -557,15 +557,8 @@ async fn import_takes_the_good_lines_reports_the_bad_ones_and_is_idempotent_by_s
     let run = |file: std::path::PathBuf| {
         let url = nats.url().to_owned();
         async move {
-            tokio::process::Command::new(bin())
-                .args(["import", "products"])
-                .arg(&file)
-                .env_clear()
-                .env("SOUK_NATS_URL", url)
-                .env("SOUK_SHARDS_STOCK", "16")
-                .env("SOUK_SHARDS_USER", "16")
-                .env("SOUK_SHARDS_PRODUCT", "16")
-                .env("SOUK_DATA_DIR", file.parent().expect("dir"))
+            let path = file.to_str().expect("utf-8 path").to_owned();
+            souk_command(bin(), &url, file.parent().expect("dir"), &["import", "products", &path])
                 .output()
                 .await
                 .expect("souk import")
@@ -593,19 +586,7 @@ async fn souk_seed_loads_a_demo_catalog_once() {
     let http = http();
     ready(&http, &node).await;
     let dir = tempfile::tempdir().expect("dir");
-    let seed = || {
-        tokio::process::Command::new(bin())
-            .arg("seed")
-            .env_clear()
-            .env("SOUK_NATS_URL", nats.url())
-            .env("SOUK_SHARDS_STOCK", "16")
-            .env("SOUK_SHARDS_USER", "16")
-            .env("SOUK_SHARDS_PRODUCT", "16")
-            .env("SOUK_ARGON2_MEMORY_KIB", "1024")
-            .env("SOUK_ARGON2_ITERATIONS", "1")
-            .env("SOUK_DATA_DIR", dir.path())
-            .output()
-    };
+    let seed = || souk_command(bin(), nats.url(), dir.path(), &["seed"]).output();
     let out = seed().await.expect("seed");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo admin account: admin@demo.souk.dev / demo-"));

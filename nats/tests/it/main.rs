@@ -199,3 +199,25 @@ async fn membership_lists_live_nodes_and_forgets_leavers() {
     b.leave().await.expect("leave");
     assert_eq!(names(a.live_nodes().await.expect("nodes")), ["a"]);
 }
+
+#[tokio::test]
+async fn tools_attach_to_the_cluster_without_reconfiguring_it() {
+    let nats = NatsServer::start();
+    let connect = || async {
+        souk_nats::connect(
+            &ConnectSettings { urls: vec![nats.url().to_owned()], name: "tool".into(), ..Default::default() },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect")
+    };
+    assert!(
+        souk_nats::attach(connect().await).await.is_err(),
+        "nothing to attach to before a node provisions"
+    );
+    let provisioned = jet(nats.url(), Duration::from_secs(7)).await;
+    let attached = souk_nats::attach(connect().await).await.expect("attach");
+    let mut leases = attached.leases.clone();
+    assert_eq!(leases.status().await.expect("status").max_age(), Duration::from_secs(7));
+    assert_eq!(attached.events.cached_info().config.name, provisioned.events.cached_info().config.name);
+}
