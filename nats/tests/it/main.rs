@@ -217,7 +217,7 @@ async fn tools_attach_to_the_cluster_without_reconfiguring_it() {
     );
     let provisioned = jet(nats.url(), Duration::from_secs(7)).await;
     let attached = souk_nats::attach(connect().await).await.expect("attach");
-    let mut leases = attached.leases.clone();
+    let leases = attached.leases.clone();
     assert_eq!(leases.status().await.expect("status").max_age(), Duration::from_secs(7));
     assert_eq!(attached.events.cached_info().config.name, provisioned.events.cached_info().config.name);
 }
