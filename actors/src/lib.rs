@@ -60,8 +60,8 @@ pub struct Node {
     supervisor: ActorRef<NodeMsg>,
     handle: tokio::task::JoinHandle<()>,
     /// Projectors, the catalog follower and the expiry sweeper.
-    projectors: Vec<tokio::task::JoinHandle<()>>,
-    stop_projectors: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_tasks: tokio::sync::watch::Sender<bool>,
 }
 
 /// Everything the actors need from the process that hosts them.
@@ -84,7 +84,8 @@ pub struct NodeDeps {
 }
 
 impl Node {
-    /// Starts the node supervisor (which takes this node's shards) and the projectors.
+    /// Starts the node supervisor (which takes this node's shards), the projectors, the
+    /// catalog follower and the expiry sweeper.
     pub async fn start(settings: ActorSettings, deps: NodeDeps) -> Result<Self, ractor::SpawnErr> {
         let ctx = Arc::new(NodeContext {
             bus: deps.bus.clone(),
@@ -103,8 +104,8 @@ impl Node {
         };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
         let suffix = settings.projector_suffix;
-        let (stop_projectors, stop) = tokio::sync::watch::channel(false);
-        let projectors = vec![
+        let (stop_tasks, stop) = tokio::sync::watch::channel(false);
+        let tasks = vec![
             tokio::spawn(expiry::run(ctx, deps.read_models.stock.clone(), deps.bus.clone(), stop.clone())),
             tokio::spawn(projector::run(
                 deps.jet.clone(),
@@ -121,7 +122,7 @@ impl Node {
             tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.catalog, suffix, stop.clone())),
             tokio::spawn(follow::run(deps.jet, deps.bus, stop)),
         ];
-        Ok(Self { supervisor, handle, projectors, stop_projectors })
+        Ok(Self { supervisor, handle, tasks, stop_tasks })
     }
 
     /// Leaves the cluster gracefully: every shard finishes what it took, hands off and
@@ -131,10 +132,10 @@ impl Node {
             tracing::warn!(error = %e, "graceful leave did not finish");
         }
         // Projectors finish the batch they are writing, so no database transaction is cut.
-        let _ = self.stop_projectors.send(true);
-        for p in self.projectors {
-            if tokio::time::timeout(Duration::from_secs(10), p).await.is_err() {
-                tracing::warn!("a projector did not stop within 10 s");
+        let _ = self.stop_tasks.send(true);
+        for t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+                tracing::warn!("a background task did not stop within 10 s");
             }
         }
         self.supervisor.stop(Some("node leaving".into()));

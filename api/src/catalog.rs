@@ -227,9 +227,13 @@ impl Catalog {
     ) -> Result<(), ApiError> {
         let current = self.command(id, ProductCommand::Get, correlation).await?;
         self.command(id, ProductCommand::Delete { expected_version: expected }, correlation).await?;
-        let _ = self.claims.slugs.delete(current.data.slug.as_str(), None).await;
-        for sku in current.data.skus() {
-            let _ = self.claims.skus.delete(sku.as_str(), None).await;
+        let keys = std::iter::once((&self.claims.slugs, current.data.slug.as_str().to_owned()))
+            .chain(current.data.skus().into_iter().map(|s| (&self.claims.skus, s.to_string())));
+        for (kv, key) in keys {
+            if let Err(e) = kv.delete(&key, None).await {
+                // The product is gone; its stale claim is reclaimable after a minute.
+                tracing::warn!(key, error = %e, "could not free a deleted product's claim");
+            }
         }
         Ok(())
     }
