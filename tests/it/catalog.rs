@@ -9,6 +9,16 @@ use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http, souk_comm
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// A ready node on its own nats-server, a plain client, and a client signed in as admin.
+async fn staff_node() -> (NatsServer, SoukNode, Client, Client) {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let http = http();
+    ready(&http, &node).await;
+    let staff = admin_http(node.url()).await;
+    (nats, node, http, staff)
+}
+
 fn product(slug: &str, title: &str, description: &str, sku: &str, price: i64, status: &str) -> Value {
     json!({
         "title": title, "slug": slug, "description": description, "status": status,
@@ -60,12 +70,8 @@ fn urlencode(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_manage_products_and_shoppers_see_only_active_ones() {
-    let nats = NatsServer::start();
-    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
-    let http = http();
-    ready(&http, &node).await;
+    let (_nats, node, http, staff) = staff_node().await;
     let base = node.url();
-    let staff = admin_http(base).await;
 
     let shirt = body(
         create(
@@ -270,12 +276,8 @@ async fn search_ranks_titles_first_and_pages_walk_a_growing_catalog_without_gaps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_product_input_gets_problem_json_and_creates_nothing() {
-    let nats = NatsServer::start();
-    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
-    let http = http();
-    ready(&http, &node).await;
+    let (_nats, node, http, staff) = staff_node().await;
     let base = node.url();
-    let staff = admin_http(base).await;
     let good = product("good", "Good", "", "GOOD-1", 100, "draft");
     let with = |f: &dyn Fn(&mut Value)| {
         let mut v = good.clone();
@@ -311,12 +313,8 @@ async fn bad_product_input_gets_problem_json_and_creates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
-    let nats = NatsServer::start();
-    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
-    let http = http();
-    ready(&http, &node).await;
+    let (_nats, node, http, staff) = staff_node().await;
     let base = node.url();
-    let staff = admin_http(base).await;
 
     // A variant created over HTTP becomes a stock item with nothing on hand.
     let mut shirt = product("tee", "Tee", "", "TEE-M", 1500, "active");
@@ -513,12 +511,8 @@ async fn an_unsettled_reservation_lapses_once_even_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_takes_the_good_lines_reports_the_bad_ones_and_is_idempotent_by_sku() {
-    let nats = NatsServer::start();
-    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
-    let http = http();
-    ready(&http, &node).await;
+    let (nats, node, http, staff) = staff_node().await;
     let base = node.url();
-    let staff = admin_http(base).await;
 
     // CSV through the admin route: one product with two variants, one bad row, one bad product.
     let csv = "slug,title,description,status,categories,images,sku,price,currency,attributes\n\

@@ -2,22 +2,23 @@
 
 use souk_messages::Sku;
 use souk_messages::stock::Levels;
-use souk_storage::{DbSettings, StockChange, StockRepo};
+use souk_storage::{DbSettings, ReadModels, StockChange, StockRepo};
 
-async fn repo() -> StockRepo {
+/// Every read model over a fresh in-memory database.
+async fn read_models() -> ReadModels {
     let db = souk_storage::connect(&DbSettings {
         endpoint: "mem://".into(),
         namespace: "test".into(),
-        database: uuid_like(),
+        database: uuid::Uuid::new_v4().simple().to_string(),
         root: None,
     })
     .await
     .expect("mem db");
-    StockRepo::new(db)
+    ReadModels::new(db)
 }
 
-fn uuid_like() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+async fn repo() -> StockRepo {
+    read_models().await.stock
 }
 
 fn change(sku: &str, version: u64, on_hand: u64, reserved: u64) -> StockChange {
@@ -59,19 +60,11 @@ mod users {
     use souk_messages::UserId;
     use souk_messages::event::Event;
     use souk_messages::user::{Email, Name, Role, UserEvent};
-    use souk_storage::{DbSettings, ReadModels, UserEvents, UserRepo};
+    use souk_storage::{UserEvents, UserRepo};
     use std::collections::BTreeSet;
 
     async fn repo() -> UserRepo {
-        let db = souk_storage::connect(&DbSettings {
-            endpoint: "mem://".into(),
-            namespace: "test".into(),
-            database: super::uuid_like(),
-            root: None,
-        })
-        .await
-        .expect("mem db");
-        ReadModels::new(db).users
+        super::read_models().await.users
     }
 
     fn event(id: &UserId, version: u64, body: UserEvent) -> Event<UserEvent> {
@@ -143,19 +136,11 @@ mod catalog {
     use souk_messages::product::{
         Currency, Money, ProductData, ProductEvent, ProductId, ProductStatus, Slug, Variant,
     };
-    use souk_storage::{CatalogQuery, CatalogRepo, DbSettings, ProductEvents, ReadModels, Sort};
+    use souk_storage::{CatalogQuery, CatalogRepo, ProductEvents, Sort};
     use std::collections::{BTreeMap, BTreeSet};
 
     async fn repo() -> CatalogRepo {
-        let db = souk_storage::connect(&DbSettings {
-            endpoint: "mem://".into(),
-            namespace: "test".into(),
-            database: super::uuid_like(),
-            root: None,
-        })
-        .await
-        .expect("mem db");
-        ReadModels::new(db).catalog
+        super::read_models().await.catalog
     }
 
     fn product(
