@@ -123,12 +123,18 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Imports an `args.products` catalog (admin needed), then measures product pages, searches,
-/// and the same GET against a bare handler.
+/// Imports an `args.products` catalog (admin needed), then measures what anonymous shoppers
+/// see: product pages, searches, and the same GET against a bare handler.
 async fn browse(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<Vec<Summary>> {
     let products = crate::seed::demo_catalog(args.products);
-    let slugs: Arc<Vec<String>> =
-        Arc::new(products.iter().map(|(p, _, _)| p.slug.as_str().to_owned()).collect());
+    // Shoppers ask for the products on sale; drafts would be 404s.
+    let slugs: Arc<Vec<String>> = Arc::new(
+        products
+            .iter()
+            .filter(|(_, status, _)| *status == souk_messages::product::ProductStatus::Active)
+            .map(|(p, _, _)| p.slug.as_str().to_owned())
+            .collect(),
+    );
     let started = Instant::now();
     for (i, chunk) in products.chunks(500).enumerate() {
         let mut body = String::new();
@@ -156,6 +162,11 @@ async fn browse(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<Vec
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Shoppers browse without signing in.
+    let shopper = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let base = args.target.clone();
     let detail: MakeRequest = {
         let (base, slugs) = (base.clone(), slugs.clone());
@@ -170,9 +181,9 @@ async fn browse(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<Vec
     let bare = bare_server().await?;
     let ceiling: MakeRequest = Arc::new(move |c, _, n| c.get(format!("{bare}/v1/products/p-{}", n % 1000)));
     Ok(vec![
-        drive(client, args, "browse: product page", detail).await,
-        drive(client, args, "browse: search", search).await,
-        drive(client, args, "ceiling (bare axum GET)", ceiling).await,
+        drive(&shopper, args, "browse: product page", detail).await,
+        drive(&shopper, args, "browse: search", search).await,
+        drive(&shopper, args, "ceiling (bare axum GET)", ceiling).await,
     ])
 }
 

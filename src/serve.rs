@@ -111,6 +111,8 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, "http listening");
 
+    let (stop_feeds, feeds_stop) = tokio::sync::watch::channel(false);
+    let storefront = souk_api::storefront::Storefront::start(&jet, readiness.clone(), &feeds_stop);
     let catalog = souk_api::catalog::Catalog::new(bus.clone(), souk_nats::catalog::CatalogClaims::new(&jet));
     if seed {
         let (bus, auth, catalog, readiness) = (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());
@@ -121,7 +123,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         });
     }
 
-    let state = souk_api::AppState {
+    let state = Arc::new(souk_api::App {
         store: history,
         reservation_ttl: cfg.reservation_ttl,
         bus,
@@ -129,12 +131,13 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         users: read_models.users,
         catalog,
         catalog_repo: read_models.catalog,
+        storefront,
         auth,
         rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
         readiness: readiness.clone(),
         registry: Arc::new(registry),
         http,
-    };
+    });
     let draining = readiness.clone();
     souk_api::serve(listener, state, async move {
         shutdown_signal().await;
@@ -143,6 +146,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     })
     .await?;
 
+    stop_feeds.send_replace(true);
     node.leave().await;
     let _ = client.flush().await;
     drop(client);

@@ -11,6 +11,7 @@
 //!   middleware that checks every request against the route table.
 //! - [`catalog`]: product changes with their slug and SKU claims.
 //! - [`import`]: bulk product import (JSON lines, CSV).
+//! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
 //! - [`request_id`], [`metrics`], [`rate_limit`]: cross-cutting middleware.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
+pub mod storefront;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -44,9 +46,14 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The largest import body accepted (`POST /v1/admin/import`), in bytes.
 pub const IMPORT_MAX: usize = 4 * 1024 * 1024;
 
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// What every handler can reach, shared: axum clones the state for every request and every
+/// stateful middleware, and cloning the NATS, JetStream and database handles inside it each
+/// time cost more than the rest of a catalog request.
+pub type AppState = Arc<App>;
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct App {
     /// Commands to entity owners.
     pub bus: Bus,
     /// The stock read model.
@@ -57,8 +64,10 @@ pub struct AppState {
     pub auth: auth::Auth,
     /// Product changes.
     pub catalog: catalog::Catalog,
-    /// The catalog read model.
+    /// The catalog read model (staff queries).
     pub catalog_repo: souk_storage::CatalogRepo,
+    /// The shoppers' catalog, in memory.
+    pub storefront: storefront::Storefront,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
     /// How long a reservation holds when the request does not say.

@@ -10,6 +10,7 @@ pub struct Readiness {
     provisioned: Arc<AtomicBool>,
     leases_settled: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
+    catalog_loaded: Arc<AtomicBool>,
 }
 
 /// One readiness check and whether it passes.
@@ -23,19 +24,31 @@ pub struct ReadinessReport {
     pub leases_settled: bool,
     /// The node is shutting down.
     pub draining: bool,
+    /// The storefront (the shoppers' catalog in memory) has caught up with the events.
+    pub catalog_loaded: bool,
 }
 
 impl ReadinessReport {
     /// Whether every check passes.
     pub fn ready(&self) -> bool {
-        self.nats_connected && self.streams_provisioned && self.leases_settled && !self.draining
+        self.nats_connected
+            && self.streams_provisioned
+            && self.leases_settled
+            && self.catalog_loaded
+            && !self.draining
     }
 }
 
 impl Readiness {
     /// Readiness of a node using `client`; nothing is ready yet.
     pub fn new(client: async_nats::Client) -> Self {
-        Self { client, provisioned: Arc::default(), leases_settled: Arc::default(), draining: Arc::default() }
+        Self {
+            client,
+            provisioned: Arc::default(),
+            leases_settled: Arc::default(),
+            draining: Arc::default(),
+            catalog_loaded: Arc::default(),
+        }
     }
 
     /// Marks the stream and buckets as provisioned.
@@ -46,6 +59,11 @@ impl Readiness {
     /// Records whether this node holds every lease assigned to it.
     pub fn set_leases_settled(&self, settled: bool) {
         self.leases_settled.store(settled, Ordering::Release);
+    }
+
+    /// Marks the storefront as caught up with the events.
+    pub fn set_catalog_loaded(&self) {
+        self.catalog_loaded.store(true, Ordering::Release);
     }
 
     /// Marks the node as shutting down: it stops being ready at once.
@@ -60,6 +78,7 @@ impl Readiness {
             streams_provisioned: self.provisioned.load(Ordering::Acquire),
             leases_settled: self.leases_settled.load(Ordering::Acquire),
             draining: self.draining.load(Ordering::Acquire),
+            catalog_loaded: self.catalog_loaded.load(Ordering::Acquire),
         }
     }
 }

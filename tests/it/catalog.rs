@@ -92,12 +92,19 @@ async fn staff_manage_products_and_shoppers_see_only_active_ones() {
     .await;
     let draft_id = draft["id"].as_str().expect("id").to_owned();
 
-    // Shoppers find the active product by id or slug, not the draft; staff see both.
+    // Shoppers find the active product by id or slug (from the storefront, within moments),
+    // not the draft; staff see both.
     for key in [id.as_str(), "linen-shirt"] {
-        let got =
-            body(http.get(format!("{base}/v1/products/{key}")).send().await.expect("get"), StatusCode::OK)
-                .await;
-        assert_eq!(got["available"], json!({"LINEN-M": 0}), "a new variant has no stock");
+        let got = eventually("the product in the storefront", Duration::from_secs(10), || async {
+            let r = http.get(format!("{base}/v1/products/{key}")).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(r)
+        })
+        .await;
+        assert_eq!(
+            body(got, StatusCode::OK).await["available"],
+            json!({"LINEN-M": 0}),
+            "a new variant has no stock"
+        );
     }
     let hidden = http.get(format!("{base}/v1/products/secret-coat")).send().await.expect("get");
     assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
@@ -152,8 +159,11 @@ async fn staff_manage_products_and_shoppers_see_only_active_ones() {
     // Archive hides it from shoppers; restore brings it back; only never-sold drafts delete.
     let r = staff.post(format!("{base}/v1/products/{id}/archive")).send().await.expect("archive");
     assert_eq!(body(r, StatusCode::OK).await["status"], "archived");
-    let r = http.get(format!("{base}/v1/products/{id}")).send().await.expect("get");
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    eventually("the archived product gone from the storefront", Duration::from_secs(10), || async {
+        let r = http.get(format!("{base}/v1/products/{id}")).send().await.ok()?;
+        (r.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
     let r = staff.post(format!("{base}/v1/products/{id}/restore")).send().await.expect("restore");
     assert_eq!(body(r, StatusCode::OK).await["status"], "active");
     let r = staff.delete(format!("{base}/v1/products/{id}")).send().await.expect("delete");

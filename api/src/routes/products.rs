@@ -17,6 +17,7 @@ use souk_messages::ErrorCode;
 use souk_messages::product::{ProductCommand, ProductData, ProductId, ProductStatus, ProductView};
 use souk_storage::{CatalogQuery, Sort};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub(crate) fn routes() -> Vec<Route> {
     vec![
@@ -51,7 +52,8 @@ fn draft() -> ProductStatus {
 pub struct CatalogProduct {
     /// The product.
     #[serde(flatten)]
-    pub product: ProductView,
+    #[schema(value_type = ProductView)]
+    pub product: Arc<ProductView>,
     /// Units available to order, by SKU (from the stock read model).
     pub available: BTreeMap<String, u64>,
 }
@@ -163,8 +165,9 @@ async fn list(
             _ => return Err(ApiError::invalid(ErrorCode::InvalidInput, "attribute must be name:value")),
         },
     };
+    let staff = who.is_some_and(|w| w.is_staff());
     let query = CatalogQuery {
-        all_statuses: who.is_some_and(|w| w.is_staff()),
+        all_statuses: staff,
         category: q.category,
         min_price: q.min_price,
         max_price: q.max_price,
@@ -175,6 +178,27 @@ async fn list(
         after: q.after,
         limit,
     };
+    if !staff {
+        let page = app
+            .storefront
+            .read(|shelf| {
+                shelf.page(&query).map(|page| {
+                    let items = page
+                        .items
+                        .into_iter()
+                        .map(|l| CatalogProduct {
+                            available: shelf.availability(&l),
+                            product: l.view.clone(),
+                        })
+                        .collect();
+                    ProductPage { items, next: page.next }
+                })
+            })
+            .await?
+            .map_err(|e| ApiError::invalid(ErrorCode::InvalidInput, e.to_string()))?;
+        return cached(&headers, &page);
+    }
+    // Staff see drafts and archived products too: from the SurrealDB read model.
     let page = app.catalog_repo.list(&query).await?;
     let views: Vec<ProductView> = page
         .items
@@ -196,10 +220,11 @@ fn with_availability(product: ProductView, levels: &BTreeMap<souk_messages::Sku,
         .iter()
         .map(|v| (v.sku.to_string(), levels.get(&v.sku).copied().unwrap_or(0)))
         .collect();
-    CatalogProduct { product, available }
+    CatalogProduct { product: Arc::new(product), available }
 }
 
-/// One product by id or slug, current. Shoppers see it only while it is active.
+/// One product by id or slug. Shoppers see it only while it is active (from the storefront);
+/// staff see it in any status, current (from the entity).
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "Product id or slug")),
     responses((status = 200, body = CatalogProduct, headers(("ETag" = String))), (status = 304, description = "not modified (If-None-Match)"), (status = 404, body = Problem)))]
 async fn get_one(
@@ -212,10 +237,18 @@ async fn get_one(
     if id.len() > 100 {
         return Err(ApiError::invalid(ErrorCode::UnknownProduct, "no such product"));
     }
-    let view = app.catalog.get(&id, &rid.0).await?;
-    if view.status != ProductStatus::Active && !who.is_some_and(|w| w.is_staff()) {
-        return Err(ApiError::invalid(ErrorCode::UnknownProduct, "no such product"));
+    if !who.is_some_and(|w| w.is_staff()) {
+        let found = app.storefront.read(|shelf| {
+            shelf
+                .get(&id)
+                .map(|l| CatalogProduct { available: shelf.availability(&l), product: l.view.clone() })
+        });
+        let product =
+            found.await?.ok_or_else(|| ApiError::invalid(ErrorCode::UnknownProduct, "no such product"))?;
+        return cached(&headers, &product);
     }
+    // Staff see every status, current to the last write: from the entity.
+    let view = app.catalog.get(&id, &rid.0).await?;
     let available = Catalog::availability(&app.catalog_repo, &[&view]).await?;
     cached(&headers, &with_availability(view, &available))
 }
