@@ -102,6 +102,13 @@ pub struct Config {
     /// does not say.
     #[serde(with = "humantime_serde")]
     pub reservation_ttl: Duration,
+    /// Shards of carts. Fixed for the life of a cluster.
+    pub shards_cart: u32,
+    /// The most units of one SKU in a cart.
+    pub cart_max_quantity: u32,
+    /// How long a cart may sit unchanged before its lines lapse.
+    #[serde(with = "humantime_serde")]
+    pub cart_idle_ttl: Duration,
 }
 
 impl Default for Config {
@@ -147,6 +154,9 @@ impl Default for Config {
             rate_limit_per_second: 100.0,
             rate_limit_burst: 200.0,
             reservation_ttl: Duration::from_secs(15 * 60),
+            shards_cart: 64,
+            cart_max_quantity: 99,
+            cart_idle_ttl: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -183,10 +193,15 @@ impl Config {
 
     /// The shard counts.
     pub fn shard_counts(&self) -> Result<ShardCounts, String> {
-        if self.shards_stock == 0 || self.shards_user == 0 || self.shards_product == 0 {
-            return Err("shards_stock, shards_user and shards_product must be at least 1".into());
+        if [self.shards_stock, self.shards_user, self.shards_product, self.shards_cart].contains(&0) {
+            return Err("shards_stock, shards_user, shards_product and shards_cart must be at least 1".into());
         }
-        Ok(ShardCounts { stock: self.shards_stock, user: self.shards_user, product: self.shards_product })
+        Ok(ShardCounts {
+            stock: self.shards_stock,
+            user: self.shards_user,
+            product: self.shards_product,
+            cart: self.shards_cart,
+        })
     }
 
     /// The NATS URLs to use: the configured ones, or the local server a running `souk serve`

@@ -8,6 +8,7 @@ use souk_actors::{ActorSettings, Node, NodeDeps};
 use souk_api::auth::password::Hasher;
 use souk_api::auth::{Auth, NewUser};
 use souk_messages::NodeId;
+use souk_messages::cart::CartRules;
 use souk_messages::user::{Email, Name, Role};
 use souk_nats::accounts::Accounts;
 use souk_nats::cluster::Cluster;
@@ -126,11 +127,16 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     let state = Arc::new(souk_api::App {
         store: history,
         reservation_ttl: cfg.reservation_ttl,
-        bus,
+        bus: bus.clone(),
         stock: read_models.stock,
         users: read_models.users,
         catalog,
         catalog_repo: read_models.catalog,
+        carts: souk_api::cart::Carts::new(
+            bus,
+            storefront.clone(),
+            CartRules { max_quantity: cfg.cart_max_quantity, idle_secs: cfg.cart_idle_ttl.as_secs() },
+        ),
         storefront,
         auth,
         rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),

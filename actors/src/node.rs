@@ -4,6 +4,7 @@
 use crate::context::NodeContext;
 use crate::shard::{ShardArgs, ShardMsg, ShardSupervisor};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use souk_messages::cart::CartState;
 use souk_messages::product::ProductState;
 use souk_messages::stock::StockState;
 use souk_messages::subject::{EntityKind, ShardCounts, ShardId};
@@ -212,6 +213,9 @@ impl NodeState {
             }
             EntityKind::Product => {
                 Actor::spawn_linked(None, ShardSupervisor::<ProductState>::new(), args, cell).await?
+            }
+            EntityKind::Cart => {
+                Actor::spawn_linked(None, ShardSupervisor::<CartState>::new(), args, cell).await?
             }
         };
         Ok(actor)

@@ -134,7 +134,8 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownSku
         | ErrorCode::ReservationNotFound
         | ErrorCode::UnknownUser
-        | ErrorCode::UnknownProduct => StatusCode::NOT_FOUND,
+        | ErrorCode::UnknownProduct
+        | ErrorCode::UnknownCartLine => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InsufficientStock
         | ErrorCode::ReservationConflict

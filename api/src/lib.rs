@@ -10,6 +10,7 @@
 //! - [`auth`]: accounts, sessions, tokens, password hashing, login throttling, and the one
 //!   middleware that checks every request against the route table.
 //! - [`catalog`]: product changes with their slug and SKU claims.
+//! - [`cart`]: cart commands checked against the storefront, carts priced now.
 //! - [`import`]: bulk product import (JSON lines, CSV).
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
 //! - [`error`]: `ApiError` and the one code → status table.
@@ -17,6 +18,7 @@
 //! - [`request_id`], [`metrics`], [`rate_limit`]: cross-cutting middleware.
 
 pub mod auth;
+pub mod cart;
 pub mod catalog;
 pub mod error;
 pub mod extract;
@@ -68,6 +70,8 @@ pub struct App {
     pub catalog_repo: souk_storage::CatalogRepo,
     /// The shoppers' catalog, in memory.
     pub storefront: storefront::Storefront,
+    /// Carts.
+    pub carts: cart::Carts,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
     /// How long a reservation holds when the request does not say.
@@ -122,6 +126,11 @@ pub struct App {
         routes::products::archive,
         routes::products::restore,
         routes::products::remove,
+        routes::cart::show,
+        routes::cart::clear,
+        routes::cart::add,
+        routes::cart::set,
+        routes::cart::remove,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)

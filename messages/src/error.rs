@@ -68,6 +68,8 @@ pub enum ErrorCode {
     SlugTaken,
     /// Another product already uses this SKU.
     SkuTaken,
+    /// The cart has no line for this SKU.
+    UnknownCartLine,
     /// Too many requests: slow down and retry after the indicated time.
     RateLimited,
     /// The owning shard is moving or the cluster is not ready; retry shortly.
@@ -112,6 +114,7 @@ impl ErrorCode {
             Self::ProductConflict => "product_conflict",
             Self::SlugTaken => "slug_taken",
             Self::SkuTaken => "sku_taken",
+            Self::UnknownCartLine => "unknown_cart_line",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -120,7 +123,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 33] = [
+    pub const ALL: [Self; 34] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
@@ -150,6 +153,7 @@ impl ErrorCode {
         Self::ProductConflict,
         Self::SlugTaken,
         Self::SkuTaken,
+        Self::UnknownCartLine,
         Self::RateLimited,
         Self::Unavailable,
         Self::Timeout,

@@ -14,11 +14,13 @@ pub enum EntityKind {
     User,
     /// A catalog product.
     Product,
+    /// A shopping cart.
+    Cart,
 }
 
 impl EntityKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 3] = [Self::Stock, Self::User, Self::Product];
+    pub const ALL: [Self; 4] = [Self::Stock, Self::User, Self::Product, Self::Cart];
 
     /// The kind as a subject token.
     pub const fn as_str(self) -> &'static str {
@@ -26,6 +28,7 @@ impl EntityKind {
             Self::Stock => "stock",
             Self::User => "user",
             Self::Product => "product",
+            Self::Cart => "cart",
         }
     }
 }
@@ -48,6 +51,9 @@ pub struct ShardCounts {
     /// Shards of products.
     #[serde(default = "default_shards")]
     pub product: u32,
+    /// Shards of carts.
+    #[serde(default = "default_shards")]
+    pub cart: u32,
 }
 
 const fn default_shards() -> u32 {
@@ -56,7 +62,12 @@ const fn default_shards() -> u32 {
 
 impl Default for ShardCounts {
     fn default() -> Self {
-        Self { stock: default_shards(), user: default_shards(), product: default_shards() }
+        Self {
+            stock: default_shards(),
+            user: default_shards(),
+            product: default_shards(),
+            cart: default_shards(),
+        }
     }
 }
 
@@ -67,6 +78,7 @@ impl ShardCounts {
             EntityKind::Stock => self.stock,
             EntityKind::User => self.user,
             EntityKind::Product => self.product,
+            EntityKind::Cart => self.cart,
         }
     }
 

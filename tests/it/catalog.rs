@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// A ready node on its own nats-server, a plain client, and a client signed in as admin.
-async fn staff_node() -> (NatsServer, SoukNode, Client, Client) {
+pub(crate) async fn staff_node() -> (NatsServer, SoukNode, Client, Client) {
     let nats = NatsServer::start();
     let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     let http = http();
@@ -19,7 +19,14 @@ async fn staff_node() -> (NatsServer, SoukNode, Client, Client) {
     (nats, node, http, staff)
 }
 
-fn product(slug: &str, title: &str, description: &str, sku: &str, price: i64, status: &str) -> Value {
+pub(crate) fn product(
+    slug: &str,
+    title: &str,
+    description: &str,
+    sku: &str,
+    price: i64,
+    status: &str,
+) -> Value {
     json!({
         "title": title, "slug": slug, "description": description, "status": status,
         "categories": ["demo"],
@@ -27,11 +34,11 @@ fn product(slug: &str, title: &str, description: &str, sku: &str, price: i64, st
     })
 }
 
-async fn create(staff: &Client, base: &str, body: &Value) -> Response {
+pub(crate) async fn create(staff: &Client, base: &str, body: &Value) -> Response {
     staff.post(format!("{base}/v1/products")).json(body).send().await.expect("create")
 }
 
-async fn body(r: Response, status: StatusCode) -> Value {
+pub(crate) async fn body(r: Response, status: StatusCode) -> Value {
     let got = r.status();
     let text = r.text().await.expect("body");
     assert_eq!(got, status, "{text}");

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `souk` node processes, real nats-server processes, HTTP over loopback.
 
 mod auth;
+mod cart;
 mod catalog;
 mod cluster;
 mod failover;

@@ -9,9 +9,10 @@ use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::post;
 use serde::Deserialize;
+use souk_messages::UserId;
 use souk_messages::user::{Email, Name, Phone, Role, UserView};
 use std::collections::BTreeSet;
 
@@ -121,15 +122,29 @@ async fn register(
 
 /// Exchanges email and password for an access token and a refresh token.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginBody,
+    params(("Cart-Token" = Option<String>, Header, description = "a guest cart to move into the customer's cart")),
     responses((status = 200, body = TokenPair), (status = 401, body = Problem, description = "invalid_credentials (unknown email and wrong password alike)"), (status = 403, body = Problem, description = "account_disabled"), (status = 429, body = Problem, description = "rate_limited, with Retry-After")))]
 async fn login(
     State(app): State<AppState>,
     rid: RequestId,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<TokenPair>, ApiError> {
     let email = email(&body.email)?;
-    Ok(Json(app.auth.login(&email, body.password, ip, &rid.0).await?))
+    let guest_cart = crate::routes::cart::cart_token(&headers)?;
+    let pair = app.auth.login(&email, body.password, ip, &rid.0).await?;
+    if let (Some(token), Ok(claims)) = (guest_cart, app.auth.verify_access(&pair.access_token)) {
+        // Signing in must not fail over a cart: the guest cart stays where it was.
+        let merged = match UserId::parse(claims.sub) {
+            Ok(user) => app.carts.merge(&token, &user, &rid.0).await,
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        };
+        if let Err(e) = merged {
+            tracing::warn!(error = %e, "could not merge the guest cart on sign-in");
+        }
+    }
+    Ok(Json(pair))
 }
 
 /// Spends a refresh token for a new pair. Presenting a spent token revokes its session.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cart;
 pub mod inventory;
 pub mod me;
 pub mod ops;
@@ -32,10 +33,18 @@ impl Route {
 
 /// Every route of the API.
 pub fn all() -> Vec<Route> {
-    [ops::routes(), auth::routes(), me::routes(), admin::routes(), products::routes(), inventory::routes()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        ops::routes(),
+        auth::routes(),
+        me::routes(),
+        admin::routes(),
+        products::routes(),
+        inventory::routes(),
+        cart::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Every route's method, path and access level.

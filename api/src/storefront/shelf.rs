@@ -72,6 +72,7 @@ pub struct Shelf {
     products: HashMap<ProductId, Folded>,
     listings: HashMap<ProductId, Arc<Listing>>,
     slugs: HashMap<String, ProductId>,
+    skus: HashMap<Sku, ProductId>,
     newest: BTreeMap<(i128, ProductId), Arc<Listing>>,
     by_price: BTreeMap<(i64, ProductId), Arc<Listing>>,
     /// Word → slot → hits. Slots are small numbers, so a search tallies into a vector
@@ -158,6 +159,9 @@ impl Shelf {
         let listing = Arc::new(listing);
         let data = &listing.view.data;
         self.slugs.insert(data.slug.as_str().to_owned(), id.clone());
+        for v in &data.variants {
+            self.skus.insert(v.sku.clone(), id.clone());
+        }
         self.newest.insert((listing.created, id.clone()), listing.clone());
         self.by_price.insert((listing.price_min, id.clone()), listing.clone());
         let title: Vec<String> = words(&data.title).collect();
@@ -174,6 +178,11 @@ impl Shelf {
         let Some(old) = self.listings.remove(id) else { return };
         if self.slugs.get(old.view.data.slug.as_str()) == Some(id) {
             self.slugs.remove(old.view.data.slug.as_str());
+        }
+        for v in &old.view.data.variants {
+            if self.skus.get(&v.sku) == Some(id) {
+                self.skus.remove(&v.sku);
+            }
         }
         self.newest.remove(&(old.created, id.clone()));
         self.by_price.remove(&(old.price_min, id.clone()));
@@ -195,6 +204,13 @@ impl Shelf {
             Err(_) => self.slugs.get(id_or_slug)?.clone(),
         };
         self.listings.get(&id).cloned()
+    }
+
+    /// The active product offering `sku`, and the variant's index in it.
+    pub fn variant(&self, sku: &Sku) -> Option<(Arc<Listing>, usize)> {
+        let listing = self.listings.get(self.skus.get(sku)?)?;
+        let index = listing.view.data.variants.iter().position(|v| v.sku == *sku)?;
+        Some((listing.clone(), index))
     }
 
     /// Units available of `sku` (0 for a SKU never stocked).
@@ -515,6 +531,9 @@ mod tests {
         shelf.apply_product(&ids[0], [&event(4, 9, update)]);
         assert!(shelf.get("p-0").is_none());
         assert_eq!(shelf.get("tunic").expect("moved").view.data.title, "Linen tunic");
+        let sku = Sku::parse("SKU-0").expect("sku");
+        assert_eq!(shelf.variant(&sku).expect("variant").0.view.data.title, "Linen tunic");
+        assert!(shelf.variant(&Sku::parse("SKU-3").expect("sku")).is_none(), "drafts sell nothing");
         assert_eq!(shelf.page(&query(|q| q.search = Some("tunic".into()))).expect("page").items.len(), 1);
         assert!(shelf.page(&query(|q| q.search = Some("summer".into()))).expect("page").items.is_empty());
 
