@@ -104,6 +104,13 @@ pub struct Config {
     pub reservation_ttl: Duration,
     /// Shards of carts. Fixed for the life of a cluster.
     pub shards_cart: u32,
+    /// Shards of orders. Fixed for the life of a cluster.
+    pub shards_order: u32,
+    /// The payment provider: `sandbox` (built in; test cards only).
+    pub payments: String,
+    /// How long the checkout waits for one payment step before giving up on it.
+    #[serde(with = "humantime_serde")]
+    pub payment_timeout: Duration,
     /// The most units of one SKU in a cart.
     pub cart_max_quantity: u32,
     /// How long a cart may sit unchanged before its lines lapse.
@@ -155,6 +162,9 @@ impl Default for Config {
             rate_limit_burst: 200.0,
             reservation_ttl: Duration::from_secs(15 * 60),
             shards_cart: 64,
+            shards_order: 64,
+            payments: "sandbox".to_owned(),
+            payment_timeout: Duration::from_secs(10),
             cart_max_quantity: 99,
             cart_idle_ttl: Duration::from_secs(14 * 24 * 3600),
         }
@@ -193,14 +203,17 @@ impl Config {
 
     /// The shard counts.
     pub fn shard_counts(&self) -> Result<ShardCounts, String> {
-        if [self.shards_stock, self.shards_user, self.shards_product, self.shards_cart].contains(&0) {
-            return Err("shards_stock, shards_user, shards_product and shards_cart must be at least 1".into());
+        if [self.shards_stock, self.shards_user, self.shards_product, self.shards_cart, self.shards_order]
+            .contains(&0)
+        {
+            return Err("every shards_<kind> setting must be at least 1".into());
         }
         Ok(ShardCounts {
             stock: self.shards_stock,
             user: self.shards_user,
             product: self.shards_product,
             cart: self.shards_cart,
+            order: self.shards_order,
         })
     }
 

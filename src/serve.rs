@@ -16,7 +16,7 @@ use souk_nats::health::Readiness;
 use souk_nats::metrics::StoreMetrics;
 use souk_nats::server::{LocalServer, ServerOptions};
 use souk_nats::streams::ProvisionSettings;
-use souk_nats::{Bus, ConnectSettings, EventStore};
+use souk_nats::{Bus, ConnectSettings, EventStore, JsonKv};
 use souk_storage::{DbSettings, ReadModels};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -88,6 +88,10 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
             snapshot_every: cfg.snapshot_every,
             idle_after: cfg.idle_after,
             projector_suffix,
+            saga: souk_actors::saga::SagaSettings {
+                reservation_ttl: cfg.reservation_ttl,
+                payment_timeout: cfg.payment_timeout,
+            },
         },
         NodeDeps {
             jet: jet.clone(),
@@ -97,6 +101,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
             read_models: read_models.clone(),
             readiness: readiness.clone(),
             metrics: actor_metrics,
+            payments: payment_gateway(&cfg)?,
         },
     )
     .await?;
@@ -124,6 +129,11 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         });
     }
 
+    let carts = souk_api::cart::Carts::new(
+        bus.clone(),
+        storefront.clone(),
+        CartRules { max_quantity: cfg.cart_max_quantity, idle_secs: cfg.cart_idle_ttl.as_secs() },
+    );
     let state = Arc::new(souk_api::App {
         store: history,
         reservation_ttl: cfg.reservation_ttl,
@@ -132,11 +142,12 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         users: read_models.users,
         catalog,
         catalog_repo: read_models.catalog,
-        carts: souk_api::cart::Carts::new(
-            bus,
-            storefront.clone(),
-            CartRules { max_quantity: cfg.cart_max_quantity, idle_secs: cfg.cart_idle_ttl.as_secs() },
+        checkout: souk_api::checkout::Checkout::new(
+            bus.clone(),
+            carts.clone(),
+            JsonKv::new(jet.checkouts.clone()),
         ),
+        carts,
         storefront,
         auth,
         rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
@@ -162,6 +173,14 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The configured payment provider.
+fn payment_gateway(cfg: &Config) -> anyhow::Result<Arc<dyn souk_actors::payments::PaymentGateway>> {
+    match cfg.payments.as_str() {
+        "sandbox" => Ok(Arc::new(souk_actors::payments::Sandbox)),
+        other => anyhow::bail!("payments = {other:?}: the providers are: sandbox"),
+    }
 }
 
 /// Connects to NATS with the configured credentials.

@@ -20,19 +20,11 @@ use tokio::sync::watch;
 const CONSUMER: &str = "souk_stock_follows_catalog";
 
 /// Runs until `stop` is set, restarting after failures.
-pub async fn run(jet: Jet, bus: Bus, mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow() {
-        if let Err(e) = follow(&jet, &bus, &mut stop).await {
-            tracing::warn!(error = %e, "inventory follower stopped; restarting");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.changed() => {}
-        }
-    }
+pub async fn run(jet: Jet, bus: Bus, stop: watch::Receiver<bool>) {
+    crate::restart::restarting("inventory follower", stop, |stop| follow(&jet, &bus, stop)).await;
 }
 
-async fn follow(jet: &Jet, bus: &Bus, stop: &mut watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
+async fn follow(jet: &Jet, bus: &Bus, mut stop: watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
     let consumer = jet
         .events
         .get_or_create_consumer(

@@ -10,6 +10,7 @@
 //! - [`projector`]: the read-model projectors.
 //! - [`follow`]: stock items follow the catalog's variants.
 //! - [`expiry`]: held reservations lapse when their time is up.
+//! - [`saga`]: the checkout saga's driver; [`payments`]: the payment providers it calls.
 //! - [`context`] and [`metrics`]: what the actors share.
 //!
 //! ```text
@@ -23,7 +24,10 @@ pub mod expiry;
 pub mod follow;
 pub mod metrics;
 pub mod node;
+pub mod payments;
 pub mod projector;
+mod restart;
+pub mod saga;
 pub mod shard;
 
 use context::NodeContext;
@@ -52,6 +56,8 @@ pub struct ActorSettings {
     /// Appended to each projector's durable consumer name (`souk_proj_<kind><suffix>`):
     /// the node id for a per-node database, empty for a shared one.
     pub projector_suffix: String,
+    /// The checkout saga's deadlines.
+    pub saga: saga::SagaSettings,
 }
 
 /// A running actor system. Call [`Node::leave`] before dropping it to hand shards off.
@@ -59,7 +65,7 @@ pub struct ActorSettings {
 pub struct Node {
     supervisor: ActorRef<NodeMsg>,
     handle: tokio::task::JoinHandle<()>,
-    /// Projectors, the catalog follower and the expiry sweeper.
+    /// Projectors, the catalog follower, the expiry sweeper and the checkout saga driver.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_tasks: tokio::sync::watch::Sender<bool>,
 }
@@ -81,6 +87,8 @@ pub struct NodeDeps {
     pub readiness: Readiness,
     /// Actor metrics.
     pub metrics: ActorMetrics,
+    /// The payment provider the checkout saga calls.
+    pub payments: Arc<dyn payments::PaymentGateway>,
 }
 
 impl Node {
@@ -120,6 +128,13 @@ impl Node {
                 stop.clone(),
             )),
             tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.catalog, suffix, stop.clone())),
+            tokio::spawn(saga::run(
+                deps.jet.clone(),
+                deps.bus.clone(),
+                deps.payments,
+                settings.saga,
+                stop.clone(),
+            )),
             tokio::spawn(follow::run(deps.jet, deps.bus, stop)),
         ];
         Ok(Self { supervisor, handle, tasks, stop_tasks })

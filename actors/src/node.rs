@@ -5,6 +5,7 @@ use crate::context::NodeContext;
 use crate::shard::{ShardArgs, ShardMsg, ShardSupervisor};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use souk_messages::cart::CartState;
+use souk_messages::order::OrderState;
 use souk_messages::product::ProductState;
 use souk_messages::stock::StockState;
 use souk_messages::subject::{EntityKind, ShardCounts, ShardId};
@@ -216,6 +217,9 @@ impl NodeState {
             }
             EntityKind::Cart => {
                 Actor::spawn_linked(None, ShardSupervisor::<CartState>::new(), args, cell).await?
+            }
+            EntityKind::Order => {
+                Actor::spawn_linked(None, ShardSupervisor::<OrderState>::new(), args, cell).await?
             }
         };
         Ok(actor)

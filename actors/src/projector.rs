@@ -66,19 +66,15 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Runs a projector until the task is dropped, restarting it after failures. Its durable
 /// consumer is `souk_proj_<kind><suffix>`.
-pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String, mut stop: watch::Receiver<bool>) {
+pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String, stop: watch::Receiver<bool>) {
     let name = format!("souk_proj_{}{suffix}", P::KIND);
     let own = !suffix.is_empty();
-    while !*stop.borrow() {
-        match project(&jet, &projection, &name, own, &mut stop).await {
-            Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, consumer = %name, "projector stopped; restarting"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.changed() => {}
-        }
-    }
+    let what = format!("projector {name}");
+    crate::restart::restarting(&what, stop, |mut stop| {
+        let (jet, projection, name) = (&jet, &projection, &name);
+        async move { project(jet, projection, name, own, &mut stop).await }
+    })
+    .await;
 }
 
 async fn consumer(

@@ -273,7 +273,7 @@ mod tests {
         .await
         .expect("provision");
         let mut registry = Registry::default();
-        let shards = ShardCounts { stock: 1, user: 1, product: 1, cart: 1 };
+        let shards = ShardCounts { stock: 1, user: 1, product: 1, cart: 1, order: 1 };
         let bus = Bus::new(client, shards, Duration::from_secs(5));
         let ctx = Arc::new(NodeContext {
             bus: bus.clone(),

@@ -260,7 +260,6 @@ impl Carts {
     }
 }
 
-
 fn no_line() -> ApiError {
     ApiError::invalid(ErrorCode::UnknownCartLine, "the cart has no line for this SKU")
 }

@@ -123,7 +123,8 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidSku
         | ErrorCode::InvalidReservationId
         | ErrorCode::InvalidEmail
-        | ErrorCode::WeakPassword => StatusCode::UNPROCESSABLE_ENTITY,
+        | ErrorCode::WeakPassword
+        | ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Unauthorized | ErrorCode::InvalidCredentials | ErrorCode::InvalidToken => {
             StatusCode::UNAUTHORIZED
         }
@@ -135,7 +136,8 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::ReservationNotFound
         | ErrorCode::UnknownUser
         | ErrorCode::UnknownProduct
-        | ErrorCode::UnknownCartLine => StatusCode::NOT_FOUND,
+        | ErrorCode::UnknownCartLine
+        | ErrorCode::UnknownOrder => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InsufficientStock
         | ErrorCode::ReservationConflict
@@ -143,7 +145,8 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::EmailTaken
         | ErrorCode::ProductConflict
         | ErrorCode::SlugTaken
-        | ErrorCode::SkuTaken => StatusCode::CONFLICT,
+        | ErrorCode::SkuTaken
+        | ErrorCode::OrderConflict => StatusCode::CONFLICT,
         ErrorCode::VersionMismatch => StatusCode::PRECONDITION_FAILED,
         ErrorCode::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -11,6 +11,7 @@
 //!   middleware that checks every request against the route table.
 //! - [`catalog`]: product changes with their slug and SKU claims.
 //! - [`cart`]: cart commands checked against the storefront, carts priced now.
+//! - [`checkout`]: the cart becomes an order, once per idempotency key.
 //! - [`import`]: bulk product import (JSON lines, CSV).
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
 //! - [`error`]: `ApiError` and the one code → status table.
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod cart;
 pub mod catalog;
+pub mod checkout;
 pub mod error;
 pub mod extract;
 pub mod import;
@@ -72,6 +74,8 @@ pub struct App {
     pub storefront: storefront::Storefront,
     /// Carts.
     pub carts: cart::Carts,
+    /// Checkouts and orders.
+    pub checkout: checkout::Checkout,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
     /// How long a reservation holds when the request does not say.
@@ -131,6 +135,8 @@ pub struct App {
         routes::cart::add,
         routes::cart::set,
         routes::cart::remove,
+        routes::orders::checkout,
+        routes::orders::get_one,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)

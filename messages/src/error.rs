@@ -70,6 +70,12 @@ pub enum ErrorCode {
     SkuTaken,
     /// The cart has no line for this SKU.
     UnknownCartLine,
+    /// No order has this id (or it is not the caller's).
+    UnknownOrder,
+    /// The order's state does not allow the change.
+    OrderConflict,
+    /// The `Idempotency-Key` was used before with a different request.
+    IdempotencyKeyReused,
     /// Too many requests: slow down and retry after the indicated time.
     RateLimited,
     /// The owning shard is moving or the cluster is not ready; retry shortly.
@@ -115,6 +121,9 @@ impl ErrorCode {
             Self::SlugTaken => "slug_taken",
             Self::SkuTaken => "sku_taken",
             Self::UnknownCartLine => "unknown_cart_line",
+            Self::UnknownOrder => "unknown_order",
+            Self::OrderConflict => "order_conflict",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -123,7 +132,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 34] = [
+    pub const ALL: [Self; 37] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
@@ -154,6 +163,9 @@ impl ErrorCode {
         Self::SlugTaken,
         Self::SkuTaken,
         Self::UnknownCartLine,
+        Self::UnknownOrder,
+        Self::OrderConflict,
+        Self::IdempotencyKeyReused,
         Self::RateLimited,
         Self::Unavailable,
         Self::Timeout,

@@ -124,6 +124,9 @@ impl From<Slug> for String {
 pub struct Currency([u8; 3]);
 
 impl Currency {
+    /// ISO 4217 `XXX`: no currency (what an empty order or cart shows).
+    pub const NONE: Self = Self(*b"XXX");
+
     /// Validates `s`.
     pub fn parse(s: &str) -> Result<Self, ReplyError> {
         match s.as_bytes() {

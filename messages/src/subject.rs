@@ -16,11 +16,13 @@ pub enum EntityKind {
     Product,
     /// A shopping cart.
     Cart,
+    /// An order and its checkout saga.
+    Order,
 }
 
 impl EntityKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 4] = [Self::Stock, Self::User, Self::Product, Self::Cart];
+    pub const ALL: [Self; 5] = [Self::Stock, Self::User, Self::Product, Self::Cart, Self::Order];
 
     /// The kind as a subject token.
     pub const fn as_str(self) -> &'static str {
@@ -29,6 +31,7 @@ impl EntityKind {
             Self::User => "user",
             Self::Product => "product",
             Self::Cart => "cart",
+            Self::Order => "order",
         }
     }
 }
@@ -54,6 +57,9 @@ pub struct ShardCounts {
     /// Shards of carts.
     #[serde(default = "default_shards")]
     pub cart: u32,
+    /// Shards of orders.
+    #[serde(default = "default_shards")]
+    pub order: u32,
 }
 
 const fn default_shards() -> u32 {
@@ -67,6 +73,7 @@ impl Default for ShardCounts {
             user: default_shards(),
             product: default_shards(),
             cart: default_shards(),
+            order: default_shards(),
         }
     }
 }
@@ -79,6 +86,7 @@ impl ShardCounts {
             EntityKind::User => self.user,
             EntityKind::Product => self.product,
             EntityKind::Cart => self.cart,
+            EntityKind::Order => self.order,
         }
     }
 

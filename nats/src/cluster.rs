@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn every_shard_has_exactly_one_owner_and_the_load_spreads() {
         let ns = nodes(4);
-        let counts = ShardCounts { stock: 256, user: 0, product: 0, cart: 0 };
+        let counts = ShardCounts { stock: 256, user: 0, product: 0, cart: 0, order: 0 };
         let mut per_node = BTreeMap::new();
         for s in counts.all() {
             *per_node.entry(assign(&ns, s).expect("owner").clone()).or_insert(0) += 1;
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_joining_node_moves_only_its_share() {
-        let counts = ShardCounts { stock: 512, user: 0, product: 0, cart: 0 };
+        let counts = ShardCounts { stock: 512, user: 0, product: 0, cart: 0, order: 0 };
         let before = nodes(3);
         let after = nodes(4);
         for s in counts.all() {

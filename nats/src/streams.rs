@@ -27,6 +27,10 @@ pub const SLUGS_BUCKET: &str = "souk_slugs";
 pub const SKUS_BUCKET: &str = "souk_skus";
 /// Login failure counters per account and per client address, expiring after an hour.
 pub const THROTTLE_BUCKET: &str = "souk_throttle";
+/// Checkout idempotency keys: key = digest of customer and key, value = the order it made.
+pub const CHECKOUTS_BUCKET: &str = "souk_checkouts";
+/// How long a checkout's `Idempotency-Key` is remembered.
+pub const CHECKOUT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a login-failure counter lives without a new failure.
 pub const THROTTLE_TTL: Duration = Duration::from_secs(3600);
 
@@ -70,6 +74,8 @@ pub struct Jet {
     pub slugs: kv::Store,
     /// SKU claims.
     pub skus: kv::Store,
+    /// Checkout idempotency keys.
+    pub checkouts: kv::Store,
 }
 
 /// Why provisioning failed.
@@ -129,6 +135,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     let throttle = bucket(THROTTLE_BUCKET, THROTTLE_TTL, 1).await?;
     let slugs = bucket(SLUGS_BUCKET, Duration::ZERO, 1).await?;
     let skus = bucket(SKUS_BUCKET, Duration::ZERO, 1).await?;
+    let checkouts = bucket(CHECKOUTS_BUCKET, CHECKOUT_KEY_TTL, 1).await?;
     Ok(Jet {
         js,
         events,
@@ -142,6 +149,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         throttle,
         slugs,
         skus,
+        checkouts,
     })
 }
 
@@ -167,6 +175,7 @@ pub async fn attach(client: async_nats::Client) -> Result<Jet, ProvisionError> {
         throttle: bucket(THROTTLE_BUCKET).await?,
         slugs: bucket(SLUGS_BUCKET).await?,
         skus: bucket(SKUS_BUCKET).await?,
+        checkouts: bucket(CHECKOUTS_BUCKET).await?,
         js,
     })
 }

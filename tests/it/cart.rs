@@ -9,7 +9,7 @@ use std::time::Duration;
 
 const PASSWORD: &str = "a long customer password";
 
-async fn customer(http: &Client, base: &str, email: &str) -> Client {
+pub(crate) async fn customer(http: &Client, base: &str, email: &str) -> Client {
     let r = http
         .post(format!("{base}/v1/auth/register"))
         .json(&json!({"email": email, "password": PASSWORD, "name": "Shopper"}))
@@ -28,7 +28,13 @@ async fn cart(c: &Client, base: &str, token: Option<&str>) -> Value {
     body(r.send().await.expect("cart"), StatusCode::OK).await
 }
 
-async fn add(c: &Client, base: &str, token: Option<&str>, sku: &str, quantity: i64) -> reqwest::Response {
+pub(crate) async fn add(
+    c: &Client,
+    base: &str,
+    token: Option<&str>,
+    sku: &str,
+    quantity: i64,
+) -> reqwest::Response {
     let mut r = c.post(format!("{base}/v1/cart/items")).json(&json!({"sku": sku, "quantity": quantity}));
     if let Some(t) = token {
         r = r.header("cart-token", t);

@@ -3,6 +3,7 @@
 mod auth;
 mod cart;
 mod catalog;
+mod checkout;
 mod cluster;
 mod failover;
 mod inventory;

@@ -7,6 +7,7 @@ pub mod cart;
 pub mod inventory;
 pub mod me;
 pub mod ops;
+pub mod orders;
 pub mod products;
 
 use crate::AppState;
@@ -41,6 +42,7 @@ pub fn all() -> Vec<Route> {
         products::routes(),
         inventory::routes(),
         cart::routes(),
+        orders::routes(),
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,295 @@
+//! The checkout saga's driver. Every order event is a message on one durable consumer that
+//! all nodes share; receiving one means "run the order's next step". A step reads the order,
+//! does its work (reserve stock, authorise, capture, commit), and records the result as the
+//! order's next event, which in turn triggers the step after it. A node that dies mid-step
+//! leaves its message unacknowledged: after the ack wait another node runs the step again.
+//! Every step is idempotent by the order id (reservation id, payment keys), and the order
+//! entity ignores a result it already has, so a repeated step changes nothing.
+
+use crate::payments::{PaymentError, PaymentGateway};
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use futures::StreamExt as _;
+use souk_messages::order::{CancelReason, OrderCommand, OrderId, OrderRequest, OrderStatus, OrderView};
+use souk_messages::product::Money;
+use souk_messages::stock::{Quantity, StockCommand, StockRequest};
+use souk_messages::subject::{EntityKind, Subjects};
+use souk_messages::{ErrorCode, ReservationId};
+use souk_nats::{Bus, BusError, Jet};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, watch};
+
+/// The consumer every node shares.
+const CONSUMER: &str = "souk_checkout";
+/// Steps one node runs at once.
+const PARALLEL: usize = 256;
+
+/// How the saga behaves.
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    /// How long an order's stock is held; it lapses by itself if the saga dies silently.
+    pub reservation_ttl: Duration,
+    /// How long one payment step may take, retries included, before the order is cancelled.
+    pub payment_timeout: Duration,
+}
+
+/// What a step needs.
+#[derive(Debug, Clone)]
+struct Saga {
+    bus: Bus,
+    gateway: Arc<dyn PaymentGateway>,
+    settings: SagaSettings,
+}
+
+/// Why a step must be retried later (its message is redelivered).
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("payment provider: {0}")]
+    Payment(PaymentError),
+}
+
+/// Runs until `stop` is set, restarting after failures.
+pub async fn run(
+    jet: Jet,
+    bus: Bus,
+    gateway: Arc<dyn PaymentGateway>,
+    settings: SagaSettings,
+    stop: watch::Receiver<bool>,
+) {
+    let saga = Saga { bus, gateway, settings };
+    crate::restart::restarting("checkout saga driver", stop, |stop| drive(&jet, &saga, stop)).await;
+}
+
+async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
+    let ack_wait = saga.settings.payment_timeout * 2 + Duration::from_secs(20);
+    let consumer = jet
+        .events
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                filter_subject: Subjects.kind_events(EntityKind::Order),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                // Longer than any step: a step still running must not be handed to another node.
+                ack_wait,
+                max_ack_pending: 4 * PARALLEL as i64,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let slots = Arc::new(Semaphore::new(PARALLEL));
+    loop {
+        let next = tokio::select! {
+            m = messages.next() => m,
+            _ = stop.changed() => None,
+        };
+        let Some(msg) = next else { return Ok(()) };
+        let msg = msg?;
+        let Some(id) =
+            Subjects.entity_id_of(EntityKind::Order, &msg.subject).and_then(|s| OrderId::parse(&s).ok())
+        else {
+            tracing::error!(subject = %msg.subject, "skipping an event of no order");
+            msg.ack().await?;
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
+        let saga = saga.clone();
+        tokio::spawn(async move {
+            let outcome = saga.step(&id).await;
+            let ack = match outcome {
+                Ok(()) => msg.ack().await,
+                Err(e) => {
+                    tracing::warn!(order = %id, error = %e, "checkout step failed; it will run again");
+                    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                }
+            };
+            if let Err(e) = ack {
+                tracing::warn!(order = %id, error = %e, "could not acknowledge a checkout step");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Saga {
+    async fn order(&self, id: &OrderId, command: OrderCommand) -> Result<OrderView, BusError> {
+        self.bus.request(&OrderRequest::new(id.clone(), command).correlated(id.as_str())).await
+    }
+
+    /// Runs the step the order's current status calls for.
+    async fn step(&self, id: &OrderId) -> Result<(), StepError> {
+        let order = match self.order(id, OrderCommand::Get).await {
+            Ok(o) => o,
+            Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownOrder => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match order.status {
+            OrderStatus::Pending => self.reserve(&order).await,
+            OrderStatus::Reserved if !order.payment_authorized => self.authorize(&order).await,
+            OrderStatus::Reserved => self.capture(&order).await,
+            OrderStatus::Paid => self.commit(&order).await,
+            OrderStatus::Confirmed | OrderStatus::Cancelled => Ok(()),
+        }
+    }
+
+    fn reservation(id: &OrderId) -> ReservationId {
+        // An order id is a valid reservation id (`ord-` and 32 hex digits).
+        ReservationId::parse(id.as_str()).unwrap_or_else(|_| unreachable!("order ids are tokens"))
+    }
+
+    fn total(order: &OrderView) -> Money {
+        Money { amount: order.total, currency: order.currency }
+    }
+
+    /// Holds every line's stock, all or nothing.
+    async fn reserve(&self, order: &OrderView) -> Result<(), StepError> {
+        let reservation = Self::reservation(&order.id);
+        let expires_at = OffsetDateTime::now_utc() + self.settings.reservation_ttl;
+        for line in &order.lines {
+            let quantity = Quantity::try_from(i64::from(line.quantity)).map_err(BusError::Rejected)?;
+            let command = StockCommand::Reserve {
+                reservation: reservation.clone(),
+                quantity,
+                expires_at: Some(expires_at),
+            };
+            let request = StockRequest::new(line.sku.clone(), command).correlated(order.id.as_str());
+            match self.bus.request(&request).await {
+                Ok(_) => {}
+                Err(BusError::Rejected(e)) => {
+                    tracing::info!(order = %order.id, sku = %line.sku, reason = %e, "a line could not be reserved");
+                    return self.cancel(order, CancelReason::OutOfStock).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.order(&order.id, OrderCommand::RecordReserved).await?;
+        Ok(())
+    }
+
+    /// Retries a payment call on provider failures until the payment deadline.
+    async fn with_deadline<T, F>(&self, mut call: impl FnMut() -> F) -> Result<T, PaymentError>
+    where
+        F: std::future::Future<Output = Result<T, PaymentError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.payment_timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = tokio::time::timeout(remaining, call()).await;
+            match result {
+                Ok(Err(PaymentError::Unavailable(e))) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(error = %e, "payment provider failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Ok(r) => return r,
+                Err(_) => {
+                    return Err(PaymentError::Unavailable("no answer before the payment deadline".into()));
+                }
+            }
+        }
+    }
+
+    async fn authorize(&self, order: &OrderView) -> Result<(), StepError> {
+        let Some(method) = order.payment_method.clone() else { return Ok(()) };
+        let key = format!("{}-authorize", order.id);
+        let result = self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await;
+        match result {
+            Ok(payment) => {
+                self.order(&order.id, OrderCommand::RecordAuthorized { payment }).await?;
+                Ok(())
+            }
+            Err(e) => {
+                // A timed-out authorisation that did happen at the provider lapses there
+                // uncaptured; nothing is charged.
+                let reason = match e {
+                    PaymentError::Declined => CancelReason::PaymentDeclined,
+                    PaymentError::InsufficientFunds => CancelReason::InsufficientFunds,
+                    PaymentError::Unavailable(_) => CancelReason::PaymentFailed,
+                };
+                self.cancel(order, reason).await
+            }
+        }
+    }
+
+    async fn capture(&self, order: &OrderView) -> Result<(), StepError> {
+        let Some(payment) = order.payment.clone() else { return Ok(()) };
+        let key = format!("{}-capture", order.id);
+        match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
+            Ok(()) => {
+                self.order(&order.id, OrderCommand::RecordCaptured).await?;
+                Ok(())
+            }
+            Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
+            Err(e) => {
+                self.void(order, &payment).await?;
+                self.cancel(
+                    order,
+                    if e == PaymentError::InsufficientFunds {
+                        CancelReason::InsufficientFunds
+                    } else {
+                        CancelReason::PaymentDeclined
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    /// Sells the held stock; if it lapsed meanwhile, the money goes back.
+    async fn commit(&self, order: &OrderView) -> Result<(), StepError> {
+        let reservation = Self::reservation(&order.id);
+        for line in &order.lines {
+            let request = StockRequest::new(
+                line.sku.clone(),
+                StockCommand::Commit { reservation: reservation.clone() },
+            )
+            .correlated(order.id.as_str());
+            match self.bus.request(&request).await {
+                Ok(_) => {}
+                Err(BusError::Rejected(e)) => {
+                    tracing::warn!(order = %order.id, sku = %line.sku, reason = %e, "held stock lapsed before the sale");
+                    let payment = order.payment.clone().unwrap_or_default();
+                    let key = format!("{}-refund", order.id);
+                    self.with_deadline(|| self.gateway.refund(&payment, Self::total(order), &key))
+                        .await
+                        .map_err(StepError::Payment)?;
+                    return self.cancel(order, CancelReason::ReservationLapsed).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.order(&order.id, OrderCommand::Confirm).await?;
+        Ok(())
+    }
+
+    async fn void(&self, order: &OrderView, payment: &str) -> Result<(), StepError> {
+        let key = format!("{}-void", order.id);
+        self.with_deadline(|| self.gateway.void(payment, &key)).await.map_err(StepError::Payment)
+    }
+
+    /// Gives back every line's held stock, then records the cancellation.
+    async fn cancel(&self, order: &OrderView, reason: CancelReason) -> Result<(), StepError> {
+        let reservation = Self::reservation(&order.id);
+        for line in &order.lines {
+            let request = StockRequest::new(
+                line.sku.clone(),
+                StockCommand::Release { reservation: reservation.clone() },
+            )
+            .correlated(order.id.as_str());
+            match self.bus.request(&request).await {
+                // Never reserved, or released already: nothing to give back.
+                Ok(_) | Err(BusError::Rejected(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.order(&order.id, OrderCommand::Cancel { reason }).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,443 @@
+//! The order saga: an order entity whose events are the checkout's progress. It decides
+//! which step may be recorded when; the steps themselves (reserving stock, taking payment)
+//! are run by the node's saga driver, each idempotent by the order id.
+//!
+//! `pending → reserved → paid → confirmed`, or `cancelled` with a reason once everything done
+//! so far has been compensated.
+
+use crate::entity::{Entity, Request};
+use crate::error::{ErrorCode, ReplyError};
+use crate::event::Fold;
+use crate::ids::{Sku, UserId};
+use crate::product::{Currency, Money, ProductId};
+use crate::subject::EntityKind;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use time::OffsetDateTime;
+
+/// An order's id, assigned by Souk at checkout.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "ord-0c6f8b1f5d0e4a7c9a7e2d3b4c5d6e7f")]
+pub struct OrderId(String);
+
+impl OrderId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        Self(format!("ord-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Validates `s`: `ord-` and 32 lower-case hex digits.
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        let hex = s.strip_prefix("ord-").unwrap_or("");
+        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ReplyError::new(ErrorCode::UnknownOrder, "no such order"))
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for OrderId {
+    type Error = ReplyError;
+    fn try_from(s: String) -> Result<Self, ReplyError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<OrderId> for String {
+    fn from(id: OrderId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> ReplyError {
+    ReplyError::new(ErrorCode::InvalidInput, detail)
+}
+
+/// Where an order ships.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// Recipient, 1–100 characters.
+    pub name: String,
+    /// Street and number, 1–200 characters.
+    pub line1: String,
+    /// More of the address, up to 200 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<String>,
+    /// City, 1–100 characters.
+    pub city: String,
+    /// Postal code, 1–20 characters.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2 country code, e.g. `DE`.
+    #[schema(example = "DE", pattern = "^[A-Z]{2}$")]
+    pub country: String,
+}
+
+impl Address {
+    /// Checks every field's length and the country code.
+    pub fn validate(&self) -> Result<(), ReplyError> {
+        let fields = [
+            ("name", Some(&self.name), 1, 100),
+            ("line1", Some(&self.line1), 1, 200),
+            ("line2", self.line2.as_ref(), 0, 200),
+            ("city", Some(&self.city), 1, 100),
+            ("postal_code", Some(&self.postal_code), 1, 20),
+        ];
+        for (name, value, min, max) in fields {
+            if let Some(v) = value {
+                let n = v.trim().chars().count();
+                if n < min || n > max || v.chars().any(char::is_control) {
+                    return Err(invalid(format!(
+                        "shipping_address.{name} must be {min} to {max} characters"
+                    )));
+                }
+            }
+        }
+        if self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("shipping_address.country must be an ISO 3166-1 alpha-2 code such as DE"));
+        }
+        Ok(())
+    }
+}
+
+/// One line of an order, priced at checkout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderLine {
+    /// The variant.
+    #[schema(value_type = String)]
+    pub sku: Sku,
+    /// Its product.
+    pub product: ProductId,
+    /// The product's title at checkout.
+    pub title: String,
+    /// Units.
+    pub quantity: u32,
+    /// Unit price charged.
+    pub unit_price: Money,
+}
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Placed; stock not yet reserved.
+    Pending,
+    /// Every line's stock is held.
+    Reserved,
+    /// The payment is captured.
+    Paid,
+    /// The stock is sold: the order will ship.
+    Confirmed,
+    /// Stopped, with everything done so far compensated.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Confirmed or cancelled: the saga has nothing left to do.
+    pub const fn is_final(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Cancelled)
+    }
+}
+
+/// Why an order was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// A line's stock could not be reserved.
+    OutOfStock,
+    /// The payment was declined.
+    PaymentDeclined,
+    /// The card has insufficient funds.
+    InsufficientFunds,
+    /// The payment provider failed or did not answer in time.
+    PaymentFailed,
+    /// The stock held for the order lapsed before it was sold.
+    ReservationLapsed,
+}
+
+/// What an order's placement carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The customer.
+    pub customer: UserId,
+    /// The lines.
+    pub lines: Vec<OrderLine>,
+    /// Where it ships.
+    pub shipping_address: Address,
+    /// The payment provider's token for the payment method (never a card number).
+    pub payment_method: String,
+    /// Sum of the lines, minor units.
+    pub total: i64,
+    /// The order's currency.
+    pub currency: Currency,
+}
+
+/// A command to one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OrderCommand {
+    /// Place the order. The same placement again changes nothing.
+    Place {
+        /// What is ordered.
+        placement: Box<Placement>,
+    },
+    /// Every line's stock is held (reservation id: the order id).
+    RecordReserved,
+    /// The payment is authorised under this provider reference.
+    RecordAuthorized {
+        /// The provider's payment reference.
+        payment: String,
+    },
+    /// The payment is captured.
+    RecordCaptured,
+    /// The reservations are committed: the order is confirmed.
+    Confirm,
+    /// Everything done so far is compensated: the order ends cancelled.
+    Cancel {
+        /// Why.
+        reason: CancelReason,
+    },
+    /// Read it.
+    Get,
+}
+
+/// A request to an order over the bus.
+pub type OrderRequest = Request<OrderState>;
+
+/// Something that happened to an order. Serialized as `{"type": "order.…", "data": {…}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum OrderEvent {
+    /// The order was placed (status `pending`).
+    #[serde(rename = "order.placed")]
+    Placed {
+        /// What is ordered.
+        #[serde(flatten)]
+        placement: Box<Placement>,
+    },
+    /// Every line's stock is held (status `reserved`).
+    #[serde(rename = "order.reserved")]
+    Reserved {},
+    /// The payment was authorised.
+    #[serde(rename = "order.payment_authorized")]
+    PaymentAuthorized {
+        /// The provider's payment reference.
+        payment: String,
+    },
+    /// The payment was captured (status `paid`).
+    #[serde(rename = "order.paid")]
+    Paid {},
+    /// The stock is sold (status `confirmed`).
+    #[serde(rename = "order.confirmed")]
+    Confirmed {},
+    /// The order stopped; every earlier step was compensated (status `cancelled`).
+    #[serde(rename = "order.cancelled")]
+    Cancelled {
+        /// Why.
+        reason: CancelReason,
+    },
+}
+
+/// An order's state, folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
+    /// What was placed; `None` before placement.
+    pub placement: Option<Placement>,
+    /// Where it stands.
+    pub status: Option<OrderStatus>,
+    /// The provider's payment reference, once authorised.
+    pub payment: Option<String>,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<CancelReason>,
+    /// Events applied.
+    pub version: u64,
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderView {
+    /// The order id.
+    pub id: OrderId,
+    /// The customer.
+    #[schema(value_type = String)]
+    pub customer: UserId,
+    /// Where it stands.
+    pub status: OrderStatus,
+    /// The lines.
+    pub lines: Vec<OrderLine>,
+    /// Sum of the lines, minor units.
+    pub total: i64,
+    /// Currency.
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    /// Where it ships.
+    pub shipping_address: Address,
+    /// Whether a payment is authorised.
+    pub payment_authorized: bool,
+    /// The payment method's token: for the saga only; [`OrderView::public`] removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub payment_method: Option<String>,
+    /// The provider's payment reference: for the saga only; [`OrderView::public`] removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub payment: Option<String>,
+    /// Why it was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+    /// The order's version: one per event.
+    pub version: u64,
+}
+
+impl OrderState {
+    fn placed(&self) -> Result<(&Placement, OrderStatus), ReplyError> {
+        match (&self.placement, self.status) {
+            (Some(p), Some(s)) => Ok((p, s)),
+            _ => Err(ReplyError::new(ErrorCode::UnknownOrder, "no such order")),
+        }
+    }
+}
+
+fn conflict(status: OrderStatus, what: &str) -> ReplyError {
+    ReplyError::new(ErrorCode::OrderConflict, format!("a {status:?} order cannot {what}").to_lowercase())
+}
+
+impl Fold for OrderState {
+    type Event = OrderEvent;
+
+    fn apply(&mut self, event: &OrderEvent) {
+        self.version += 1;
+        match event {
+            OrderEvent::Placed { placement } => {
+                self.placement = Some(placement.as_ref().clone());
+                self.status = Some(OrderStatus::Pending);
+            }
+            OrderEvent::Reserved {} => self.status = Some(OrderStatus::Reserved),
+            OrderEvent::PaymentAuthorized { payment } => self.payment = Some(payment.clone()),
+            OrderEvent::Paid {} => self.status = Some(OrderStatus::Paid),
+            OrderEvent::Confirmed {} => self.status = Some(OrderStatus::Confirmed),
+            OrderEvent::Cancelled { reason } => {
+                self.status = Some(OrderStatus::Cancelled);
+                self.cancel_reason = Some(*reason);
+            }
+        }
+    }
+}
+
+impl Entity for OrderState {
+    const KIND: EntityKind = EntityKind::Order;
+    type Id = OrderId;
+    type Command = OrderCommand;
+    type View = OrderView;
+
+    fn id_str(id: &OrderId) -> &str {
+        id.as_str()
+    }
+
+    fn decide(
+        &self,
+        _id: &OrderId,
+        cmd: &OrderCommand,
+        _now: OffsetDateTime,
+    ) -> Result<Vec<OrderEvent>, ReplyError> {
+        use OrderStatus as S;
+        if let OrderCommand::Place { placement } = cmd {
+            return match &self.placement {
+                None => {
+                    if placement.lines.is_empty() {
+                        return Err(invalid("an order needs at least one line"));
+                    }
+                    placement.shipping_address.validate()?;
+                    Ok(vec![OrderEvent::Placed { placement: placement.clone() }])
+                }
+                Some(p) if p == placement.as_ref() => Ok(Vec::new()),
+                Some(_) => {
+                    Err(ReplyError::new(ErrorCode::OrderConflict, "this order was placed with other content"))
+                }
+            };
+        }
+        let (_, status) = self.placed()?;
+        // A step recorded again (a redelivered saga step) changes nothing.
+        let events = match cmd {
+            OrderCommand::Place { .. } | OrderCommand::Get => Vec::new(),
+            OrderCommand::RecordReserved => match status {
+                S::Pending => vec![OrderEvent::Reserved {}],
+                S::Reserved | S::Paid | S::Confirmed => Vec::new(),
+                S::Cancelled => return Err(conflict(status, "be reserved")),
+            },
+            OrderCommand::RecordAuthorized { payment } => match (status, &self.payment) {
+                (S::Reserved, None) => vec![OrderEvent::PaymentAuthorized { payment: payment.clone() }],
+                (_, Some(p)) if p == payment => Vec::new(),
+                _ => return Err(conflict(status, "record this payment")),
+            },
+            OrderCommand::RecordCaptured => match (status, &self.payment) {
+                (S::Reserved, Some(_)) => vec![OrderEvent::Paid {}],
+                (S::Paid | S::Confirmed, _) => Vec::new(),
+                _ => return Err(conflict(status, "be paid")),
+            },
+            OrderCommand::Confirm => match status {
+                S::Paid => vec![OrderEvent::Confirmed {}],
+                S::Confirmed => Vec::new(),
+                _ => return Err(conflict(status, "be confirmed")),
+            },
+            OrderCommand::Cancel { reason } => match status {
+                S::Pending | S::Reserved | S::Paid => vec![OrderEvent::Cancelled { reason: *reason }],
+                S::Cancelled => Vec::new(),
+                S::Confirmed => return Err(conflict(status, "be cancelled by the checkout")),
+            },
+        };
+        Ok(events)
+    }
+
+    fn view(&self, id: &OrderId) -> OrderView {
+        let placement = self.placement.clone().unwrap_or_else(|| Placement {
+            customer: UserId::parse("nobody").unwrap_or_else(|_| UserId::generate()),
+            lines: Vec::new(),
+            shipping_address: Address::default(),
+            payment_method: String::new(),
+            total: 0,
+            currency: Currency::NONE,
+        });
+        OrderView {
+            id: id.clone(),
+            customer: placement.customer,
+            status: self.status.unwrap_or(OrderStatus::Pending),
+            lines: placement.lines,
+            total: placement.total,
+            currency: placement.currency,
+            shipping_address: placement.shipping_address,
+            payment_authorized: self.payment.is_some(),
+            payment_method: Some(placement.payment_method).filter(|m| !m.is_empty()),
+            payment: self.payment.clone(),
+            cancel_reason: self.cancel_reason,
+            version: self.version,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl OrderView {
+    /// The view without the payment method and reference, for customers and staff.
+    #[must_use]
+    pub fn public(mut self) -> Self {
+        self.payment_method = None;
+        self.payment = None;
+        self
+    }
+}

@@ -1,0 +1,127 @@
+//! Checkout over HTTP: the cart becomes an order whose saga reserves stock, takes payment and
+//! confirms, or cancels with everything given back.
+
+use crate::cart::{add, customer};
+use crate::catalog::{body, create, product, staff_node};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use souk_testkit::eventually;
+use std::time::Duration;
+
+fn address() -> Value {
+    json!({"name": "Ada Lovelace", "line1": "1 Analytical Way", "city": "London", "postal_code": "N1 7AA", "country": "GB"})
+}
+
+async fn checkout(c: &Client, base: &str, key: Option<&str>, body: &Value) -> Response {
+    let mut r = c.post(format!("{base}/v1/checkout")).json(body);
+    if let Some(k) = key {
+        r = r.header("idempotency-key", k);
+    }
+    r.send().await.expect("checkout")
+}
+
+async fn settled(c: &Client, base: &str, id: &str) -> Value {
+    eventually("the order to settle", Duration::from_secs(30), || async {
+        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        matches!(o["status"].as_str(), Some("confirmed" | "cancelled")).then_some(o)
+    })
+    .await
+}
+
+async fn stock(staff: &Client, base: &str, sku: &str) -> Value {
+    body(staff.get(format!("{base}/v1/inventory/{sku}")).send().await.expect("stock"), StatusCode::OK).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one_order() {
+    let (_nats, node, http, staff) = staff_node().await;
+    let base = node.url();
+    let r = create(&staff, base, &product("lamp", "Desk lamp", "", "LAMP-1", 4500, "active")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r =
+        staff.post(format!("{base}/v1/inventory/LAMP-1/restock")).json(&json!({"quantity": 10})).send().await;
+    assert_eq!(r.expect("restock").status(), StatusCode::OK);
+    eventually("the lamp on sale", Duration::from_secs(10), || async {
+        let r = http.get(format!("{base}/v1/products/lamp")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    let ada = customer(&http, base, "ada@checkout.test").await;
+
+    // Bad input changes nothing: no order, the cart as it was.
+    let good = json!({"shipping_address": address(), "payment_method": "pm_card_visa"});
+    let p = body(checkout(&ada, base, Some("k-empty"), &good).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(p["code"], "invalid_input", "an empty cart: {p}");
+    body(add(&ada, base, None, "LAMP-1", 2).await, StatusCode::OK).await;
+    let mut no_country = good.clone();
+    no_country["shipping_address"]["country"] = json!("Britain");
+    let mut card_number = good.clone();
+    card_number["payment_method"] = json!("4242424242424242");
+    for (key, b) in [(None, &good), (Some("k-bad"), &no_country), (Some("k-bad"), &card_number)] {
+        let r = checkout(&ada, base, key, b).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{key:?} {b}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let r = ada
+        .post(format!("{base}/v1/checkout"))
+        .header("idempotency-key", "k-x")
+        .json(&json!({"payment_method": "pm_card_visa"}))
+        .send()
+        .await;
+    assert_eq!(r.expect("checkout").status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let cart: Value =
+        ada.get(format!("{base}/v1/cart")).send().await.expect("cart").json().await.expect("json");
+    assert_eq!(cart["item_count"], 2, "the cart is untouched");
+
+    // The happy path: placed (201), then confirmed; the stock is sold; the cart is empty.
+    let placed = body(checkout(&ada, base, Some("k-1"), &good).await, StatusCode::CREATED).await;
+    let id = placed["id"].as_str().expect("id").to_owned();
+    assert_eq!((placed["total"].as_i64(), placed["status"].as_str()), (Some(9000), Some("pending")));
+    assert!(placed.get("payment_method").is_none() && placed.get("payment").is_none());
+    let done = settled(&ada, base, &id).await;
+    assert_eq!(done["status"], "confirmed", "{done}");
+    let s = stock(&staff, base, "LAMP-1").await;
+    assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(8), Some(0)));
+    let cart: Value =
+        ada.get(format!("{base}/v1/cart")).send().await.expect("cart").json().await.expect("json");
+    assert_eq!(cart["item_count"], 0);
+
+    // A retry with the same key and body is the same order; another body under it is refused.
+    let again = body(checkout(&ada, base, Some("k-1"), &good).await, StatusCode::OK).await;
+    assert_eq!(again["id"], id.as_str());
+    let mut other = good.clone();
+    other["shipping_address"]["city"] = json!("Paris");
+    let p = body(checkout(&ada, base, Some("k-1"), &other).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(p["code"], "idempotency_key_reused");
+
+    // Another customer cannot see it.
+    let bob = customer(&http, base, "bob@checkout.test").await;
+    let r = bob.get(format!("{base}/v1/orders/{id}")).send().await.expect("get");
+    assert_eq!(body(r, StatusCode::NOT_FOUND).await["code"], "unknown_order");
+
+    // Each failing sandbox card ends the order cancelled with its stock back.
+    for (card, reason) in [
+        ("pm_card_chargeDeclined", "payment_declined"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_gatewayError", "payment_failed"),
+    ] {
+        body(add(&ada, base, None, "LAMP-1", 3).await, StatusCode::OK).await;
+        let b = json!({"shipping_address": address(), "payment_method": card});
+        let placed = body(checkout(&ada, base, Some(card), &b).await, StatusCode::CREATED).await;
+        let done = settled(&ada, base, placed["id"].as_str().expect("id")).await;
+        assert_eq!(
+            (done["status"].as_str(), done["cancel_reason"].as_str()),
+            (Some("cancelled"), Some(reason)),
+            "{card}"
+        );
+        let s = stock(&staff, base, "LAMP-1").await;
+        assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(8), Some(0)), "{card}: stock back");
+    }
+
+    // More than there is: cancelled as out of stock, nothing held.
+    body(add(&ada, base, None, "LAMP-1", 9).await, StatusCode::OK).await;
+    let placed = body(checkout(&ada, base, Some("k-big"), &good).await, StatusCode::CREATED).await;
+    let done = settled(&ada, base, placed["id"].as_str().expect("id")).await;
+    assert_eq!(done["cancel_reason"], "out_of_stock");
+    assert_eq!(stock(&staff, base, "LAMP-1").await["reserved"], 0);
+}
