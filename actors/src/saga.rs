@@ -1,8 +1,9 @@
 //! The checkout saga's driver. Every order event is a message on one durable consumer that
 //! all nodes share; receiving one means "run the order's next step". A step reads the order,
 //! does its work (reserve stock, authorise, capture, commit), and records the result as the
-//! order's next event, which in turn triggers the step after it. A node that dies mid-step
-//! leaves its message unacknowledged: after the ack wait another node runs the step again.
+//! order's next event, which in turn triggers the step after it. A running step keeps its
+//! message with progress acks; a node that dies mid-step stops sending them, and after the
+//! ack wait another node runs the step again.
 //! Every step is idempotent by the order id (reservation id, payment keys), and the order
 //! entity ignores a result it already has, so a repeated step changes nothing.
 
@@ -25,6 +26,11 @@ use tokio::sync::{Semaphore, watch};
 const CONSUMER: &str = "souk_checkout";
 /// Steps one node runs at once.
 const PARALLEL: usize = 256;
+/// How long a step's message stays with a node that stops answering for it: a node that
+/// dies mid-step has its step run by another node this long after its last sign of life.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How often a running step tells the server it is still at work.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
 /// How the saga behaves.
 #[derive(Debug, Clone)]
@@ -65,7 +71,6 @@ pub async fn run(
 }
 
 async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
-    let ack_wait = saga.settings.payment_timeout * 2 + Duration::from_secs(20);
     let consumer = jet
         .events
         .get_or_create_consumer(
@@ -75,8 +80,8 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
                 filter_subject: Subjects.kind_events(EntityKind::Order),
                 deliver_policy: DeliverPolicy::All,
                 ack_policy: AckPolicy::Explicit,
-                // Longer than any step: a step still running must not be handed to another node.
-                ack_wait,
+                // Short, because a running step keeps its message with progress acks.
+                ack_wait: ACK_WAIT,
                 max_ack_pending: 4 * PARALLEL as i64,
                 ..Default::default()
             },
@@ -101,7 +106,20 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
         let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
         let saga = saga.clone();
         tokio::spawn(async move {
-            let outcome = saga.step(&id).await;
+            let step = saga.step(&id);
+            tokio::pin!(step);
+            let mut progress =
+                tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut step => break r,
+                    _ = progress.tick() => {
+                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                            tracing::debug!(order = %id, error = %e, "could not extend a running step");
+                        }
+                    }
+                }
+            };
             let ack = match outcome {
                 Ok(()) => msg.ack().await,
                 Err(e) => {

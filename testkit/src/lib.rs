@@ -25,7 +25,11 @@ pub const CLUSTER_SETTINGS: &[(&str, &str)] = &[
     ("SOUK_SHARDS_STOCK", "16"),
     ("SOUK_SHARDS_USER", "16"),
     ("SOUK_SHARDS_PRODUCT", "16"),
+    ("SOUK_SHARDS_CART", "16"),
+    ("SOUK_SHARDS_ORDER", "16"),
     ("SOUK_LEASE_TTL", "2s"),
+    // Failing payments give up sooner; the saga's ack wait follows (2 × this + 20 s).
+    ("SOUK_PAYMENT_TIMEOUT", "2s"),
     ("SOUK_ARGON2_MEMORY_KIB", "1024"),
     ("SOUK_ARGON2_ITERATIONS", "1"),
 ];

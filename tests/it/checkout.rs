@@ -3,6 +3,7 @@
 
 use crate::cart::{add, customer};
 use crate::catalog::{body, create, product, staff_node};
+use futures::StreamExt as _;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use souk_testkit::eventually;
@@ -124,4 +125,116 @@ async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one
     let done = settled(&ada, base, placed["id"].as_str().expect("id")).await;
     assert_eq!(done["cancel_reason"], "out_of_stock");
     assert_eq!(stock(&staff, base, "LAMP-1").await["reserved"], 0);
+}
+
+/// A lamp with `stock` units on sale, created through `staff` at `base`, visible at `shop`.
+async fn lamp_on_sale(staff: &Client, base: &str, shop: &str, sku: &str, stock: i64) {
+    let slug = sku.to_lowercase();
+    let r = create(staff, base, &product(&slug, "Hot lamp", "", sku, 1000, "active")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = staff
+        .post(format!("{base}/v1/inventory/{sku}/restock"))
+        .json(&json!({"quantity": stock}))
+        .send()
+        .await;
+    assert_eq!(r.expect("restock").status(), StatusCode::OK);
+    let http = Client::new();
+    eventually("the lamp on sale", Duration::from_secs(10), || async {
+        let r = http.get(format!("{shop}/v1/products/{slug}")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_checkouts_of_a_hundred_units_through_two_nodes_confirm_exactly_a_hundred() {
+    let nats = souk_testkit::NatsServer::start();
+    let a = souk_testkit::SoukNode::start(crate::bin(), nats.url(), &[]).expect("node a");
+    let b = souk_testkit::SoukNode::start(crate::bin(), nats.url(), &[]).expect("node b");
+    let http = Client::new();
+    crate::ready(&http, &a).await;
+    crate::ready(&http, &b).await;
+    let staff = souk_testkit::admin_http(a.url()).await;
+    lamp_on_sale(&staff, a.url(), b.url(), "HOT-LAMP", 100).await;
+
+    let orders = futures::stream::iter(0..300)
+        .map(|i| {
+            let (http, base) = (http.clone(), if i % 2 == 0 { a.url() } else { b.url() }.to_owned());
+            async move {
+                let c = customer(&http, &base, &format!("hot{i}@checkout.test")).await;
+                body(add(&c, &base, None, "HOT-LAMP", 1).await, StatusCode::OK).await;
+                let b = json!({"shipping_address": address(), "payment_method": "pm_card_visa"});
+                let placed = body(checkout(&c, &base, Some("hot"), &b).await, StatusCode::CREATED).await;
+                (c, base, placed["id"].as_str().expect("id").to_owned())
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let mut confirmed = 0;
+    for (c, base, id) in &orders {
+        let o = settled(c, base, id).await;
+        match (o["status"].as_str(), o["cancel_reason"].as_str()) {
+            (Some("confirmed"), _) => confirmed += 1,
+            (Some("cancelled"), Some("out_of_stock")) => {}
+            other => panic!("order {id} ended {other:?}"),
+        }
+    }
+    assert_eq!(confirmed, 100, "exactly the stock is sold");
+    let s = stock(&staff, a.url(), "HOT-LAMP").await;
+    assert_eq!(
+        (s["on_hand"].as_u64(), s["reserved"].as_u64(), s["available"].as_u64()),
+        (Some(0), Some(0), Some(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_whose_node_is_killed_mid_payment_finishes_on_the_other_node_once() {
+    let nats = souk_testkit::NatsServer::start();
+    // Node a waits long for the slow provider; it is alone when the payments start, so every
+    // saga step is running on it when it is killed.
+    let mut a = souk_testkit::SoukNode::start(crate::bin(), nats.url(), &[("SOUK_PAYMENT_TIMEOUT", "60s")])
+        .expect("node a");
+    let http = Client::new();
+    crate::ready(&http, &a).await;
+    let staff = souk_testkit::admin_http(a.url()).await;
+    lamp_on_sale(&staff, a.url(), a.url(), "SLOW-LAMP", 5).await;
+    let c = customer(&http, a.url(), "slow@checkout.test").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        body(add(&c, a.url(), None, "SLOW-LAMP", 1).await, StatusCode::OK).await;
+        let b = json!({"shipping_address": address(), "payment_method": "pm_card_slow"});
+        let placed =
+            body(checkout(&c, a.url(), Some(&format!("slow-{i}")), &b).await, StatusCode::CREATED).await;
+        ids.push(placed["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        eventually("the stock held and the payment under way", Duration::from_secs(20), || async {
+            let o: Value =
+                c.get(format!("{}/v1/orders/{id}", a.url())).send().await.ok()?.json().await.ok()?;
+            (o["status"] == "reserved").then_some(())
+        })
+        .await;
+    }
+    let b = souk_testkit::SoukNode::start(crate::bin(), nats.url(), &[]).expect("node b");
+    crate::ready(&http, &b).await;
+    a.kill();
+
+    // Node b takes the steps over once their ack wait passes; its payment deadline (2 s) ends
+    // each saga cancelled, once (placed, reserved, cancelled: version 3), stock given back.
+    for id in &ids {
+        let o = eventually("the saga to finish on the survivor", Duration::from_secs(60), || async {
+            let o: Value =
+                c.get(format!("{}/v1/orders/{id}", b.url())).send().await.ok()?.json().await.ok()?;
+            (o["status"] == "cancelled").then_some(o)
+        })
+        .await;
+        assert_eq!(
+            (o["cancel_reason"].as_str(), o["version"].as_u64()),
+            (Some("payment_failed"), Some(3)),
+            "{o}"
+        );
+    }
+    let s = stock(&staff, b.url(), "SLOW-LAMP").await;
+    assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)));
 }
