@@ -152,7 +152,17 @@ impl Saga {
             OrderStatus::Reserved if !order.payment_authorized => self.authorize(&order).await,
             OrderStatus::Reserved => self.capture(&order).await,
             OrderStatus::Paid => self.commit(&order).await,
-            OrderStatus::Confirmed | OrderStatus::Cancelled => Ok(()),
+            OrderStatus::Confirmed if order.cancel_requested.is_some() => self.undo_sale(&order).await,
+            OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
+                if order.refund_pending.is_some() =>
+            {
+                self.refund(&order).await
+            }
+            OrderStatus::Confirmed
+            | OrderStatus::Shipped
+            | OrderStatus::Delivered
+            | OrderStatus::Cancelled
+            | OrderStatus::Refunded => Ok(()),
         }
     }
 
@@ -181,7 +191,7 @@ impl Saga {
                 Ok(_) => {}
                 Err(BusError::Rejected(e)) => {
                     tracing::info!(order = %order.id, sku = %line.sku, reason = %e, "a line could not be reserved");
-                    return self.cancel(order, CancelReason::OutOfStock).await;
+                    return self.cancel(order, CancelReason::OutOfStock, 0).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -231,7 +241,7 @@ impl Saga {
                     PaymentError::InsufficientFunds => CancelReason::InsufficientFunds,
                     PaymentError::Unavailable(_) => CancelReason::PaymentFailed,
                 };
-                self.cancel(order, reason).await
+                self.cancel(order, reason, 0).await
             }
         }
     }
@@ -247,15 +257,12 @@ impl Saga {
             Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
             Err(e) => {
                 self.void(order, &payment).await?;
-                self.cancel(
-                    order,
-                    if e == PaymentError::InsufficientFunds {
-                        CancelReason::InsufficientFunds
-                    } else {
-                        CancelReason::PaymentDeclined
-                    },
-                )
-                .await
+                let reason = if e == PaymentError::InsufficientFunds {
+                    CancelReason::InsufficientFunds
+                } else {
+                    CancelReason::PaymentDeclined
+                };
+                self.cancel(order, reason, 0).await
             }
         }
     }
@@ -278,12 +285,56 @@ impl Saga {
                     self.with_deadline(|| self.gateway.refund(&payment, Self::total(order), &key))
                         .await
                         .map_err(StepError::Payment)?;
-                    return self.cancel(order, CancelReason::ReservationLapsed).await;
+                    return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         self.order(&order.id, OrderCommand::Confirm).await?;
+        Ok(())
+    }
+
+    /// Cancels a confirmed order: the money back, the sold units back on hand.
+    async fn undo_sale(&self, order: &OrderView) -> Result<(), StepError> {
+        let Some(reason) = order.cancel_requested else { return Ok(()) };
+        let left = order.total - order.refunded;
+        if left > 0 {
+            let payment = order.payment.clone().unwrap_or_default();
+            let key = format!("{}-cancel-refund", order.id);
+            let amount = Money { amount: left, currency: order.currency };
+            self.with_deadline(|| self.gateway.refund(&payment, amount, &key))
+                .await
+                .map_err(StepError::Payment)?;
+        }
+        let reservation = Self::reservation(&order.id);
+        for line in &order.lines {
+            let request = StockRequest::new(
+                line.sku.clone(),
+                StockCommand::Return { reservation: reservation.clone() },
+            )
+            .correlated(order.id.as_str());
+            match self.bus.request(&request).await {
+                Ok(_) => {}
+                Err(BusError::Rejected(e)) => {
+                    tracing::warn!(order = %order.id, sku = %line.sku, reason = %e, "sold units could not be put back");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.order(&order.id, OrderCommand::Cancel { reason, refunded: left.max(0) }).await?;
+        Ok(())
+    }
+
+    /// Gives back the refund under way.
+    async fn refund(&self, order: &OrderView) -> Result<(), StepError> {
+        let Some(amount) = order.refund_pending else { return Ok(()) };
+        let payment = order.payment.clone().unwrap_or_default();
+        let key = format!("{}-refund-{}", order.id, order.refunds);
+        let amount = Money { amount, currency: order.currency };
+        self.with_deadline(|| self.gateway.refund(&payment, amount, &key))
+            .await
+            .map_err(StepError::Payment)?;
+        self.order(&order.id, OrderCommand::RecordRefunded { refund: order.refunds }).await?;
         Ok(())
     }
 
@@ -293,7 +344,7 @@ impl Saga {
     }
 
     /// Gives back every line's held stock, then records the cancellation.
-    async fn cancel(&self, order: &OrderView, reason: CancelReason) -> Result<(), StepError> {
+    async fn cancel(&self, order: &OrderView, reason: CancelReason, refunded: i64) -> Result<(), StepError> {
         let reservation = Self::reservation(&order.id);
         for line in &order.lines {
             let request = StockRequest::new(
@@ -307,7 +358,7 @@ impl Saga {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.order(&order.id, OrderCommand::Cancel { reason }).await?;
+        self.order(&order.id, OrderCommand::Cancel { reason, refunded }).await?;
         Ok(())
     }
 }

@@ -180,4 +180,16 @@ impl Checkout {
         }
         Ok(view.public())
     }
+
+    /// Sends `command` to an order the caller may see; answers the order after it.
+    pub async fn command(
+        &self,
+        who: &Principal,
+        id: &str,
+        command: OrderCommand,
+        correlation: &str,
+    ) -> Result<OrderView, ApiError> {
+        let order = self.get(who, id, correlation).await?;
+        Ok(self.order(&order.id, command, correlation).await?.public())
+    }
 }

@@ -137,6 +137,10 @@ pub struct App {
         routes::cart::remove,
         routes::orders::checkout,
         routes::orders::get_one,
+        routes::orders::cancel,
+        routes::orders::ship,
+        routes::orders::deliver,
+        routes::orders::refund,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)

@@ -62,6 +62,11 @@ impl fmt::Display for OrderId {
     }
 }
 
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 fn invalid(detail: impl Into<String>) -> ReplyError {
     ReplyError::new(ErrorCode::InvalidInput, detail)
 }
@@ -141,14 +146,20 @@ pub enum OrderStatus {
     Paid,
     /// The stock is sold: the order will ship.
     Confirmed,
+    /// On its way, with a tracking number.
+    Shipped,
+    /// Received by the customer.
+    Delivered,
     /// Stopped, with everything done so far compensated.
     Cancelled,
+    /// Its whole payment was given back after the sale.
+    Refunded,
 }
 
 impl OrderStatus {
-    /// Confirmed or cancelled: the saga has nothing left to do.
-    pub const fn is_final(self) -> bool {
-        matches!(self, Self::Confirmed | Self::Cancelled)
+    /// The checkout is over: confirmed (or later), or cancelled.
+    pub const fn is_settled(self) -> bool {
+        !matches!(self, Self::Pending | Self::Reserved | Self::Paid)
     }
 }
 
@@ -166,6 +177,10 @@ pub enum CancelReason {
     PaymentFailed,
     /// The stock held for the order lapsed before it was sold.
     ReservationLapsed,
+    /// The customer cancelled it before it shipped.
+    CustomerRequest,
+    /// Staff cancelled it before it shipped.
+    StaffRequest,
 }
 
 /// What an order's placement carries.
@@ -209,6 +224,32 @@ pub enum OrderCommand {
     Cancel {
         /// Why.
         reason: CancelReason,
+        /// Minor units the cancellation gave back (a confirmed order's payment).
+        #[serde(default)]
+        refunded: i64,
+    },
+    /// Ask for a confirmed, unshipped order to be cancelled (the saga refunds the payment and
+    /// puts the stock back, then records `Cancel`).
+    RequestCancel {
+        /// `customer_request` or `staff_request`.
+        reason: CancelReason,
+    },
+    /// Mark it shipped.
+    Ship {
+        /// The carrier's tracking number.
+        tracking: String,
+    },
+    /// Mark it delivered.
+    Deliver,
+    /// Ask for money back (the saga asks the provider, then records `RecordRefunded`).
+    RequestRefund {
+        /// Minor units; the whole remainder when absent.
+        amount: Option<i64>,
+    },
+    /// The provider gave back the pending refund.
+    RecordRefunded {
+        /// Which refund (its number).
+        refund: u32,
     },
     /// Read it.
     Get,
@@ -248,6 +289,40 @@ pub enum OrderEvent {
     Cancelled {
         /// Why.
         reason: CancelReason,
+        /// Minor units the cancellation gave back.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        refunded: i64,
+    },
+    /// Cancelling a confirmed order was asked for; the saga undoes the sale.
+    #[serde(rename = "order.cancel_requested")]
+    CancelRequested {
+        /// Who asked.
+        reason: CancelReason,
+    },
+    /// The order left the warehouse (status `shipped`).
+    #[serde(rename = "order.shipped")]
+    Shipped {
+        /// The carrier's tracking number.
+        tracking: String,
+    },
+    /// The customer received it (status `delivered`).
+    #[serde(rename = "order.delivered")]
+    Delivered {},
+    /// A refund was asked for; the saga asks the provider.
+    #[serde(rename = "order.refund_requested")]
+    RefundRequested {
+        /// Its number, from 1.
+        refund: u32,
+        /// Minor units.
+        amount: i64,
+    },
+    /// The provider gave the money back (status `refunded` once all of it is).
+    #[serde(rename = "order.refunded")]
+    Refunded {
+        /// Its number.
+        refund: u32,
+        /// Minor units.
+        amount: i64,
     },
 }
 
@@ -262,6 +337,21 @@ pub struct OrderState {
     pub payment: Option<String>,
     /// Why it was cancelled.
     pub cancel_reason: Option<CancelReason>,
+    /// A cancellation asked for and not yet done.
+    #[serde(default)]
+    pub cancel_requested: Option<CancelReason>,
+    /// The carrier's tracking number, once shipped.
+    #[serde(default)]
+    pub tracking: Option<String>,
+    /// Minor units given back so far.
+    #[serde(default)]
+    pub refunded: i64,
+    /// The refund asked for and not yet given: its number and amount.
+    #[serde(default)]
+    pub pending_refund: Option<(u32, i64)>,
+    /// Refunds asked for so far.
+    #[serde(default)]
+    pub refunds: u32,
     /// Events applied.
     pub version: u64,
 }
@@ -298,6 +388,21 @@ pub struct OrderView {
     /// Why it was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
+    /// A cancellation under way (the order is still `confirmed` until it is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested: Option<CancelReason>,
+    /// The carrier's tracking number, once shipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// Minor units given back so far.
+    #[serde(default)]
+    pub refunded: i64,
+    /// A refund under way, minor units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_pending: Option<i64>,
+    /// Refunds asked for so far (the one under way is the last).
+    #[serde(default)]
+    pub refunds: u32,
     /// The order's version: one per event.
     pub version: u64,
 }
@@ -329,9 +434,29 @@ impl Fold for OrderState {
             OrderEvent::PaymentAuthorized { payment } => self.payment = Some(payment.clone()),
             OrderEvent::Paid {} => self.status = Some(OrderStatus::Paid),
             OrderEvent::Confirmed {} => self.status = Some(OrderStatus::Confirmed),
-            OrderEvent::Cancelled { reason } => {
+            OrderEvent::Cancelled { reason, refunded } => {
                 self.status = Some(OrderStatus::Cancelled);
                 self.cancel_reason = Some(*reason);
+                self.refunded += refunded;
+                self.cancel_requested = None;
+            }
+            OrderEvent::CancelRequested { reason } => self.cancel_requested = Some(*reason),
+            OrderEvent::Shipped { tracking } => {
+                self.status = Some(OrderStatus::Shipped);
+                self.tracking = Some(tracking.clone());
+            }
+            OrderEvent::Delivered {} => self.status = Some(OrderStatus::Delivered),
+            OrderEvent::RefundRequested { refund, amount } => {
+                self.refunds = *refund;
+                self.pending_refund = Some((*refund, *amount));
+            }
+            OrderEvent::Refunded { amount, .. } => {
+                self.pending_refund = None;
+                self.refunded += amount;
+                let total = self.placement.as_ref().map_or(0, |p| p.total);
+                if self.refunded >= total && self.status != Some(OrderStatus::Cancelled) {
+                    self.status = Some(OrderStatus::Refunded);
+                }
             }
         }
     }
@@ -375,8 +500,8 @@ impl Entity for OrderState {
             OrderCommand::Place { .. } | OrderCommand::Get => Vec::new(),
             OrderCommand::RecordReserved => match status {
                 S::Pending => vec![OrderEvent::Reserved {}],
-                S::Reserved | S::Paid | S::Confirmed => Vec::new(),
                 S::Cancelled => return Err(conflict(status, "be reserved")),
+                _ => Vec::new(),
             },
             OrderCommand::RecordAuthorized { payment } => match (status, &self.payment) {
                 (S::Reserved, None) => vec![OrderEvent::PaymentAuthorized { payment: payment.clone() }],
@@ -385,18 +510,83 @@ impl Entity for OrderState {
             },
             OrderCommand::RecordCaptured => match (status, &self.payment) {
                 (S::Reserved, Some(_)) => vec![OrderEvent::Paid {}],
-                (S::Paid | S::Confirmed, _) => Vec::new(),
-                _ => return Err(conflict(status, "be paid")),
+                (S::Pending | S::Reserved | S::Cancelled, _) => return Err(conflict(status, "be paid")),
+                _ => Vec::new(),
             },
             OrderCommand::Confirm => match status {
                 S::Paid => vec![OrderEvent::Confirmed {}],
-                S::Confirmed => Vec::new(),
-                _ => return Err(conflict(status, "be confirmed")),
+                S::Pending | S::Reserved | S::Cancelled => return Err(conflict(status, "be confirmed")),
+                _ => Vec::new(),
             },
-            OrderCommand::Cancel { reason } => match status {
-                S::Pending | S::Reserved | S::Paid => vec![OrderEvent::Cancelled { reason: *reason }],
+            OrderCommand::Cancel { reason, refunded } => match status {
+                S::Pending | S::Reserved | S::Paid | S::Confirmed
+                    if status != S::Confirmed || self.cancel_requested == Some(*reason) =>
+                {
+                    vec![OrderEvent::Cancelled { reason: *reason, refunded: *refunded }]
+                }
                 S::Cancelled => Vec::new(),
-                S::Confirmed => return Err(conflict(status, "be cancelled by the checkout")),
+                _ => return Err(conflict(status, "be cancelled without a request")),
+            },
+            OrderCommand::RequestCancel { reason } => match status {
+                S::Confirmed if self.cancel_requested.is_some() => Vec::new(),
+                S::Confirmed if self.pending_refund.is_some() || self.refunded > 0 => {
+                    return Err(conflict(status, "be cancelled while it is being refunded"));
+                }
+                S::Confirmed => vec![OrderEvent::CancelRequested { reason: *reason }],
+                S::Cancelled => Vec::new(),
+                S::Pending | S::Reserved | S::Paid => {
+                    return Err(ReplyError::new(
+                        ErrorCode::OrderConflict,
+                        "the checkout is still running; retry in a moment",
+                    ));
+                }
+                S::Shipped | S::Delivered | S::Refunded => {
+                    return Err(conflict(status, "be cancelled: it has shipped; refund it instead"));
+                }
+            },
+            OrderCommand::Ship { tracking } => {
+                let t = tracking.trim();
+                if t.is_empty() || t.len() > 100 || t.chars().any(char::is_control) {
+                    return Err(invalid("tracking must be 1 to 100 characters"));
+                }
+                match status {
+                    S::Confirmed if self.cancel_requested.is_none() => {
+                        vec![OrderEvent::Shipped { tracking: t.to_owned() }]
+                    }
+                    S::Shipped if self.tracking.as_deref() == Some(t) => Vec::new(),
+                    _ => return Err(conflict(status, "be shipped")),
+                }
+            }
+            OrderCommand::Deliver => match status {
+                S::Shipped => vec![OrderEvent::Delivered {}],
+                S::Delivered => Vec::new(),
+                _ => return Err(conflict(status, "be delivered")),
+            },
+            OrderCommand::RequestRefund { amount } => {
+                let (placement, _) = self.placed()?;
+                let left = placement.total - self.refunded;
+                let amount = amount.unwrap_or(left);
+                match status {
+                    S::Confirmed | S::Shipped | S::Delivered if self.cancel_requested.is_none() => {}
+                    _ => return Err(conflict(status, "be refunded")),
+                }
+                if self.pending_refund.is_some() {
+                    return Err(ReplyError::new(
+                        ErrorCode::OrderConflict,
+                        "a refund of this order is under way",
+                    ));
+                }
+                if amount <= 0 || amount > left {
+                    return Err(invalid(format!(
+                        "a refund must be 1 to {left} minor units (what is left to refund)"
+                    )));
+                }
+                vec![OrderEvent::RefundRequested { refund: self.refunds + 1, amount }]
+            }
+            OrderCommand::RecordRefunded { refund } => match self.pending_refund {
+                Some((n, amount)) if n == *refund => vec![OrderEvent::Refunded { refund: n, amount }],
+                _ if *refund <= self.refunds => Vec::new(),
+                _ => return Err(ReplyError::new(ErrorCode::OrderConflict, "no such refund under way")),
             },
         };
         Ok(events)
@@ -423,6 +613,11 @@ impl Entity for OrderState {
             payment_method: Some(placement.payment_method).filter(|m| !m.is_empty()),
             payment: self.payment.clone(),
             cancel_reason: self.cancel_reason,
+            cancel_requested: self.cancel_requested,
+            tracking: self.tracking.clone(),
+            refunded: self.refunded,
+            refund_pending: self.pending_refund.map(|(_, amount)| amount),
+            refunds: self.refunds,
             version: self.version,
         }
     }

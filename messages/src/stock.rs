@@ -81,6 +81,12 @@ pub enum StockCommand {
         /// The reservation to commit.
         reservation: ReservationId,
     },
+    /// Put a sold reservation's units back on hand (an order cancelled after its sale).
+    /// Idempotent.
+    Return {
+        /// The committed reservation.
+        reservation: ReservationId,
+    },
     /// Make the item exist (with nothing on hand) for a product's variant; undoes a
     /// retirement. Idempotent.
     Track {
@@ -207,6 +213,17 @@ pub enum StockEvent {
         #[serde(flatten)]
         levels: Levels,
     },
+    /// A sold reservation's units came back on hand.
+    #[serde(rename = "stock.returned")]
+    Returned {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Units back on hand.
+        quantity: u32,
+        /// Levels after the event.
+        #[serde(flatten)]
+        levels: Levels,
+    },
     /// The SKU became (or is again) a variant of a product.
     #[serde(rename = "stock.tracked")]
     Tracked {
@@ -299,6 +316,7 @@ impl StockEvent {
             | Self::Reserved { levels, .. }
             | Self::Released { levels, .. }
             | Self::Committed { levels, .. }
+            | Self::Returned { levels, .. }
             | Self::Tracked { levels, .. }
             | Self::Retired { levels }
             | Self::Adjusted { levels, .. }
@@ -314,6 +332,7 @@ impl StockEvent {
             Self::Reserved { .. } => "stock.reserved",
             Self::Released { .. } => "stock.released",
             Self::Committed { .. } => "stock.committed",
+            Self::Returned { .. } => "stock.returned",
             Self::Tracked { .. } => "stock.tracked",
             Self::Retired { .. } => "stock.retired",
             Self::Adjusted { .. } => "stock.adjusted",
@@ -333,6 +352,8 @@ pub enum ReservationStatus {
     Released,
     /// Units were sold.
     Committed,
+    /// Units were sold, then came back on hand.
+    Returned,
 }
 
 /// One reservation of a stock item.
@@ -609,7 +630,7 @@ impl StockState {
                         },
                     }]),
                     ReservationStatus::Released => Ok(Vec::new()),
-                    ReservationStatus::Committed => Err(ReplyError::new(
+                    ReservationStatus::Committed | ReservationStatus::Returned => Err(ReplyError::new(
                         ErrorCode::ReservationConflict,
                         format!("reservation {reservation} is already committed"),
                     )),
@@ -630,9 +651,24 @@ impl StockState {
                         },
                     }]),
                     ReservationStatus::Committed => Ok(Vec::new()),
-                    ReservationStatus::Released => Err(ReplyError::new(
+                    ReservationStatus::Released | ReservationStatus::Returned => Err(ReplyError::new(
                         ErrorCode::ReservationConflict,
                         format!("reservation {reservation} was released"),
+                    )),
+                }
+            }
+            StockCommand::Return { reservation } => {
+                let r = self.require_reservation(reservation)?;
+                match r.status {
+                    ReservationStatus::Committed => Ok(vec![StockEvent::Returned {
+                        reservation: reservation.clone(),
+                        quantity: r.quantity,
+                        levels: self.levels_with(self.on_hand + u64::from(r.quantity), self.reserved),
+                    }]),
+                    ReservationStatus::Returned => Ok(Vec::new()),
+                    ReservationStatus::Held | ReservationStatus::Released => Err(ReplyError::new(
+                        ErrorCode::ReservationConflict,
+                        format!("reservation {reservation} was never sold"),
                     )),
                 }
             }
@@ -671,6 +707,9 @@ impl StockState {
             }
             StockEvent::Committed { reservation, .. } => {
                 self.set_status(reservation, ReservationStatus::Committed);
+            }
+            StockEvent::Returned { reservation, .. } => {
+                self.set_status(reservation, ReservationStatus::Returned);
             }
         }
     }

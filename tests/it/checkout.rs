@@ -238,3 +238,83 @@ async fn a_saga_whose_node_is_killed_mid_payment_finishes_on_the_other_node_once
     let s = stock(&staff, b.url(), "SLOW-LAMP").await;
     assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back() {
+    let (_nats, node, http, staff) = staff_node().await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "LIFE-LAMP", 10).await;
+    let c = customer(&http, base, "life@checkout.test").await;
+    let order = |key: &'static str| {
+        let c = c.clone();
+        async move {
+            body(add(&c, base, None, "LIFE-LAMP", 2).await, StatusCode::OK).await;
+            let b = json!({"shipping_address": address(), "payment_method": "pm_card_visa"});
+            let placed = body(checkout(&c, base, Some(key), &b).await, StatusCode::CREATED).await;
+            let id = placed["id"].as_str().expect("id").to_owned();
+            assert_eq!(settled(&c, base, &id).await["status"], "confirmed");
+            id
+        }
+    };
+    let wait_for = |id: String, what: &'static str, check: fn(&Value) -> bool| {
+        let c = c.clone();
+        async move {
+            eventually(what, Duration::from_secs(20), || async {
+                let o: Value =
+                    c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+                check(&o).then_some(o)
+            })
+            .await
+        }
+    };
+
+    // A customer cancels a confirmed order: money back, the two lamps back on hand.
+    let first = order("life-1").await;
+    assert_eq!(stock(&staff, base, "LIFE-LAMP").await["on_hand"], 8);
+    let r = c.post(format!("{base}/v1/orders/{first}/cancel")).send().await.expect("cancel");
+    assert_eq!(body(r, StatusCode::ACCEPTED).await["cancel_requested"], "customer_request");
+    let o = wait_for(first.clone(), "the cancellation", |o| o["status"] == "cancelled").await;
+    assert_eq!((o["cancel_reason"].as_str(), o["refunded"].as_i64()), (Some("customer_request"), Some(2000)));
+    assert_eq!(stock(&staff, base, "LIFE-LAMP").await["on_hand"], 10);
+    let r = c.post(format!("{base}/v1/orders/{first}/cancel")).send().await.expect("cancel again");
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "cancelling twice is cancelling once");
+
+    // Shipped orders are not cancelled but refunded, in parts, never beyond what was paid.
+    let second = order("life-2").await;
+    let r = c.post(format!("{base}/v1/orders/{second}/ship")).json(&json!({"tracking": "X"})).send().await;
+    assert_eq!(r.expect("ship").status(), StatusCode::FORBIDDEN, "customers do not ship");
+    let r = staff.post(format!("{base}/v1/orders/{second}/ship")).json(&json!({"tracking": ""})).send().await;
+    assert_eq!(r.expect("ship").status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = staff
+        .post(format!("{base}/v1/orders/{second}/ship"))
+        .json(&json!({"tracking": "1Z999"}))
+        .send()
+        .await;
+    let shipped = body(r.expect("ship"), StatusCode::OK).await;
+    assert_eq!((shipped["status"].as_str(), shipped["tracking"].as_str()), (Some("shipped"), Some("1Z999")));
+    let r = c.post(format!("{base}/v1/orders/{second}/cancel")).send().await.expect("cancel");
+    assert_eq!(body(r, StatusCode::CONFLICT).await["code"], "order_conflict");
+    let r = staff.post(format!("{base}/v1/orders/{second}/deliver")).send().await.expect("deliver");
+    assert_eq!(body(r, StatusCode::OK).await["status"], "delivered");
+
+    let refund = |amount: Value| staff.post(format!("{base}/v1/orders/{second}/refund")).json(&amount).send();
+    assert_eq!(
+        refund(json!({"amount": 2001})).await.expect("refund").status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        refund(json!({"amount": 0})).await.expect("refund").status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(refund(json!({"amount": 500})).await.expect("refund").status(), StatusCode::ACCEPTED);
+    let o = wait_for(second.clone(), "the partial refund", |o| {
+        o["refunded"] == 500 && o.get("refund_pending").is_none()
+    })
+    .await;
+    assert_eq!(o["status"], "delivered");
+    assert_eq!(refund(json!({})).await.expect("refund").status(), StatusCode::ACCEPTED);
+    let o = wait_for(second.clone(), "the full refund", |o| o["status"] == "refunded").await;
+    assert_eq!(o["refunded"], 2000);
+    let r = refund(json!({"amount": 1})).await.expect("refund");
+    assert_eq!(body(r, StatusCode::CONFLICT).await["code"], "order_conflict", "nothing left to refund");
+}

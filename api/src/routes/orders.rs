@@ -11,14 +11,36 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, post};
+use serde::Deserialize;
 use souk_messages::ErrorCode;
-use souk_messages::order::OrderView;
+use souk_messages::order::{CancelReason, OrderCommand, OrderView};
 
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         Route::new(Method::POST, "/v1/checkout", Access::User, post(checkout)),
         Route::new(Method::GET, "/v1/orders/{id}", Access::User, get(get_one)),
+        Route::new(Method::POST, "/v1/orders/{id}/cancel", Access::User, post(cancel)),
+        Route::new(Method::POST, "/v1/orders/{id}/ship", Access::Staff, post(ship)),
+        Route::new(Method::POST, "/v1/orders/{id}/deliver", Access::Staff, post(deliver)),
+        Route::new(Method::POST, "/v1/orders/{id}/refund", Access::Staff, post(refund)),
     ]
+}
+
+/// `POST /v1/orders/{id}/ship`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipBody {
+    /// The carrier's tracking number, 1–100 characters.
+    pub tracking: String,
+}
+
+/// `POST /v1/orders/{id}/refund`
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// Minor units to give back; everything not yet refunded when absent.
+    #[schema(minimum = 1)]
+    pub amount: Option<i64>,
 }
 
 /// Places an order for the signed-in customer's cart and starts its checkout saga; answers at
@@ -58,4 +80,60 @@ async fn get_one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     Ok(Json(app.checkout.get(&who, &id, &rid.0).await?))
+}
+
+/// Cancels a confirmed order that has not shipped: the saga refunds the payment and puts the
+/// stock back, then the order is `cancelled` (`cancel_requested` shows it under way).
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "Order id")),
+    responses((status = 202, body = OrderView, description = "cancellation under way"), (status = 404, body = Problem), (status = 409, body = Problem, description = "order_conflict: shipped, or the checkout still running")))]
+async fn cancel(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    let reason = if who.is_staff() { CancelReason::StaffRequest } else { CancelReason::CustomerRequest };
+    let order = app.checkout.command(&who, &id, OrderCommand::RequestCancel { reason }, &rid.0).await?;
+    Ok((StatusCode::ACCEPTED, Json(order)))
+}
+
+/// Marks a confirmed order shipped, with its tracking number.
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", request_body = ShipBody, params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn ship(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ShipBody>,
+) -> Result<Json<OrderView>, ApiError> {
+    Ok(Json(app.checkout.command(&who, &id, OrderCommand::Ship { tracking: body.tracking }, &rid.0).await?))
+}
+
+/// Marks a shipped order delivered.
+#[utoipa::path(post, path = "/v1/orders/{id}/deliver", tag = "orders", params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn deliver(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    Ok(Json(app.checkout.command(&who, &id, OrderCommand::Deliver, &rid.0).await?))
+}
+
+/// Gives money back, all or part, never more than was paid; the provider is asked by the
+/// saga (`refund_pending` shows it under way, `refunded` the total given back).
+#[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders", request_body = RefundBody, params(("id" = String, Path, description = "Order id")),
+    responses((status = 202, body = OrderView, description = "refund under way"), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem, description = "an amount beyond what is left to refund")))]
+async fn refund(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<RefundBody>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    let order =
+        app.checkout.command(&who, &id, OrderCommand::RequestRefund { amount: body.amount }, &rid.0).await?;
+    Ok((StatusCode::ACCEPTED, Json(order)))
 }
