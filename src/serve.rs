@@ -142,6 +142,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         users: read_models.users,
         catalog,
         catalog_repo: read_models.catalog,
+        orders: read_models.orders,
         checkout: souk_api::checkout::Checkout::new(
             bus.clone(),
             carts.clone(),

@@ -127,7 +127,13 @@ impl Node {
                 suffix.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.catalog, suffix, stop.clone())),
+            tokio::spawn(projector::run(
+                deps.jet.clone(),
+                deps.read_models.catalog,
+                suffix.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.orders, suffix, stop.clone())),
             tokio::spawn(saga::run(
                 deps.jet.clone(),
                 deps.bus.clone(),

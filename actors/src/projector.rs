@@ -6,13 +6,17 @@
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
 use souk_messages::event::{Commit, Event};
+use souk_messages::order::{OrderEvent, OrderId};
 use souk_messages::product::{ProductEvent, ProductId};
 use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_messages::user::UserEvent;
 use souk_messages::{Sku, UserId};
 use souk_nats::Jet;
-use souk_storage::{CatalogRepo, ProductEvents, StockChange, StockRepo, StorageError, UserEvents, UserRepo};
+use souk_storage::{
+    CatalogRepo, OrderEvents, OrderRepo, ProductEvents, StockChange, StockRepo, StorageError, UserEvents,
+    UserRepo,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
@@ -217,6 +221,23 @@ impl Projection for CatalogRepo {
                 .map(|(id, events)| ProductEvents { id, events })
                 .collect();
         CatalogRepo::apply(self, &batch, last_seq).await
+    }
+}
+
+impl Projection for OrderRepo {
+    const KIND: EntityKind = EntityKind::Order;
+
+    fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        OrderRepo::checkpoint(self)
+    }
+
+    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+        let batch: Vec<OrderEvents> =
+            by_entity::<OrderEvent, OrderId>(EntityKind::Order, records, |s| OrderId::parse(s).ok())
+                .into_iter()
+                .map(|(id, events)| OrderEvents { id, events })
+                .collect();
+        OrderRepo::apply(self, &batch, last_seq).await
     }
 }
 

@@ -76,6 +76,8 @@ pub struct App {
     pub carts: cart::Carts,
     /// Checkouts and orders.
     pub checkout: checkout::Checkout,
+    /// The orders read model.
+    pub orders: souk_storage::OrderRepo,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
     /// How long a reservation holds when the request does not say.
@@ -137,6 +139,8 @@ pub struct App {
         routes::cart::remove,
         routes::orders::checkout,
         routes::orders::get_one,
+        routes::orders::list_own,
+        routes::orders::list_all,
         routes::orders::cancel,
         routes::orders::ship,
         routes::orders::deliver,

@@ -95,6 +95,15 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS stock_next_expiry ON stock FIELDS next_expiry;
     ",
     ),
+    (
+        5,
+        r"
+    DEFINE TABLE IF NOT EXISTS orders SCHEMALESS;
+    DEFINE INDEX IF NOT EXISTS orders_oid ON orders FIELDS oid UNIQUE;
+    DEFINE INDEX IF NOT EXISTS orders_customer ON orders FIELDS customer;
+    DEFINE INDEX IF NOT EXISTS orders_placed ON orders FIELDS placed_ns;
+    ",
+    ),
 ];
 
 /// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to

@@ -8,15 +8,18 @@
 //! - [`db`]: connect (`mem://`, `surrealkv://path`, `ws://host`) and migrate.
 //! - [`stock`]: the `stock` read model and its projection checkpoint.
 //! - [`catalog`]: the `product` read model: browse, filter, search, availability.
+//! - [`order`]: the `orders` read model: customers' order lists, the staff's order search.
 //! - [`user`]: the `users` read model, for the admin user list and search.
 
 pub mod catalog;
 pub mod db;
+pub mod order;
 pub mod stock;
 pub mod user;
 
 pub use catalog::{CatalogPage, CatalogQuery, CatalogRepo, CatalogRow, ProductEvents, Sort};
 pub use db::{Db, DbSettings, connect, migrate};
+pub use order::{OrderEvents, OrderPage, OrderQuery, OrderRepo};
 pub use stock::{StockChange, StockRepo};
 pub use user::{UserEvents, UserRepo};
 
@@ -29,6 +32,8 @@ pub struct ReadModels {
     pub users: UserRepo,
     /// The product catalog.
     pub catalog: CatalogRepo,
+    /// Orders.
+    pub orders: OrderRepo,
 }
 
 impl ReadModels {
@@ -39,7 +44,8 @@ impl ReadModels {
         Self {
             stock: StockRepo::shared(db.clone()),
             users: UserRepo::new(db.clone()),
-            catalog: CatalogRepo::new(db),
+            catalog: CatalogRepo::new(db.clone()),
+            orders: OrderRepo::new(db),
         }
     }
 }

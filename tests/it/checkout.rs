@@ -317,4 +317,40 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
     assert_eq!(o["refunded"], 2000);
     let r = refund(json!({"amount": 1})).await.expect("refund");
     assert_eq!(body(r, StatusCode::CONFLICT).await["code"], "order_conflict", "nothing left to refund");
+
+    // The customer's order list (from the read model), newest first, in pages.
+    let listed = eventually("both orders listed as they are now", Duration::from_secs(20), || async {
+        let page: Value = c.get(format!("{base}/v1/orders")).send().await.ok()?.json().await.ok()?;
+        let statuses: Vec<&str> =
+            page["items"].as_array()?.iter().filter_map(|o| o["status"].as_str()).collect();
+        (statuses == ["refunded", "cancelled"]).then_some(page)
+    })
+    .await;
+    assert_eq!(listed["items"][0]["id"], second.as_str());
+    let first_page =
+        body(c.get(format!("{base}/v1/orders?limit=1")).send().await.expect("page"), StatusCode::OK).await;
+    let next = first_page["next"].as_str().expect("next");
+    let second_page = body(
+        c.get(format!("{base}/v1/orders?limit=1&after={next}")).send().await.expect("page"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(second_page["items"][0]["id"], first.as_str());
+    let r = c.get(format!("{base}/v1/orders?customer=usr-x")).send().await.expect("list");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = c.get(format!("{base}/v1/staff/orders")).send().await.expect("list");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "customers see only their own");
+    let other = customer(&http, base, "other@checkout.test").await;
+    let page = body(other.get(format!("{base}/v1/orders")).send().await.expect("list"), StatusCode::OK).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0));
+
+    // Staff find every order, by status.
+    let page = body(
+        staff.get(format!("{base}/v1/staff/orders?status=refunded")).send().await.expect("list"),
+        StatusCode::OK,
+    )
+    .await;
+    let ids: Vec<&str> =
+        page["items"].as_array().expect("items").iter().filter_map(|o| o["id"].as_str()).collect();
+    assert_eq!(ids, [second.as_str()]);
 }

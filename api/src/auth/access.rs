@@ -207,7 +207,7 @@ mod tests {
             if e.path.starts_with("/v1/admin") {
                 assert_eq!(e.access, Access::Admin, "{} {}", e.method, e.path);
             }
-            if e.path.starts_with("/v1/inventory") {
+            if e.path.starts_with("/v1/inventory") || e.path.starts_with("/v1/staff") {
                 assert!(e.access >= Access::Staff, "{} {}", e.method, e.path);
             }
             if e.path.starts_with("/v1/me") {

@@ -4,26 +4,94 @@ use crate::AppState;
 use crate::auth::access::{Access, Principal};
 use crate::checkout::{CheckoutBody, valid_key};
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use souk_messages::ErrorCode;
-use souk_messages::order::{CancelReason, OrderCommand, OrderView};
+use serde::{Deserialize, Serialize};
+use souk_messages::order::{CancelReason, OrderCommand, OrderStatus, OrderView};
+use souk_messages::{ErrorCode, UserId};
+use souk_storage::OrderQuery;
 
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         Route::new(Method::POST, "/v1/checkout", Access::User, post(checkout)),
+        Route::new(Method::GET, "/v1/orders", Access::User, get(list_own)),
+        Route::new(Method::GET, "/v1/staff/orders", Access::Staff, get(list_all)),
         Route::new(Method::GET, "/v1/orders/{id}", Access::User, get(get_one)),
         Route::new(Method::POST, "/v1/orders/{id}/cancel", Access::User, post(cancel)),
         Route::new(Method::POST, "/v1/orders/{id}/ship", Access::Staff, post(ship)),
         Route::new(Method::POST, "/v1/orders/{id}/deliver", Access::Staff, post(deliver)),
         Route::new(Method::POST, "/v1/orders/{id}/refund", Access::Staff, post(refund)),
     ]
+}
+
+/// `GET /v1/orders` and `GET /v1/staff/orders` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Only this customer's orders (staff list only).
+    #[param(value_type = Option<String>)]
+    pub customer: Option<UserId>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 100; default 20.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+}
+
+/// A page of orders, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderList {
+    /// The orders.
+    pub items: Vec<OrderView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+async fn page(app: &AppState, q: ListQuery, customer: Option<UserId>) -> Result<Json<OrderList>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) || q.after.as_ref().is_some_and(|a| a.len() > 100) {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidInput,
+            "limit must be 1 to 100 and after a cursor from next",
+        ));
+    }
+    let query = OrderQuery { customer, status: q.status, after: q.after, limit };
+    let page = app.orders.list(&query).await?;
+    Ok(Json(OrderList { items: page.items, next: page.next }))
+}
+
+/// The signed-in customer's orders, newest first (from the read model: an order placed a
+/// moment ago may take a fraction of a second to appear).
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, body = OrderList), (status = 422, body = Problem)))]
+async fn list_own(
+    State(app): State<AppState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<OrderList>, ApiError> {
+    if q.customer.is_some() {
+        return Err(ApiError::invalid(ErrorCode::InvalidInput, "customer is a filter of /v1/staff/orders"));
+    }
+    page(&app, q, Some(who.user)).await
+}
+
+/// Every order, newest first, by status and customer.
+#[utoipa::path(get, path = "/v1/staff/orders", tag = "orders", params(ListQuery),
+    responses((status = 200, body = OrderList), (status = 422, body = Problem)))]
+async fn list_all(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<OrderList>, ApiError> {
+    let customer = q.customer.clone();
+    page(&app, q, customer).await
 }
 
 /// `POST /v1/orders/{id}/ship`

@@ -1,0 +1,164 @@
+//! The `orders` read model: one row per order, for customers' order lists and the staff's
+//! order search. Rows are folded from order events with the entity's own fold.
+
+use crate::{Db, StorageError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use souk_messages::UserId;
+use souk_messages::event::Event;
+use souk_messages::order::{OrderEvent, OrderId, OrderState, OrderStatus, OrderView};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The projection name under which the order projector records its checkpoint.
+const PROJECTION: &str = "order";
+
+/// One order's events in a projected batch, in stream order.
+#[derive(Debug, Clone)]
+pub struct OrderEvents {
+    /// The order.
+    pub id: OrderId,
+    /// Its events, each with the stream sequence of its commit.
+    pub events: Vec<(u64, Event<OrderEvent>)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OrderRow {
+    oid: String,
+    customer: String,
+    status: OrderStatus,
+    /// RFC 3339, as the fold records it.
+    placed_at: String,
+    /// Unix nanoseconds: the order of the list (RFC 3339 strings do not sort by time).
+    placed_ns: i64,
+    seq: u64,
+    state: OrderState,
+}
+
+/// Which orders a page shows.
+#[derive(Debug, Clone, Default)]
+pub struct OrderQuery {
+    /// Only this customer's.
+    pub customer: Option<UserId>,
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Where the previous page ended (its `next`).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A page of orders, newest first.
+#[derive(Debug, Clone)]
+pub struct OrderPage {
+    /// The orders.
+    pub items: Vec<OrderView>,
+    /// The cursor of the next page, if the page is full.
+    pub next: Option<String>,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt { table: "orders", detail: e.to_string() }
+}
+
+/// The orders table. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OrderRepo {
+    db: Arc<Db>,
+}
+
+impl OrderRepo {
+    /// The repository over a shared handle.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    /// Folds each order's events into its row and advances the checkpoint, in one
+    /// transaction. Already-applied versions are skipped, so replays are harmless.
+    pub async fn apply(&self, batch: &[OrderEvents], checkpoint: u64) -> Result<(), StorageError> {
+        let ids: Vec<&str> = batch.iter().map(|o| o.id.as_str()).collect();
+        let mut res =
+            self.db.query("SELECT * OMIT id FROM orders WHERE oid IN $ids").bind(("ids", ids)).await?;
+        let existing: Vec<serde_json::Value> = res.take(0)?;
+        let mut rows: HashMap<String, OrderRow> = HashMap::new();
+        for v in existing {
+            let row: OrderRow = serde_json::from_value(v).map_err(corrupt)?;
+            rows.insert(row.oid.clone(), row);
+        }
+        let mut out = Vec::new();
+        for order in batch {
+            let row = rows.remove(order.id.as_str());
+            let mut state = row.as_ref().map(|r| r.state.clone()).unwrap_or_default();
+            let mut placed_at = row.as_ref().map(|r| r.placed_at.clone());
+            let mut seq = row.as_ref().map_or(0, |r| r.seq);
+            if !crate::fold_new(&mut state, &mut placed_at, &mut seq, &order.events) {
+                continue;
+            }
+            let (Some(placement), Some(status)) = (&state.placement, state.status) else { continue };
+            let placed_at = placed_at.unwrap_or_default();
+            let placed_ns =
+                time::OffsetDateTime::parse(&placed_at, &time::format_description::well_known::Rfc3339)
+                    .map_or(0, |t| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX));
+            let row = OrderRow {
+                oid: order.id.to_string(),
+                customer: placement.customer.to_string(),
+                status,
+                placed_ns,
+                placed_at,
+                seq,
+                state,
+            };
+            let mut value = serde_json::to_value(&row).map_err(corrupt)?;
+            value["id"] = json!(row.oid);
+            out.push(value);
+        }
+        const UPSERT: &str = r"INSERT INTO orders $rows ON DUPLICATE KEY UPDATE
+                    customer = $input.customer, status = $input.status, placed_at = $input.placed_at, placed_ns = $input.placed_ns,
+                    seq = $input.seq, state = $input.state;";
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+    }
+
+    /// The last stream sequence the projection has applied; 0 for an empty database.
+    pub async fn checkpoint(&self) -> Result<u64, StorageError> {
+        crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// A page of orders, newest first. Cursors are `<placed_ns>|<order id>`.
+    pub async fn list(&self, q: &OrderQuery) -> Result<OrderPage, StorageError> {
+        let (after_at, after_id) = match q.after.as_deref().and_then(|a| a.rsplit_once('|')) {
+            Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
+            None => (i64::MAX, String::new()),
+        };
+        let mut res = self
+            .db
+            .query(
+                r"SELECT * OMIT id FROM orders
+                  WHERE ($customer = '' OR customer = $customer)
+                    AND ($status = '' OR status = $status)
+                    AND ($after_id = '' OR placed_ns < $after_at OR (placed_ns = $after_at AND oid < $after_id))
+                  ORDER BY placed_ns DESC, oid DESC LIMIT $limit",
+            )
+            .bind(json!({
+                "customer": q.customer.as_ref().map_or("", UserId::as_str),
+                "status": q.status.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or(json!("")),
+                "after_at": after_at,
+                "after_id": after_id,
+                "limit": q.limit,
+            }))
+            .await?;
+        let rows: Vec<serde_json::Value> = res.take(0)?;
+        let rows: Vec<OrderRow> =
+            rows.into_iter().map(|v| serde_json::from_value(v).map_err(corrupt)).collect::<Result<_, _>>()?;
+        let next = (rows.len() == q.limit as usize)
+            .then(|| rows.last().map(|r| format!("{}|{}", r.placed_ns, r.oid)))
+            .flatten();
+        let items = rows
+            .into_iter()
+            .filter_map(|r| {
+                let id = OrderId::parse(&r.oid).ok()?;
+                Some(souk_messages::Entity::view(&r.state, &id).public())
+            })
+            .collect();
+        Ok(OrderPage { items, next })
+    }
+}
