@@ -48,6 +48,9 @@ pub enum ApiError {
     /// 500: an account bucket failed.
     #[error(transparent)]
     Kv(#[from] souk_nats::KvError),
+    /// 500: the event store failed.
+    #[error(transparent)]
+    Store(#[from] souk_nats::StoreError),
     /// 429: too many failed attempts; retry after the duration.
     #[error("throttled for {0:?}")]
     Throttled(std::time::Duration),
@@ -101,7 +104,7 @@ impl ApiError {
                 ErrorCode::RateLimited,
                 Some(format!("too many requests; retry in {} s", retry_secs(*wait))),
             ),
-            Self::Bus(_) | Self::Storage(_) | Self::Kv(_) | Self::Internal(_) => {
+            Self::Bus(_) | Self::Storage(_) | Self::Kv(_) | Self::Store(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
             }
         }

@@ -13,6 +13,7 @@
 //! - [`cart`]: cart commands checked against the storefront, carts priced now.
 //! - [`checkout`]: the cart becomes an order, once per idempotency key.
 //! - [`import`]: bulk product import (JSON lines, CSV).
+//! - [`live`]: order status as it changes, for WebSocket and SSE clients.
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
@@ -25,6 +26,7 @@ pub mod checkout;
 pub mod error;
 pub mod extract;
 pub mod import;
+pub mod live;
 pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
@@ -141,6 +143,8 @@ pub struct App {
         routes::orders::get_one,
         routes::orders::list_own,
         routes::orders::list_all,
+        routes::live::ws,
+        routes::live::events,
         routes::orders::cancel,
         routes::orders::ship,
         routes::orders::deliver,

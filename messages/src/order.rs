@@ -326,6 +326,43 @@ pub enum OrderEvent {
     },
 }
 
+impl OrderEvent {
+    /// The status this event puts the order in, when it decides one on its own (a refund
+    /// ends in `refunded` only when it completes the total, which the event alone does not tell).
+    pub const fn status(&self) -> Option<OrderStatus> {
+        match self {
+            Self::Placed { .. } => Some(OrderStatus::Pending),
+            Self::Reserved {} => Some(OrderStatus::Reserved),
+            Self::Paid {} => Some(OrderStatus::Paid),
+            Self::Confirmed {} => Some(OrderStatus::Confirmed),
+            Self::Cancelled { .. } => Some(OrderStatus::Cancelled),
+            Self::Shipped { .. } => Some(OrderStatus::Shipped),
+            Self::Delivered {} => Some(OrderStatus::Delivered),
+            Self::PaymentAuthorized { .. }
+            | Self::CancelRequested { .. }
+            | Self::RefundRequested { .. }
+            | Self::Refunded { .. } => None,
+        }
+    }
+
+    /// The event's `type` on the wire.
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Self::Placed { .. } => "order.placed",
+            Self::Reserved {} => "order.reserved",
+            Self::PaymentAuthorized { .. } => "order.payment_authorized",
+            Self::Paid {} => "order.paid",
+            Self::Confirmed {} => "order.confirmed",
+            Self::Cancelled { .. } => "order.cancelled",
+            Self::CancelRequested { .. } => "order.cancel_requested",
+            Self::Shipped { .. } => "order.shipped",
+            Self::Delivered {} => "order.delivered",
+            Self::RefundRequested { .. } => "order.refund_requested",
+            Self::Refunded { .. } => "order.refunded",
+        }
+    }
+}
+
 /// An order's state, folded from its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderState {

@@ -195,6 +195,44 @@ impl EventStore {
         Ok(out)
     }
 
+    /// Follows commits live, in stream order, each once: one entity's (`id`), or every entity's
+    /// of `kind`; from the start of the history, or after stream sequence `after_seq` (with
+    /// `None`: only commits from now on). An ordered consumer: nothing to acknowledge, and
+    /// a gap (a slow reader, a server change) is closed by resuming where it left off.
+    pub async fn follow(
+        &self,
+        kind: EntityKind,
+        id: Option<&str>,
+        after_seq: Option<u64>,
+    ) -> Result<impl futures::Stream<Item = Result<(u64, bytes::Bytes), StoreError>> + Send + use<>, StoreError>
+    {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+        use futures::StreamExt as _;
+        let subject = id.map_or_else(|| Subjects.kind_events(kind), |id| Subjects.entity_events(kind, id));
+        let deliver_policy = match after_seq {
+            None => DeliverPolicy::New,
+            Some(0) => DeliverPolicy::All,
+            Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+        };
+        let read_err = |subject: &str, e: crate::NatsSource| StoreError::Read(subject.to_owned(), e);
+        let consumer = self
+            .jet
+            .events
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_err(&subject, Box::new(e)))?;
+        let messages = consumer.messages().await.map_err(|e| read_err(&subject, Box::new(e)))?;
+        Ok(messages.map(move |m| {
+            let m = m.map_err(|e| read_err(&subject, Box::new(e)))?;
+            let seq = m.info().map_err(|e| read_err(&subject, e))?.stream_sequence;
+            Ok((seq, m.payload.clone()))
+        }))
+    }
+
     /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs
     /// replay time, so failures are counted and logged, not returned.
     pub async fn save_snapshot<S: Serialize>(&self, kind: EntityKind, id: &str, seq: u64, state: &S) {

@@ -354,3 +354,112 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
         page["items"].as_array().expect("items").iter().filter_map(|o| o["id"].as_str()).collect();
     assert_eq!(ids, [second.as_str()]);
 }
+
+/// A WebSocket to `/v1/ws`, authenticated with `token`.
+async fn socket(base: &str, token: &str) -> Ws {
+    let url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
+    send(&mut ws, json!({"type": "auth", "token": token})).await;
+    assert_eq!(next(&mut ws).await["type"], "ready");
+    ws
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(ws: &mut Ws, v: Value) {
+    use futures::SinkExt as _;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into())).await.expect("send");
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a message in time");
+        match msg.expect("open").expect("frame") {
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                return serde_json::from_str(&t).expect("json");
+            }
+            tokio_tungstenite::tungstenite::Message::Close(_) => return json!({"type": "closed"}),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_after_a_reconnect() {
+    let (_nats, node, http, staff) = staff_node().await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "LIVE-LAMP", 5).await;
+    let password = "a long customer password";
+    let c = customer(&http, base, "live@checkout.test").await;
+    let token = souk_testkit::login(base, "live@checkout.test", password).await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    body(add(&c, base, None, "LIVE-LAMP", 1).await, StatusCode::OK).await;
+    let b = json!({"shipping_address": address(), "payment_method": "pm_card_visa"});
+    let placed = body(checkout(&c, base, Some("live"), &b).await, StatusCode::CREATED).await;
+    let id = placed["id"].as_str().expect("id").to_owned();
+
+    // Every event once, in order, from `pending` to `confirmed`.
+    let mut ws = socket(base, &token).await;
+    send(&mut ws, json!({"type": "subscribe", "order": id, "after": 0})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let mut seen = Vec::new();
+    while seen.last().map(|u: &Value| u["status"].clone()) != Some(json!("confirmed")) {
+        let u = next(&mut ws).await;
+        assert_eq!((u["type"].as_str(), u["order"].as_str()), (Some("update"), Some(id.as_str())), "{u}");
+        seen.push(u);
+    }
+    let versions: Vec<u64> = seen.iter().filter_map(|u| u["version"].as_u64()).collect();
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>(), "once each, in order");
+    assert_eq!(seen[0]["status"], "pending");
+
+    // A reconnect after version 3 gets what it missed, and only that.
+    drop(ws);
+    let mut ws = socket(base, &token).await;
+    send(&mut ws, json!({"type": "subscribe", "order": id, "after": 3})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let missed: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 3..versions.len() {
+            v.push(next(&mut ws).await["version"].as_u64().expect("version"));
+        }
+        v
+    };
+    assert_eq!(missed, (4..=versions.len() as u64).collect::<Vec<_>>());
+
+    // Nobody else's orders; every order only for staff; no socket without a valid token.
+    send(&mut ws, json!({"type": "subscribe_all"})).await;
+    assert_eq!(next(&mut ws).await["code"], "forbidden");
+    let other = customer(&http, base, "peeker@checkout.test").await;
+    drop(other);
+    let peeker = souk_testkit::login(base, "peeker@checkout.test", password).await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let mut theirs = socket(base, &peeker).await;
+    send(&mut theirs, json!({"type": "subscribe", "order": id})).await;
+    assert_eq!(next(&mut theirs).await["code"], "unknown_order");
+    let url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
+    let (mut anon, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
+    send(&mut anon, json!({"type": "auth", "token": "not a token"})).await;
+    assert_eq!(next(&mut anon).await["code"], "unauthorized");
+
+    // Server-Sent Events resume after Last-Event-ID.
+    let r = c
+        .get(format!("{base}/v1/orders/{id}/events"))
+        .header("last-event-id", "4")
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut body_stream = r.bytes_stream();
+    let mut text = String::new();
+    while !text.contains(&format!("id: {}", versions.len())) {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(20), body_stream.next()).await.expect("sse in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("open").expect("chunk")));
+    }
+    assert!(!text.contains("id: 4\n") && !text.contains("id: 1\n"), "only what came after: {text}");
+    assert!(text.contains("event: order"));
+}

@@ -99,6 +99,13 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Principal {
 }
 
 impl Principal {
+    /// The caller an access token names, if it verifies.
+    pub fn from_token(auth: &crate::auth::Auth, token: &str) -> Result<Self, ApiError> {
+        let claims = auth.verify_access(token).map_err(|e| unauthorized(&e.to_string()))?;
+        let user = UserId::parse(claims.sub).map_err(|_| unauthorized("invalid access token"))?;
+        Ok(Self { user, roles: claims.roles, session: claims.sid })
+    }
+
     /// Whether the caller may see and change the whole catalog.
     pub fn is_staff(&self) -> bool {
         Access::Staff.allows(&self.roles)
@@ -128,10 +135,7 @@ pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next
     if access == Access::Public {
         // A public route still learns who a signed-in caller is (staff see more of the
         // catalog); a bad token there is simply ignored.
-        let who = bearer.and_then(|t| app.auth.verify_access(t).ok()).and_then(|c| {
-            Some(Principal { user: UserId::parse(c.sub).ok()?, roles: c.roles, session: c.sid })
-        });
-        if let Some(who) = who {
+        if let Some(who) = bearer.and_then(|t| Principal::from_token(&app.auth, t).ok()) {
             req.extensions_mut().insert(who);
         }
         return next.run(req).await;
@@ -139,21 +143,18 @@ pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next
     let Some(token) = bearer else {
         return unauthorized("this route needs a bearer access token").into_response();
     };
-    let claims = match app.auth.verify_access(token) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(&e.to_string()).into_response(),
+    let who = match Principal::from_token(&app.auth, token) {
+        Ok(who) => who,
+        Err(e) => return e.into_response(),
     };
-    let Ok(user) = UserId::parse(claims.sub) else {
-        return unauthorized("invalid access token").into_response();
-    };
-    if !access.allows(&claims.roles) {
+    if !access.allows(&who.roles) {
         return ApiError::invalid(
             ErrorCode::Forbidden,
             format!("this route needs the {} role", access.as_str()),
         )
         .into_response();
     }
-    req.extensions_mut().insert(Principal { user, roles: claims.roles, session: claims.sid });
+    req.extensions_mut().insert(who);
     next.run(req).await
 }
 

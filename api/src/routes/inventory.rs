@@ -302,8 +302,7 @@ async fn history(
     let commits = app
         .store
         .page(souk_messages::subject::EntityKind::Stock, sku.as_str(), q.after.unwrap_or(0), limit)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .await?;
     let next = (commits.len() == limit).then(|| commits.last().map(|(seq, _)| *seq)).flatten();
     let events = commits.into_iter().flat_map(|(_, events)| events).collect();
     Ok(Json(HistoryPage { events, next }))

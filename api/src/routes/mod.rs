@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod cart;
 pub mod inventory;
+pub mod live;
 pub mod me;
 pub mod ops;
 pub mod orders;
@@ -43,6 +44,7 @@ pub fn all() -> Vec<Route> {
         inventory::routes(),
         cart::routes(),
         orders::routes(),
+        live::routes(),
     ]
     .into_iter()
     .flatten()
