@@ -106,8 +106,14 @@ pub struct Config {
     pub shards_cart: u32,
     /// Shards of orders. Fixed for the life of a cluster.
     pub shards_order: u32,
-    /// The payment provider: `sandbox` (built in; test cards only).
+    /// The payment provider: `sandbox` (built in; test cards only) or `stripe`.
     pub payments: String,
+    /// Stripe's secret API key (`sk_…`), for `payments = "stripe"`.
+    pub stripe_api_key: Option<String>,
+    /// Stripe's API base URL.
+    pub stripe_base_url: String,
+    /// The signing secret of the payment provider's webhooks (`whsec_…`).
+    pub payments_webhook_secret: Option<String>,
     /// How long the checkout waits for one payment step before giving up on it.
     #[serde(with = "humantime_serde")]
     pub payment_timeout: Duration,
@@ -164,6 +170,9 @@ impl Default for Config {
             shards_cart: 64,
             shards_order: 64,
             payments: "sandbox".to_owned(),
+            stripe_api_key: None,
+            stripe_base_url: "https://api.stripe.com".to_owned(),
+            payments_webhook_secret: None,
             payment_timeout: Duration::from_secs(10),
             cart_max_quantity: 99,
             cart_idle_ttl: Duration::from_secs(14 * 24 * 3600),

@@ -143,6 +143,10 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         catalog,
         catalog_repo: read_models.catalog,
         orders: read_models.orders,
+        webhooks: souk_api::webhook::Webhooks::new(
+            cfg.payments_webhook_secret.clone(),
+            JsonKv::new(jet.webhooks.clone()),
+        ),
         checkout: souk_api::checkout::Checkout::new(
             bus.clone(),
             carts.clone(),
@@ -178,9 +182,19 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
 
 /// The configured payment provider.
 fn payment_gateway(cfg: &Config) -> anyhow::Result<Arc<dyn souk_actors::payments::PaymentGateway>> {
+    use souk_actors::payments::{Sandbox, Stripe, StripeSettings};
     match cfg.payments.as_str() {
-        "sandbox" => Ok(Arc::new(souk_actors::payments::Sandbox)),
-        other => anyhow::bail!("payments = {other:?}: the providers are: sandbox"),
+        "sandbox" => Ok(Arc::new(Sandbox)),
+        "stripe" => {
+            let api_key = cfg.stripe_api_key.clone().context("payments = \"stripe\" needs stripe_api_key")?;
+            let settings = StripeSettings {
+                base_url: cfg.stripe_base_url.clone(),
+                api_key,
+                timeout: cfg.payment_timeout,
+            };
+            Ok(Arc::new(Stripe::new(settings).map_err(|e| anyhow::anyhow!("stripe client: {e}"))?))
+        }
+        other => anyhow::bail!("payments = {other:?}: the providers are sandbox and stripe"),
     }
 }
 

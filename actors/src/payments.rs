@@ -106,3 +106,137 @@ impl PaymentGateway for Sandbox {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// How to reach Stripe.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    /// The API's base URL (`https://api.stripe.com`; a local peer in tests).
+    pub base_url: String,
+    /// The secret API key (`sk_…`).
+    pub api_key: String,
+    /// How long one API call may take.
+    pub timeout: Duration,
+}
+
+/// A client of Stripe's PaymentIntents API: authorise is a confirmed PaymentIntent with
+/// manual capture; capture, void (cancel) and refund act on it. Every call carries the
+/// saga's key as Stripe's `Idempotency-Key`, so a repeated call is answered, not repeated.
+#[derive(Debug)]
+pub struct Stripe {
+    http: reqwest::Client,
+    settings: StripeSettings,
+}
+
+/// Stripe's answer: a PaymentIntent or refund (its id), or an error.
+#[derive(Debug, serde::Deserialize)]
+struct StripeReply {
+    id: Option<String>,
+    error: Option<StripeError>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StripeError {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    code: Option<String>,
+    decline_code: Option<String>,
+    message: Option<String>,
+}
+
+impl Stripe {
+    /// A client with its own connection pool.
+    pub fn new(settings: StripeSettings) -> Result<Self, PaymentError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| PaymentError::Unavailable(e.to_string()))?;
+        Ok(Self { http, settings })
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, String)], key: &str) -> Result<String, PaymentError> {
+        let url = format!("{}{path}", self.settings.base_url.trim_end_matches('/'));
+        let res = self
+            .http
+            .post(url)
+            .bearer_auth(&self.settings.api_key)
+            .header("Idempotency-Key", key)
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| PaymentError::Unavailable(e.without_url().to_string()))?;
+        let status = res.status();
+        let reply: StripeReply = res
+            .json()
+            .await
+            .map_err(|e| PaymentError::Unavailable(format!("{status}: {}", e.without_url())))?;
+        match (status.is_success(), reply.id, reply.error) {
+            (true, Some(id), _) => Ok(id),
+            (_, _, Some(e)) if status.is_client_error() && e.kind.as_deref() == Some("card_error") => {
+                if e.decline_code.as_deref() == Some("insufficient_funds")
+                    || e.code.as_deref() == Some("insufficient_funds")
+                {
+                    Err(PaymentError::InsufficientFunds)
+                } else {
+                    Err(PaymentError::Declined)
+                }
+            }
+            (_, _, e) if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                let detail = e.and_then(|e| e.message).unwrap_or_default();
+                tracing::warn!(%status, detail, "Stripe refused a request");
+                Err(PaymentError::Declined)
+            }
+            _ => Err(PaymentError::Unavailable(format!("Stripe answered {status}"))),
+        }
+    }
+}
+
+impl PaymentGateway for Stripe {
+    fn authorize<'a>(
+        &'a self,
+        method: &'a str,
+        amount: Money,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<String, PaymentError>> {
+        Box::pin(async move {
+            let form = [
+                ("amount", amount.amount.to_string()),
+                ("currency", amount.currency.as_str().to_lowercase()),
+                ("payment_method", method.to_owned()),
+                ("confirm", "true".to_owned()),
+                ("capture_method", "manual".to_owned()),
+                ("payment_method_types[]", "card".to_owned()),
+            ];
+            self.post("/v1/payment_intents", &form, key).await
+        })
+    }
+
+    fn capture<'a>(
+        &'a self,
+        payment: &'a str,
+        amount: Money,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            let form = [("amount_to_capture", amount.amount.to_string())];
+            self.post(&format!("/v1/payment_intents/{payment}/capture"), &form, key).await.map(drop)
+        })
+    }
+
+    fn void<'a>(&'a self, payment: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            self.post(&format!("/v1/payment_intents/{payment}/cancel"), &[], key).await.map(drop)
+        })
+    }
+
+    fn refund<'a>(
+        &'a self,
+        payment: &'a str,
+        amount: Money,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            let form = [("payment_intent", payment.to_owned()), ("amount", amount.amount.to_string())];
+            self.post("/v1/refunds", &form, key).await.map(drop)
+        })
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`checkout`]: the cart becomes an order, once per idempotency key.
 //! - [`import`]: bulk product import (JSON lines, CSV).
 //! - [`live`]: order status as it changes, for WebSocket and SSE clients.
+//! - [`webhook`]: signed deliveries from the payment provider.
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
@@ -32,6 +33,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 pub mod storefront;
+pub mod webhook;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -80,6 +82,8 @@ pub struct App {
     pub checkout: checkout::Checkout,
     /// The orders read model.
     pub orders: souk_storage::OrderRepo,
+    /// The payment provider's webhook endpoint.
+    pub webhooks: webhook::Webhooks,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
     /// How long a reservation holds when the request does not say.
@@ -145,6 +149,7 @@ pub struct App {
         routes::orders::list_all,
         routes::live::ws,
         routes::live::events,
+        routes::payments::webhook,
         routes::orders::cancel,
         routes::orders::ship,
         routes::orders::deliver,

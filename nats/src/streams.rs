@@ -31,6 +31,10 @@ pub const THROTTLE_BUCKET: &str = "souk_throttle";
 pub const CHECKOUTS_BUCKET: &str = "souk_checkouts";
 /// How long a checkout's `Idempotency-Key` is remembered.
 pub const CHECKOUT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Payment-provider webhook signatures seen, to refuse replays; kept past the tolerance.
+pub const WEBHOOKS_BUCKET: &str = "souk_webhooks";
+/// How long a webhook signature is remembered: longer than any accepted timestamp's age.
+pub const WEBHOOK_MEMORY: Duration = Duration::from_secs(15 * 60);
 /// How long a login-failure counter lives without a new failure.
 pub const THROTTLE_TTL: Duration = Duration::from_secs(3600);
 
@@ -76,6 +80,8 @@ pub struct Jet {
     pub skus: kv::Store,
     /// Checkout idempotency keys.
     pub checkouts: kv::Store,
+    /// Webhook signatures seen.
+    pub webhooks: kv::Store,
 }
 
 /// Why provisioning failed.
@@ -136,6 +142,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     let slugs = bucket(SLUGS_BUCKET, Duration::ZERO, 1).await?;
     let skus = bucket(SKUS_BUCKET, Duration::ZERO, 1).await?;
     let checkouts = bucket(CHECKOUTS_BUCKET, CHECKOUT_KEY_TTL, 1).await?;
+    let webhooks = bucket(WEBHOOKS_BUCKET, WEBHOOK_MEMORY, 1).await?;
     Ok(Jet {
         js,
         events,
@@ -150,6 +157,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         slugs,
         skus,
         checkouts,
+        webhooks,
     })
 }
 
@@ -176,6 +184,7 @@ pub async fn attach(client: async_nats::Client) -> Result<Jet, ProvisionError> {
         slugs: bucket(SLUGS_BUCKET).await?,
         skus: bucket(SKUS_BUCKET).await?,
         checkouts: bucket(CHECKOUTS_BUCKET).await?,
+        webhooks: bucket(WEBHOOKS_BUCKET).await?,
         js,
     })
 }

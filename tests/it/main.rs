@@ -8,6 +8,7 @@ mod cluster;
 mod failover;
 mod inventory;
 mod layout;
+mod payments;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};

@@ -9,6 +9,7 @@ pub mod live;
 pub mod me;
 pub mod ops;
 pub mod orders;
+pub mod payments;
 pub mod products;
 
 use crate::AppState;
@@ -45,6 +46,7 @@ pub fn all() -> Vec<Route> {
         cart::routes(),
         orders::routes(),
         live::routes(),
+        payments::routes(),
     ]
     .into_iter()
     .flatten()

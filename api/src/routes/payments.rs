@@ -1,0 +1,33 @@
+//! `POST /v1/payments/webhook`: the payment provider's event deliveries.
+
+use crate::AppState;
+use crate::auth::access::Access;
+use crate::error::{ApiError, Problem};
+use crate::routes::Route;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+pub(crate) fn routes() -> Vec<Route> {
+    // Public: the provider signs the body instead of sending a token.
+    vec![Route::new(Method::POST, "/v1/payments/webhook", Access::Public, post(webhook))]
+}
+
+/// Receives a signed event from the payment provider.
+#[utoipa::path(post, path = "/v1/payments/webhook", tag = "orders",
+    params(("Stripe-Signature" = String, Header, description = "t=<unix time>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">")),
+    request_body(content = String, content_type = "application/json"),
+    responses((status = 200, description = "received"), (status = 401, body = Problem, description = "unsigned, wrongly signed, stale or replayed")))]
+async fn webhook(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let event = app.webhooks.verify(signature, &body, time::OffsetDateTime::now_utc()).await?;
+    tracing::info!(event = %event.id, kind = %event.kind, "payment provider event received");
+    Ok(Json(json!({"received": true})))
+}

@@ -1,0 +1,245 @@
+//! Payment providers: the Stripe client against a local peer that checks every request, a
+//! checkout through it, and the signed webhook endpoint.
+
+use crate::cart::{add, customer};
+use crate::catalog::{body, create, product};
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use souk_actors::payments::{PaymentError, PaymentGateway, Stripe, StripeSettings};
+use souk_messages::product::{Currency, Money};
+use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One request the peer received: path, `Authorization`, `Idempotency-Key`, form fields.
+type Seen = (String, String, String, Vec<(String, String)>);
+
+/// A local stand-in for Stripe's API that records what it is sent.
+async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    async fn record(
+        State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+        path: String,
+        headers: HeaderMap,
+        form: Vec<(String, String)>,
+    ) {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        seen.lock().expect("lock").push((path, h("authorization"), h("idempotency-key"), form));
+    }
+    let intents = |State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+                   headers: HeaderMap,
+                   Form(form): Form<Vec<(String, String)>>| async move {
+        let method =
+            form.iter().find(|(k, _)| k == "payment_method").map(|(_, v)| v.clone()).unwrap_or_default();
+        record(State(seen), "/v1/payment_intents".into(), headers, form).await;
+        let declined = |code: &str| {
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                axum::Json(
+                    json!({"error": {"type": "card_error", "code": "card_declined", "decline_code": code}}),
+                ),
+            )
+        };
+        match method.as_str() {
+            "pm_card_visa" => {
+                (StatusCode::OK, axum::Json(json!({"id": "pi_123", "status": "requires_capture"})))
+            }
+            "pm_card_chargeDeclinedInsufficientFunds" => declined("insufficient_funds"),
+            "pm_card_gatewayError" => {
+                (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error"}})))
+            }
+            _ => declined("generic_decline"),
+        }
+    };
+    let on_intent = |State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+                     Path((id, action)): Path<(String, String)>,
+                     headers: HeaderMap,
+                     Form(form): Form<Vec<(String, String)>>| async move {
+        record(State(seen), format!("/v1/payment_intents/{id}/{action}"), headers, form).await;
+        axum::Json(json!({"id": id}))
+    };
+    let refunds = |State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+                   headers: HeaderMap,
+                   Form(form): Form<Vec<(String, String)>>| async move {
+        record(State(seen), "/v1/refunds".into(), headers, form).await;
+        axum::Json(json!({"id": "re_1"}))
+    };
+    let app = axum::Router::new()
+        .route("/v1/payment_intents", post(intents))
+        .route("/v1/payment_intents/{id}/{action}", post(on_intent))
+        .route("/v1/refunds", post(refunds))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+fn field(form: &[(String, String)], name: &str) -> String {
+    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
+    let (url, seen) = stripe_peer().await;
+    let stripe = Stripe::new(StripeSettings {
+        base_url: url,
+        api_key: "sk_test_123".into(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("client");
+    let eur = |amount| Money::new(amount, Currency::parse("EUR").expect("eur")).expect("money");
+
+    assert_eq!(stripe.authorize("pm_card_visa", eur(4500), "ord-1-authorize").await, Ok("pi_123".to_owned()));
+    stripe.capture("pi_123", eur(4500), "ord-1-capture").await.expect("capture");
+    stripe.refund("pi_123", eur(500), "ord-1-refund-1").await.expect("refund");
+    stripe.void("pi_123", "ord-1-void").await.expect("void");
+    assert_eq!(stripe.authorize("pm_card_chargeDeclined", eur(1), "k2").await, Err(PaymentError::Declined));
+    assert_eq!(
+        stripe.authorize("pm_card_chargeDeclinedInsufficientFunds", eur(1), "k3").await,
+        Err(PaymentError::InsufficientFunds)
+    );
+    assert!(matches!(
+        stripe.authorize("pm_card_gatewayError", eur(1), "k4").await,
+        Err(PaymentError::Unavailable(_))
+    ));
+
+    let seen = seen.lock().expect("lock").clone();
+    let (path, auth, key, form) = &seen[0];
+    assert_eq!(
+        (path.as_str(), auth.as_str(), key.as_str()),
+        ("/v1/payment_intents", "Bearer sk_test_123", "ord-1-authorize")
+    );
+    for (name, value) in [
+        ("amount", "4500"),
+        ("currency", "eur"),
+        ("payment_method", "pm_card_visa"),
+        ("confirm", "true"),
+        ("capture_method", "manual"),
+        ("payment_method_types[]", "card"),
+    ] {
+        assert_eq!(field(form, name), value, "{name}");
+    }
+    assert_eq!(
+        (seen[1].0.as_str(), seen[1].2.as_str()),
+        ("/v1/payment_intents/pi_123/capture", "ord-1-capture")
+    );
+    assert_eq!(field(&seen[1].3, "amount_to_capture"), "4500");
+    assert_eq!((seen[2].0.as_str(), seen[2].2.as_str()), ("/v1/refunds", "ord-1-refund-1"));
+    assert_eq!(
+        (field(&seen[2].3, "payment_intent"), field(&seen[2].3, "amount")),
+        ("pi_123".into(), "500".into())
+    );
+    assert_eq!((seen[3].0.as_str(), seen[3].2.as_str()), ("/v1/payment_intents/pi_123/cancel", "ord-1-void"));
+    assert!(seen.iter().all(|s| s.1 == "Bearer sk_test_123"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_through_stripe_authorises_and_captures_once_by_key() {
+    let (url, seen) = stripe_peer().await;
+    let nats = NatsServer::start();
+    let env = [
+        ("SOUK_PAYMENTS", "stripe"),
+        ("SOUK_STRIPE_BASE_URL", url.as_str()),
+        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
+    ];
+    let node = SoukNode::start(crate::bin(), nats.url(), &env).expect("node");
+    let http = http();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+    assert_eq!(
+        create(&staff, base, &product("mug", "Mug", "", "MUG-1", 1200, "active")).await.status(),
+        StatusCode::CREATED
+    );
+    let r =
+        staff.post(format!("{base}/v1/inventory/MUG-1/restock")).json(&json!({"quantity": 3})).send().await;
+    assert_eq!(r.expect("restock").status(), StatusCode::OK);
+    eventually("the mug on sale", Duration::from_secs(10), || async {
+        (http.get(format!("{base}/v1/products/mug")).send().await.ok()?.status() == StatusCode::OK)
+            .then_some(())
+    })
+    .await;
+    let c = customer(&http, base, "stripe@payments.test").await;
+    body(add(&c, base, None, "MUG-1", 2).await, StatusCode::OK).await;
+    let b = json!({"shipping_address": {"name": "A", "line1": "B 1", "city": "C", "postal_code": "1", "country": "DE"}, "payment_method": "pm_card_visa"});
+    let placed = body(
+        c.post(format!("{base}/v1/checkout"))
+            .header("idempotency-key", "s-1")
+            .json(&b)
+            .send()
+            .await
+            .expect("checkout"),
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = placed["id"].as_str().expect("id").to_owned();
+    eventually("the order confirmed", Duration::from_secs(20), || async {
+        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        (o["status"] == "confirmed").then_some(())
+    })
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    let calls: Vec<(&str, &str)> = seen.iter().map(|s| (s.0.as_str(), s.2.as_str())).collect();
+    let (authorize, capture) = (format!("{id}-authorize"), format!("{id}-capture"));
+    assert_eq!(
+        calls,
+        [
+            ("/v1/payment_intents", authorize.as_str()),
+            ("/v1/payment_intents/pi_123/capture", capture.as_str())
+        ]
+    );
+    assert_eq!(field(&seen[0].3, "amount"), "2400");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_need_a_fresh_valid_signature_and_are_taken_once() {
+    let nats = NatsServer::start();
+    let node = SoukNode::start(crate::bin(), nats.url(), &[("SOUK_PAYMENTS_WEBHOOK_SECRET", "whsec_test")])
+        .expect("node");
+    let http = http();
+    crate::ready(&http, &node).await;
+    let url = format!("{}/v1/payments/webhook", node.url());
+    let event =
+        json!({"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_123"}}})
+            .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let deliver = |signature: Option<String>, body: String| {
+        let mut r = http.post(&url).header("content-type", "application/json").body(body);
+        if let Some(s) = signature {
+            r = r.header("stripe-signature", s);
+        }
+        r.send()
+    };
+    let signed =
+        |t: i64, secret: &str| format!("t={t},v1={}", souk_api::webhook::sign(secret, t, event.as_bytes()));
+
+    assert_eq!(
+        deliver(None, event.clone()).await.expect("post").status(),
+        StatusCode::UNAUTHORIZED,
+        "unsigned"
+    );
+    assert_eq!(
+        deliver(Some(signed(now, "whsec_other")), event.clone()).await.expect("post").status(),
+        StatusCode::UNAUTHORIZED,
+        "wrong secret"
+    );
+    assert_eq!(
+        deliver(Some(signed(now - 3600, "whsec_test")), event.clone()).await.expect("post").status(),
+        StatusCode::UNAUTHORIZED,
+        "stale"
+    );
+    let tampered = event.replace("evt_1", "evt_2");
+    assert_eq!(
+        deliver(Some(signed(now, "whsec_test")), tampered).await.expect("post").status(),
+        StatusCode::UNAUTHORIZED,
+        "tampered"
+    );
+    let good = signed(now, "whsec_test");
+    assert_eq!(deliver(Some(good.clone()), event.clone()).await.expect("post").status(), StatusCode::OK);
+    let replay = deliver(Some(good), event.clone()).await.expect("post");
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED, "replayed");
+    assert_eq!(replay.headers()["content-type"], "application/problem+json");
+}
