@@ -1,6 +1,8 @@
-//! `souk load`: a load generator for reservations and catalog browsing against a running node,
+//! `souk load`: a load generator for reservations, catalog browsing and checkouts against a running node,
 //! with the same generator run against a bare axum handler in-process as the ceiling of this
 //! machine.
+
+mod checkout;
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -24,7 +26,8 @@ pub struct LoadArgs {
     /// SKUs to spread reservations over.
     #[arg(long, default_value_t = 1000)]
     pub skus: usize,
-    /// Scenarios to run, comma-separated: spread, hot, ceiling, actors, failover.
+    /// Scenarios to run, comma-separated: spread, hot, ceiling, actors, failover, browse,
+    /// checkout, checkout-hot (`--concurrency` is then the number of virtual customers).
     #[arg(long, default_value = "spread,hot,ceiling", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// For `actors`: how many stock items to make resident.
@@ -110,13 +113,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&failover(&client, &args, pid, &run_id).await?)?);
                 continue;
             }
+            "checkout" | "checkout-hot" => {
+                let summary = checkout::run(&client, &args, scenario == "checkout-hot", &run_id).await?;
+                println!("{}", serde_json::to_string(&summary)?);
+                continue;
+            }
             "browse" => {
                 for summary in browse(&client, &args).await? {
                     println!("{}", serde_json::to_string(&summary)?);
                 }
                 continue;
             }
-            other => bail!("unknown scenario {other}; use spread, hot, ceiling, actors, failover or browse"),
+            other => bail!(
+                "unknown scenario {other}; use spread, hot, ceiling, actors, failover, browse, checkout or checkout-hot"
+            ),
         };
         println!("{}", serde_json::to_string(&summary)?);
     }

@@ -11,11 +11,13 @@ use crate::payments::{PaymentError, PaymentGateway};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
-use souk_messages::order::{CancelReason, OrderCommand, OrderId, OrderRequest, OrderStatus, OrderView};
+use souk_messages::order::{
+    CancelReason, OrderCommand, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView,
+};
 use souk_messages::product::Money;
 use souk_messages::stock::{Quantity, StockCommand, StockRequest};
 use souk_messages::subject::{EntityKind, Subjects};
-use souk_messages::{ErrorCode, ReservationId};
+use souk_messages::{ErrorCode, ReplyError, ReservationId, Sku};
 use souk_nats::{Bus, BusError, Jet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,26 +177,55 @@ impl Saga {
         Money { amount: order.total, currency: order.currency }
     }
 
+    /// Sends one stock command per line, all at once; answers each line's outcome.
+    async fn each_line(
+        &self,
+        order: &OrderView,
+        command: impl Fn(&OrderLine) -> Result<StockCommand, ReplyError>,
+    ) -> Vec<(Sku, Result<(), BusError>)> {
+        let calls = order.lines.iter().map(|line| {
+            let command = command(line);
+            async move {
+                let outcome = match command {
+                    Ok(c) => self
+                        .bus
+                        .request(&StockRequest::new(line.sku.clone(), c).correlated(order.id.as_str()))
+                        .await
+                        .map(drop),
+                    Err(e) => Err(BusError::Rejected(e)),
+                };
+                (line.sku.clone(), outcome)
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// The first rejection among `outcomes`; a bus failure (worth retrying) comes first.
+    fn rejection(outcomes: Vec<(Sku, Result<(), BusError>)>) -> Result<Option<(Sku, ReplyError)>, StepError> {
+        let mut rejected = None;
+        for (sku, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {}
+                Err(BusError::Rejected(e)) => rejected = rejected.or(Some((sku, e))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(rejected)
+    }
+
     /// Holds every line's stock, all or nothing.
     async fn reserve(&self, order: &OrderView) -> Result<(), StepError> {
         let reservation = Self::reservation(&order.id);
-        let expires_at = OffsetDateTime::now_utc() + self.settings.reservation_ttl;
-        for line in &order.lines {
-            let quantity = Quantity::try_from(i64::from(line.quantity)).map_err(BusError::Rejected)?;
-            let command = StockCommand::Reserve {
-                reservation: reservation.clone(),
-                quantity,
-                expires_at: Some(expires_at),
-            };
-            let request = StockRequest::new(line.sku.clone(), command).correlated(order.id.as_str());
-            match self.bus.request(&request).await {
-                Ok(_) => {}
-                Err(BusError::Rejected(e)) => {
-                    tracing::info!(order = %order.id, sku = %line.sku, reason = %e, "a line could not be reserved");
-                    return self.cancel(order, CancelReason::OutOfStock, 0).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let expires_at = Some(OffsetDateTime::now_utc() + self.settings.reservation_ttl);
+        let outcomes = self
+            .each_line(order, |line| {
+                let quantity = Quantity::try_from(i64::from(line.quantity))?;
+                Ok(StockCommand::Reserve { reservation: reservation.clone(), quantity, expires_at })
+            })
+            .await;
+        if let Some((sku, e)) = Self::rejection(outcomes)? {
+            tracing::info!(order = %order.id, %sku, reason = %e, "a line could not be reserved");
+            return self.cancel(order, CancelReason::OutOfStock, 0).await;
         }
         self.order(&order.id, OrderCommand::RecordReserved).await?;
         Ok(())
@@ -224,15 +255,14 @@ impl Saga {
         }
     }
 
+    /// Authorises and, in the same step, captures; a capture that cannot be done now is left
+    /// to the capture step, with the authorisation recorded.
     async fn authorize(&self, order: &OrderView) -> Result<(), StepError> {
         let Some(method) = order.payment_method.clone() else { return Ok(()) };
         let key = format!("{}-authorize", order.id);
         let result = self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await;
-        match result {
-            Ok(payment) => {
-                self.order(&order.id, OrderCommand::RecordAuthorized { payment }).await?;
-                Ok(())
-            }
+        let payment = match result {
+            Ok(payment) => payment,
             Err(e) => {
                 // A timed-out authorisation that did happen at the provider lapses there
                 // uncaptured; nothing is charged.
@@ -241,8 +271,31 @@ impl Saga {
                     PaymentError::InsufficientFunds => CancelReason::InsufficientFunds,
                     PaymentError::Unavailable(_) => CancelReason::PaymentFailed,
                 };
-                self.cancel(order, reason, 0).await
+                return self.cancel(order, reason, 0).await;
             }
+        };
+        let key = format!("{}-capture", order.id);
+        match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
+            Ok(()) => {
+                self.order(&order.id, OrderCommand::RecordPaid { payment }).await?;
+                Ok(())
+            }
+            Err(PaymentError::Unavailable(_)) => {
+                self.order(&order.id, OrderCommand::RecordAuthorized { payment }).await?;
+                Ok(())
+            }
+            Err(e) => {
+                self.void(order, &payment).await?;
+                self.cancel(order, Self::declined(&e), 0).await
+            }
+        }
+    }
+
+    fn declined(e: &PaymentError) -> CancelReason {
+        if *e == PaymentError::InsufficientFunds {
+            CancelReason::InsufficientFunds
+        } else {
+            CancelReason::PaymentDeclined
         }
     }
 
@@ -257,12 +310,7 @@ impl Saga {
             Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
             Err(e) => {
                 self.void(order, &payment).await?;
-                let reason = if e == PaymentError::InsufficientFunds {
-                    CancelReason::InsufficientFunds
-                } else {
-                    CancelReason::PaymentDeclined
-                };
-                self.cancel(order, reason, 0).await
+                self.cancel(order, Self::declined(&e), 0).await
             }
         }
     }
@@ -270,25 +318,22 @@ impl Saga {
     /// Sells the held stock; if it lapsed meanwhile, the money goes back.
     async fn commit(&self, order: &OrderView) -> Result<(), StepError> {
         let reservation = Self::reservation(&order.id);
-        for line in &order.lines {
-            let request = StockRequest::new(
-                line.sku.clone(),
-                StockCommand::Commit { reservation: reservation.clone() },
-            )
-            .correlated(order.id.as_str());
-            match self.bus.request(&request).await {
-                Ok(_) => {}
-                Err(BusError::Rejected(e)) => {
-                    tracing::warn!(order = %order.id, sku = %line.sku, reason = %e, "held stock lapsed before the sale");
-                    let payment = order.payment.clone().unwrap_or_default();
-                    let key = format!("{}-refund", order.id);
-                    self.with_deadline(|| self.gateway.refund(&payment, Self::total(order), &key))
-                        .await
-                        .map_err(StepError::Payment)?;
-                    return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let outcomes =
+            self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await;
+        if let Some((sku, e)) = Self::rejection(outcomes)? {
+            tracing::warn!(order = %order.id, %sku, reason = %e, "held stock lapsed before the sale");
+            let payment = order.payment.clone().unwrap_or_default();
+            let key = format!("{}-refund", order.id);
+            self.with_deadline(|| self.gateway.refund(&payment, Self::total(order), &key))
+                .await
+                .map_err(StepError::Payment)?;
+            // Lines already sold go back on hand, as after a cancellation.
+            let back = self
+                .each_line(order, |_| Ok(StockCommand::Return { reservation: reservation.clone() }))
+                .await;
+            // Lines that were never sold reject the return: nothing to put back.
+            Self::rejection(back)?;
+            return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
         }
         self.order(&order.id, OrderCommand::Confirm).await?;
         Ok(())
@@ -307,19 +352,10 @@ impl Saga {
                 .map_err(StepError::Payment)?;
         }
         let reservation = Self::reservation(&order.id);
-        for line in &order.lines {
-            let request = StockRequest::new(
-                line.sku.clone(),
-                StockCommand::Return { reservation: reservation.clone() },
-            )
-            .correlated(order.id.as_str());
-            match self.bus.request(&request).await {
-                Ok(_) => {}
-                Err(BusError::Rejected(e)) => {
-                    tracing::warn!(order = %order.id, sku = %line.sku, reason = %e, "sold units could not be put back");
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let back =
+            self.each_line(order, |_| Ok(StockCommand::Return { reservation: reservation.clone() })).await;
+        if let Some((sku, e)) = Self::rejection(back)? {
+            tracing::warn!(order = %order.id, %sku, reason = %e, "sold units could not be put back");
         }
         self.order(&order.id, OrderCommand::Cancel { reason, refunded: left.max(0) }).await?;
         Ok(())
@@ -346,18 +382,10 @@ impl Saga {
     /// Gives back every line's held stock, then records the cancellation.
     async fn cancel(&self, order: &OrderView, reason: CancelReason, refunded: i64) -> Result<(), StepError> {
         let reservation = Self::reservation(&order.id);
-        for line in &order.lines {
-            let request = StockRequest::new(
-                line.sku.clone(),
-                StockCommand::Release { reservation: reservation.clone() },
-            )
-            .correlated(order.id.as_str());
-            match self.bus.request(&request).await {
-                // Never reserved, or released already: nothing to give back.
-                Ok(_) | Err(BusError::Rejected(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let released =
+            self.each_line(order, |_| Ok(StockCommand::Release { reservation: reservation.clone() })).await;
+        // A rejection means never reserved, or released already: nothing to give back.
+        Self::rejection(released)?;
         self.order(&order.id, OrderCommand::Cancel { reason, refunded }).await?;
         Ok(())
     }

@@ -218,6 +218,11 @@ pub enum OrderCommand {
     },
     /// The payment is captured.
     RecordCaptured,
+    /// The payment was authorised under this reference and captured, in one step.
+    RecordPaid {
+        /// The provider's payment reference.
+        payment: String,
+    },
     /// The reservations are committed: the order is confirmed.
     Confirm,
     /// Everything done so far is compensated: the order ends cancelled.
@@ -547,6 +552,14 @@ impl Entity for OrderState {
             },
             OrderCommand::RecordCaptured => match (status, &self.payment) {
                 (S::Reserved, Some(_)) => vec![OrderEvent::Paid {}],
+                (S::Pending | S::Reserved | S::Cancelled, _) => return Err(conflict(status, "be paid")),
+                _ => Vec::new(),
+            },
+            OrderCommand::RecordPaid { payment } => match (status, &self.payment) {
+                (S::Reserved, None) => {
+                    vec![OrderEvent::PaymentAuthorized { payment: payment.clone() }, OrderEvent::Paid {}]
+                }
+                (S::Reserved, Some(p)) if p == payment => vec![OrderEvent::Paid {}],
                 (S::Pending | S::Reserved | S::Cancelled, _) => return Err(conflict(status, "be paid")),
                 _ => Vec::new(),
             },
