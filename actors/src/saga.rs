@@ -1,7 +1,8 @@
 //! The checkout saga's driver. Every order event is a message on one durable consumer that
-//! all nodes share; receiving one means "run the order's next step". A step reads the order,
-//! does its work (reserve stock, authorise, capture, commit), and records the result as the
-//! order's next event, which in turn triggers the step after it. A running step keeps its
+//! all nodes share; one that calls for work (a placement, a cancellation or refund request)
+//! makes the receiving node run the order's steps back to back. A step reads the order, does
+//! its work (reserve stock, authorise and capture, commit), and records the result as the
+//! order's next event; the message is acknowledged once the order is at rest. A running step keeps its
 //! message with progress acks; a node that dies mid-step stops sending them, and after the
 //! ack wait another node runs the step again.
 //! Every step is idempotent by the order id (reservation id, payment keys), and the order
@@ -11,8 +12,9 @@ use crate::payments::{PaymentError, PaymentGateway};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
+use souk_messages::event::Commit;
 use souk_messages::order::{
-    CancelReason, OrderCommand, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView,
+    CancelReason, OrderCommand, OrderEvent, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView,
 };
 use souk_messages::product::Money;
 use souk_messages::stock::{Quantity, StockCommand, StockRequest};
@@ -31,6 +33,8 @@ const PARALLEL: usize = 256;
 /// How long a step's message stays with a node that stops answering for it: a node that
 /// dies mid-step has its step run by another node this long after its last sign of life.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+/// The most steps one message runs (a checkout takes four).
+const MAX_STEPS: usize = 10;
 /// How often a running step tells the server it is still at work.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
@@ -105,6 +109,22 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
             msg.ack().await?;
             continue;
         };
+        // The driver runs an order's steps back to back from the event that calls for work;
+        // the events those steps record need nothing more.
+        let calls_for_work = serde_json::from_slice::<Commit<OrderEvent>>(&msg.payload).map_or(true, |c| {
+            c.iter().any(|e| {
+                matches!(
+                    e.body,
+                    OrderEvent::Placed { .. }
+                        | OrderEvent::CancelRequested { .. }
+                        | OrderEvent::RefundRequested { .. }
+                )
+            })
+        });
+        if !calls_for_work {
+            msg.ack().await?;
+            continue;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
         let saga = saga.clone();
         tokio::spawn(async move {
@@ -142,13 +162,28 @@ impl Saga {
         self.bus.request(&OrderRequest::new(id.clone(), command).correlated(id.as_str())).await
     }
 
-    /// Runs the step the order's current status calls for.
+    /// Runs the order's steps one after the other until it is at rest (a step changes
+    /// nothing): the checkout from placement to confirmation, or a cancellation or refund.
     async fn step(&self, id: &OrderId) -> Result<(), StepError> {
-        let order = match self.order(id, OrderCommand::Get).await {
-            Ok(o) => o,
-            Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownOrder => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
+        let mut last = None;
+        for _ in 0..MAX_STEPS {
+            let order = match self.order(id, OrderCommand::Get).await {
+                Ok(o) => o,
+                Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownOrder => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if last == Some(order.version) {
+                return Ok(());
+            }
+            last = Some(order.version);
+            self.step_on(&order).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the step the order's current status calls for.
+    async fn step_on(&self, order: &OrderView) -> Result<(), StepError> {
+        let order = order.clone();
         match order.status {
             OrderStatus::Pending => self.reserve(&order).await,
             OrderStatus::Reserved if !order.payment_authorized => self.authorize(&order).await,
