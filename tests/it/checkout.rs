@@ -343,6 +343,12 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
     let other = customer(&http, base, "other@checkout.test").await;
     let page = body(other.get(format!("{base}/v1/orders")).send().await.expect("list"), StatusCode::OK).await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(0));
+    let r = other.post(format!("{base}/v1/orders/{second}/cancel")).send().await.expect("cancel");
+    assert_eq!(
+        body(r, StatusCode::NOT_FOUND).await["code"],
+        "unknown_order",
+        "nobody cancels another's order"
+    );
 
     // Staff find every order, by status.
     let page = body(
