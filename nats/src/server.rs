@@ -2,6 +2,7 @@
 //! configured, and what the test harness starts for every test.
 
 use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,6 +157,9 @@ impl LocalServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C in the terminal reaches only the node, which
+            // hands its shards off over this server before stopping it.
+            .process_group(0)
             .spawn()?;
         self.child = Some(child);
         let timeout = Duration::from_secs(20);
