@@ -167,11 +167,9 @@ async fn browse(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<Vec
         }
         eprintln!("browse: catalog {} / {} products", ((i + 1) * 500).min(products.len()), products.len());
     }
-    eprintln!(
-        "browse: catalog in place after {:.0} s; letting the read model settle",
-        started.elapsed().as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The storefront lags the import slightly: wait until shoppers see its last product.
+    on_sale(&args.target, slugs.last().context("no products")?).await?;
+    eprintln!("browse: catalog in place after {:.0} s", started.elapsed().as_secs_f64());
     // Shoppers browse without signing in.
     let shopper = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -398,6 +396,17 @@ async fn oversold(client: &reqwest::Client, base: &str, sku: &str, granted: u64)
     let reserved = v["reserved"].as_u64().unwrap_or(u64::MAX);
     let on_hand = v["on_hand"].as_u64().unwrap_or(0);
     Ok(reserved > on_hand || reserved != granted)
+}
+
+/// Waits (up to a minute) until shoppers see the product `slug`.
+async fn on_sale(base: &str, slug: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/v1/products/{slug}")).await?.status().is_success() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the catalog never showed {slug}")
 }
 
 /// Logs in and returns the access token.

@@ -5,7 +5,6 @@
 //! redelivery changes nothing.
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
 use souk_messages::Sku;
 use souk_messages::event::Commit;
@@ -25,22 +24,11 @@ pub async fn run(jet: Jet, bus: Bus, stop: watch::Receiver<bool>) {
 }
 
 async fn follow(jet: &Jet, bus: &Bus, mut stop: watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
-    let consumer = jet
-        .events
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                filter_subject: Subjects.kind_events(EntityKind::Product),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::Explicit,
-                // Short, because the commands are idempotent: an event a crashed node had in
-                // flight goes to another node soon, and a slow repeat changes nothing.
-                ack_wait: Duration::from_secs(10),
-                ..Default::default()
-            },
-        )
-        .await?;
+    // Short, because the commands are idempotent: an event a crashed node had in flight goes
+    // to another node soon, and a slow repeat changes nothing.
+    let consumer =
+        crate::restart::shared_consumer(jet, CONSUMER, EntityKind::Product, Duration::from_secs(10), 1000)
+            .await?;
     let mut messages = consumer.messages().await?;
     loop {
         let next = tokio::select! {

@@ -1,6 +1,10 @@
 //! Background tasks of a node (projectors, followers, the saga driver) run until the node
-//! stops them, starting over after a pause whenever an attempt fails.
+//! stops them, starting over after a pause whenever an attempt fails; those that share work
+//! across the cluster read one durable consumer that every node binds to.
 
+use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
+use souk_messages::subject::{EntityKind, Subjects};
+use souk_nats::Jet;
 use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
@@ -26,4 +30,25 @@ where
             _ = stop.changed() => {}
         }
     }
+}
+
+/// The durable consumer `name` on every event of `kind`, shared by all nodes: each message
+/// goes to one node and comes back to another if it is not acknowledged within `ack_wait`.
+pub(crate) async fn shared_consumer(
+    jet: &Jet,
+    name: &str,
+    kind: EntityKind,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> Result<Consumer<pull::Config>, souk_nats::NatsSource> {
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: Subjects.kind_events(kind),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        ..Default::default()
+    };
+    Ok(jet.events.get_or_create_consumer(name, config).await?)
 }

@@ -10,7 +10,6 @@
 
 use crate::payments::{PaymentError, PaymentGateway};
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
 use souk_messages::event::Commit;
 use souk_messages::order::{
@@ -77,22 +76,10 @@ pub async fn run(
 }
 
 async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
-    let consumer = jet
-        .events
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                filter_subject: Subjects.kind_events(EntityKind::Order),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::Explicit,
-                // Short, because a running step keeps its message with progress acks.
-                ack_wait: ACK_WAIT,
-                max_ack_pending: 4 * PARALLEL as i64,
-                ..Default::default()
-            },
-        )
-        .await?;
+    // Short, because a running step keeps its message with progress acks.
+    let consumer =
+        crate::restart::shared_consumer(jet, CONSUMER, EntityKind::Order, ACK_WAIT, 4 * PARALLEL as i64)
+            .await?;
     let mut messages = consumer.messages().await?;
     let slots = Arc::new(Semaphore::new(PARALLEL));
     loop {
@@ -183,17 +170,16 @@ impl Saga {
 
     /// Runs the step the order's current status calls for.
     async fn step_on(&self, order: &OrderView) -> Result<(), StepError> {
-        let order = order.clone();
         match order.status {
-            OrderStatus::Pending => self.reserve(&order).await,
-            OrderStatus::Reserved if !order.payment_authorized => self.authorize(&order).await,
-            OrderStatus::Reserved => self.capture(&order).await,
-            OrderStatus::Paid => self.commit(&order).await,
-            OrderStatus::Confirmed if order.cancel_requested.is_some() => self.undo_sale(&order).await,
+            OrderStatus::Pending => self.reserve(order).await,
+            OrderStatus::Reserved if !order.payment_authorized => self.authorize(order).await,
+            OrderStatus::Reserved => self.capture(order).await,
+            OrderStatus::Paid => self.commit(order).await,
+            OrderStatus::Confirmed if order.cancel_requested.is_some() => self.undo_sale(order).await,
             OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
                 if order.refund_pending.is_some() =>
             {
-                self.refund(&order).await
+                self.refund(order).await
             }
             OrderStatus::Confirmed
             | OrderStatus::Shipped

@@ -156,13 +156,6 @@ pub enum OrderStatus {
     Refunded,
 }
 
-impl OrderStatus {
-    /// The checkout is over: confirmed (or later), or cancelled.
-    pub const fn is_settled(self) -> bool {
-        !matches!(self, Self::Pending | Self::Reserved | Self::Paid)
-    }
-}
-
 /// Why an order was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

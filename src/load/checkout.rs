@@ -57,14 +57,7 @@ async fn catalog(admin: &reqwest::Client, base: &str, skus: &[String]) -> anyhow
         }
     }
     restock(admin, base, skus, 1_000_000).await?;
-    let last = skus.last().context("no SKUs")?.to_lowercase();
-    for _ in 0..600 {
-        if reqwest::get(format!("{base}/v1/products/{last}")).await?.status().is_success() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the catalog never showed {last}")
+    super::on_sale(base, &skus.last().context("no SKUs")?.to_lowercase()).await
 }
 
 /// Registers and signs in `n` customers; answers a client per customer.

@@ -152,6 +152,8 @@ async fn session(app: AppState, socket: WebSocket) {
                     break;
                 }
             }
+            // A feed that ended (its stream failed) is let go of.
+            Some(_) = feeds.join_next(), if !feeds.is_empty() => {}
         }
     }
     feeds.abort_all();

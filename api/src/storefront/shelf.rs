@@ -332,11 +332,13 @@ impl Shelf {
     }
 
     /// How many products are listed.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.listings.len()
     }
 
     /// Whether nothing is listed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.listings.is_empty()
     }
