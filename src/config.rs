@@ -122,6 +122,80 @@ pub struct Config {
     /// How long a cart may sit unchanged before its lines lapse.
     #[serde(with = "humantime_serde")]
     pub cart_idle_ttl: Duration,
+    /// The shop's name, as its emails and text messages sign.
+    pub shop_name: String,
+    /// The storefront's address, for links in messages (password reset, order pages).
+    pub shop_url: String,
+    /// Email provider: `log` (development: write to the log), `smtp` or `sendgrid`.
+    pub email_provider: String,
+    /// The sender of emails, e.g. `Shop <orders@shop.example>`.
+    pub email_from: String,
+    /// SMTP server host.
+    pub smtp_host: String,
+    /// SMTP server port.
+    pub smtp_port: u16,
+    /// SMTP transport security: `starttls`, `tls` or `none`.
+    pub smtp_security: souk_actors::notify::providers::SmtpSecurity,
+    /// SMTP user name.
+    pub smtp_username: Option<String>,
+    /// SMTP password.
+    pub smtp_password: Option<String>,
+    /// SendGrid API key.
+    pub sendgrid_api_key: Option<String>,
+    /// SendGrid API base URL.
+    pub sendgrid_base_url: String,
+    /// SMS provider: `log` or `twilio`.
+    pub sms_provider: String,
+    /// Twilio account SID.
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token.
+    pub twilio_auth_token: Option<String>,
+    /// The number text messages come from, in international form.
+    #[serde(default, deserialize_with = "text")]
+    pub twilio_from: Option<String>,
+    /// Twilio API base URL.
+    pub twilio_base_url: String,
+    /// How long one provider call may take.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
+    /// Emails per second at most, per node; 0: no limit.
+    pub email_rate_per_second: f64,
+    /// Text messages per second at most, per node; 0: no limit.
+    pub sms_rate_per_second: f64,
+    /// Consecutive provider failures that open a channel's circuit breaker.
+    pub notify_breaker_failures: u32,
+    /// How long an open breaker waits before one trial send.
+    #[serde(with = "humantime_serde")]
+    pub notify_breaker_cooldown: Duration,
+    /// Attempts before a notification is dead-lettered.
+    pub notify_max_attempts: u32,
+    /// The pause after a notification's first failure; doubled after each further one.
+    #[serde(with = "humantime_serde")]
+    pub notify_retry_base: Duration,
+    /// The longest pause between attempts.
+    #[serde(with = "humantime_serde")]
+    pub notify_retry_max: Duration,
+    /// Events older than this are not announced (a cluster that gains notifications does
+    /// not mail its past).
+    #[serde(with = "humantime_serde")]
+    pub notify_max_event_age: Duration,
+}
+
+/// A setting that is text even when it looks like a number (`+15550001111` in the
+/// environment reads as one).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        U(u64),
+        I(i64),
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|t| match t {
+        Text::S(s) => s,
+        Text::U(n) => format!("+{n}"),
+        Text::I(n) => n.to_string(),
+    }))
 }
 
 impl Default for Config {
@@ -176,6 +250,31 @@ impl Default for Config {
             payment_timeout: Duration::from_secs(10),
             cart_max_quantity: 99,
             cart_idle_ttl: Duration::from_secs(14 * 24 * 3600),
+            shop_name: "Souk".to_owned(),
+            shop_url: "http://localhost:8080".to_owned(),
+            email_provider: "log".to_owned(),
+            email_from: "Souk <orders@localhost>".to_owned(),
+            smtp_host: "localhost".to_owned(),
+            smtp_port: 587,
+            smtp_security: souk_actors::notify::providers::SmtpSecurity::Starttls,
+            smtp_username: None,
+            smtp_password: None,
+            sendgrid_api_key: None,
+            sendgrid_base_url: "https://api.sendgrid.com".to_owned(),
+            sms_provider: "log".to_owned(),
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_from: None,
+            twilio_base_url: "https://api.twilio.com".to_owned(),
+            notify_timeout: Duration::from_secs(10),
+            email_rate_per_second: 20.0,
+            sms_rate_per_second: 5.0,
+            notify_breaker_failures: 5,
+            notify_breaker_cooldown: Duration::from_secs(30),
+            notify_max_attempts: 8,
+            notify_retry_base: Duration::from_secs(2),
+            notify_retry_max: Duration::from_secs(600),
+            notify_max_event_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -270,6 +369,83 @@ impl Config {
             iterations: self.argon2_iterations,
             parallelism: self.argon2_parallelism,
         }
+    }
+
+    /// How notifications are sent: providers, pacing, breakers, retries.
+    pub fn notify_settings(&self) -> anyhow::Result<souk_actors::notify::NotifySettings> {
+        use anyhow::Context as _;
+        use souk_actors::notify::providers::{
+            LogProvider, SendGridProvider, SendGridSettings, SmtpProvider, SmtpSettings, TwilioProvider,
+            TwilioSettings,
+        };
+        use souk_actors::notify::{ChannelLimits, Provider, RetryPolicy, Shop};
+        use std::sync::Arc;
+        let email: Arc<dyn Provider> = match self.email_provider.as_str() {
+            "log" => Arc::new(LogProvider),
+            "smtp" => Arc::new(
+                SmtpProvider::new(&SmtpSettings {
+                    host: self.smtp_host.clone(),
+                    port: self.smtp_port,
+                    security: self.smtp_security,
+                    credentials: self.smtp_username.clone().zip(self.smtp_password.clone()),
+                    from: self.email_from.clone(),
+                    timeout: self.notify_timeout,
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+            "sendgrid" => Arc::new(
+                SendGridProvider::new(SendGridSettings {
+                    api_key: self
+                        .sendgrid_api_key
+                        .clone()
+                        .context("email_provider = \"sendgrid\" needs sendgrid_api_key")?,
+                    base_url: self.sendgrid_base_url.clone(),
+                    from: self.email_from.clone(),
+                    timeout: self.notify_timeout,
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+            other => anyhow::bail!("email_provider = {other:?}: the providers are log, smtp and sendgrid"),
+        };
+        let sms: Arc<dyn Provider> = match self.sms_provider.as_str() {
+            "log" => Arc::new(LogProvider),
+            "twilio" => {
+                let need = |v: &Option<String>, name: &str| {
+                    v.clone().with_context(|| format!("sms_provider = \"twilio\" needs {name}"))
+                };
+                Arc::new(
+                    TwilioProvider::new(TwilioSettings {
+                        account_sid: need(&self.twilio_account_sid, "twilio_account_sid")?,
+                        auth_token: need(&self.twilio_auth_token, "twilio_auth_token")?,
+                        from: need(&self.twilio_from, "twilio_from")?,
+                        base_url: self.twilio_base_url.clone(),
+                        timeout: self.notify_timeout,
+                    })
+                    .map_err(anyhow::Error::msg)?,
+                )
+            }
+            other => anyhow::bail!("sms_provider = {other:?}: the providers are log and twilio"),
+        };
+        let limits = |per_second: f64| ChannelLimits {
+            per_second: per_second.max(0.0),
+            breaker_failures: self.notify_breaker_failures.max(1),
+            breaker_cooldown: self.notify_breaker_cooldown,
+        };
+        Ok(souk_actors::notify::NotifySettings {
+            shop: Shop { name: self.shop_name.clone(), url: self.shop_url.trim_end_matches('/').to_owned() },
+            email,
+            sms,
+            email_limits: limits(self.email_rate_per_second),
+            sms_limits: limits(self.sms_rate_per_second),
+            retry: RetryPolicy {
+                max_attempts: self.notify_max_attempts.max(1),
+                base: self.notify_retry_base,
+                max: self.notify_retry_max.max(self.notify_retry_base),
+                // A send may take the provider's whole timeout; the claim outlasts it.
+                ack_wait: (self.notify_timeout * 3).max(Duration::from_secs(5)),
+            },
+            max_event_age: self.notify_max_event_age,
+        })
     }
 
     /// The local nats-server's sync policy.

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Notifications of a running cluster.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
     /// Load the demo catalog (products, stock, accounts) into a running cluster; existing
     /// products and stock are left as they are.
     Seed,
@@ -68,6 +73,29 @@ fn parse_format(s: &str) -> Result<souk_api::import::Format, String> {
         "csv" => Ok(souk_api::import::Format::Csv),
         other => Err(format!("unknown format {other:?}: use jsonl or csv")),
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyCommand {
+    /// The dead-letter stream: notifications that could not be delivered.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print the dead letters, oldest first, one JSON object per line.
+    List,
+    /// Queue dead letters again (and remove them from the dead-letter stream).
+    Retry {
+        /// The sequences to retry, as `list` shows them.
+        seqs: Vec<u64>,
+        /// Retry every dead letter.
+        #[arg(long, conflicts_with = "seqs")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +146,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Import { command: ImportCommand::Products { file, format } } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             souk::import::products(&cfg, &file, format).await
+        }
+        Command::Notify { command: NotifyCommand::Dlq { command } } => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            match command {
+                DlqCommand::List => souk::notify::list(&cfg).await,
+                DlqCommand::Retry { seqs, all } => souk::notify::retry(&cfg, &seqs, all).await,
+            }
         }
         Command::Seed => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

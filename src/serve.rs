@@ -102,6 +102,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
             readiness: readiness.clone(),
             metrics: actor_metrics,
             payments: payment_gateway(&cfg)?,
+            notify: cfg.notify_settings()?,
         },
     )
     .await?;
@@ -143,6 +144,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         catalog,
         catalog_repo: read_models.catalog,
         orders: read_models.orders,
+        notifications: read_models.notifications,
         webhooks: souk_api::webhook::Webhooks::new(
             cfg.payments_webhook_secret.clone(),
             JsonKv::new(jet.webhooks.clone()),

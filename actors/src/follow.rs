@@ -5,7 +5,6 @@
 //! redelivery changes nothing.
 
 use async_nats::jetstream::AckKind;
-use futures::StreamExt as _;
 use souk_messages::Sku;
 use souk_messages::event::Commit;
 use souk_messages::product::{ProductEvent, ProductId};
@@ -31,11 +30,7 @@ async fn follow(jet: &Jet, bus: &Bus, mut stop: watch::Receiver<bool>) -> Result
             .await?;
     let mut messages = consumer.messages().await?;
     loop {
-        let next = tokio::select! {
-            m = messages.next() => m,
-            _ = stop.changed() => None,
-        };
-        let Some(msg) = next else { return Ok(()) };
+        let Some(msg) = crate::restart::next_or_stop(&mut messages, &mut stop).await else { return Ok(()) };
         let msg = msg?;
         let id =
             Subjects.entity_id_of(EntityKind::Product, &msg.subject).and_then(|s| ProductId::parse(&s).ok());

@@ -11,6 +11,7 @@
 //! - [`follow`]: stock items follow the catalog's variants.
 //! - [`expiry`]: held reservations lapse when their time is up.
 //! - [`saga`]: the checkout saga's driver; [`payments`]: the payment providers it calls.
+//! - [`notify`]: notification planners, channel actors, providers, the dead-letter stream.
 //! - [`context`] and [`metrics`]: what the actors share.
 //!
 //! ```text
@@ -24,6 +25,7 @@ pub mod expiry;
 pub mod follow;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod payments;
 pub mod projector;
 mod restart;
@@ -60,6 +62,17 @@ pub struct ActorSettings {
     pub saga: saga::SagaSettings,
 }
 
+/// Why a node's actors could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The supervision tree did not start.
+    #[error(transparent)]
+    Spawn(#[from] ractor::SpawnErr),
+    /// Notifications did not start.
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
+}
+
 /// A running actor system. Call [`Node::leave`] before dropping it to hand shards off.
 #[derive(Debug)]
 pub struct Node {
@@ -68,6 +81,7 @@ pub struct Node {
     /// Projectors, the catalog follower, the expiry sweeper and the checkout saga driver.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_tasks: tokio::sync::watch::Sender<bool>,
+    notifier: notify::Notifier,
 }
 
 /// Everything the actors need from the process that hosts them.
@@ -89,12 +103,14 @@ pub struct NodeDeps {
     pub metrics: ActorMetrics,
     /// The payment provider the checkout saga calls.
     pub payments: Arc<dyn payments::PaymentGateway>,
+    /// How notifications are sent.
+    pub notify: notify::NotifySettings,
 }
 
 impl Node {
     /// Starts the node supervisor (which takes this node's shards), the projectors, the
     /// catalog follower and the expiry sweeper.
-    pub async fn start(settings: ActorSettings, deps: NodeDeps) -> Result<Self, ractor::SpawnErr> {
+    pub async fn start(settings: ActorSettings, deps: NodeDeps) -> Result<Self, StartError> {
         let ctx = Arc::new(NodeContext {
             bus: deps.bus.clone(),
             store: deps.store,
@@ -113,6 +129,15 @@ impl Node {
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
         let suffix = settings.projector_suffix;
         let (stop_tasks, stop) = tokio::sync::watch::channel(false);
+        let notifier = notify::Notifier::start(
+            &deps.jet,
+            &deps.bus,
+            deps.read_models.users.clone(),
+            ctx.metrics.clone(),
+            deps.notify,
+            &stop,
+        )
+        .await?;
         let tasks = vec![
             tokio::spawn(expiry::run(ctx, deps.read_models.stock.clone(), deps.bus.clone(), stop.clone())),
             tokio::spawn(projector::run(
@@ -133,7 +158,18 @@ impl Node {
                 suffix.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(projector::run(deps.jet.clone(), deps.read_models.orders, suffix, stop.clone())),
+            tokio::spawn(projector::run(
+                deps.jet.clone(),
+                deps.read_models.orders,
+                suffix.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(projector::run(
+                deps.jet.clone(),
+                deps.read_models.notifications,
+                suffix,
+                stop.clone(),
+            )),
             tokio::spawn(saga::run(
                 deps.jet.clone(),
                 deps.bus.clone(),
@@ -143,22 +179,23 @@ impl Node {
             )),
             tokio::spawn(follow::run(deps.jet, deps.bus, stop)),
         ];
-        Ok(Self { supervisor, handle, tasks, stop_tasks })
+        Ok(Self { supervisor, handle, tasks, stop_tasks, notifier })
     }
 
     /// Leaves the cluster gracefully: every shard finishes what it took, hands off and
     /// releases its lease; then the actors stop.
-    pub async fn leave(self) {
+    pub async fn leave(mut self) {
         if let Err(e) = self.supervisor.call(NodeMsg::Leave, Some(Duration::from_secs(30))).await {
             tracing::warn!(error = %e, "graceful leave did not finish");
         }
         // Projectors finish the batch they are writing, so no database transaction is cut.
         let _ = self.stop_tasks.send(true);
-        for t in self.tasks {
+        for t in self.tasks.into_iter().chain(self.notifier.tasks.drain(..)) {
             if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
                 tracing::warn!("a background task did not stop within 10 s");
             }
         }
+        self.notifier.stop();
         self.supervisor.stop(Some("node leaving".into()));
         let _ = self.handle.await;
     }

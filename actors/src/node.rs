@@ -221,6 +221,7 @@ impl NodeState {
             EntityKind::Order => {
                 Actor::spawn_linked(None, ShardSupervisor::<OrderState>::new(), args, cell).await?
             }
+            EntityKind::Notification => return Err("notifications have no shards".into()),
         };
         Ok(actor)
     }

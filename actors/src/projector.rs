@@ -6,6 +6,7 @@
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt as _;
 use souk_messages::event::{Commit, Event};
+use souk_messages::notify::{NotificationEvent, NotificationId};
 use souk_messages::order::{OrderEvent, OrderId};
 use souk_messages::product::{ProductEvent, ProductId};
 use souk_messages::stock::StockEvent;
@@ -14,8 +15,8 @@ use souk_messages::user::UserEvent;
 use souk_messages::{Sku, UserId};
 use souk_nats::Jet;
 use souk_storage::{
-    CatalogRepo, OrderEvents, OrderRepo, ProductEvents, StockChange, StockRepo, StorageError, UserEvents,
-    UserRepo,
+    CatalogRepo, NotificationEvents, NotificationRepo, OrderEvents, OrderRepo, ProductEvents, StockChange,
+    StockRepo, StorageError, UserEvents, UserRepo,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -238,6 +239,26 @@ impl Projection for OrderRepo {
                 .map(|(id, events)| OrderEvents { id, events })
                 .collect();
         OrderRepo::apply(self, &batch, last_seq).await
+    }
+}
+
+impl Projection for NotificationRepo {
+    const KIND: EntityKind = EntityKind::Notification;
+
+    fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        NotificationRepo::checkpoint(self)
+    }
+
+    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+        let batch: Vec<NotificationEvents> = by_entity::<NotificationEvent, NotificationId>(
+            EntityKind::Notification,
+            records,
+            NotificationId::parse,
+        )
+        .into_iter()
+        .map(|(id, events)| NotificationEvents { id, events })
+        .collect();
+        NotificationRepo::apply(self, &batch, last_seq).await
     }
 }
 

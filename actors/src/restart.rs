@@ -32,6 +32,17 @@ where
     }
 }
 
+/// The next message of `messages`, or `None` once it ends or `stop` is set.
+pub(crate) async fn next_or_stop<S: futures::Stream + Unpin>(
+    messages: &mut S,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<S::Item> {
+    tokio::select! {
+        m = futures::StreamExt::next(messages) => m,
+        _ = stop.changed() => None,
+    }
+}
+
 /// The durable consumer `name` on every event of `kind`, shared by all nodes: each message
 /// goes to one node and comes back to another if it is not acknowledged within `ack_wait`.
 pub(crate) async fn shared_consumer(

@@ -10,7 +10,6 @@
 
 use crate::payments::{PaymentError, PaymentGateway};
 use async_nats::jetstream::AckKind;
-use futures::StreamExt as _;
 use souk_messages::event::Commit;
 use souk_messages::order::{
     CancelReason, OrderCommand, OrderEvent, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView,
@@ -83,11 +82,7 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
     let mut messages = consumer.messages().await?;
     let slots = Arc::new(Semaphore::new(PARALLEL));
     loop {
-        let next = tokio::select! {
-            m = messages.next() => m,
-            _ = stop.changed() => None,
-        };
-        let Some(msg) = next else { return Ok(()) };
+        let Some(msg) = crate::restart::next_or_stop(&mut messages, &mut stop).await else { return Ok(()) };
         let msg = msg?;
         let Some(id) =
             Subjects.entity_id_of(EntityKind::Order, &msg.subject).and_then(|s| OrderId::parse(&s).ok())

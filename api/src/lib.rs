@@ -82,6 +82,8 @@ pub struct App {
     pub checkout: checkout::Checkout,
     /// The orders read model.
     pub orders: souk_storage::OrderRepo,
+    /// The delivery log.
+    pub notifications: souk_storage::NotificationRepo,
     /// The payment provider's webhook endpoint.
     pub webhooks: webhook::Webhooks,
     /// Entity histories, for the history routes.
@@ -154,6 +156,7 @@ pub struct App {
         routes::orders::ship,
         routes::orders::deliver,
         routes::orders::refund,
+        routes::notifications::list,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)

@@ -10,6 +10,7 @@
 //! - [`ids`]: validated identifiers (`Sku`, `ReservationId`, `NodeId`).
 //! - [`event`]: the public event envelope published on `souk.evt.<kind>.<id>`.
 //! - [`entity`]: the `Entity` trait every kind implements and the bus request envelope.
+//! - [`notify`]: notifications: channels, topics, delivery attempts, dead letters.
 //! - [`order`]: the order saga entity: placement, its steps, cancellation with a reason.
 //! - [`product`]: the product entity: variants, money, catalog rules.
 //! - [`stock`]: the stock item entity: commands, events, its state fold and its view.
@@ -21,6 +22,7 @@ pub mod entity;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod notify;
 pub mod order;
 pub mod product;
 pub mod stock;

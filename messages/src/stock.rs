@@ -292,7 +292,8 @@ const fn is_zero(n: &u64) -> bool {
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
-const fn is_false(b: &bool) -> bool {
+/// For `skip_serializing_if`: leaves a false flag out of an event.
+pub(crate) const fn is_false(b: &bool) -> bool {
     !*b
 }
 

@@ -18,10 +18,13 @@ pub enum EntityKind {
     Cart,
     /// An order and its checkout saga.
     Order,
+    /// A notification's delivery attempts. Not sharded: no actor owns it, so it is not in
+    /// [`EntityKind::ALL`] and has no shards.
+    Notification,
 }
 
 impl EntityKind {
-    /// Every kind, in a stable order.
+    /// Every sharded kind, in a stable order.
     pub const ALL: [Self; 5] = [Self::Stock, Self::User, Self::Product, Self::Cart, Self::Order];
 
     /// The kind as a subject token.
@@ -32,6 +35,7 @@ impl EntityKind {
             Self::Product => "product",
             Self::Cart => "cart",
             Self::Order => "order",
+            Self::Notification => "notification",
         }
     }
 }
@@ -87,6 +91,7 @@ impl ShardCounts {
             EntityKind::Product => self.product,
             EntityKind::Cart => self.cart,
             EntityKind::Order => self.order,
+            EntityKind::Notification => 0,
         }
     }
 
@@ -164,6 +169,26 @@ impl Subjects {
     /// Every event: `souk.evt.>`, the subjects of the `SOUK_EVENTS` stream.
     pub fn all_events(self) -> &'static str {
         "souk.evt.>"
+    }
+
+    /// Notifications queued for `channel`: `souk.notify.<channel>`, the `SOUK_NOTIFY` stream.
+    pub fn notify(self, channel: crate::notify::Channel) -> String {
+        format!("souk.notify.{channel}")
+    }
+
+    /// Every queued notification: `souk.notify.>`.
+    pub fn notify_all(self) -> &'static str {
+        "souk.notify.>"
+    }
+
+    /// Dead letters of `channel`: `souk.dlq.<channel>`, the `SOUK_DLQ` stream.
+    pub fn dead_letters(self, channel: crate::notify::Channel) -> String {
+        format!("souk.dlq.{channel}")
+    }
+
+    /// Every dead letter: `souk.dlq.>`.
+    pub fn dead_letters_all(self) -> &'static str {
+        "souk.dlq.>"
     }
 
     /// The entity id in an event subject, if `subject` is one of `kind`'s.

@@ -216,6 +216,11 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
+    /// The secret itself, for the one place that must show it (the reset email's link).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Compares in time independent of where the strings differ.
     pub fn matches(&self, other: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), other.as_bytes());
@@ -281,6 +286,9 @@ pub enum UserCommand {
         phone: Option<Phone>,
         /// Remove the phone.
         clear_phone: bool,
+        /// Turn text messages off (`true`) or on again (`false`), if it changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sms_opt_out: Option<bool>,
     },
     /// Record that the password changed: every session started before is revoked.
     RecordPasswordChange,
@@ -323,6 +331,9 @@ pub struct UserView {
     /// Phone, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<Phone>,
+    /// The user turned text messages off.
+    #[serde(default)]
+    pub sms_opt_out: bool,
     /// Roles.
     pub roles: BTreeSet<Role>,
     /// Whether the account is disabled.
@@ -351,7 +362,8 @@ pub enum UserEvent {
         /// Initial roles.
         roles: BTreeSet<Role>,
     },
-    /// Name or phone changed; carries the whole profile after the change.
+    /// Name, phone or text-message preference changed; carries the whole profile after the
+    /// change.
     #[serde(rename = "user.profile_updated")]
     ProfileUpdated {
         /// Display name.
@@ -359,6 +371,9 @@ pub enum UserEvent {
         /// Phone.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         phone: Option<Phone>,
+        /// The user turned text messages off.
+        #[serde(default, skip_serializing_if = "crate::stock::is_false")]
+        sms_opt_out: bool,
     },
     /// The password changed; sessions from before `session_epoch` are revoked.
     #[serde(rename = "user.password_changed")]
@@ -427,6 +442,8 @@ pub struct UserState {
     pub name: Option<Name>,
     /// Phone.
     pub phone: Option<Phone>,
+    /// The user turned text messages off.
+    pub sms_opt_out: bool,
     /// Roles.
     pub roles: BTreeSet<Role>,
     /// Disabled accounts cannot log in or refresh.
@@ -461,9 +478,10 @@ impl Fold for UserState {
                 self.phone.clone_from(phone);
                 self.roles.clone_from(roles);
             }
-            UserEvent::ProfileUpdated { name, phone } => {
+            UserEvent::ProfileUpdated { name, phone, sms_opt_out } => {
                 self.name = Some(name.clone());
                 self.phone.clone_from(phone);
+                self.sms_opt_out = *sms_opt_out;
             }
             UserEvent::PasswordChanged { session_epoch, .. } => {
                 self.session_epoch = *session_epoch;
@@ -510,12 +528,17 @@ impl Entity for UserState {
         self.require_exists()?;
         match cmd {
             UserCommand::Register { .. } | UserCommand::Get => Ok(Vec::new()),
-            UserCommand::UpdateProfile { name, phone, clear_phone } => {
+            UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out } => {
                 let name = name.clone().or_else(|| self.name.clone());
                 let phone = if *clear_phone { None } else { phone.clone().or_else(|| self.phone.clone()) };
+                let sms_opt_out = sms_opt_out.unwrap_or(self.sms_opt_out);
                 match name {
-                    Some(name) if Some(&name) != self.name.as_ref() || phone != self.phone => {
-                        Ok(vec![UserEvent::ProfileUpdated { name, phone }])
+                    Some(name)
+                        if Some(&name) != self.name.as_ref()
+                            || phone != self.phone
+                            || sms_opt_out != self.sms_opt_out =>
+                    {
+                        Ok(vec![UserEvent::ProfileUpdated { name, phone, sms_opt_out }])
                     }
                     _ => Ok(Vec::new()),
                 }
@@ -558,6 +581,7 @@ impl Entity for UserState {
             email: self.email.clone().unwrap_or_else(|| Email(String::new())),
             name: self.name.clone().unwrap_or_else(|| Name(String::new())),
             phone: self.phone.clone(),
+            sms_opt_out: self.sms_opt_out,
             roles: self.roles.clone(),
             disabled: self.disabled,
             session_epoch: self.session_epoch,

@@ -7,6 +7,15 @@ use std::time::Duration;
 
 /// The stream holding every entity's history.
 pub const EVENTS_STREAM: &str = "SOUK_EVENTS";
+/// Notifications waiting to be sent: a work queue, one subject per channel.
+pub const NOTIFY_STREAM: &str = "SOUK_NOTIFY";
+/// Notifications that failed for the last time, kept for an operator to retry.
+pub const DLQ_STREAM: &str = "SOUK_DLQ";
+/// Notification delivery claims: key = notification id, value = where its delivery stands.
+/// What makes a notification go out at most once.
+pub const NOTIFY_CLAIMS_BUCKET: &str = "souk_notify_claims";
+/// How long a delivery claim is remembered: longer than any notification stays queued.
+pub const NOTIFY_CLAIM_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 /// Live nodes: key = node id, kept alive by heartbeats, expiring after the node TTL.
 pub const NODES_BUCKET: &str = "souk_nodes";
 /// Shard leases: key = `<kind>.<shard>`, renewed by their owner, expiring after the lease TTL.
@@ -82,6 +91,12 @@ pub struct Jet {
     pub checkouts: kv::Store,
     /// Webhook signatures seen.
     pub webhooks: kv::Store,
+    /// `SOUK_NOTIFY`.
+    pub notify: stream::Stream,
+    /// `SOUK_DLQ`.
+    pub dead_letters: stream::Stream,
+    /// Notification delivery claims.
+    pub notify_claims: kv::Store,
 }
 
 /// Why provisioning failed.
@@ -116,6 +131,35 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         .map_err(|e| ProvisionError::Stream(EVENTS_STREAM, Box::new(e)))?;
     let events =
         js.get_stream(EVENTS_STREAM).await.map_err(|e| ProvisionError::Stream(EVENTS_STREAM, Box::new(e)))?;
+    js.create_or_update_stream(stream::Config {
+        name: NOTIFY_STREAM.to_owned(),
+        description: Some("Souk notifications waiting to be sent".to_owned()),
+        subjects: vec![Subjects.notify_all().to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        retention: stream::RetentionPolicy::WorkQueue,
+        // Planning the same event twice within the window queues it once.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ProvisionError::Stream(NOTIFY_STREAM, Box::new(e)))?;
+    let notify =
+        js.get_stream(NOTIFY_STREAM).await.map_err(|e| ProvisionError::Stream(NOTIFY_STREAM, Box::new(e)))?;
+    js.create_or_update_stream(stream::Config {
+        name: DLQ_STREAM.to_owned(),
+        description: Some("Souk notifications that could not be delivered".to_owned()),
+        subjects: vec![Subjects.dead_letters_all().to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?;
+    let dead_letters =
+        js.get_stream(DLQ_STREAM).await.map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?;
     let bucket = |name: &'static str, max_age: Duration, history: i64| {
         let js = js.clone();
         async move {
@@ -143,6 +187,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     let skus = bucket(SKUS_BUCKET, Duration::ZERO, 1).await?;
     let checkouts = bucket(CHECKOUTS_BUCKET, CHECKOUT_KEY_TTL, 1).await?;
     let webhooks = bucket(WEBHOOKS_BUCKET, WEBHOOK_MEMORY, 1).await?;
+    let notify_claims = bucket(NOTIFY_CLAIMS_BUCKET, NOTIFY_CLAIM_TTL, 1).await?;
     Ok(Jet {
         js,
         events,
@@ -158,6 +203,9 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         skus,
         checkouts,
         webhooks,
+        notify,
+        dead_letters,
+        notify_claims,
     })
 }
 
@@ -185,6 +233,15 @@ pub async fn attach(client: async_nats::Client) -> Result<Jet, ProvisionError> {
         skus: bucket(SKUS_BUCKET).await?,
         checkouts: bucket(CHECKOUTS_BUCKET).await?,
         webhooks: bucket(WEBHOOKS_BUCKET).await?,
+        notify: js
+            .get_stream(NOTIFY_STREAM)
+            .await
+            .map_err(|e| ProvisionError::Stream(NOTIFY_STREAM, Box::new(e)))?,
+        dead_letters: js
+            .get_stream(DLQ_STREAM)
+            .await
+            .map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?,
+        notify_claims: bucket(NOTIFY_CLAIMS_BUCKET).await?,
         js,
     })
 }

@@ -104,6 +104,17 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS orders_placed ON orders FIELDS placed_ns;
     ",
     ),
+    (
+        6,
+        r"
+    DEFINE FIELD IF NOT EXISTS sms_opt_out ON users TYPE bool DEFAULT false;
+    DEFINE TABLE IF NOT EXISTS notifications SCHEMALESS;
+    DEFINE INDEX IF NOT EXISTS notifications_nid ON notifications FIELDS nid UNIQUE;
+    DEFINE INDEX IF NOT EXISTS notifications_updated ON notifications FIELDS updated_ns;
+    DEFINE INDEX IF NOT EXISTS notifications_order ON notifications FIELDS `order`;
+    DEFINE INDEX IF NOT EXISTS notifications_to ON notifications FIELDS `to`;
+    ",
+    ),
 ];
 
 /// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to

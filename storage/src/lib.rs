@@ -8,17 +8,20 @@
 //! - [`db`]: connect (`mem://`, `surrealkv://path`, `ws://host`) and migrate.
 //! - [`stock`]: the `stock` read model and its projection checkpoint.
 //! - [`catalog`]: the `product` read model: browse, filter, search, availability.
+//! - [`notification`]: the delivery log: every notification's attempts.
 //! - [`order`]: the `orders` read model: customers' order lists, the staff's order search.
 //! - [`user`]: the `users` read model, for the admin user list and search.
 
 pub mod catalog;
 pub mod db;
+pub mod notification;
 pub mod order;
 pub mod stock;
 pub mod user;
 
 pub use catalog::{CatalogPage, CatalogQuery, CatalogRepo, CatalogRow, ProductEvents, Sort};
 pub use db::{Db, DbSettings, connect, migrate};
+pub use notification::{Delivery, DeliveryPage, DeliveryQuery, NotificationEvents, NotificationRepo};
 pub use order::{OrderEvents, OrderPage, OrderQuery, OrderRepo};
 pub use stock::{StockChange, StockRepo};
 pub use user::{UserEvents, UserRepo};
@@ -34,6 +37,8 @@ pub struct ReadModels {
     pub catalog: CatalogRepo,
     /// Orders.
     pub orders: OrderRepo,
+    /// The delivery log.
+    pub notifications: NotificationRepo,
 }
 
 impl ReadModels {
@@ -45,7 +50,8 @@ impl ReadModels {
             stock: StockRepo::shared(db.clone()),
             users: UserRepo::new(db.clone()),
             catalog: CatalogRepo::new(db.clone()),
-            orders: OrderRepo::new(db),
+            orders: OrderRepo::new(db.clone()),
+            notifications: NotificationRepo::new(db),
         }
     }
 }

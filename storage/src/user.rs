@@ -30,6 +30,8 @@ struct UserRow {
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     phone: Option<String>,
+    #[serde(default)]
+    sms_opt_out: bool,
     roles: BTreeSet<Role>,
     disabled: bool,
     session_epoch: u64,
@@ -47,6 +49,7 @@ impl UserRow {
             email: Some(Email::parse(&self.email).map_err(corrupt)?),
             name: Some(Name::parse(&self.name).map_err(corrupt)?),
             phone: self.phone.as_deref().map(Phone::parse).transpose().map_err(corrupt)?,
+            sms_opt_out: self.sms_opt_out,
             roles: self.roles.clone(),
             disabled: self.disabled,
             session_epoch: self.session_epoch,
@@ -61,6 +64,16 @@ impl UserRow {
         let state = self.state()?;
         Ok(souk_messages::Entity::view(&state, &id))
     }
+}
+
+fn views(rows: Vec<serde_json::Value>) -> Result<Vec<UserView>, StorageError> {
+    rows.into_iter()
+        .map(|v| {
+            let row: UserRow = serde_json::from_value(v)
+                .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
+            row.view()
+        })
+        .collect()
 }
 
 /// The users table. Cheap to clone.
@@ -104,6 +117,7 @@ impl UserRepo {
                 email: email.to_string(),
                 name: name.as_str().to_owned(),
                 phone: state.phone.as_ref().map(|p| p.as_str().to_owned()),
+                sms_opt_out: state.sms_opt_out,
                 roles: state.roles.clone(),
                 disabled: state.disabled,
                 session_epoch: state.session_epoch,
@@ -120,7 +134,7 @@ impl UserRepo {
         // Rows were folded from the stored ones above, and only this node's projector
         // writes them, so a newer row simply replaces the old one.
         const UPSERT: &str = r"INSERT INTO users $rows ON DUPLICATE KEY UPDATE
-                    email = $input.email, name = $input.name, phone = $input.phone,
+                    email = $input.email, name = $input.name, phone = $input.phone, sms_opt_out = $input.sms_opt_out,
                     roles = $input.roles, disabled = $input.disabled,
                     session_epoch = $input.session_epoch, search = $input.search,
                     created_at = $input.created_at, seq = $input.seq, version = $input.version;";
@@ -130,6 +144,19 @@ impl UserRepo {
     /// The last stream sequence the projection has applied; 0 for an empty database.
     pub async fn checkpoint(&self) -> Result<u64, StorageError> {
         crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// Every enabled staff member and admin: who hears about the shop's stock.
+    pub async fn staff(&self) -> Result<Vec<UserView>, StorageError> {
+        let mut res = self
+            .db
+            .query(
+                r"SELECT * OMIT id FROM users
+                  WHERE disabled = false AND (roles CONTAINS 'staff' OR roles CONTAINS 'admin')
+                  ORDER BY uid ASC LIMIT 1000",
+            )
+            .await?;
+        views(res.take(0)?)
     }
 
     /// A page of users ordered by id, after `after`, whose email or name contains `query`
@@ -153,13 +180,6 @@ impl UserRepo {
                 "limit": limit,
             }))
             .await?;
-        let rows: Vec<serde_json::Value> = res.take(0)?;
-        rows.into_iter()
-            .map(|v| {
-                let row: UserRow = serde_json::from_value(v)
-                    .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
-                row.view()
-            })
-            .collect()
+        views(res.take(0)?)
     }
 }

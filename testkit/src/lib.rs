@@ -4,6 +4,8 @@
 //!
 //! Dev-only. Depends on `souk-messages`, `souk-nats` and `souk-storage`.
 
+pub mod smtp;
+
 use anyhow::{Context as _, bail};
 use souk_nats::server::{ClusterOptions, LocalServer, ServerOptions, SyncPolicy};
 use std::collections::BTreeMap;

@@ -21,6 +21,30 @@ async fn checkout(c: &Client, base: &str, key: Option<&str>, body: &Value) -> Re
     r.send().await.expect("checkout")
 }
 
+/// Adds `qty` of `sku` to the cart, checks out with an approving card under `key`, and waits
+/// for the order to be confirmed; returns its id.
+pub(crate) async fn confirmed_order(c: &Client, base: &str, sku: &str, qty: i64, key: &str) -> String {
+    body(add(c, base, None, sku, qty).await, StatusCode::OK).await;
+    let b = json!({"shipping_address": {"name": "Ada", "line1": "1 Way", "city": "London", "postal_code": "N1", "country": "GB"}, "payment_method": "pm_card_visa"});
+    let placed = body(
+        c.post(format!("{base}/v1/checkout"))
+            .header("idempotency-key", key)
+            .json(&b)
+            .send()
+            .await
+            .expect("checkout"),
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = placed["id"].as_str().expect("id").to_owned();
+    eventually("the order confirmed", Duration::from_secs(30), || async {
+        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        (o["status"] == "confirmed").then_some(())
+    })
+    .await;
+    id
+}
+
 async fn settled(c: &Client, base: &str, id: &str) -> Value {
     eventually("the order to settle", Duration::from_secs(30), || async {
         let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;

@@ -8,6 +8,7 @@ mod cluster;
 mod failover;
 mod inventory;
 mod layout;
+mod notify;
 mod payments;
 
 use reqwest::{Client, Response, StatusCode};

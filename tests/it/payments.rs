@@ -1,12 +1,12 @@
 //! Payment providers: the Stripe client against a local peer that checks every request, a
 //! checkout through it, and the signed webhook endpoint.
 
-use crate::cart::{add, customer};
-use crate::catalog::{body, create, product};
+use crate::cart::customer;
+use crate::catalog::{create, product};
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use serde_json::{Value, json};
+use serde_json::json;
 use souk_actors::payments::{PaymentError, PaymentGateway, Stripe, StripeSettings};
 use souk_messages::product::{Currency, Money};
 use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
@@ -163,24 +163,7 @@ async fn a_checkout_through_stripe_authorises_and_captures_once_by_key() {
     })
     .await;
     let c = customer(&http, base, "stripe@payments.test").await;
-    body(add(&c, base, None, "MUG-1", 2).await, StatusCode::OK).await;
-    let b = json!({"shipping_address": {"name": "A", "line1": "B 1", "city": "C", "postal_code": "1", "country": "DE"}, "payment_method": "pm_card_visa"});
-    let placed = body(
-        c.post(format!("{base}/v1/checkout"))
-            .header("idempotency-key", "s-1")
-            .json(&b)
-            .send()
-            .await
-            .expect("checkout"),
-        StatusCode::CREATED,
-    )
-    .await;
-    let id = placed["id"].as_str().expect("id").to_owned();
-    eventually("the order confirmed", Duration::from_secs(20), || async {
-        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
-        (o["status"] == "confirmed").then_some(())
-    })
-    .await;
+    let id = crate::checkout::confirmed_order(&c, base, "MUG-1", 2, "s-1").await;
     let seen = seen.lock().expect("lock").clone();
     let calls: Vec<(&str, &str)> = seen.iter().map(|s| (s.0.as_str(), s.2.as_str())).collect();
     let (authorize, capture) = (format!("{id}-authorize"), format!("{id}-capture"));

@@ -33,6 +33,8 @@ pub struct ProfileBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, pattern = r"^\+[0-9 ().-]{8,31}$")]
     pub phone: Option<Option<String>>,
+    /// `true` turns text messages (order updates by SMS) off; `false` turns them on again.
+    pub sms_opt_out: Option<bool>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -58,7 +60,7 @@ async fn me(State(app): State<AppState>, rid: RequestId, who: Principal) -> Resu
     Ok(Json(app.auth.command(&who.user, UserCommand::Get, &rid.0).await?))
 }
 
-/// Changes name and/or phone.
+/// Changes name, phone and/or whether order updates come by text message.
 #[utoipa::path(patch, path = "/v1/me", tag = "me", request_body = ProfileBody,
     responses((status = 200, body = UserView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem)))]
 async fn update(
@@ -73,7 +75,7 @@ async fn update(
         Some(None) => (None, true),
         Some(Some(p)) => (Some(Phone::parse(&p).map_err(|e| field_error("phone", e))?), false),
     };
-    let cmd = UserCommand::UpdateProfile { name, phone, clear_phone };
+    let cmd = UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out: body.sms_opt_out };
     Ok(Json(app.auth.command(&who.user, cmd, &rid.0).await?))
 }
 

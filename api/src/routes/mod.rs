@@ -7,6 +7,7 @@ pub mod cart;
 pub mod inventory;
 pub mod live;
 pub mod me;
+pub mod notifications;
 pub mod ops;
 pub mod orders;
 pub mod payments;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<Route> {
         orders::routes(),
         live::routes(),
         payments::routes(),
+        notifications::routes(),
     ]
     .into_iter()
     .flatten()

@@ -128,6 +128,107 @@ mod users {
         let page_two = repo.list(None, Some(&ada), 10).await.expect("page");
         assert_eq!(page_two.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["usr-b"]);
     }
+
+    #[tokio::test]
+    async fn the_staff_are_enabled_staff_and_admins() {
+        let repo = repo().await;
+        let ids: Vec<UserId> =
+            ["usr-s", "usr-c", "usr-a", "usr-d"].iter().map(|i| UserId::parse(*i).expect("id")).collect();
+        let mut batch = Vec::new();
+        for (i, (id, roles)) in ids
+            .iter()
+            .zip([vec![Role::Staff], vec![Role::Customer], vec![Role::Admin], vec![Role::Staff]])
+            .enumerate()
+        {
+            let mut events = vec![(i as u64 + 1, registered(id, &format!("{id}@x.test"), "N"))];
+            events.push((
+                i as u64 + 1,
+                event(id, 2, UserEvent::RolesChanged { roles: roles.into_iter().collect() }),
+            ));
+            if id.as_str() == "usr-d" {
+                events.push((i as u64 + 1, event(id, 3, UserEvent::Disabled {})));
+            }
+            batch.push(UserEvents { id: id.clone(), events });
+        }
+        repo.apply(&batch, 4).await.expect("apply");
+        let staff = repo.staff().await.expect("staff");
+        assert_eq!(staff.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["usr-a", "usr-s"]);
+        // Roles given at registration count too.
+        let boss = UserId::parse("usr-b").expect("id");
+        let mut reg = registered(&boss, "boss@x.test", "Boss");
+        if let UserEvent::Registered { roles, .. } = &mut reg.body {
+            *roles = BTreeSet::from([Role::Admin]);
+        }
+        repo.apply(&[UserEvents { id: boss, events: vec![(5, reg)] }], 5).await.expect("apply");
+        let staff = repo.staff().await.expect("staff");
+        assert_eq!(staff.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["usr-a", "usr-b", "usr-s"]);
+    }
+}
+
+mod notifications {
+    use souk_messages::event::Event;
+    use souk_messages::notify::{Channel, NotificationEvent, NotificationId, Outcome, Topic};
+    use souk_storage::{DeliveryQuery, NotificationEvents};
+
+    fn attempt(id: &NotificationId, n: u64, to: &str, outcome: Outcome) -> Event<NotificationEvent> {
+        Event {
+            event_id: uuid::Uuid::now_v7(),
+            id: id.to_string(),
+            version: n,
+            time: time::OffsetDateTime::now_utc(),
+            correlation_id: None,
+            body: NotificationEvent::Attempted {
+                channel: Channel::Email,
+                topic: Topic::OrderConfirmed,
+                to: to.to_owned(),
+                customer: None,
+                order: None,
+                outcome,
+                detail: (outcome != Outcome::Sent).then(|| "HTTP 503".to_owned()),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn attempts_gather_under_their_notification_and_filters_find_them() {
+        let repo = super::read_models().await.notifications;
+        let (a, b) = (
+            NotificationId::of(&uuid::Uuid::new_v4(), Channel::Email, "a@x.test"),
+            NotificationId::of(&uuid::Uuid::new_v4(), Channel::Email, "b@x.test"),
+        );
+        let first = vec![
+            NotificationEvents {
+                id: a.clone(),
+                events: vec![(1, attempt(&a, 1, "a@x.test", Outcome::Failed))],
+            },
+            NotificationEvents {
+                id: b.clone(),
+                events: vec![(2, attempt(&b, 1, "b@x.test", Outcome::Sent))],
+            },
+        ];
+        repo.apply(&first, 2).await.expect("apply");
+        let second = vec![NotificationEvents {
+            id: a.clone(),
+            events: vec![(3, attempt(&a, 2, "a@x.test", Outcome::Sent))],
+        }];
+        repo.apply(&second, 3).await.expect("apply");
+        repo.apply(&first, 2).await.expect("replay");
+        let q = |to: Option<&str>, status: Option<Outcome>| DeliveryQuery {
+            to: to.map(str::to_owned),
+            status,
+            limit: 10,
+            ..DeliveryQuery::default()
+        };
+        let only_a = repo.list(&q(Some("a@x.test"), None)).await.expect("list");
+        assert_eq!(only_a.items.len(), 1);
+        let attempts: Vec<(u64, Outcome)> =
+            only_a.items[0].attempts.iter().map(|x| (x.attempt, x.outcome)).collect();
+        assert_eq!(attempts, [(1, Outcome::Failed), (2, Outcome::Sent)]);
+        assert_eq!(only_a.items[0].status, Outcome::Sent);
+        assert_eq!(repo.list(&q(None, Some(Outcome::Sent))).await.expect("list").items.len(), 2);
+        assert_eq!(repo.list(&q(None, Some(Outcome::Failed))).await.expect("list").items.len(), 0);
+        assert_eq!(repo.checkpoint().await.expect("checkpoint"), 3);
+    }
 }
 
 mod catalog {

@@ -1,0 +1,193 @@
+//! A channel actor per provider kind (email, SMS): it owns its provider, paces sends to the
+//! provider's rate limit and keeps a circuit breaker, so a provider that keeps failing is left
+//! alone for a while instead of being hammered. The channels supervisor restarts a channel
+//! that panics; its breaker starts closed again.
+
+use super::providers::{Provider, SendError};
+use crate::metrics::ActorMetrics;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use souk_messages::notify::{Channel, Notification};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How a channel paces and protects its provider.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelLimits {
+    /// Sends per second at most (per node); 0: no limit.
+    pub per_second: f64,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before one trial send.
+    pub breaker_cooldown: Duration,
+}
+
+/// What a channel actor is asked.
+#[derive(Debug)]
+pub enum ChannelMsg {
+    /// Send one notification; the reply is the provider's reference or why it failed.
+    Send(Box<Notification>, RpcReplyPort<Result<String, SendError>>),
+}
+
+/// A channel: its provider, its pace, its breaker.
+#[derive(Debug)]
+pub struct ChannelActor;
+
+/// The state of one channel actor.
+#[derive(Debug)]
+pub struct ChannelState {
+    channel: Channel,
+    provider: Arc<dyn Provider>,
+    limits: ChannelLimits,
+    next_slot: Instant,
+    failures: u32,
+    open_until: Option<Instant>,
+    metrics: ActorMetrics,
+}
+
+/// What a channel actor starts with.
+#[derive(Debug, Clone)]
+pub struct ChannelArgs {
+    /// The channel.
+    pub channel: Channel,
+    /// Its provider.
+    pub provider: Arc<dyn Provider>,
+    /// Its limits.
+    pub limits: ChannelLimits,
+    /// Where breaker state is reported.
+    pub metrics: ActorMetrics,
+}
+
+impl Actor for ChannelActor {
+    type Msg = ChannelMsg;
+    type State = ChannelState;
+    type Arguments = ChannelArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ChannelMsg>,
+        a: ChannelArgs,
+    ) -> Result<ChannelState, ActorProcessingErr> {
+        a.metrics.set_breaker(a.channel, false);
+        Ok(ChannelState {
+            channel: a.channel,
+            provider: a.provider,
+            limits: a.limits,
+            next_slot: Instant::now(),
+            failures: 0,
+            open_until: None,
+            metrics: a.metrics,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<ChannelMsg>,
+        msg: ChannelMsg,
+        st: &mut ChannelState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ChannelMsg::Send(n, reply) = msg;
+        let now = Instant::now();
+        if let Some(until) = st.open_until {
+            if now < until {
+                let _ = reply.send(Err(SendError::BreakerOpen));
+                return Ok(());
+            }
+            // Half open: this send is the trial; one more failure opens it again.
+            st.failures = st.limits.breaker_failures.saturating_sub(1);
+            st.open_until = None;
+        }
+        if st.limits.per_second > 0.0 {
+            let slot = st.next_slot.max(now);
+            tokio::time::sleep_until(slot).await;
+            st.next_slot = slot + Duration::from_secs_f64(1.0 / st.limits.per_second);
+        }
+        let outcome = st.provider.send(&n).await;
+        match &outcome {
+            Ok(_) | Err(SendError::Permanent(_)) => {
+                // A refused message says nothing about the provider's health.
+                if st.failures > 0 || st.open_until.is_some() {
+                    st.metrics.set_breaker(st.channel, false);
+                }
+                st.failures = 0;
+            }
+            Err(SendError::Retryable(e)) => {
+                st.failures += 1;
+                if st.failures >= st.limits.breaker_failures.max(1) {
+                    tracing::warn!(channel = %st.channel, provider = st.provider.name(), error = %e,
+                        "circuit breaker open: the provider keeps failing");
+                    st.open_until = Some(Instant::now() + st.limits.breaker_cooldown);
+                    st.metrics.set_breaker(st.channel, true);
+                }
+            }
+            Err(SendError::BreakerOpen) => {}
+        }
+        let _ = reply.send(outcome);
+        Ok(())
+    }
+}
+
+/// Supervises the channel actors and restarts one that fails.
+#[derive(Debug)]
+pub struct ChannelsSupervisor;
+
+/// The channels and how to start each again.
+#[derive(Debug)]
+pub struct ChannelsState {
+    args: HashMap<Channel, ChannelArgs>,
+    live: Arc<std::sync::RwLock<HashMap<Channel, ActorRef<ChannelMsg>>>>,
+}
+
+/// Where the running channel actors are found; updated when one is restarted.
+pub type ChannelRefs = Arc<std::sync::RwLock<HashMap<Channel, ActorRef<ChannelMsg>>>>;
+
+impl Actor for ChannelsSupervisor {
+    type Msg = ();
+    type State = ChannelsState;
+    type Arguments = (Vec<ChannelArgs>, ChannelRefs);
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<()>,
+        (args, live): (Vec<ChannelArgs>, ChannelRefs),
+    ) -> Result<ChannelsState, ActorProcessingErr> {
+        let mut st = ChannelsState { args: HashMap::new(), live };
+        for a in args {
+            st.args.insert(a.channel, a.clone());
+            spawn(&me, &st, a).await?;
+        }
+        Ok(st)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<()>,
+        evt: SupervisionEvent,
+        st: &mut ChannelsState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, e) = &evt {
+            let failed = st
+                .live
+                .read()
+                .ok()
+                .and_then(|m| m.iter().find(|(_, r)| r.get_id() == cell.get_id()).map(|(c, _)| *c));
+            if let Some(channel) = failed {
+                tracing::error!(%channel, error = %e, "a notification channel failed; restarting it");
+                if let Some(a) = st.args.get(&channel).cloned() {
+                    spawn(&me, st, a).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn spawn(me: &ActorRef<()>, st: &ChannelsState, a: ChannelArgs) -> Result<(), ActorProcessingErr> {
+    let channel = a.channel;
+    let (r, _) = Actor::spawn_linked(None, ChannelActor, a, me.get_cell()).await?;
+    if let Ok(mut m) = st.live.write() {
+        m.insert(channel, r);
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! The dead-letter stream, for operators: list what could not be delivered and queue it again
+//! (`souk notify dlq list|retry`).
+
+use souk_messages::notify::DeadLetter;
+use souk_messages::subject::Subjects;
+use souk_nats::Jet;
+
+/// Why a dead-letter operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// A JetStream call failed.
+    #[error("jetstream: {0}")]
+    Nats(#[from] souk_nats::NatsSource),
+    /// A stored letter is unreadable.
+    #[error("dead letter {0} is unreadable: {1}")]
+    Corrupt(u64, String),
+}
+
+fn nats<E: std::error::Error + Send + Sync + 'static>(e: E) -> DlqError {
+    DlqError::Nats(Box::new(e))
+}
+
+/// The dead letters, oldest first, each with its stream sequence (what `retry` takes).
+pub async fn list(jet: &Jet) -> Result<Vec<(u64, DeadLetter)>, DlqError> {
+    let mut stream = jet.dead_letters.clone();
+    let info = stream.info().await.map_err(nats)?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in first..=last {
+        // Retried letters are deleted, leaving gaps.
+        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
+        let letter: DeadLetter =
+            serde_json::from_slice(&msg.payload).map_err(|e| DlqError::Corrupt(seq, e.to_string()))?;
+        out.push((seq, letter));
+    }
+    Ok(out)
+}
+
+/// Queues the dead letters `seqs` (all of them when `None`) again, each with a fresh claim so
+/// it is sent once more, and removes them from the dead-letter stream. Returns how many.
+pub async fn retry(jet: &Jet, seqs: Option<&[u64]>) -> Result<usize, DlqError> {
+    let mut n = 0;
+    for (seq, letter) in list(jet).await? {
+        if seqs.is_some_and(|s| !s.contains(&seq)) {
+            continue;
+        }
+        let mut notification = letter.notification;
+        notification.prior_attempts = letter.attempts;
+        jet.notify_claims.delete(notification.id.as_str()).await.map_err(nats)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}.retry.{seq}", notification.id).as_str());
+        let body = serde_json::to_vec(&notification).map_err(|e| DlqError::Corrupt(seq, e.to_string()))?;
+        jet.js
+            .publish_with_headers(Subjects.notify(notification.channel), headers, body.into())
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(nats)?;
+        jet.dead_letters.delete_message(seq).await.map_err(nats)?;
+        n += 1;
+    }
+    Ok(n)
+}

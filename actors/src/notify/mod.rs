@@ -1,0 +1,122 @@
+//! Notifications: planners turn order, user and stock events into rendered messages queued on
+//! `SOUK_NOTIFY`; per-channel workers hand them to this node's channel actors (email, SMS),
+//! which pace and protect their providers; every attempt is recorded for the delivery log, and
+//! what still fails is dead-lettered on `SOUK_DLQ` for `souk notify dlq retry`.
+//!
+//! ```text
+//! souk.evt.order|user|stock.> ─▶ planner ─▶ souk.notify.<channel> ─▶ worker ─▶ ChannelActor ─▶ provider
+//!                                                                       │
+//!                                            souk.evt.notification.<id> ◀┘ ─▶ souk.dlq.<channel>
+//! ```
+
+pub mod channel;
+pub mod dlq;
+mod plan;
+pub mod providers;
+pub mod render;
+mod worker;
+
+pub use channel::ChannelLimits;
+pub use providers::{Provider, SendError};
+pub use render::Shop;
+pub use worker::RetryPolicy;
+
+use crate::metrics::ActorMetrics;
+use channel::{ChannelArgs, ChannelRefs, ChannelsSupervisor};
+use ractor::{Actor, ActorRef};
+use souk_messages::notify::Channel;
+use souk_messages::subject::EntityKind;
+use souk_nats::{Bus, Jet};
+use souk_storage::UserRepo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How a node sends notifications.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// The shop, as messages name it.
+    pub shop: Shop,
+    /// The email provider.
+    pub email: Arc<dyn Provider>,
+    /// The SMS provider.
+    pub sms: Arc<dyn Provider>,
+    /// Email pacing and breaker.
+    pub email_limits: ChannelLimits,
+    /// SMS pacing and breaker.
+    pub sms_limits: ChannelLimits,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Events older than this are not announced.
+    pub max_event_age: Duration,
+}
+
+/// The running notification system of a node.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    supervisor: ActorRef<()>,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Why notifications could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// A template does not compile.
+    #[error(transparent)]
+    Template(#[from] render::RenderError),
+    /// The channel actors did not start.
+    #[error("cannot start the notification channels: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+impl Notifier {
+    /// Starts the channel actors, the planners and the workers.
+    pub(crate) async fn start(
+        jet: &Jet,
+        bus: &Bus,
+        users: UserRepo,
+        metrics: ActorMetrics,
+        s: NotifySettings,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Self, NotifyError> {
+        let renderer = Arc::new(render::Renderer::new(s.shop.clone())?);
+        let refs: ChannelRefs = ChannelRefs::default();
+        let args = vec![
+            ChannelArgs {
+                channel: Channel::Email,
+                provider: s.email,
+                limits: s.email_limits,
+                metrics: metrics.clone(),
+            },
+            ChannelArgs {
+                channel: Channel::Sms,
+                provider: s.sms,
+                limits: s.sms_limits,
+                metrics: metrics.clone(),
+            },
+        ];
+        let (supervisor, _) = Actor::spawn(None, ChannelsSupervisor, (args, refs.clone())).await?;
+        let planner = Arc::new(plan::Planner {
+            jet: jet.clone(),
+            bus: bus.clone(),
+            users,
+            renderer,
+            max_event_age: s.max_event_age,
+            reset_url: format!("{}/reset-password", s.shop.url.trim_end_matches('/')),
+        });
+        let worker = worker::Worker { jet: jet.clone(), channels: refs, retry: s.retry, metrics };
+        let mut tasks = Vec::new();
+        for kind in [EntityKind::Order, EntityKind::User, EntityKind::Stock] {
+            tasks.push(tokio::spawn(plan::run(planner.clone(), kind, stop.clone())));
+        }
+        for channel in Channel::ALL {
+            tasks.push(tokio::spawn(worker::run(worker.clone(), channel, stop.clone())));
+        }
+        Ok(Self { supervisor, tasks })
+    }
+
+    /// Stops the channel actors (after the tasks have stopped).
+    pub(crate) fn stop(&self) {
+        self.supervisor.stop(Some("node leaving".into()));
+    }
+}

@@ -1,0 +1,245 @@
+//! Planning: durable consumers on order, user and stock events decide who hears about each
+//! event over which channel, render the messages, and queue them on `SOUK_NOTIFY`. The
+//! queue's message id is the notification id, so an event planned twice (redelivered, or
+//! planned by two nodes) is queued once; the delivery claim covers anything later.
+
+use super::render::{Renderer, money, order_context};
+use async_nats::jetstream::AckKind;
+use minijinja::Value;
+use serde::de::DeserializeOwned;
+use souk_messages::event::{Commit, Event};
+use souk_messages::notify::{Channel, Notification, NotificationId, Topic};
+use souk_messages::order::{CancelReason, OrderCommand, OrderEvent, OrderId, OrderRequest};
+use souk_messages::stock::StockEvent;
+use souk_messages::subject::{EntityKind, Subjects};
+use souk_messages::user::{UserCommand, UserEvent, UserRequest, UserView};
+use souk_messages::{Sku, UserId};
+use souk_nats::{Bus, BusError, Jet};
+use souk_storage::UserRepo;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// What planning needs.
+#[derive(Debug)]
+pub(crate) struct Planner {
+    pub(crate) jet: Jet,
+    pub(crate) bus: Bus,
+    pub(crate) users: UserRepo,
+    pub(crate) renderer: Arc<Renderer>,
+    /// Events older than this are history, not news: nobody is told about them (a cluster
+    /// that gains notifications does not mail its whole past).
+    pub(crate) max_event_age: Duration,
+    /// Where a password-reset link points: `<shop url>/reset-password?token=…`.
+    pub(crate) reset_url: String,
+}
+
+/// Why planning one event failed; it is planned again shortly.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Render(#[from] super::render::RenderError),
+    #[error("cannot queue a notification: {0}")]
+    Queue(String),
+    #[error("cannot read the staff list: {0}")]
+    Storage(#[from] souk_storage::StorageError),
+}
+
+/// Runs the planner of `kind`'s events until `stop` is set.
+pub(crate) async fn run(planner: Arc<Planner>, kind: EntityKind, stop: watch::Receiver<bool>) {
+    let what = format!("notification planner ({kind})");
+    crate::restart::restarting(&what, stop, |stop| drive(&planner, kind, stop)).await;
+}
+
+async fn drive(
+    p: &Planner,
+    kind: EntityKind,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), souk_nats::NatsSource> {
+    let name = format!("souk_notify_plan_{kind}");
+    let consumer = crate::restart::shared_consumer(&p.jet, &name, kind, Duration::from_secs(30), 256).await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let Some(msg) = crate::restart::next_or_stop(&mut messages, &mut stop).await else { return Ok(()) };
+        let msg = msg?;
+        let planned = match kind {
+            EntityKind::Order => p.plan_commit(&msg.payload, |e| p.order(&msg.subject, e)).await,
+            EntityKind::User => p.plan_commit(&msg.payload, |e| p.user(&msg.subject, e)).await,
+            EntityKind::Stock => p.plan_commit(&msg.payload, |e| p.stock(&msg.subject, e)).await,
+            _ => Ok(()),
+        };
+        match planned {
+            Ok(()) => msg.ack().await?,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "could not plan notifications; retrying");
+                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await?;
+            }
+        }
+    }
+}
+
+impl Planner {
+    async fn plan_commit<E, F, Fut>(&self, payload: &[u8], plan: F) -> Result<(), PlanError>
+    where
+        E: DeserializeOwned,
+        F: Fn(Event<E>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Notification>, PlanError>>,
+    {
+        // Commits of event types this release does not know are not for it to announce.
+        let commit = match serde_json::from_slice::<Commit<E>>(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "not planning a commit this release cannot read");
+                return Ok(());
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        for event in commit {
+            if now - event.time > self.max_event_age {
+                continue;
+            }
+            for n in plan(event).await? {
+                self.queue(&n).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn queue(&self, n: &Notification) -> Result<(), PlanError> {
+        let body = serde_json::to_vec(n).map_err(|e| PlanError::Queue(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", n.id.as_str());
+        self.jet
+            .js
+            .publish_with_headers(Subjects.notify(n.channel), headers, body.into())
+            .await
+            .map_err(|e| PlanError::Queue(e.to_string()))?
+            .await
+            .map_err(|e| PlanError::Queue(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The messages of `topic` to `user` over every channel they can be reached on.
+    fn to_user(
+        &self,
+        event: &Event<impl Sized>,
+        topic: Topic,
+        user: &UserView,
+        order: Option<&OrderId>,
+        context: &Value,
+    ) -> Result<Vec<Notification>, PlanError> {
+        let ctx = minijinja::context! { customer => minijinja::context! { name => user.name.as_str() }, ..context.clone() };
+        let mut out = Vec::new();
+        let mut reach = vec![(Channel::Email, user.email.to_string())];
+        if let (Some(phone), false) = (&user.phone, user.sms_opt_out) {
+            reach.push((Channel::Sms, phone.as_str().to_owned()));
+        }
+        for (channel, to) in reach {
+            let Some(r) = self.renderer.render(topic, channel, &ctx)? else { continue };
+            out.push(Notification {
+                id: NotificationId::of(&event.event_id, channel, &to),
+                channel,
+                topic,
+                to,
+                customer: Some(user.id.clone()),
+                order: order.cloned(),
+                subject: r.subject,
+                text: r.text,
+                html: r.html,
+                caused_at: event.time,
+                prior_attempts: 0,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn user_view(&self, id: UserId) -> Result<UserView, BusError> {
+        self.bus.request(&UserRequest::new(id, UserCommand::Get)).await
+    }
+
+    async fn order(&self, subject: &str, event: Event<OrderEvent>) -> Result<Vec<Notification>, PlanError> {
+        let topic = match &event.body {
+            OrderEvent::Confirmed {} => Topic::OrderConfirmed,
+            OrderEvent::Shipped { .. } => Topic::OrderShipped,
+            OrderEvent::Delivered {} => Topic::OrderDelivered,
+            OrderEvent::Cancelled {
+                reason:
+                    CancelReason::PaymentDeclined | CancelReason::InsufficientFunds | CancelReason::PaymentFailed,
+                ..
+            } => Topic::PaymentFailed,
+            OrderEvent::Cancelled { .. } => Topic::OrderCancelled,
+            OrderEvent::Refunded { .. } => Topic::OrderRefunded,
+            _ => return Ok(Vec::new()),
+        };
+        let Some(id) =
+            Subjects.entity_id_of(EntityKind::Order, subject).and_then(|s| OrderId::parse(&s).ok())
+        else {
+            return Ok(Vec::new());
+        };
+        let order = match self.bus.request(&OrderRequest::new(id.clone(), OrderCommand::Get)).await {
+            Ok(o) => o,
+            Err(BusError::Rejected(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let user = match self.user_view(order.customer.clone()).await {
+            Ok(u) => u,
+            Err(BusError::Rejected(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut octx = order_context(&order);
+        if let OrderEvent::Refunded { amount, .. } = &event.body {
+            octx = minijinja::context! { refund => money(*amount, order.currency), ..octx };
+        }
+        if let OrderEvent::Shipped { tracking } = &event.body {
+            octx = minijinja::context! { tracking => tracking.clone(), ..octx };
+        }
+        self.to_user(&event, topic, &user, Some(&id), &minijinja::context! { order => octx })
+    }
+
+    async fn user(&self, subject: &str, event: Event<UserEvent>) -> Result<Vec<Notification>, PlanError> {
+        let UserEvent::PasswordResetRequested { email, token, expires_at } = &event.body else {
+            return Ok(Vec::new());
+        };
+        let Some(id) = Subjects.entity_id_of(EntityKind::User, subject).and_then(|s| UserId::parse(s).ok())
+        else {
+            return Ok(Vec::new());
+        };
+        let user = match self.user_view(id).await {
+            Ok(u) => u,
+            Err(BusError::Rejected(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let link = format!("{}?token={}", self.reset_url, token.expose());
+        let expires = expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let ctx = minijinja::context! { reset_url => link, expires_at => expires };
+        // The link goes to the address the reset was asked for, never by text message.
+        let user = UserView { email: email.clone(), phone: None, ..user };
+        self.to_user(&event, Topic::PasswordReset, &user, None, &ctx)
+    }
+
+    async fn stock(&self, subject: &str, event: Event<StockEvent>) -> Result<Vec<Notification>, PlanError> {
+        // The item publishes `stock.low` once per fall below its threshold.
+        let StockEvent::Low { levels } = &event.body else { return Ok(Vec::new()) };
+        let Some(sku) = Subjects.entity_id_of(EntityKind::Stock, subject).and_then(|s| Sku::parse(&s).ok())
+        else {
+            return Ok(Vec::new());
+        };
+        let ctx = minijinja::context! { stock => minijinja::context! {
+            sku => sku.as_str(),
+            available => levels.available(),
+            on_hand => levels.on_hand,
+            reserved => levels.reserved,
+            threshold => levels.low_stock,
+        }};
+        let mut out = Vec::new();
+        for staff in self.users.staff().await? {
+            // Staff hear about stock by email only.
+            let staff = UserView { phone: None, ..staff };
+            out.extend(self.to_user(&event, Topic::StockLow, &staff, None, &ctx)?);
+        }
+        Ok(out)
+    }
+}

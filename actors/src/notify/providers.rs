@@ -1,0 +1,281 @@
+//! The services that carry notifications: SMTP (lettre) and SendGrid for email, Twilio for
+//! SMS, and `log`, which only writes what it would send, for development.
+
+use futures::future::BoxFuture;
+use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
+use souk_messages::notify::Notification;
+use std::time::Duration;
+
+/// Why a provider did not take a notification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// It may work later: the provider is down, slow or throttling.
+    #[error("{0}")]
+    Retryable(String),
+    /// It can never work as it is (a refused address, bad credentials); retrying is pointless.
+    #[error("{0}")]
+    Permanent(String),
+    /// The channel's circuit breaker is open: the provider was not called.
+    #[error("circuit breaker open: the provider keeps failing")]
+    BreakerOpen,
+}
+
+/// A service that delivers one kind of notification.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The provider's name, for logs and metrics.
+    fn name(&self) -> &'static str;
+    /// Delivers `n`; `Ok` carries the provider's reference for it.
+    fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>>;
+}
+
+/// Writes what it would send to the log. For development; never for a shop's customers.
+#[derive(Debug, Clone, Copy)]
+pub struct LogProvider;
+
+impl Provider for LogProvider {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            tracing::info!(
+                channel = %n.channel, to = %n.to, topic = n.topic.as_str(), subject = n.subject.as_deref(),
+                text = %n.text, "notification (log provider: not sent)"
+            );
+            Ok("logged".to_owned())
+        })
+    }
+}
+
+/// How to reach the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    /// Plain text (a relay on the same host or network only).
+    None,
+    /// Upgrade with STARTTLS (usually port 587).
+    Starttls,
+    /// TLS from the first byte (usually port 465).
+    Tls,
+}
+
+/// SMTP settings.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Transport security.
+    pub security: SmtpSecurity,
+    /// User name and password, if the server wants them.
+    pub credentials: Option<(String, String)>,
+    /// The sender, e.g. `Shop <orders@shop.example>`.
+    pub from: String,
+    /// How long one message may take.
+    pub timeout: Duration,
+}
+
+/// Email over SMTP.
+#[derive(Debug)]
+pub struct SmtpProvider {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl SmtpProvider {
+    /// A client of the server in `s`. Connections are made when sending.
+    pub fn new(s: &SmtpSettings) -> Result<Self, String> {
+        let builder = match s.security {
+            SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
+            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
+                .map_err(|e| format!("smtp host {}: {e}", s.host))?,
+            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)
+                .map_err(|e| format!("smtp host {}: {e}", s.host))?,
+        };
+        let mut builder = builder.port(s.port).timeout(Some(s.timeout));
+        if let Some((user, password)) = &s.credentials {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        let from = s.from.parse().map_err(|e| format!("email_from {:?}: {e}", s.from))?;
+        Ok(Self { transport: builder.build(), from })
+    }
+}
+
+impl Provider for SmtpProvider {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
+    fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let to: Mailbox =
+                n.to.parse().map_err(|e| SendError::Permanent(format!("recipient {}: {e}", n.to)))?;
+            let builder = lettre::Message::builder()
+                .from(self.from.clone())
+                .to(to)
+                .subject(n.subject.clone().unwrap_or_default())
+                .message_id(Some(format!("<{}@souk>", n.id)));
+            let text = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(n.text.clone());
+            let message = match &n.html {
+                Some(html) => builder.multipart(
+                    MultiPart::alternative()
+                        .singlepart(text)
+                        .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html.clone())),
+                ),
+                None => builder.singlepart(text),
+            }
+            .map_err(|e| SendError::Permanent(format!("cannot build the message: {e}")))?;
+            match self.transport.send(message).await {
+                Ok(reply) => Ok(reply.message().collect::<Vec<_>>().join(" ")),
+                Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("smtp: {e}"))),
+                Err(e) => Err(SendError::Retryable(format!("smtp: {e}"))),
+            }
+        })
+    }
+}
+
+/// Maps an HTTP provider's answer: 2xx is sent; 429 and 5xx may pass; other 4xx never will.
+async fn http_outcome(
+    provider: &str,
+    res: Result<reqwest::Response, reqwest::Error>,
+) -> Result<String, SendError> {
+    let res = res.map_err(|e| SendError::Retryable(format!("{provider}: {e}")))?;
+    let status = res.status();
+    let reference = res.headers().get("x-message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = res.text().await.unwrap_or_default();
+    let body: String = body.chars().take(300).collect();
+    if status.is_success() {
+        let sid = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("sid").and_then(|s| s.as_str()).map(str::to_owned));
+        return Ok(reference.or(sid).unwrap_or_else(|| status.to_string()));
+    }
+    let detail = format!("{provider}: HTTP {status}: {body}");
+    if status.as_u16() == 429 || status.is_server_error() {
+        Err(SendError::Retryable(detail))
+    } else {
+        Err(SendError::Permanent(detail))
+    }
+}
+
+/// SendGrid settings.
+#[derive(Debug, Clone)]
+pub struct SendGridSettings {
+    /// API key (`SG.…`).
+    pub api_key: String,
+    /// API base URL.
+    pub base_url: String,
+    /// The sender address.
+    pub from: String,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+/// Email through SendGrid's v3 mail-send API.
+#[derive(Debug)]
+pub struct SendGridProvider {
+    http: reqwest::Client,
+    settings: SendGridSettings,
+    from: Mailbox,
+}
+
+impl SendGridProvider {
+    /// A client with `s`.
+    pub fn new(s: SendGridSettings) -> Result<Self, String> {
+        let http = reqwest::Client::builder().timeout(s.timeout).build().map_err(|e| e.to_string())?;
+        let from = s.from.parse().map_err(|e| format!("email_from {:?}: {e}", s.from))?;
+        Ok(Self { http, settings: s, from })
+    }
+}
+
+impl Provider for SendGridProvider {
+    fn name(&self) -> &'static str {
+        "sendgrid"
+    }
+
+    fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let mut content = vec![serde_json::json!({ "type": "text/plain", "value": n.text })];
+            if let Some(html) = &n.html {
+                content.push(serde_json::json!({ "type": "text/html", "value": html }));
+            }
+            let mut from = serde_json::json!({ "email": self.from.email.to_string() });
+            if let Some(name) = &self.from.name {
+                from["name"] = serde_json::json!(name);
+            }
+            let body = serde_json::json!({
+                "personalizations": [{ "to": [{ "email": n.to }] }],
+                "from": from,
+                "subject": n.subject.clone().unwrap_or_default(),
+                "content": content,
+                "custom_args": { "souk_notification": n.id.as_str() },
+            });
+            let res = self
+                .http
+                .post(format!("{}/v3/mail/send", self.settings.base_url.trim_end_matches('/')))
+                .bearer_auth(&self.settings.api_key)
+                .json(&body)
+                .send()
+                .await;
+            http_outcome("sendgrid", res).await
+        })
+    }
+}
+
+/// Twilio settings.
+#[derive(Debug, Clone)]
+pub struct TwilioSettings {
+    /// Account SID (`AC…`).
+    pub account_sid: String,
+    /// Auth token.
+    pub auth_token: String,
+    /// The sending number, in international form.
+    pub from: String,
+    /// API base URL.
+    pub base_url: String,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+/// SMS through Twilio's Messages API.
+#[derive(Debug)]
+pub struct TwilioProvider {
+    http: reqwest::Client,
+    settings: TwilioSettings,
+}
+
+impl TwilioProvider {
+    /// A client with `s`.
+    pub fn new(s: TwilioSettings) -> Result<Self, String> {
+        let http = reqwest::Client::builder().timeout(s.timeout).build().map_err(|e| e.to_string())?;
+        Ok(Self { http, settings: s })
+    }
+}
+
+impl Provider for TwilioProvider {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let s = &self.settings;
+            let res = self
+                .http
+                .post(format!(
+                    "{}/2010-04-01/Accounts/{}/Messages.json",
+                    s.base_url.trim_end_matches('/'),
+                    s.account_sid
+                ))
+                .basic_auth(&s.account_sid, Some(&s.auth_token))
+                .form(&[("To", n.to.as_str()), ("From", s.from.as_str()), ("Body", n.text.as_str())])
+                .send()
+                .await;
+            http_outcome("twilio", res).await
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! Renders notifications from the templates in `actors/templates/` (minijinja): text and HTML
+//! for email, text for SMS. An email template sets `subject`; HTML is escaped automatically.
+
+use minijinja::{AutoEscape, Environment, Value};
+use serde::Serialize;
+use souk_messages::notify::{Channel, Topic};
+use souk_messages::order::{CancelReason, OrderView};
+use souk_messages::product::Currency;
+
+/// The shop, as its messages name it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shop {
+    /// The shop's name.
+    pub name: String,
+    /// Its storefront's address, without a trailing slash.
+    pub url: String,
+}
+
+/// A rendered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The email subject (email only).
+    pub subject: Option<String>,
+    /// The text body.
+    pub text: String,
+    /// The HTML body (email only).
+    pub html: Option<String>,
+}
+
+/// Why a message could not be rendered: a defect in a template.
+#[derive(Debug, thiserror::Error)]
+#[error("template {name}: {source}")]
+pub struct RenderError {
+    name: String,
+    #[source]
+    source: minijinja::Error,
+}
+
+macro_rules! templates {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, include_str!(concat!("../../templates/", $name)))),*]
+    };
+}
+
+/// Every template, compiled into the binary so a node never runs without them.
+const TEMPLATES: &[(&str, &str)] = &templates![
+    "email/layout.html",
+    "email/lines.html",
+    "email/lines.txt",
+    "email/order_confirmed.txt",
+    "email/order_confirmed.html",
+    "email/order_shipped.txt",
+    "email/order_shipped.html",
+    "email/order_delivered.txt",
+    "email/order_delivered.html",
+    "email/order_cancelled.txt",
+    "email/order_cancelled.html",
+    "email/order_refunded.txt",
+    "email/order_refunded.html",
+    "email/payment_failed.txt",
+    "email/payment_failed.html",
+    "email/password_reset.txt",
+    "email/password_reset.html",
+    "email/stock_low.txt",
+    "email/stock_low.html",
+    "sms/order_confirmed.txt",
+    "sms/order_shipped.txt",
+    "sms/order_delivered.txt",
+    "sms/order_cancelled.txt",
+    "sms/order_refunded.txt",
+    "sms/payment_failed.txt",
+];
+
+/// The template set and the shop. Cheap to share.
+#[derive(Debug)]
+pub struct Renderer {
+    env: Environment<'static>,
+    shop: Shop,
+}
+
+impl Renderer {
+    /// Compiles the templates.
+    pub fn new(shop: Shop) -> Result<Self, RenderError> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") { AutoEscape::Html } else { AutoEscape::None }
+        });
+        env.set_keep_trailing_newline(true);
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source)
+                .map_err(|source| RenderError { name: (*name).to_owned(), source })?;
+        }
+        Ok(Self { env, shop })
+    }
+
+    /// Whether `topic` has a message for `channel`.
+    pub fn has(&self, topic: Topic, channel: Channel) -> bool {
+        self.env.get_template(&format!("{channel}/{}.txt", topic.as_str())).is_ok()
+    }
+
+    /// Renders `topic` for `channel` with `context` (plus `shop`), or `None` if the topic
+    /// has no message on that channel.
+    pub fn render(
+        &self,
+        topic: Topic,
+        channel: Channel,
+        context: &Value,
+    ) -> Result<Option<Rendered>, RenderError> {
+        let ctx = minijinja::context! { shop => self.shop.clone(), ..context.clone() };
+        let name = format!("{channel}/{}.txt", topic.as_str());
+        let Ok(text) = self.env.get_template(&name) else { return Ok(None) };
+        let err = |source| RenderError { name: name.clone(), source };
+        let captured = text.render_captured(&ctx).map_err(err)?;
+        let subject = captured.state().lookup("subject").map(|s| s.to_string());
+        let text = captured.output().to_owned();
+        let html = match self.env.get_template(&format!("{channel}/{}.html", topic.as_str())) {
+            Ok(t) => {
+                Some(t.render(minijinja::context! { subject => subject.clone(), ..ctx.clone() }).map_err(
+                    |source| RenderError { name: format!("{channel}/{}.html", topic.as_str()), source },
+                )?)
+            }
+            Err(_) => None,
+        };
+        let text = if channel == Channel::Sms { text.trim().to_owned() } else { text };
+        Ok(Some(Rendered { subject, text, html }))
+    }
+}
+
+/// `amount` minor units of `currency` the way shoppers read it: `€1,234.50`, `¥1,200`,
+/// `1,234.50 SEK`.
+pub fn money(amount: i64, currency: Currency) -> String {
+    let code = currency.as_str();
+    let exponent = match code {
+        "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" | "XAF" | "XOF" | "PYG" => 0,
+        "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "IQD" | "LYD" => 3,
+        _ => 2,
+    };
+    let sign = if amount < 0 { "-" } else { "" };
+    let abs = amount.unsigned_abs();
+    let unit = 10u64.pow(exponent);
+    let whole = group_thousands(abs / unit);
+    let number = if exponent == 0 {
+        whole
+    } else {
+        format!("{whole}.{:0width$}", abs % unit, width = exponent as usize)
+    };
+    match code {
+        "EUR" => format!("{sign}€{number}"),
+        "USD" => format!("{sign}${number}"),
+        "GBP" => format!("{sign}£{number}"),
+        "JPY" => format!("{sign}¥{number}"),
+        _ => format!("{sign}{number} {code}"),
+    }
+}
+
+fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Why an order was cancelled, in words for its customer.
+pub fn cancel_reason(reason: CancelReason) -> &'static str {
+    match reason {
+        CancelReason::OutOfStock => "an item ran out of stock",
+        CancelReason::PaymentDeclined => "the card was declined",
+        CancelReason::InsufficientFunds => "the card has insufficient funds",
+        CancelReason::PaymentFailed => "the payment could not be completed",
+        CancelReason::ReservationLapsed => "the items held for it were released before payment",
+        CancelReason::CustomerRequest => "you asked us to cancel it",
+        CancelReason::StaffRequest => "we had to cancel it",
+    }
+}
+
+/// The order as templates see it: money already formatted.
+pub fn order_context(order: &OrderView) -> Value {
+    let lines: Vec<Value> = order
+        .lines
+        .iter()
+        .map(|l| {
+            minijinja::context! {
+                sku => l.sku.as_str(),
+                title => l.title.clone(),
+                quantity => l.quantity,
+                unit_price => money(l.unit_price.amount, l.unit_price.currency),
+                total => money(l.unit_price.amount.saturating_mul(i64::from(l.quantity)), l.unit_price.currency),
+            }
+        })
+        .collect();
+    let a = &order.shipping_address;
+    let address = [
+        Some(&a.name),
+        Some(&a.line1),
+        a.line2.as_ref(),
+        Some(&a.city),
+        Some(&a.postal_code),
+        Some(&a.country),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| !s.is_empty())
+    .map(String::as_str)
+    .collect::<Vec<_>>()
+    .join(", ");
+    let reason = order.cancel_reason.map(cancel_reason);
+    let refunded = (order.refunded > 0).then(|| money(order.refunded, order.currency));
+    minijinja::context! {
+        id => order.id.as_str(),
+        number => order.id.as_str(),
+        lines => lines,
+        total => money(order.total, order.currency),
+        address => address,
+        tracking => order.tracking.clone(),
+        reason => reason,
+        refunded => refunded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_reads_as_shoppers_expect() {
+        let c = |s| Currency::parse(s).expect("currency");
+        assert_eq!(money(123_450, c("EUR")), "€1,234.50");
+        assert_eq!(money(5, c("USD")), "$0.05");
+        assert_eq!(money(1200, c("JPY")), "¥1,200");
+        assert_eq!(money(1_234_567, c("KWD")), "1,234.567 KWD");
+        assert_eq!(money(99, c("SEK")), "0.99 SEK");
+    }
+
+    #[test]
+    fn every_template_compiles_and_email_sets_a_subject() {
+        let r = Renderer::new(Shop { name: "Shop <&>".into(), url: "https://shop.test".into() })
+            .expect("templates");
+        let ctx = minijinja::context! {
+            customer => minijinja::context! { name => "Ada" },
+            order => minijinja::context! { id => "ord-1", number => "ord-1", lines => Vec::<Value>::new(), total => "€1.00", reason => "x", refund => "€1.00" },
+            stock => minijinja::context! { sku => "SKU-1", available => 1, on_hand => 1, reserved => 0, threshold => 5 },
+            reset_url => "https://shop.test/reset?token=t",
+            expires_at => "soon",
+        };
+        for topic in [
+            Topic::OrderConfirmed,
+            Topic::OrderShipped,
+            Topic::OrderDelivered,
+            Topic::OrderCancelled,
+            Topic::OrderRefunded,
+            Topic::PaymentFailed,
+            Topic::PasswordReset,
+            Topic::StockLow,
+        ] {
+            let email = r.render(topic, Channel::Email, &ctx).expect("render").expect("email template");
+            assert!(email.subject.as_deref().is_some_and(|s| !s.is_empty()), "{topic:?} has no subject");
+            let html = email.html.expect("html");
+            assert!(html.contains("Shop &lt;&amp;&gt;"), "{topic:?}: HTML must escape: {html}");
+            assert!(email.text.contains("Shop <&>"), "{topic:?}: text is not escaped");
+        }
+        assert!(r.render(Topic::PasswordReset, Channel::Sms, &ctx).expect("render").is_none());
+        let sms = r.render(Topic::OrderConfirmed, Channel::Sms, &ctx).expect("render").expect("sms");
+        assert!(sms.text.contains("ord-1") && sms.html.is_none() && sms.subject.is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! The `notifications` read model, the delivery log: one row per notification with every
+//! attempt and its outcome, folded from `notification.attempted` events, for the admins'
+//! `GET /v1/admin/notifications`.
+
+use crate::{Db, StorageError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use souk_messages::UserId;
+use souk_messages::event::Event;
+use souk_messages::notify::{Channel, NotificationEvent, NotificationId, Outcome, Topic};
+use souk_messages::order::OrderId;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The projection name under which the notification projector records its checkpoint.
+const PROJECTION: &str = "notification";
+
+/// One notification's events in a projected batch, in stream order.
+#[derive(Debug, Clone)]
+pub struct NotificationEvents {
+    /// The notification.
+    pub id: NotificationId,
+    /// Its events, each with the stream sequence of its commit.
+    pub events: Vec<(u64, Event<NotificationEvent>)>,
+}
+
+/// One delivery attempt, as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub attempt: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The provider's answer or the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// A notification and its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Delivery {
+    /// The notification id.
+    pub id: String,
+    /// The channel.
+    pub channel: Channel,
+    /// What it is about.
+    pub topic: Topic,
+    /// The address.
+    pub to: String,
+    /// The customer it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub customer: Option<UserId>,
+    /// The order it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub order: Option<OrderId>,
+    /// The latest outcome.
+    pub status: Outcome,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Row {
+    nid: String,
+    /// Unix nanoseconds of the first attempt: the list's order.
+    created_ns: i64,
+    seq: u64,
+    // Copies of the delivery's fields that lists filter on, at the top for their indexes.
+    to: String,
+    order: Option<String>,
+    channel: Channel,
+    status: Outcome,
+    delivery: Delivery,
+}
+
+/// Which deliveries a page shows.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    /// Only to this address.
+    pub to: Option<String>,
+    /// Only about this order.
+    pub order: Option<OrderId>,
+    /// Only over this channel.
+    pub channel: Option<Channel>,
+    /// Only those whose latest outcome is this.
+    pub status: Option<Outcome>,
+    /// Where the previous page ended (its `next`).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A page of deliveries, newest first.
+#[derive(Debug, Clone)]
+pub struct DeliveryPage {
+    /// The deliveries.
+    pub items: Vec<Delivery>,
+    /// The cursor of the next page, if the page is full.
+    pub next: Option<String>,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt { table: "notifications", detail: e.to_string() }
+}
+
+/// The notifications table. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NotificationRepo {
+    db: Arc<Db>,
+}
+
+impl NotificationRepo {
+    /// The repository over a shared handle.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    /// Adds each notification's new attempts to its row and advances the checkpoint, in one
+    /// transaction. An attempt already recorded is skipped, so replays are harmless.
+    pub async fn apply(&self, batch: &[NotificationEvents], checkpoint: u64) -> Result<(), StorageError> {
+        let ids: Vec<&str> = batch.iter().map(|n| n.id.as_str()).collect();
+        let mut res =
+            self.db.query("SELECT * OMIT id FROM notifications WHERE nid IN $ids").bind(("ids", ids)).await?;
+        let existing: Vec<serde_json::Value> = res.take(0)?;
+        let mut rows: HashMap<String, Row> = HashMap::new();
+        for v in existing {
+            let row: Row = serde_json::from_value(v).map_err(corrupt)?;
+            rows.insert(row.nid.clone(), row);
+        }
+        let mut out = Vec::new();
+        for n in batch {
+            let mut row = rows.remove(n.id.as_str());
+            let mut changed = false;
+            for (seq, e) in &n.events {
+                let NotificationEvent::Attempted { channel, topic, to, customer, order, outcome, detail } =
+                    &e.body;
+                let at = e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                let row = row.get_or_insert_with(|| Row {
+                    nid: n.id.to_string(),
+                    created_ns: i64::try_from(e.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+                    seq: 0,
+                    to: to.clone(),
+                    order: order.as_ref().map(|o| o.to_string()),
+                    channel: *channel,
+                    status: *outcome,
+                    delivery: Delivery {
+                        id: n.id.to_string(),
+                        channel: *channel,
+                        topic: *topic,
+                        to: to.clone(),
+                        customer: customer.clone(),
+                        order: order.clone(),
+                        status: *outcome,
+                        attempts: Vec::new(),
+                    },
+                });
+                if row.delivery.attempts.iter().any(|a| a.attempt == e.version) {
+                    continue;
+                }
+                row.delivery.attempts.push(Attempt {
+                    attempt: e.version,
+                    outcome: *outcome,
+                    detail: detail.clone(),
+                    at,
+                });
+                row.delivery.attempts.sort_by_key(|a| a.attempt);
+                if let Some(last) = row.delivery.attempts.last() {
+                    row.delivery.status = last.outcome;
+                    row.status = last.outcome;
+                }
+                row.seq = *seq;
+                changed = true;
+            }
+            if let (true, Some(row)) = (changed, row) {
+                let mut value = serde_json::to_value(&row).map_err(corrupt)?;
+                value["id"] = json!(row.nid);
+                out.push(value);
+            }
+        }
+        const UPSERT: &str = r"INSERT INTO notifications $rows ON DUPLICATE KEY UPDATE
+                    status = $input.status, delivery = $input.delivery, seq = $input.seq;";
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+    }
+
+    /// The last stream sequence the projection has applied; 0 for an empty database.
+    pub async fn checkpoint(&self) -> Result<u64, StorageError> {
+        crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// A page of deliveries, newest first. Cursors are `<created_ns>|<id>`.
+    pub async fn list(&self, q: &DeliveryQuery) -> Result<DeliveryPage, StorageError> {
+        let (after_at, after_id) = match q.after.as_deref().and_then(|a| a.rsplit_once('|')) {
+            Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
+            None => (i64::MAX, String::new()),
+        };
+        let value = |v: Option<serde_json::Value>| v.unwrap_or(json!(""));
+        let mut res = self
+            .db
+            .query(
+                r"SELECT * OMIT id FROM notifications
+                  WHERE ($to = '' OR `to` = $to)
+                    AND ($order = '' OR `order` = $order)
+                    AND ($channel = '' OR channel = $channel)
+                    AND ($status = '' OR status = $status)
+                    AND ($after_id = '' OR created_ns < $after_at OR (created_ns = $after_at AND nid < $after_id))
+                  ORDER BY created_ns DESC, nid DESC LIMIT $limit",
+            )
+            .bind(json!({
+                "to": q.to.as_deref().unwrap_or(""),
+                "order": q.order.as_ref().map_or("", OrderId::as_str),
+                "channel": value(q.channel.map(|c| json!(c))),
+                "status": value(q.status.map(|s| json!(s))),
+                "after_at": after_at,
+                "after_id": after_id,
+                "limit": q.limit,
+            }))
+            .await?;
+        let rows: Vec<serde_json::Value> = res.take(0)?;
+        let rows: Vec<Row> =
+            rows.into_iter().map(|v| serde_json::from_value(v).map_err(corrupt)).collect::<Result<_, _>>()?;
+        let next = (rows.len() == q.limit as usize)
+            .then(|| rows.last().map(|r| format!("{}|{}", r.created_ns, r.nid)))
+            .flatten();
+        Ok(DeliveryPage { items: rows.into_iter().map(|r| r.delivery).collect(), next })
+    }
+}
