@@ -75,6 +75,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     let history = store.clone();
     let actor_metrics = ActorMetrics::register(&mut registry);
     let http = souk_api::metrics::HttpMetrics::register(&mut registry);
+    let nats_metrics = souk_nats::monitor::NatsMetrics::register(&mut registry);
     let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
 
     // Embedded read models are per node, so each node projects everything through its own
@@ -120,6 +121,10 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
 
     let (stop_feeds, feeds_stop) = tokio::sync::watch::channel(false);
     let storefront = souk_api::storefront::Storefront::start(&jet, readiness.clone(), &feeds_stop);
+    tokio::spawn({
+        let (jet, stop) = (jet.clone(), feeds_stop.clone());
+        async move { nats_metrics.watch(jet, Duration::from_secs(5), stop).await }
+    });
     let catalog = souk_api::catalog::Catalog::new(bus.clone(), souk_nats::catalog::CatalogClaims::new(&jet));
     if seed {
         let (bus, auth, catalog, readiness) = (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());

@@ -157,6 +157,7 @@ impl<E: Entity> Actor for EntityActor<E> {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             EntityMsg::Command(request, reply_to) => {
+                st.ctx.metrics.queued(E::KIND, -1);
                 st.decide(request, reply_to);
                 Box::pin(st.flush(&me)).await;
             }

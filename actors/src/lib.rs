@@ -138,6 +138,7 @@ impl Node {
             &stop,
         )
         .await?;
+        let saga_metrics = ctx.metrics.clone();
         let tasks = vec![
             tokio::spawn(expiry::run(ctx, deps.read_models.stock.clone(), deps.bus.clone(), stop.clone())),
             tokio::spawn(projector::run(
@@ -175,6 +176,7 @@ impl Node {
                 deps.bus.clone(),
                 deps.payments,
                 settings.saga,
+                saga_metrics,
                 stop.clone(),
             )),
             tokio::spawn(follow::run(deps.jet, deps.bus, stop)),

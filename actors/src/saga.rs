@@ -8,6 +8,7 @@
 //! Every step is idempotent by the order id (reservation id, payment keys), and the order
 //! entity ignores a result it already has, so a repeated step changes nothing.
 
+use crate::metrics::ActorMetrics;
 use crate::payments::{PaymentError, PaymentGateway};
 use async_nats::jetstream::AckKind;
 use souk_messages::event::Commit;
@@ -51,6 +52,7 @@ struct Saga {
     bus: Bus,
     gateway: Arc<dyn PaymentGateway>,
     settings: SagaSettings,
+    metrics: ActorMetrics,
 }
 
 /// Why a step must be retried later (its message is redelivered).
@@ -68,9 +70,10 @@ pub async fn run(
     bus: Bus,
     gateway: Arc<dyn PaymentGateway>,
     settings: SagaSettings,
+    metrics: ActorMetrics,
     stop: watch::Receiver<bool>,
 ) {
-    let saga = Saga { bus, gateway, settings };
+    let saga = Saga { bus, gateway, settings, metrics };
     crate::restart::restarting("checkout saga driver", stop, |stop| drive(&jet, &saga, stop)).await;
 }
 
@@ -110,6 +113,7 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
         let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
         let saga = saga.clone();
         tokio::spawn(async move {
+            saga.metrics.saga_started();
             let step = saga.step(&id);
             tokio::pin!(step);
             let mut progress =
@@ -127,6 +131,7 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
             let ack = match outcome {
                 Ok(()) => msg.ack().await,
                 Err(e) => {
+                    saga.metrics.saga_failed_step();
                     tracing::warn!(order = %id, error = %e, "checkout step failed; it will run again");
                     msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
                 }
@@ -134,8 +139,22 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
             if let Err(e) = ack {
                 tracing::warn!(order = %id, error = %e, "could not acknowledge a checkout step");
             }
+            saga.metrics.saga_stopped();
             drop(permit);
         });
+    }
+}
+
+/// How a checkout ended, for metrics: `confirmed`, or `cancelled_<reason>`.
+fn outcome(order: &OrderView) -> &'static str {
+    match (order.status, order.cancel_reason) {
+        (OrderStatus::Cancelled, Some(CancelReason::OutOfStock)) => "cancelled_out_of_stock",
+        (OrderStatus::Cancelled, Some(CancelReason::PaymentDeclined)) => "cancelled_payment_declined",
+        (OrderStatus::Cancelled, Some(CancelReason::InsufficientFunds)) => "cancelled_insufficient_funds",
+        (OrderStatus::Cancelled, Some(CancelReason::PaymentFailed)) => "cancelled_payment_failed",
+        (OrderStatus::Cancelled, Some(CancelReason::ReservationLapsed)) => "cancelled_reservation_lapsed",
+        (OrderStatus::Cancelled, _) => "cancelled_other",
+        _ => "confirmed",
     }
 }
 
@@ -147,6 +166,8 @@ impl Saga {
     /// Runs the order's steps one after the other until it is at rest (a step changes
     /// nothing): the checkout from placement to confirmation, or a cancellation or refund.
     async fn step(&self, id: &OrderId) -> Result<(), StepError> {
+        let started = std::time::Instant::now();
+        let mut first = None;
         let mut last = None;
         for _ in 0..MAX_STEPS {
             let order = match self.order(id, OrderCommand::Get).await {
@@ -154,7 +175,14 @@ impl Saga {
                 Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownOrder => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
+            let checking_out =
+                matches!(order.status, OrderStatus::Pending | OrderStatus::Reserved | OrderStatus::Paid);
+            first.get_or_insert(checking_out);
             if last == Some(order.version) {
+                // A checkout this run drove to its end.
+                if first == Some(true) && !checking_out {
+                    self.metrics.saga_ended(outcome(&order), started.elapsed());
+                }
                 return Ok(());
             }
             last = Some(order.version);

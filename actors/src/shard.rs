@@ -86,9 +86,12 @@ impl<E: Entity> Actor for ShardSupervisor<E> {
     ) -> Result<ShardState<E>, ActorProcessingErr> {
         let mut sub = args.ctx.bus.serve_shard(args.shard).await?;
         let intake_me = me.clone();
+        let metrics = args.ctx.metrics.clone();
         let intake = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                metrics.queued(E::KIND, 1);
                 if intake_me.cast(ShardMsg::Command(msg)).is_err() {
+                    metrics.queued(E::KIND, -1);
                     break;
                 }
             }
@@ -128,7 +131,10 @@ impl<E: Entity> Actor for ShardSupervisor<E> {
         st: &mut ShardState<E>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Command(msg) => st.route(&me, msg).await,
+            ShardMsg::Command(msg) => {
+                st.ctx.metrics.queued(E::KIND, -1);
+                st.route(&me, msg).await;
+            }
             ShardMsg::Sweep => st.sweep(),
             ShardMsg::Handoff(port) => {
                 st.stop_intake();
@@ -204,7 +210,9 @@ impl<E: Entity> ShardState<E> {
                 }
             }
         };
+        self.ctx.metrics.queued(E::KIND, 1);
         if let Err(e) = actor.cast(EntityMsg::Command(request, msg.reply)) {
+            self.ctx.metrics.queued(E::KIND, -1);
             // The actor is stopping; the caller's retry reaches a fresh one.
             tracing::debug!(error = %e, "command to a stopping entity dropped");
         }

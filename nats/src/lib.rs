@@ -14,6 +14,7 @@
 //! - [`catalog`]: product slug and SKU claims.
 //! - [`accounts`]: email claims, password hashes, refresh-token families, login failures.
 //! - [`metrics`] and [`health`]: what the edge exposes on `/metrics` and `/readyz`.
+//! - [`monitor`]: the connection and consumer-lag gauges.
 
 pub mod accounts;
 pub mod bus;
@@ -24,6 +25,7 @@ pub mod event_store;
 pub mod health;
 pub mod kv;
 pub mod metrics;
+pub mod monitor;
 pub mod server;
 pub mod streams;
 
