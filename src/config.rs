@@ -179,6 +179,19 @@ pub struct Config {
     /// not mail its past).
     #[serde(with = "humantime_serde")]
     pub notify_max_event_age: Duration,
+    /// Allow webhook endpoints on loopback and private addresses (never on the internet:
+    /// it lets admins make the node call internal services).
+    pub webhooks_allow_private: bool,
+    /// How long one webhook delivery may take.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Webhook deliveries per second at most, per node; 0: no limit.
+    pub webhook_rate_per_second: f64,
+    /// Attempts before a webhook delivery is dead-lettered (the default spans about a day).
+    pub webhook_max_attempts: u32,
+    /// The longest pause between webhook attempts.
+    #[serde(with = "humantime_serde")]
+    pub webhook_retry_max: Duration,
 }
 
 /// A setting that is text even when it looks like a number (`+15550001111` in the
@@ -275,6 +288,11 @@ impl Default for Config {
             notify_retry_base: Duration::from_secs(2),
             notify_retry_max: Duration::from_secs(600),
             notify_max_event_age: Duration::from_secs(24 * 3600),
+            webhooks_allow_private: false,
+            webhook_timeout: Duration::from_secs(10),
+            webhook_rate_per_second: 50.0,
+            webhook_max_attempts: 40,
+            webhook_retry_max: Duration::from_secs(3600),
         }
     }
 }
@@ -443,6 +461,17 @@ impl Config {
                 max: self.notify_retry_max.max(self.notify_retry_base),
                 // A send may take the provider's whole timeout; the claim outlasts it.
                 ack_wait: (self.notify_timeout * 3).max(Duration::from_secs(5)),
+            },
+            webhooks: souk_actors::notify::WebhookChannel {
+                limits: limits(self.webhook_rate_per_second),
+                retry: RetryPolicy {
+                    max_attempts: self.webhook_max_attempts.max(1),
+                    base: self.notify_retry_base,
+                    max: self.webhook_retry_max.max(self.notify_retry_base),
+                    ack_wait: (self.webhook_timeout * 3).max(Duration::from_secs(5)),
+                },
+                allow_private: self.webhooks_allow_private,
+                timeout: self.webhook_timeout,
             },
             max_event_age: self.notify_max_event_age,
         })

@@ -150,6 +150,9 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         catalog_repo: read_models.catalog,
         orders: read_models.orders,
         notifications: read_models.notifications,
+        endpoints: souk_nats::notify::Endpoints::new(&jet),
+        webhooks_allow_private: cfg.webhooks_allow_private,
+        jet: jet.clone(),
         webhooks: souk_api::webhook::Webhooks::new(
             cfg.payments_webhook_secret.clone(),
             JsonKv::new(jet.webhooks.clone()),

@@ -127,7 +127,8 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidReservationId
         | ErrorCode::InvalidEmail
         | ErrorCode::WeakPassword
-        | ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        | ErrorCode::IdempotencyKeyReused
+        | ErrorCode::WebhookUrlNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Unauthorized | ErrorCode::InvalidCredentials | ErrorCode::InvalidToken => {
             StatusCode::UNAUTHORIZED
         }
@@ -140,7 +141,8 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownUser
         | ErrorCode::UnknownProduct
         | ErrorCode::UnknownCartLine
-        | ErrorCode::UnknownOrder => StatusCode::NOT_FOUND,
+        | ErrorCode::UnknownOrder
+        | ErrorCode::UnknownNotification => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::InsufficientStock
         | ErrorCode::ReservationConflict

@@ -84,6 +84,12 @@ pub struct App {
     pub orders: souk_storage::OrderRepo,
     /// The delivery log.
     pub notifications: souk_storage::NotificationRepo,
+    /// The webhook endpoints.
+    pub endpoints: souk_nats::notify::Endpoints,
+    /// Whether webhook endpoints may be on loopback and private addresses.
+    pub webhooks_allow_private: bool,
+    /// The stream and buckets, for queueing notifications.
+    pub jet: souk_nats::Jet,
     /// The payment provider's webhook endpoint.
     pub webhooks: webhook::Webhooks,
     /// Entity histories, for the history routes.
@@ -157,6 +163,12 @@ pub struct App {
         routes::orders::deliver,
         routes::orders::refund,
         routes::notifications::list,
+        routes::notifications::replay,
+        routes::webhooks::register,
+        routes::webhooks::list,
+        routes::webhooks::get_one,
+        routes::webhooks::update,
+        routes::webhooks::remove,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)

@@ -76,6 +76,10 @@ pub enum ErrorCode {
     OrderConflict,
     /// The `Idempotency-Key` was used before with a different request.
     IdempotencyKeyReused,
+    /// No webhook endpoint or notification has this id.
+    UnknownNotification,
+    /// A webhook endpoint's address is not one Souk may call (loopback, private, not http(s)).
+    WebhookUrlNotAllowed,
     /// Too many requests: slow down and retry after the indicated time.
     RateLimited,
     /// The owning shard is moving or the cluster is not ready; retry shortly.
@@ -124,6 +128,8 @@ impl ErrorCode {
             Self::UnknownOrder => "unknown_order",
             Self::OrderConflict => "order_conflict",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::UnknownNotification => "unknown_notification",
+            Self::WebhookUrlNotAllowed => "webhook_url_not_allowed",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -132,7 +138,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 37] = [
+    pub const ALL: [Self; 39] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
@@ -166,6 +172,8 @@ impl ErrorCode {
         Self::UnknownOrder,
         Self::OrderConflict,
         Self::IdempotencyKeyReused,
+        Self::UnknownNotification,
+        Self::WebhookUrlNotAllowed,
         Self::RateLimited,
         Self::Unavailable,
         Self::Timeout,

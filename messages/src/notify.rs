@@ -1,5 +1,6 @@
-//! Notifications: what Souk tells customers and staff, by email and SMS. An event that calls
-//! for a message becomes one [`Notification`] per channel and recipient, queued on
+//! Notifications: what Souk tells customers and staff, by email and SMS, and what it posts to
+//! the shop's registered webhook endpoints. An event that calls for a message becomes one
+//! [`Notification`] per channel and recipient, queued on
 //! `souk.notify.<channel>`; each delivery attempt is recorded as a [`NotificationEvent`] on
 //! `souk.evt.notification.<id>`, and what still fails after the last attempt is dead-lettered
 //! on `souk.dlq.<channel>`.
@@ -21,17 +22,20 @@ pub enum Channel {
     Email,
     /// A text message.
     Sms,
+    /// An HTTP POST to a registered webhook endpoint, signed the Standard Webhooks way.
+    Webhook,
 }
 
 impl Channel {
     /// Every channel.
-    pub const ALL: [Self; 2] = [Self::Email, Self::Sms];
+    pub const ALL: [Self; 3] = [Self::Email, Self::Sms, Self::Webhook];
 
     /// The channel as a subject token.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::Webhook => "webhook",
         }
     }
 
@@ -67,6 +71,8 @@ pub enum Topic {
     PasswordReset,
     /// A SKU's available stock fell below the threshold (to staff).
     StockLow,
+    /// An event, posted to the webhook endpoints that subscribed to its type.
+    Event,
 }
 
 impl Topic {
@@ -81,6 +87,7 @@ impl Topic {
             Self::PaymentFailed => "payment_failed",
             Self::PasswordReset => "password_reset",
             Self::StockLow => "stock_low",
+            Self::Event => "event",
         }
     }
 }
@@ -102,10 +109,10 @@ pub struct Notification {
     /// The order it concerns, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<OrderId>,
-    /// The email's subject line (email only).
+    /// The email's subject line; for a webhook, the event's type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// The plain-text body (the whole SMS).
+    /// The plain-text body (the whole SMS; a webhook's JSON body).
     pub text: String,
     /// The HTML body (email only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,7 +198,190 @@ pub enum NotificationEvent {
         /// The provider's answer or the failure.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// A webhook's event type and body (webhooks only: they are public event data), so
+        /// the delivery can be replayed from the log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        webhook: Option<WebhookBody>,
     },
+}
+
+/// What a webhook delivery posts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookBody {
+    /// The event's type.
+    pub event_type: String,
+    /// The JSON body.
+    pub body: String,
+}
+
+/// A webhook endpoint's id: `whe-` and 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EndpointId(String);
+
+impl EndpointId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        Self(format!("whe-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Validates `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("whe-")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| Self(s.to_owned()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The entity kinds whose events webhook endpoints may subscribe to. User events are never
+/// posted: they are personal data, and one carries a password-reset token.
+pub const WEBHOOK_KINDS: [&str; 3] = ["order", "stock", "product"];
+
+/// A registered webhook endpoint, as stored (with its signing secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    /// Its id.
+    pub id: EndpointId,
+    /// Where deliveries are posted.
+    pub url: String,
+    /// Event types it wants: `order.confirmed`, `order.*` (every order event) or `*`.
+    pub events: Vec<String>,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+    /// The signing secret, `whsec_` and the base64 of 32 random bytes.
+    pub secret: String,
+    /// When it was registered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl WebhookEndpoint {
+    /// Whether the endpoint wants events of type `event_type` (e.g. `order.confirmed`).
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.enabled && self.events.iter().any(|pattern| selects(pattern, event_type))
+    }
+}
+
+fn selects(pattern: &str, event_type: &str) -> bool {
+    let kind = event_type.split('.').next().unwrap_or("");
+    if !WEBHOOK_KINDS.contains(&kind) {
+        return false;
+    }
+    match pattern.strip_suffix(".*") {
+        _ if pattern == "*" => true,
+        Some(k) => k == kind,
+        None => pattern == event_type,
+    }
+}
+
+/// Checks a subscription list: 1 to 50 entries, each `*`, `<kind>.*` or `<kind>.<event>` of
+/// an order, stock or product event.
+pub fn validate_event_selection(events: &[String]) -> Result<(), crate::ReplyError> {
+    let invalid = |d: String| Err(crate::ReplyError::new(crate::ErrorCode::InvalidInput, d));
+    if events.is_empty() || events.len() > 50 {
+        return invalid("events: name 1 to 50 event types".into());
+    }
+    for e in events {
+        let (kind, rest) = e.split_once('.').unwrap_or((e.as_str(), ""));
+        let well_formed = e == "*"
+            || (WEBHOOK_KINDS.contains(&kind)
+                && !rest.is_empty()
+                && rest.len() <= 40
+                && (rest == "*" || rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        if !well_formed {
+            return invalid(format!(
+                "events: {e:?} is not `*`, `<kind>.*` or `<kind>.<event>` of {}",
+                WEBHOOK_KINDS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a webhook endpoint's URL points, once checked: `http` or `https`, a host, no user
+/// name or password, at most 2,000 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// The host name or address (IPv6 without brackets).
+    pub host: String,
+    /// The port, explicit or the scheme's.
+    pub port: u16,
+}
+
+impl WebhookTarget {
+    /// Checks `url`.
+    pub fn parse(url: &str) -> Result<Self, crate::ReplyError> {
+        let refused =
+            |d: &str| crate::ReplyError::new(crate::ErrorCode::WebhookUrlNotAllowed, format!("url: {d}"));
+        if url.len() > 2000 {
+            return Err(refused("at most 2,000 characters"));
+        }
+        let u = url::Url::parse(url).map_err(|e| refused(&e.to_string()))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(refused("must be http or https"));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(refused("must not carry a user name or password"));
+        }
+        let host = u.host_str().ok_or_else(|| refused("has no host"))?;
+        let port = u.port_or_known_default().ok_or_else(|| refused("has no port"))?;
+        Ok(Self { host: host.trim_start_matches('[').trim_end_matches(']').to_owned(), port })
+    }
+}
+
+/// Whether Souk may post to `ip`: a public unicast address, not loopback, private,
+/// link-local, shared, documentation or multicast space (no server-side request forgery).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// The body posted for `event` (one event of a commit, as JSON): the Standard Webhooks shape
+/// `{"type", "timestamp", "data"}`, where `data` is the event exactly as on NATS.
+pub fn webhook_payload(event: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": event.get("type").cloned().unwrap_or_default(),
+        "timestamp": event.get("time").cloned().unwrap_or_default(),
+        "data": event,
+    })
 }
 
 impl NotificationEvent {
@@ -220,6 +410,51 @@ pub struct DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selections_name_order_stock_and_product_events_only() {
+        let ok =
+            |v: &[&str]| validate_event_selection(&v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert!(ok(&["order.confirmed", "stock.*", "*"]).is_ok());
+        assert!(ok(&[]).is_err());
+        assert!(ok(&["user.password_reset_requested"]).is_err());
+        assert!(ok(&["order."]).is_err());
+        assert!(ok(&["order.Confirmed"]).is_err());
+        let e = WebhookEndpoint {
+            id: EndpointId::generate(),
+            url: "https://x.test".into(),
+            events: vec!["order.confirmed".into(), "stock.*".into()],
+            enabled: true,
+            secret: String::new(),
+            created_at: OffsetDateTime::now_utc(),
+        };
+        assert!(e.wants("order.confirmed") && e.wants("stock.low") && !e.wants("order.placed"));
+        let all = WebhookEndpoint { events: vec!["*".into()], ..e.clone() };
+        assert!(all.wants("product.created") && !all.wants("user.password_reset_requested"));
+        assert!(!WebhookEndpoint { enabled: false, ..e }.wants("order.confirmed"));
+    }
+
+    #[test]
+    fn only_public_addresses_may_be_called() {
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(bad.parse().expect("ip")), "{bad}");
+        }
+        for good in ["93.184.216.34", "2606:2800:220:1::1"] {
+            assert!(is_public(good.parse().expect("ip")), "{good}");
+        }
+    }
 
     #[test]
     fn ids_are_stable_and_differ_by_channel_and_recipient() {

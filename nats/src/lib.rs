@@ -15,6 +15,7 @@
 //! - [`accounts`]: email claims, password hashes, refresh-token families, login failures.
 //! - [`metrics`] and [`health`]: what the edge exposes on `/metrics` and `/readyz`.
 //! - [`monitor`]: the connection and consumer-lag gauges.
+//! - [`notify`]: queueing notifications; the webhook endpoint registry.
 
 pub mod accounts;
 pub mod bus;
@@ -26,6 +27,7 @@ pub mod health;
 pub mod kv;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod server;
 pub mod streams;
 

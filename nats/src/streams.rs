@@ -16,6 +16,8 @@ pub const DLQ_STREAM: &str = "SOUK_DLQ";
 pub const NOTIFY_CLAIMS_BUCKET: &str = "souk_notify_claims";
 /// How long a delivery claim is remembered: longer than any notification stays queued.
 pub const NOTIFY_CLAIM_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
+/// Webhook endpoints: key = endpoint id, value = the endpoint with its signing secret.
+pub const ENDPOINTS_BUCKET: &str = "souk_webhook_endpoints";
 /// Live nodes: key = node id, kept alive by heartbeats, expiring after the node TTL.
 pub const NODES_BUCKET: &str = "souk_nodes";
 /// Shard leases: key = `<kind>.<shard>`, renewed by their owner, expiring after the lease TTL.
@@ -97,6 +99,8 @@ pub struct Jet {
     pub dead_letters: stream::Stream,
     /// Notification delivery claims.
     pub notify_claims: kv::Store,
+    /// Webhook endpoints.
+    pub endpoints: kv::Store,
 }
 
 /// Why provisioning failed.
@@ -188,6 +192,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     let checkouts = bucket(CHECKOUTS_BUCKET, CHECKOUT_KEY_TTL, 1).await?;
     let webhooks = bucket(WEBHOOKS_BUCKET, WEBHOOK_MEMORY, 1).await?;
     let notify_claims = bucket(NOTIFY_CLAIMS_BUCKET, NOTIFY_CLAIM_TTL, 1).await?;
+    let endpoints = bucket(ENDPOINTS_BUCKET, Duration::ZERO, 1).await?;
     Ok(Jet {
         js,
         events,
@@ -206,6 +211,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         notify,
         dead_letters,
         notify_claims,
+        endpoints,
     })
 }
 
@@ -242,6 +248,7 @@ pub async fn attach(client: async_nats::Client) -> Result<Jet, ProvisionError> {
             .await
             .map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?,
         notify_claims: bucket(NOTIFY_CLAIMS_BUCKET).await?,
+        endpoints: bucket(ENDPOINTS_BUCKET).await?,
         js,
     })
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use souk_messages::UserId;
 use souk_messages::event::Event;
-use souk_messages::notify::{Channel, NotificationEvent, NotificationId, Outcome, Topic};
+use souk_messages::notify::{Channel, NotificationEvent, NotificationId, Outcome, Topic, WebhookBody};
 use souk_messages::order::OrderId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +75,9 @@ struct Row {
     channel: Channel,
     status: Outcome,
     delivery: Delivery,
+    /// A webhook's body, for replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook: Option<WebhookBody>,
 }
 
 /// Which deliveries a page shows.
@@ -136,8 +139,16 @@ impl NotificationRepo {
             let mut row = rows.remove(n.id.as_str());
             let mut changed = false;
             for (seq, e) in &n.events {
-                let NotificationEvent::Attempted { channel, topic, to, customer, order, outcome, detail } =
-                    &e.body;
+                let NotificationEvent::Attempted {
+                    channel,
+                    topic,
+                    to,
+                    customer,
+                    order,
+                    outcome,
+                    detail,
+                    webhook,
+                } = &e.body;
                 let at = e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let row = row.get_or_insert_with(|| Row {
                     nid: n.id.to_string(),
@@ -147,6 +158,7 @@ impl NotificationRepo {
                     order: order.as_ref().map(|o| o.to_string()),
                     channel: *channel,
                     status: *outcome,
+                    webhook: None,
                     delivery: Delivery {
                         id: n.id.to_string(),
                         channel: *channel,
@@ -172,6 +184,9 @@ impl NotificationRepo {
                     row.delivery.status = last.outcome;
                     row.status = last.outcome;
                 }
+                if webhook.is_some() {
+                    row.webhook.clone_from(webhook);
+                }
                 row.seq = *seq;
                 changed = true;
             }
@@ -182,13 +197,29 @@ impl NotificationRepo {
             }
         }
         const UPSERT: &str = r"INSERT INTO notifications $rows ON DUPLICATE KEY UPDATE
-                    status = $input.status, delivery = $input.delivery, seq = $input.seq;";
+                    status = $input.status, delivery = $input.delivery, webhook = $input.webhook, seq = $input.seq;";
         crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.
     pub async fn checkpoint(&self) -> Result<u64, StorageError> {
         crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// One notification and, for a webhook, the body it posts.
+    pub async fn get(
+        &self,
+        id: &NotificationId,
+    ) -> Result<Option<(Delivery, Option<WebhookBody>)>, StorageError> {
+        let mut res = self
+            .db
+            .query("SELECT * OMIT id FROM notifications WHERE nid = $nid")
+            .bind(("nid", id.as_str().to_owned()))
+            .await?;
+        let rows: Vec<serde_json::Value> = res.take(0)?;
+        let Some(row) = rows.into_iter().next() else { return Ok(None) };
+        let row: Row = serde_json::from_value(row).map_err(corrupt)?;
+        Ok(Some((row.delivery, row.webhook)))
     }
 
     /// A page of deliveries, newest first. Cursors are `<created_ns>|<id>`.

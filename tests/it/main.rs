@@ -11,6 +11,7 @@ mod layout;
 mod monitoring;
 mod notify;
 mod payments;
+mod webhooks;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};

@@ -41,9 +41,16 @@ pub struct ChannelState {
     provider: Arc<dyn Provider>,
     limits: ChannelLimits,
     next_slot: Instant,
+    /// One breaker per destination the provider names (one for the whole channel, or one per
+    /// webhook endpoint).
+    breakers: HashMap<Option<String>, Breaker>,
+    metrics: ActorMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
-    metrics: ActorMetrics,
 }
 
 /// What a channel actor starts with.
@@ -75,8 +82,7 @@ impl Actor for ChannelActor {
             provider: a.provider,
             limits: a.limits,
             next_slot: Instant::now(),
-            failures: 0,
-            open_until: None,
+            breakers: HashMap::new(),
             metrics: a.metrics,
         })
     }
@@ -89,14 +95,17 @@ impl Actor for ChannelActor {
     ) -> Result<(), ActorProcessingErr> {
         let ChannelMsg::Send(n, reply) = msg;
         let now = Instant::now();
-        if let Some(until) = st.open_until {
+        let key = st.provider.breaker_key(&n);
+        let threshold = st.limits.breaker_failures.max(1);
+        let breaker = st.breakers.entry(key.clone()).or_default();
+        if let Some(until) = breaker.open_until {
             if now < until {
                 let _ = reply.send(Err(SendError::BreakerOpen));
                 return Ok(());
             }
             // Half open: this send is the trial; one more failure opens it again.
-            st.failures = st.limits.breaker_failures.saturating_sub(1);
-            st.open_until = None;
+            breaker.failures = threshold - 1;
+            breaker.open_until = None;
         }
         if st.limits.per_second > 0.0 {
             let slot = st.next_slot.max(now);
@@ -104,25 +113,24 @@ impl Actor for ChannelActor {
             st.next_slot = slot + Duration::from_secs_f64(1.0 / st.limits.per_second);
         }
         let outcome = st.provider.send(&n).await;
+        let breaker = st.breakers.entry(key.clone()).or_default();
         match &outcome {
-            Ok(_) | Err(SendError::Permanent(_)) => {
-                // A refused message says nothing about the provider's health.
-                if st.failures > 0 || st.open_until.is_some() {
-                    st.metrics.set_breaker(st.channel, false);
-                }
-                st.failures = 0;
-            }
+            // A refused message says nothing about the provider's health.
+            Ok(_) | Err(SendError::Permanent(_)) => *breaker = Breaker::default(),
             Err(SendError::Retryable(e)) => {
-                st.failures += 1;
-                if st.failures >= st.limits.breaker_failures.max(1) {
-                    tracing::warn!(channel = %st.channel, provider = st.provider.name(), error = %e,
-                        "circuit breaker open: the provider keeps failing");
-                    st.open_until = Some(Instant::now() + st.limits.breaker_cooldown);
-                    st.metrics.set_breaker(st.channel, true);
+                breaker.failures += 1;
+                if breaker.failures >= threshold {
+                    tracing::warn!(channel = %st.channel, provider = st.provider.name(), destination = key.as_deref(),
+                        error = %e, "circuit breaker open: the provider keeps failing");
+                    breaker.open_until = Some(Instant::now() + st.limits.breaker_cooldown);
                 }
             }
             Err(SendError::BreakerOpen) => {}
         }
+        // Forget healthy destinations, so the map holds only those with a recent failure.
+        st.breakers.retain(|_, b| b.failures > 0 || b.open_until.is_some());
+        let any_open = st.breakers.values().any(|b| b.open_until.is_some_and(|u| u > Instant::now()));
+        st.metrics.set_breaker(st.channel, any_open);
         let _ = reply.send(outcome);
         Ok(())
     }

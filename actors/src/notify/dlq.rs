@@ -2,7 +2,6 @@
 //! (`souk notify dlq list|retry`).
 
 use souk_messages::notify::DeadLetter;
-use souk_messages::subject::Subjects;
 use souk_nats::Jet;
 
 /// Why a dead-letter operation failed.
@@ -49,16 +48,9 @@ pub async fn retry(jet: &Jet, seqs: Option<&[u64]>) -> Result<usize, DlqError> {
         }
         let mut notification = letter.notification;
         notification.prior_attempts = letter.attempts;
-        jet.notify_claims.delete(notification.id.as_str()).await.map_err(nats)?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{}.retry.{seq}", notification.id).as_str());
-        let body = serde_json::to_vec(&notification).map_err(|e| DlqError::Corrupt(seq, e.to_string()))?;
-        jet.js
-            .publish_with_headers(Subjects.notify(notification.channel), headers, body.into())
+        souk_nats::notify::resend(jet, &notification, &format!("{}.retry.{seq}", notification.id))
             .await
-            .map_err(nats)?
-            .await
-            .map_err(nats)?;
+            .map_err(DlqError::Nats)?;
         jet.dead_letters.delete_message(seq).await.map_err(nats)?;
         n += 1;
     }

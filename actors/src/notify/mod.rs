@@ -1,5 +1,6 @@
-//! Notifications: planners turn order, user and stock events into rendered messages queued on
-//! `SOUK_NOTIFY`; per-channel workers hand them to this node's channel actors (email, SMS),
+//! Notifications: planners turn order, user and stock events into rendered messages, and
+//! order, stock and product events into webhook posts, queued on `SOUK_NOTIFY`; per-channel
+//! workers hand them to this node's channel actors (email, SMS, webhook),
 //! which pace and protect their providers; every attempt is recorded for the delivery log, and
 //! what still fails is dead-lettered on `SOUK_DLQ` for `souk notify dlq retry`.
 //!
@@ -45,10 +46,25 @@ pub struct NotifySettings {
     pub email_limits: ChannelLimits,
     /// SMS pacing and breaker.
     pub sms_limits: ChannelLimits,
-    /// Retries.
+    /// Retries of email and SMS.
     pub retry: RetryPolicy,
+    /// Webhook deliveries: pacing, breakers (one per endpoint), retries, address policy.
+    pub webhooks: WebhookChannel,
     /// Events older than this are not announced.
     pub max_event_age: Duration,
+}
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookChannel {
+    /// Pacing and the per-endpoint breaker.
+    pub limits: ChannelLimits,
+    /// Retries (for up to about a day by default).
+    pub retry: RetryPolicy,
+    /// Allow endpoints on loopback and private addresses.
+    pub allow_private: bool,
+    /// How long one delivery may take.
+    pub timeout: Duration,
 }
 
 /// The running notification system of a node.
@@ -67,6 +83,9 @@ pub enum NotifyError {
     /// The channel actors did not start.
     #[error("cannot start the notification channels: {0}")]
     Spawn(#[from] ractor::SpawnErr),
+    /// The webhook endpoints could not be read.
+    #[error("cannot watch the webhook endpoints: {0}")]
+    Endpoints(#[from] souk_nats::KvError),
 }
 
 impl Notifier {
@@ -80,6 +99,12 @@ impl Notifier {
         stop: &watch::Receiver<bool>,
     ) -> Result<Self, NotifyError> {
         let renderer = Arc::new(render::Renderer::new(s.shop.clone())?);
+        let endpoints = souk_nats::notify::Endpoints::new(jet).live().await?;
+        let webhooks = providers::WebhookProvider::new(providers::WebhookSettings {
+            endpoints: endpoints.clone(),
+            allow_private: s.webhooks.allow_private,
+            timeout: s.webhooks.timeout,
+        });
         let refs: ChannelRefs = ChannelRefs::default();
         let args = vec![
             ChannelArgs {
@@ -94,6 +119,12 @@ impl Notifier {
                 limits: s.sms_limits,
                 metrics: metrics.clone(),
             },
+            ChannelArgs {
+                channel: Channel::Webhook,
+                provider: Arc::new(webhooks),
+                limits: s.webhooks.limits,
+                metrics: metrics.clone(),
+            },
         ];
         let (supervisor, _) = Actor::spawn(None, ChannelsSupervisor, (args, refs.clone())).await?;
         let planner = Arc::new(plan::Planner {
@@ -101,12 +132,19 @@ impl Notifier {
             bus: bus.clone(),
             users,
             renderer,
+            endpoints,
             max_event_age: s.max_event_age,
             reset_url: format!("{}/reset-password", s.shop.url.trim_end_matches('/')),
         });
-        let worker = worker::Worker { jet: jet.clone(), channels: refs, retry: s.retry, metrics };
+        let worker = worker::Worker {
+            jet: jet.clone(),
+            channels: refs,
+            retry: s.retry,
+            webhook_retry: s.webhooks.retry,
+            metrics,
+        };
         let mut tasks = Vec::new();
-        for kind in [EntityKind::Order, EntityKind::User, EntityKind::Stock] {
+        for kind in [EntityKind::Order, EntityKind::User, EntityKind::Stock, EntityKind::Product] {
             tasks.push(tokio::spawn(plan::run(planner.clone(), kind, stop.clone())));
         }
         for channel in Channel::ALL {

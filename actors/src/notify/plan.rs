@@ -7,7 +7,7 @@ use super::render::{Renderer, money, order_context};
 use async_nats::jetstream::AckKind;
 use minijinja::Value;
 use serde::de::DeserializeOwned;
-use souk_messages::event::{Commit, Event};
+use souk_messages::event::Event;
 use souk_messages::notify::{Channel, Notification, NotificationId, Topic};
 use souk_messages::order::{CancelReason, OrderCommand, OrderEvent, OrderId, OrderRequest};
 use souk_messages::stock::StockEvent;
@@ -28,6 +28,8 @@ pub(crate) struct Planner {
     pub(crate) bus: Bus,
     pub(crate) users: UserRepo,
     pub(crate) renderer: Arc<Renderer>,
+    /// The webhook endpoints.
+    pub(crate) endpoints: souk_nats::notify::LiveEndpoints,
     /// Events older than this are history, not news: nobody is told about them (a cluster
     /// that gains notifications does not mail its whole past).
     pub(crate) max_event_age: Duration,
@@ -69,6 +71,12 @@ async fn drive(
             EntityKind::Order => p.plan_commit(&msg.payload, |e| p.order(&msg.subject, e)).await,
             EntityKind::User => p.plan_commit(&msg.payload, |e| p.user(&msg.subject, e)).await,
             EntityKind::Stock => p.plan_commit(&msg.payload, |e| p.stock(&msg.subject, e)).await,
+            EntityKind::Product => {
+                p.plan_commit(&msg.payload, |_: Event<souk_messages::product::ProductEvent>| async {
+                    Ok(Vec::new())
+                })
+                .await
+            }
             _ => Ok(()),
         };
         match planned {
@@ -89,37 +97,53 @@ impl Planner {
         Fut: std::future::Future<Output = Result<Vec<Notification>, PlanError>>,
     {
         // Commits of event types this release does not know are not for it to announce.
-        let commit = match serde_json::from_slice::<Commit<E>>(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "not planning a commit this release cannot read");
-                return Ok(());
-            }
+        let Ok(commit) = serde_json::from_slice::<Vec<serde_json::Value>>(payload) else {
+            tracing::error!("not planning an unreadable commit");
+            return Ok(());
         };
         let now = OffsetDateTime::now_utc();
-        for event in commit {
+        for raw in commit {
+            // Events of types this release does not know are not for it to announce.
+            let Ok(event) = serde_json::from_value::<Event<E>>(raw.clone()) else { continue };
             if now - event.time > self.max_event_age {
                 continue;
             }
-            for n in plan(event).await? {
+            let mut planned = self.webhooks(&event, &raw);
+            planned.extend(plan(event).await?);
+            for n in planned {
                 self.queue(&n).await?;
             }
         }
         Ok(())
     }
 
+    /// One post of `raw` per endpoint that wants its type.
+    fn webhooks<T>(&self, event: &Event<T>, raw: &serde_json::Value) -> Vec<Notification> {
+        let Some(kind) = raw.get("type").and_then(|t| t.as_str()) else { return Vec::new() };
+        let body = souk_messages::notify::webhook_payload(raw).to_string();
+        self.endpoints
+            .wanting(kind)
+            .into_iter()
+            .map(|endpoint| Notification {
+                id: NotificationId::of(&event.event_id, Channel::Webhook, endpoint.id.as_str()),
+                channel: Channel::Webhook,
+                topic: Topic::Event,
+                to: endpoint.id.to_string(),
+                customer: None,
+                order: None,
+                subject: Some(kind.to_owned()),
+                text: body.clone(),
+                html: None,
+                caused_at: event.time,
+                prior_attempts: 0,
+            })
+            .collect()
+    }
+
     async fn queue(&self, n: &Notification) -> Result<(), PlanError> {
-        let body = serde_json::to_vec(n).map_err(|e| PlanError::Queue(e.to_string()))?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", n.id.as_str());
-        self.jet
-            .js
-            .publish_with_headers(Subjects.notify(n.channel), headers, body.into())
+        souk_nats::notify::queue(&self.jet, n, n.id.as_str())
             .await
-            .map_err(|e| PlanError::Queue(e.to_string()))?
-            .await
-            .map_err(|e| PlanError::Queue(e.to_string()))?;
-        Ok(())
+            .map_err(|e| PlanError::Queue(e.to_string()))
     }
 
     /// The messages of `topic` to `user` over every channel they can be reached on.

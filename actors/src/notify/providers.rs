@@ -1,5 +1,6 @@
 //! The services that carry notifications: SMTP (lettre) and SendGrid for email, Twilio for
-//! SMS, and `log`, which only writes what it would send, for development.
+//! SMS, signed HTTP posts for webhooks, and `log`, which only writes what it would send, for
+//! development.
 
 use futures::future::BoxFuture;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
@@ -26,6 +27,11 @@ pub enum SendError {
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The provider's name, for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Which circuit breaker guards `n`'s destination: one per channel (`None`), or one per
+    /// destination when destinations fail independently (webhook endpoints).
+    fn breaker_key(&self, _n: &Notification) -> Option<String> {
+        None
+    }
     /// Delivers `n`; `Ok` carries the provider's reference for it.
     fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>>;
 }
@@ -276,6 +282,97 @@ impl Provider for TwilioProvider {
                 .send()
                 .await;
             http_outcome("twilio", res).await
+        })
+    }
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// The endpoints, as last seen in their bucket.
+    pub endpoints: souk_nats::notify::LiveEndpoints,
+    /// Allow loopback and private addresses (tests, trusted networks).
+    pub allow_private: bool,
+    /// How long one delivery may take.
+    pub timeout: Duration,
+}
+
+/// Posts events to registered endpoints, signed the Standard Webhooks way: `webhook-id` (the
+/// notification id, the same on every retry), `webhook-timestamp` (Unix seconds) and
+/// `webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">` keyed with the
+/// base64-decoded part of the endpoint's `whsec_` secret.
+#[derive(Debug)]
+pub struct WebhookProvider {
+    settings: WebhookSettings,
+}
+
+impl WebhookProvider {
+    /// A provider over `settings`.
+    pub fn new(settings: WebhookSettings) -> Self {
+        Self { settings }
+    }
+}
+
+/// The Standard Webhooks signature of `body` sent as message `id` at `timestamp`.
+pub fn webhook_signature(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = engine.decode(secret.strip_prefix("whsec_")?).ok()?;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+    let tag = aws_lc_rs::hmac::sign(&key, format!("{id}.{timestamp}.{body}").as_bytes());
+    Some(format!("v1,{}", engine.encode(tag.as_ref())))
+}
+
+impl Provider for WebhookProvider {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn breaker_key(&self, n: &Notification) -> Option<String> {
+        Some(n.to.clone())
+    }
+
+    fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(async move {
+            let Some(endpoint) = self.settings.endpoints.get(&n.to) else {
+                return Err(SendError::Permanent("the endpoint was removed".into()));
+            };
+            if !endpoint.enabled {
+                return Err(SendError::Permanent("the endpoint is disabled".into()));
+            }
+            let target = souk_messages::notify::WebhookTarget::parse(&endpoint.url)
+                .map_err(|e| SendError::Permanent(e.detail))?;
+            let addr = souk_nats::notify::destination(&target, self.settings.allow_private)
+                .await
+                .map_err(SendError::Permanent)?;
+            // The connection goes to the address just checked, not to a second lookup that a
+            // hostile DNS server could answer differently.
+            let http = reqwest::Client::builder()
+                .timeout(self.settings.timeout)
+                .resolve(&target.host, addr)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| SendError::Retryable(e.to_string()))?;
+            let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let signature = webhook_signature(&endpoint.secret, n.id.as_str(), timestamp, &n.text)
+                .ok_or_else(|| SendError::Permanent("the endpoint's secret is malformed".into()))?;
+            let res = http
+                .post(&endpoint.url)
+                .header("content-type", "application/json")
+                .header("user-agent", "Souk-Webhooks/1")
+                .header("webhook-id", n.id.as_str())
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(n.text.clone())
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => Ok(format!("HTTP {}", r.status().as_u16())),
+                // 410 Gone: the receiver says never again.
+                Ok(r) if r.status().as_u16() == 410 => Err(SendError::Permanent("HTTP 410 Gone".into())),
+                Ok(r) => Err(SendError::Retryable(format!("HTTP {}", r.status().as_u16()))),
+                Err(e) => Err(SendError::Retryable(format!("webhook: {e}"))),
+            }
         })
     }
 }

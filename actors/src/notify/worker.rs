@@ -12,7 +12,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::kv;
 use souk_messages::event::Event;
-use souk_messages::notify::{Channel, DeadLetter, Notification, NotificationEvent, Outcome};
+use souk_messages::notify::{Channel, DeadLetter, Notification, NotificationEvent, Outcome, WebhookBody};
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_nats::Jet;
 use std::sync::Arc;
@@ -56,6 +56,7 @@ pub(crate) struct Worker {
     pub(crate) jet: Jet,
     pub(crate) channels: ChannelRefs,
     pub(crate) retry: RetryPolicy,
+    pub(crate) webhook_retry: RetryPolicy,
     pub(crate) metrics: ActorMetrics,
 }
 
@@ -79,7 +80,7 @@ async fn drive(
         filter_subject: Subjects.notify(channel),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: w.retry.ack_wait,
+        ack_wait: w.policy(channel).ack_wait,
         max_ack_pending: 4 * PARALLEL as i64,
         ..Default::default()
     };
@@ -104,6 +105,11 @@ async fn drive(
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 impl Worker {
+    /// How `channel`'s deliveries are retried: webhooks for up to a day, the others sooner.
+    fn policy(&self, channel: Channel) -> &RetryPolicy {
+        if channel == Channel::Webhook { &self.webhook_retry } else { &self.retry }
+    }
+
     async fn deliver(&self, msg: &async_nats::jetstream::Message) -> Result<(), Failure> {
         let n: Notification = match serde_json::from_slice(&msg.payload) {
             Ok(n) => n,
@@ -166,7 +172,7 @@ impl Worker {
                 self.dead_letter(&n, attempt, &e, revision).await?;
                 msg.ack().await?;
             }
-            Err(e) if delivered >= self.retry.max_attempts => {
+            Err(e) if delivered >= self.policy(n.channel).max_attempts => {
                 self.dead_letter(&n, attempt, &e.to_string(), revision).await?;
                 msg.ack().await?;
             }
@@ -174,7 +180,7 @@ impl Worker {
                 claims.update(key, RETRY.into(), revision).await?;
                 self.record(&n, attempt, Outcome::Failed, Some(e.to_string())).await?;
                 self.metrics.notification(n.channel, "failed");
-                let pause = self.retry.backoff(delivered);
+                let pause = self.policy(n.channel).backoff(delivered);
                 tracing::info!(channel = %n.channel, notification = %n.id, attempt, error = %e, ?pause, "notification failed; retrying");
                 msg.ack_with(AckKind::Nak(Some(pause))).await?;
             }
@@ -193,7 +199,7 @@ impl Worker {
         };
         let call = actor.call(|reply| ChannelMsg::Send(Box::new(n.clone()), reply), None);
         tokio::pin!(call);
-        let every = (self.retry.ack_wait / 3).max(Duration::from_millis(100));
+        let every = (self.policy(n.channel).ack_wait / 3).max(Duration::from_millis(100));
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
@@ -258,6 +264,10 @@ impl Worker {
                 order: n.order.clone(),
                 outcome,
                 detail,
+                webhook: (n.channel == Channel::Webhook).then(|| WebhookBody {
+                    event_type: n.subject.clone().unwrap_or_default(),
+                    body: n.text.clone(),
+                }),
             },
         };
         let mut headers = async_nats::HeaderMap::new();

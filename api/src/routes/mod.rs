@@ -12,6 +12,7 @@ pub mod ops;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod webhooks;
 
 use crate::AppState;
 use crate::auth::access::{Access, Endpoint};
@@ -49,6 +50,7 @@ pub fn all() -> Vec<Route> {
         live::routes(),
         payments::routes(),
         notifications::routes(),
+        webhooks::routes(),
     ]
     .into_iter()
     .flatten()

@@ -8,15 +8,19 @@ use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
 use axum::http::Method;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
-use souk_messages::notify::{Channel, Outcome};
+use souk_messages::notify::{Channel, Notification, NotificationId, Outcome};
 use souk_messages::order::OrderId;
 use souk_storage::{Delivery, DeliveryQuery};
 
 pub(crate) fn routes() -> Vec<Route> {
-    vec![Route::new(Method::GET, "/v1/admin/notifications", Access::Admin, get(list))]
+    vec![
+        Route::new(Method::GET, "/v1/admin/notifications", Access::Admin, get(list)),
+        Route::new(Method::POST, "/v1/admin/notifications/{id}/replay", Access::Admin, post(replay)),
+    ]
 }
 
 /// `GET /v1/admin/notifications` query.
@@ -75,4 +79,40 @@ pub(crate) async fn list(
     };
     let page = app.notifications.list(&query).await?;
     Ok(Json(DeliveryList { items: page.items, next: page.next }))
+}
+
+/// Posts a webhook delivery again, as it was (same `webhook-id`, so receivers can tell), with
+/// fresh attempts. Only webhook deliveries can be replayed: Souk keeps no email or SMS bodies.
+#[utoipa::path(post, path = "/v1/admin/notifications/{id}/replay", tag = "admin",
+    params(("id" = String, Path, description = "The notification id, from the delivery log")),
+    responses((status = 202, description = "queued"), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn replay(
+    State(app): State<AppState>,
+    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let unknown = || ApiError::invalid(ErrorCode::UnknownNotification, "no such notification");
+    let id = NotificationId::parse(&id).ok_or_else(unknown)?;
+    let (delivery, webhook) = app.notifications.get(&id).await?.ok_or_else(unknown)?;
+    let Some(webhook) = webhook else {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidInput,
+            "only webhook deliveries can be replayed (email and SMS bodies are not kept)",
+        ));
+    };
+    let n = Notification {
+        id,
+        channel: delivery.channel,
+        topic: delivery.topic,
+        to: delivery.to,
+        customer: delivery.customer,
+        order: delivery.order,
+        subject: Some(webhook.event_type),
+        text: webhook.body,
+        html: None,
+        caused_at: time::OffsetDateTime::now_utc(),
+        prior_attempts: u32::try_from(delivery.attempts.len()).unwrap_or(u32::MAX),
+    };
+    let msg_id = format!("{}.replay.{}", n.id, uuid::Uuid::new_v4().simple());
+    souk_nats::notify::resend(&app.jet, &n, &msg_id).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -185,6 +185,7 @@ mod notifications {
                 order: None,
                 outcome,
                 detail: (outcome != Outcome::Sent).then(|| "HTTP 503".to_owned()),
+                webhook: None,
             },
         }
     }
