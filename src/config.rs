@@ -64,6 +64,13 @@ pub struct Config {
     pub idle_after: Duration,
     /// Log filter, e.g. `info` or `souk=debug,info`.
     pub log: String,
+    /// The least severe level forwarded to the central log store (`SOUK_LOGS`); `off`: none.
+    pub log_forward: String,
+    /// How long the central log store keeps a record.
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
+    /// The most bytes the central log stream holds; the oldest records go first.
+    pub log_max_bytes: u64,
     /// Access-token issuer (`iss`).
     pub auth_issuer: String,
     /// Access-token audience (`aud`).
@@ -236,6 +243,9 @@ impl Default for Config {
             snapshot_every: 64,
             idle_after: Duration::from_secs(300),
             log: "info".to_owned(),
+            log_forward: "info".to_owned(),
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            log_max_bytes: 1 << 30,
             shards_user: 64,
             shards_product: 64,
             auth_issuer: "souk".to_owned(),

@@ -1,4 +1,4 @@
-//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys`, `admin`, `notify` and
+//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys`, `admin`, `notify`, `logs` and
 //! `import`.
 //! It wires the crates into one process; the crates themselves know nothing of each other
 //! beyond their declared dependencies.
@@ -9,6 +9,7 @@ pub mod config;
 pub mod import;
 pub mod keys;
 pub mod load;
+pub mod logs;
 pub mod notify;
 pub mod seed;
 pub mod serve;

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Follow the logs of every node of a running cluster.
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
     /// Notifications of a running cluster.
     Notify {
         #[command(subcommand)]
@@ -73,6 +78,30 @@ fn parse_format(s: &str) -> Result<souk_api::import::Format, String> {
         "csv" => Ok(souk_api::import::Format::Csv),
         other => Err(format!("unknown format {other:?}: use jsonl or csv")),
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// Print records as nodes log them, one JSON line each, until interrupted.
+    Tail {
+        /// The least severe level to show: error, warn, info, debug or trace.
+        #[arg(long, value_parser = parse_level)]
+        level: Option<souk_messages::log::Level>,
+        /// Only this node's records.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only records of this request (its `x-request-id`) or correlation id.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only records containing this text (case-insensitive).
+        #[arg(long)]
+        grep: Option<String>,
+    },
+}
+
+fn parse_level(s: &str) -> Result<souk_messages::log::Level, String> {
+    souk_messages::log::Level::parse(s)
+        .ok_or_else(|| format!("unknown level {s:?}: error, warn, info, debug or trace"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,13 +155,15 @@ async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.command {
         Command::Serve { seed } => {
-            tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(filter)
-                .with_current_span(true)
-                .with_span_list(false)
-                .init();
-            souk::serve::run(cfg, seed).await
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let forward = match cfg.log_forward.as_str() {
+                "off" => None,
+                l => Some(parse_level(l).map_err(anyhow::Error::msg)?),
+            };
+            let sink = souk::logs::LogSink::new(forward);
+            tracing_subscriber::registry().with(filter).with(souk::logs::JsonLayer::new(sink.clone())).init();
+            souk::serve::run(cfg, seed, sink).await
         }
         Command::Load(args) => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -146,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Import { command: ImportCommand::Products { file, format } } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             souk::import::products(&cfg, &file, format).await
+        }
+        Command::Logs { command: LogsCommand::Tail { level, node, request_id, grep } } => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::logs::tail(&cfg, level, node.as_deref(), request_id.as_deref(), grep.as_deref()).await
         }
         Command::Notify { command: NotifyCommand::Dlq { command } } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

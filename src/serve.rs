@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs a node until a shutdown signal, then leaves the cluster gracefully.
-pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let node_id = node_id(&cfg)?;
+    logs.set_node(&node_id.to_string());
     tracing::info!(node = %node_id, "starting souk node");
 
     // No NATS configured: run our own, so one node works with nothing else set up.
@@ -76,6 +77,11 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
     let actor_metrics = ActorMetrics::register(&mut registry);
     let http = souk_api::metrics::HttpMetrics::register(&mut registry);
     let nats_metrics = souk_nats::monitor::NatsMetrics::register(&mut registry);
+    registry.register(
+        "souk_log_records_dropped",
+        "Log records not forwarded to the central log store (queue full or NATS unreachable)",
+        logs.dropped.clone(),
+    );
     let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
 
     // Embedded read models are per node, so each node projects everything through its own
@@ -93,6 +99,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
                 reservation_ttl: cfg.reservation_ttl,
                 payment_timeout: cfg.payment_timeout,
             },
+            log_retention: cfg.log_retention,
         },
         NodeDeps {
             jet: jet.clone(),
@@ -125,6 +132,10 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         let (jet, stop) = (jet.clone(), feeds_stop.clone());
         async move { nats_metrics.watch(jet, Duration::from_secs(5), stop).await }
     });
+    tokio::spawn({
+        let (client, stop) = (client.clone(), feeds_stop.clone());
+        async move { logs.forward(client, stop).await }
+    });
     let catalog = souk_api::catalog::Catalog::new(bus.clone(), souk_nats::catalog::CatalogClaims::new(&jet));
     if seed {
         let (bus, auth, catalog, readiness) = (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());
@@ -151,6 +162,7 @@ pub async fn run(cfg: Config, seed: bool) -> anyhow::Result<()> {
         orders: read_models.orders,
         notifications: read_models.notifications,
         endpoints: souk_nats::notify::Endpoints::new(&jet),
+        logs: read_models.logs,
         webhooks_allow_private: cfg.webhooks_allow_private,
         jet: jet.clone(),
         webhooks: souk_api::webhook::Webhooks::new(
@@ -286,6 +298,8 @@ async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<s
         node_ttl: cfg.lease_ttl,
         lease_ttl: cfg.lease_ttl,
         session_ttl: cfg.refresh_ttl,
+        log_max_age: cfg.log_retention,
+        log_max_bytes: i64::try_from(cfg.log_max_bytes).unwrap_or(i64::MAX),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

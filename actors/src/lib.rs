@@ -7,7 +7,7 @@
 //! - [`node`]: the node supervisor: heartbeats, shard leases, rebalancing.
 //! - [`shard`]: a shard supervisor: serves the shard's subject, owns its entity actors.
 //! - [`entity`]: the entity actor, generic over the kind (stock item, user).
-//! - [`projector`]: the read-model projectors.
+//! - [`projector`]: the read-model projectors; [`log_store`]: the central log store's.
 //! - [`follow`]: stock items follow the catalog's variants.
 //! - [`expiry`]: held reservations lapse when their time is up.
 //! - [`saga`]: the checkout saga's driver; [`payments`]: the payment providers it calls.
@@ -23,6 +23,7 @@ pub mod context;
 pub mod entity;
 pub mod expiry;
 pub mod follow;
+pub mod log_store;
 pub mod metrics;
 pub mod node;
 pub mod notify;
@@ -60,6 +61,8 @@ pub struct ActorSettings {
     pub projector_suffix: String,
     /// The checkout saga's deadlines.
     pub saga: saga::SagaSettings,
+    /// How long the central log store keeps records.
+    pub log_retention: Duration,
 }
 
 /// Why a node's actors could not start.
@@ -168,7 +171,14 @@ impl Node {
             tokio::spawn(projector::run(
                 deps.jet.clone(),
                 deps.read_models.notifications,
+                suffix.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(log_store::run(
+                deps.jet.clone(),
+                deps.read_models.logs,
                 suffix,
+                settings.log_retention,
                 stop.clone(),
             )),
             tokio::spawn(saga::run(

@@ -124,6 +124,24 @@ async fn consumer(
         .map_err(nats)
 }
 
+/// The next messages of `messages`: the first to arrive, and whatever follows within the batch
+/// window, up to a batch. `None` once the stream ends or `stop` is set.
+pub(crate) async fn next_chunk<S, T>(messages: &mut S, stop: &mut watch::Receiver<bool>) -> Option<Vec<T>>
+where
+    S: futures::Stream<Item = T> + Unpin,
+{
+    let first = crate::restart::next_or_stop(messages, stop).await?;
+    let mut chunk = vec![first];
+    let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+    while chunk.len() < BATCH {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(m)) => chunk.push(m),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(chunk)
+}
+
 /// Applies batches until the consumer ends or `stop` is set; a batch in progress is finished
 /// (and its transaction committed) before stopping. `own`: the consumer is this node's alone.
 async fn project<P: Projection>(
@@ -137,19 +155,7 @@ async fn project<P: Projection>(
     let consumer = consumer(jet, P::KIND, name, checkpoint, own).await?;
     let mut messages = consumer.messages().await.map_err(nats)?;
     loop {
-        let first = tokio::select! {
-            m = messages.next() => m,
-            _ = stop.changed() => None,
-        };
-        let Some(first) = first else { return Ok(()) };
-        let mut chunk = vec![first];
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while chunk.len() < BATCH {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(m)) => chunk.push(m),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let Some(chunk) = next_chunk(&mut messages, stop).await else { return Ok(()) };
         let mut records = Vec::with_capacity(chunk.len());
         let mut last_seq = 0;
         let mut last_msg = None;

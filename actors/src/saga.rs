@@ -114,7 +114,13 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
         let saga = saga.clone();
         tokio::spawn(async move {
             saga.metrics.saga_started();
-            let step = saga.step(&id);
+            // Its log lines carry the order id as their correlation id, on whichever node runs it.
+            let span = tracing::info_span!(
+                "saga",
+                correlation_id = %id,
+                trace_id = %souk_messages::log::trace_id(id.as_str())
+            );
+            let step = tracing::Instrument::instrument(saga.step(&id), span);
             tokio::pin!(step);
             let mut progress =
                 tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);

@@ -179,6 +179,19 @@ impl<E: Entity> Actor for ShardSupervisor<E> {
 
 impl<E: Entity> ShardState<E> {
     async fn route(&mut self, me: &ActorRef<ShardMsg>, msg: async_nats::Message) {
+        let trace = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .and_then(|v| souk_messages::log::trace_id_of(v.as_str()).map(str::to_owned));
+        let span = tracing::info_span!("command", kind = %E::KIND, trace_id = tracing::field::Empty, correlation_id = tracing::field::Empty);
+        if let Some(t) = &trace {
+            span.record("trace_id", t.as_str());
+        }
+        tracing::Instrument::instrument(self.dispatch(me, msg), span).await;
+    }
+
+    async fn dispatch(&mut self, me: &ActorRef<ShardMsg>, msg: async_nats::Message) {
         let request: Request<E> = match serde_json::from_slice(&msg.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -189,6 +202,9 @@ impl<E: Entity> ShardState<E> {
                 return;
             }
         };
+        if let Some(c) = &request.correlation_id {
+            tracing::Span::current().record("correlation_id", c.as_str());
+        }
         let id = request.id.clone();
         let actor = match self.entities.get_mut(&id) {
             Some(entry) => {
@@ -276,7 +292,14 @@ mod tests {
         let ttl = Duration::from_secs(5);
         let jet = souk_nats::provision(
             client.clone(),
-            ProvisionSettings { replicas: 1, node_ttl: ttl, lease_ttl: ttl, session_ttl: ttl },
+            ProvisionSettings {
+                replicas: 1,
+                node_ttl: ttl,
+                lease_ttl: ttl,
+                session_ttl: ttl,
+                log_max_age: ttl,
+                log_max_bytes: 1 << 24,
+            },
         )
         .await
         .expect("provision");

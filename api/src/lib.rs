@@ -86,6 +86,8 @@ pub struct App {
     pub notifications: souk_storage::NotificationRepo,
     /// The webhook endpoints.
     pub endpoints: souk_nats::notify::Endpoints,
+    /// The central log store.
+    pub logs: souk_storage::LogRepo,
     /// Whether webhook endpoints may be on loopback and private addresses.
     pub webhooks_allow_private: bool,
     /// The stream and buckets, for queueing notifications.
@@ -169,6 +171,7 @@ pub struct App {
         routes::webhooks::get_one,
         routes::webhooks::update,
         routes::webhooks::remove,
+        routes::logs::search,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
     modifiers(&Security)
@@ -263,10 +266,28 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            let id = req.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("http", request_id = %id, method = %req.method(), path = %req.uri().path())
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+                    let id = header(request_id::HEADER.as_str()).unwrap_or("");
+                    // The client's trace if it sent one; otherwise the one its request id names,
+                    // which is also what every command it causes carries to other nodes.
+                    let trace = header("traceparent")
+                        .and_then(souk_messages::log::trace_id_of)
+                        .map_or_else(|| souk_messages::log::trace_id(id), str::to_owned);
+                    tracing::info_span!("http", request_id = %id, trace_id = %trace, method = %req.method(), path = %req.uri().path())
+                })
+                // One line per refused or failed request: what operators search for.
+                .on_response(|res: &axum::http::Response<_>, latency: std::time::Duration, _: &tracing::Span| {
+                    let status = res.status().as_u16();
+                    if status >= 500 {
+                        tracing::warn!(status, latency_ms = latency.as_millis() as u64, "request failed");
+                    } else if status >= 400 {
+                        tracing::info!(status, latency_ms = latency.as_millis() as u64, "request refused");
+                    }
+                }),
+        )
         .layer(PropagateRequestIdLayer::new(request_id::HEADER.clone()))
         .layer(SetRequestIdLayer::new(request_id::HEADER.clone(), request_id::MakeId))
         .layer(axum::middleware::map_request(request_id::sanitize::<axum::body::Body>))

@@ -10,6 +10,7 @@
 //! - [`ids`]: validated identifiers (`Sku`, `ReservationId`, `NodeId`).
 //! - [`event`]: the public event envelope published on `souk.evt.<kind>.<id>`.
 //! - [`entity`]: the `Entity` trait every kind implements and the bus request envelope.
+//! - [`log`]: log records on their way to the central log store.
 //! - [`notify`]: notifications: channels, topics, delivery attempts, dead letters.
 //! - [`order`]: the order saga entity: placement, its steps, cancellation with a reason.
 //! - [`product`]: the product entity: variants, money, catalog rules.
@@ -22,6 +23,7 @@ pub mod entity;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod log;
 pub mod notify;
 pub mod order;
 pub mod product;

@@ -191,6 +191,16 @@ impl Subjects {
         "souk.dlq.>"
     }
 
+    /// Log records of `node` at `level`: `souk.log.<node>.<level>`, the `SOUK_LOGS` stream.
+    pub fn log(self, node: &str, level: crate::log::Level) -> String {
+        format!("souk.log.{node}.{}", level.as_str())
+    }
+
+    /// Every log record: `souk.log.>`.
+    pub fn logs_all(self) -> &'static str {
+        "souk.log.>"
+    }
+
     /// The entity id in an event subject, if `subject` is one of `kind`'s.
     pub fn entity_id_of(self, kind: EntityKind, subject: &str) -> Option<String> {
         let rest = subject.strip_prefix("souk.evt.")?;

@@ -19,12 +19,19 @@ pub trait Routed: Serialize {
     type Reply: DeserializeOwned;
     /// The subject of the shard that owns the addressed entity.
     fn shard(&self, shards: &ShardCounts) -> ShardId;
+    /// The request's correlation id, carried as a W3C `traceparent` header.
+    fn correlation_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<E: Entity> Routed for Request<E> {
     type Reply = E::View;
     fn shard(&self, shards: &ShardCounts) -> ShardId {
         shard_of(E::KIND, E::id_str(&self.id), shards.of(E::KIND))
+    }
+    fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
     }
 }
 
@@ -89,7 +96,12 @@ impl Bus {
             if remaining.is_zero() {
                 return Err(BusError::NoResponders(subject));
             }
-            let request = async_nats::Request::new().payload(payload.clone()).timeout(Some(remaining));
+            let mut request = async_nats::Request::new().payload(payload.clone()).timeout(Some(remaining));
+            if let Some(c) = req.correlation_id() {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("traceparent", souk_messages::log::traceparent(c).as_str());
+                request = request.headers(headers);
+            }
             match self.inner.client.send_request(subject.clone(), request).await {
                 Ok(msg) => {
                     let reply: Reply<R::Reply> = serde_json::from_slice(&msg.payload)?;

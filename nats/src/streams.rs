@@ -18,6 +18,8 @@ pub const NOTIFY_CLAIMS_BUCKET: &str = "souk_notify_claims";
 pub const NOTIFY_CLAIM_TTL: Duration = Duration::from_secs(8 * 24 * 3600);
 /// Webhook endpoints: key = endpoint id, value = the endpoint with its signing secret.
 pub const ENDPOINTS_BUCKET: &str = "souk_webhook_endpoints";
+/// Log records of every node, size- and age-limited.
+pub const LOGS_STREAM: &str = "SOUK_LOGS";
 /// Live nodes: key = node id, kept alive by heartbeats, expiring after the node TTL.
 pub const NODES_BUCKET: &str = "souk_nodes";
 /// Shard leases: key = `<kind>.<shard>`, renewed by their owner, expiring after the lease TTL.
@@ -60,6 +62,10 @@ pub struct ProvisionSettings {
     pub lease_ttl: Duration,
     /// How long a refresh-token family lives after its last rotation.
     pub session_ttl: Duration,
+    /// How long `SOUK_LOGS` keeps a record.
+    pub log_max_age: Duration,
+    /// The most bytes `SOUK_LOGS` holds; the oldest records go first.
+    pub log_max_bytes: i64,
 }
 
 /// Handles to everything provisioned.
@@ -101,6 +107,8 @@ pub struct Jet {
     pub notify_claims: kv::Store,
     /// Webhook endpoints.
     pub endpoints: kv::Store,
+    /// `SOUK_LOGS`.
+    pub logs: stream::Stream,
 }
 
 /// Why provisioning failed.
@@ -164,6 +172,22 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
     .map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?;
     let dead_letters =
         js.get_stream(DLQ_STREAM).await.map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?;
+    js.create_or_update_stream(stream::Config {
+        name: LOGS_STREAM.to_owned(),
+        description: Some("Souk log records of every node".to_owned()),
+        subjects: vec![Subjects.logs_all().to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: s.log_max_age,
+        max_bytes: s.log_max_bytes,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ProvisionError::Stream(LOGS_STREAM, Box::new(e)))?;
+    let logs =
+        js.get_stream(LOGS_STREAM).await.map_err(|e| ProvisionError::Stream(LOGS_STREAM, Box::new(e)))?;
     let bucket = |name: &'static str, max_age: Duration, history: i64| {
         let js = js.clone();
         async move {
@@ -212,6 +236,7 @@ pub async fn provision(client: async_nats::Client, s: ProvisionSettings) -> Resu
         dead_letters,
         notify_claims,
         endpoints,
+        logs,
     })
 }
 
@@ -249,6 +274,10 @@ pub async fn attach(client: async_nats::Client) -> Result<Jet, ProvisionError> {
             .map_err(|e| ProvisionError::Stream(DLQ_STREAM, Box::new(e)))?,
         notify_claims: bucket(NOTIFY_CLAIMS_BUCKET).await?,
         endpoints: bucket(ENDPOINTS_BUCKET).await?,
+        logs: js
+            .get_stream(LOGS_STREAM)
+            .await
+            .map_err(|e| ProvisionError::Stream(LOGS_STREAM, Box::new(e)))?,
         js,
     })
 }

@@ -115,6 +115,17 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS notifications_to ON notifications FIELDS `to`;
     ",
     ),
+    (
+        7,
+        r"
+    DEFINE TABLE IF NOT EXISTS logs SCHEMALESS;
+    DEFINE INDEX IF NOT EXISTS logs_ts ON logs FIELDS ts_ns;
+    DEFINE INDEX IF NOT EXISTS logs_request ON logs FIELDS request_id;
+    DEFINE INDEX IF NOT EXISTS logs_node ON logs FIELDS node;
+    DEFINE ANALYZER IF NOT EXISTS log_words TOKENIZERS blank, class, punct FILTERS lowercase, ascii;
+    DEFINE INDEX IF NOT EXISTS logs_text ON logs FIELDS text FULLTEXT ANALYZER log_words BM25;
+    ",
+    ),
 ];
 
 /// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to

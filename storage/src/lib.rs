@@ -8,12 +8,14 @@
 //! - [`db`]: connect (`mem://`, `surrealkv://path`, `ws://host`) and migrate.
 //! - [`stock`]: the `stock` read model and its projection checkpoint.
 //! - [`catalog`]: the `product` read model: browse, filter, search, availability.
+//! - [`log`]: the central log store, searchable.
 //! - [`notification`]: the delivery log: every notification's attempts.
 //! - [`order`]: the `orders` read model: customers' order lists, the staff's order search.
 //! - [`user`]: the `users` read model, for the admin user list and search.
 
 pub mod catalog;
 pub mod db;
+pub mod log;
 pub mod notification;
 pub mod order;
 pub mod stock;
@@ -21,6 +23,7 @@ pub mod user;
 
 pub use catalog::{CatalogPage, CatalogQuery, CatalogRepo, CatalogRow, ProductEvents, Sort};
 pub use db::{Db, DbSettings, connect, migrate};
+pub use log::{LogQuery, LogRepo};
 pub use notification::{Delivery, DeliveryPage, DeliveryQuery, NotificationEvents, NotificationRepo};
 pub use order::{OrderEvents, OrderPage, OrderQuery, OrderRepo};
 pub use stock::{StockChange, StockRepo};
@@ -39,6 +42,8 @@ pub struct ReadModels {
     pub orders: OrderRepo,
     /// The delivery log.
     pub notifications: NotificationRepo,
+    /// The central log store.
+    pub logs: LogRepo,
 }
 
 impl ReadModels {
@@ -51,7 +56,8 @@ impl ReadModels {
             users: UserRepo::new(db.clone()),
             catalog: CatalogRepo::new(db.clone()),
             orders: OrderRepo::new(db.clone()),
-            notifications: NotificationRepo::new(db),
+            notifications: NotificationRepo::new(db.clone()),
+            logs: LogRepo::new(db),
         }
     }
 }

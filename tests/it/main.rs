@@ -8,6 +8,7 @@ mod cluster;
 mod failover;
 mod inventory;
 mod layout;
+mod logs;
 mod monitoring;
 mod notify;
 mod payments;

@@ -93,7 +93,8 @@ async fn drive(
         let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
         let w = w.clone();
         tokio::spawn(async move {
-            if let Err(e) = w.deliver(&msg).await {
+            let span = tracing::info_span!("notification", subject = %msg.subject);
+            if let Err(e) = tracing::Instrument::instrument(w.deliver(&msg), span).await {
                 tracing::warn!(subject = %msg.subject, error = %e, "notification delivery interrupted; it will be redelivered");
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cart;
 pub mod inventory;
 pub mod live;
+pub mod logs;
 pub mod me;
 pub mod notifications;
 pub mod ops;
@@ -51,6 +52,7 @@ pub fn all() -> Vec<Route> {
         payments::routes(),
         notifications::routes(),
         webhooks::routes(),
+        logs::routes(),
     ]
     .into_iter()
     .flatten()

@@ -20,7 +20,14 @@ async fn jet(url: &str, lease_ttl: Duration) -> Jet {
     .expect("connect");
     souk_nats::provision(
         client,
-        ProvisionSettings { replicas: 1, node_ttl: lease_ttl, lease_ttl, session_ttl: lease_ttl },
+        ProvisionSettings {
+            replicas: 1,
+            node_ttl: lease_ttl,
+            lease_ttl,
+            session_ttl: lease_ttl,
+            log_max_age: lease_ttl,
+            log_max_bytes: 1 << 24,
+        },
     )
     .await
     .expect("provision")

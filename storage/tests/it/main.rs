@@ -366,3 +366,55 @@ mod catalog {
         assert_eq!(levels.values().copied().collect::<Vec<_>>(), [0]);
     }
 }
+
+mod logs {
+    use souk_messages::log::{Level, LogRecord};
+    use souk_storage::LogQuery;
+
+    fn record(node: &str, level: Level, message: &str, request_id: Option<&str>) -> LogRecord {
+        let mut span = serde_json::Map::new();
+        if let Some(r) = request_id {
+            span.insert("request_id".into(), r.into());
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert("message".into(), message.into());
+        LogRecord {
+            timestamp: time::OffsetDateTime::now_utc(),
+            level,
+            node: node.into(),
+            target: "souk_api".into(),
+            fields,
+            span,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_found_by_request_words_level_and_node_and_stored_once() {
+        let repo = super::read_models().await.logs;
+        let batch = vec![
+            (1, record("n1", Level::Info, "checkout placed the order", Some("req-1"))),
+            (2, record("n2", Level::Warn, "payment provider slow", Some("req-1"))),
+            (3, record("n2", Level::Debug, "cache warmed", None)),
+        ];
+        repo.insert(batch.clone()).await.expect("insert");
+        repo.insert(batch).await.expect("again");
+        let q = |f: fn(&mut LogQuery)| {
+            let mut q = LogQuery { limit: 10, ..LogQuery::default() };
+            f(&mut q);
+            q
+        };
+        let messages = |v: Vec<LogRecord>| v.iter().map(|r| r.message().to_owned()).collect::<Vec<_>>();
+        let all = repo.search(&q(|_| {})).await.expect("all");
+        assert_eq!(all.len(), 3, "each record once");
+        let by_request = repo.search(&q(|q| q.request_id = Some("req-1".into()))).await.expect("request");
+        assert_eq!(messages(by_request), ["payment provider slow", "checkout placed the order"]);
+        let warn = repo.search(&q(|q| q.level = Some(Level::Warn))).await.expect("level");
+        assert_eq!(messages(warn), ["payment provider slow"]);
+        let words = repo.search(&q(|q| q.q = Some("Checkout".into()))).await.expect("words");
+        assert_eq!(messages(words), ["checkout placed the order"]);
+        let node = repo.search(&q(|q| q.node = Some("n2".into()))).await.expect("node");
+        assert_eq!(node.len(), 2);
+        repo.prune(time::OffsetDateTime::now_utc() + time::Duration::seconds(1)).await.expect("prune");
+        assert!(repo.search(&q(|_| {})).await.expect("after").is_empty());
+    }
+}
