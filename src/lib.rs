@@ -1,9 +1,10 @@
-//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys`, `admin`, `notify`, `logs` and
+//! The `souk` binary's library: configuration, `serve`, `seed`, `load`, `keys`, `admin`, `notify`, `logs`, `asyncapi` and
 //! `import`.
 //! It wires the crates into one process; the crates themselves know nothing of each other
 //! beyond their declared dependencies.
 
 pub mod admin;
+pub mod asyncapi;
 pub mod client;
 pub mod config;
 pub mod import;

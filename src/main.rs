@@ -44,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Print the AsyncAPI document of every subject Souk publishes or serves (YAML).
+    Asyncapi,
     /// Follow the logs of every node of a running cluster.
     Logs {
         #[command(subcommand)]
@@ -177,6 +179,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Import { command: ImportCommand::Products { file, format } } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             souk::import::products(&cfg, &file, format).await
+        }
+        Command::Asyncapi => {
+            print!("{}", souk::asyncapi::yaml());
+            Ok(())
         }
         Command::Logs { command: LogsCommand::Tail { level, node, request_id, grep } } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

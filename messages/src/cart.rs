@@ -69,7 +69,7 @@ impl fmt::Display for CartId {
 }
 
 /// One line of a cart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct CartLine {
     /// The variant.
     pub sku: Sku,
@@ -136,7 +136,7 @@ pub struct CartCommand {
 pub type CartRequest = Request<CartState>;
 
 /// Something that happened to a cart. Serialized as `{"type": "cart.…", "data": {…}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum CartEvent {
     /// A line was added or its quantity raised.
@@ -145,6 +145,7 @@ pub enum CartEvent {
         /// The line after the change.
         line: CartLine,
         /// When.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
@@ -156,6 +157,7 @@ pub enum CartEvent {
         /// The quantity now.
         quantity: u32,
         /// When.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
@@ -165,6 +167,7 @@ pub enum CartEvent {
         /// The SKU.
         sku: Sku,
         /// When.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
@@ -172,6 +175,7 @@ pub enum CartEvent {
     #[serde(rename = "cart.cleared")]
     Cleared {
         /// When.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
@@ -181,6 +185,7 @@ pub enum CartEvent {
         /// The merged lines, as they are now in this cart.
         lines: Vec<CartLine>,
         /// When.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
@@ -188,6 +193,7 @@ pub enum CartEvent {
     #[serde(rename = "cart.expired")]
     Expired {
         /// When.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },

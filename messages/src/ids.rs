@@ -24,9 +24,10 @@ fn is_token(s: &str, max: usize) -> bool {
 macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
         #[serde(try_from = "String", into = "String")]
         #[schema(value_type = String, pattern = "^[A-Za-z0-9_-]+$", min_length = 1, max_length = 64)]
+        #[schemars(with = "String")]
         pub struct $name(String);
 
         impl $name {

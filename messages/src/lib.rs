@@ -5,6 +5,7 @@
 //! crate (and every external tool reading `souk.evt.>`) can share these definitions.
 //!
 //! # Layout
+//! - [`asyncapi`]: the AsyncAPI description of every subject, schemas generated from these types.
 //! - [`cart`]: the cart entity: lines, per-line limits, idle expiry, guest merge.
 //! - [`error`]: stable error codes and the `Reply<T>` envelope of every request/reply.
 //! - [`ids`]: validated identifiers (`Sku`, `ReservationId`, `NodeId`).
@@ -18,6 +19,7 @@
 //! - [`subject`]: entity kinds, shard hashing and the typed subject builder.
 //! - [`user`]: the user account entity, and the rules for emails, names, phones and passwords.
 
+pub mod asyncapi;
 pub mod cart;
 pub mod entity;
 pub mod error;

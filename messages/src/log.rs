@@ -6,7 +6,18 @@ use time::OffsetDateTime;
 
 /// A log level, most severe first.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
@@ -49,9 +60,10 @@ impl Level {
 }
 
 /// One log record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct LogRecord {
     /// When it was logged.
+    #[schemars(with = "String")]
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub timestamp: OffsetDateTime,

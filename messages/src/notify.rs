@@ -14,7 +14,18 @@ use time::OffsetDateTime;
 
 /// A way of reaching someone.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
@@ -52,7 +63,9 @@ impl fmt::Display for Channel {
 }
 
 /// What a notification is about; names its templates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Topic {
     /// The order is confirmed: paid and its stock sold.
@@ -93,7 +106,7 @@ impl Topic {
 }
 
 /// One message to one recipient over one channel, rendered and ready to send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Notification {
     /// Names the (event, channel, recipient) it is for; at most one is ever sent per id.
     pub id: NotificationId,
@@ -118,6 +131,7 @@ pub struct Notification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
     /// When the event that caused it happened.
+    #[schemars(with = "String")]
     #[serde(with = "time::serde::rfc3339")]
     pub caused_at: OffsetDateTime,
     /// Attempts made before it was queued again from the dead-letter stream.
@@ -131,7 +145,9 @@ const fn is_zero(n: &u32) -> bool {
 
 /// A notification's id: 32 hex digits derived from the event, channel and recipient, so the
 /// same event planned twice names the same notification.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct NotificationId(String);
 
@@ -162,7 +178,9 @@ impl fmt::Display for NotificationId {
 }
 
 /// How one delivery attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The provider accepted it.
@@ -175,7 +193,7 @@ pub enum Outcome {
 
 /// One delivery attempt, recorded on `souk.evt.notification.<id>` (the event's version is the
 /// attempt number). Carries no message body: those can hold reset links.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum NotificationEvent {
     /// A delivery attempt and its outcome.
@@ -206,7 +224,7 @@ pub enum NotificationEvent {
 }
 
 /// What a webhook delivery posts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WebhookBody {
     /// The event's type.
     pub event_type: String,
@@ -394,7 +412,7 @@ impl NotificationEvent {
 }
 
 /// A notification that could not be delivered, as kept on `souk.dlq.<channel>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetter {
     /// The notification, ready to be sent again.
     pub notification: Notification,
@@ -403,6 +421,7 @@ pub struct DeadLetter {
     /// The last failure.
     pub error: String,
     /// When it was given up on.
+    #[schemars(with = "String")]
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

@@ -16,7 +16,19 @@ use std::fmt;
 use time::OffsetDateTime;
 
 /// An order's id, assigned by Souk at checkout.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "ord-0c6f8b1f5d0e4a7c9a7e2d3b4c5d6e7f")]
 pub struct OrderId(String);
@@ -72,7 +84,9 @@ fn invalid(detail: impl Into<String>) -> ReplyError {
 }
 
 /// Where an order ships.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient, 1–100 characters.
@@ -119,7 +133,7 @@ impl Address {
 }
 
 /// One line of an order, priced at checkout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct OrderLine {
     /// The variant.
     #[schema(value_type = String)]
@@ -157,7 +171,9 @@ pub enum OrderStatus {
 }
 
 /// Why an order was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     /// A line's stock could not be reserved.
@@ -177,7 +193,7 @@ pub enum CancelReason {
 }
 
 /// What an order's placement carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Placement {
     /// The customer.
     pub customer: UserId,
@@ -257,7 +273,7 @@ pub enum OrderCommand {
 pub type OrderRequest = Request<OrderState>;
 
 /// Something that happened to an order. Serialized as `{"type": "order.…", "data": {…}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum OrderEvent {
     /// The order was placed (status `pending`).

@@ -34,7 +34,19 @@ fn is_slug(s: &str, max: usize) -> bool {
 }
 
 /// A product's id, assigned by Souk.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "prd-0c6f8b1f5d0e4a7c9a7e2d3b4c5d6e7f")]
 pub struct ProductId(String);
@@ -81,7 +93,19 @@ impl std::fmt::Display for ProductId {
 }
 
 /// A URL-friendly product name: 1 to 100 of `a-z 0-9 -`, not starting or ending with `-`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "linen-shirt", pattern = "^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$")]
 pub struct Slug(String);
@@ -117,7 +141,18 @@ impl From<Slug> for String {
 
 /// An ISO 4217 currency code: three upper-case letters.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "EUR", pattern = "^[A-Z]{3}$")]
@@ -156,7 +191,9 @@ impl From<Currency> for String {
 }
 
 /// An amount of money: integer minor units (cents) of a currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 pub struct Money {
     /// Minor units, 0 to 10¹².
     #[schema(example = 2599, minimum = 0, maximum = 1_000_000_000_000_i64)]
@@ -177,7 +214,9 @@ impl Money {
 }
 
 /// Where a product stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProductStatus {
     /// Being prepared; only staff see it.
@@ -200,7 +239,7 @@ impl ProductStatus {
 }
 
 /// One sellable variant of a product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     /// Its SKU, unique across the catalog.
@@ -214,7 +253,7 @@ pub struct Variant {
 }
 
 /// Everything staff set on a product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductData {
     /// Title, 1 to 200 characters.
@@ -344,7 +383,7 @@ pub enum ProductCommand {
 }
 
 /// Something that happened to a product. Serialized as `{"type": "product.…", "data": {…}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum ProductEvent {
     /// The product was created.

@@ -121,7 +121,9 @@ pub enum StockCommand {
 }
 
 /// Why stock was adjusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AdjustReason {
     /// Goods arrived.
@@ -162,7 +164,7 @@ pub struct StockView {
 /// Every event also carries the item's levels *after* it (`on_hand`, `reserved`), so a
 /// consumer can show the current stock from any single event, and a projection can apply
 /// events idempotently in any order by keeping the highest version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum StockEvent {
     /// Units were added on hand.
@@ -182,6 +184,7 @@ pub enum StockEvent {
         /// Units held.
         quantity: u32,
         /// When the hold lapses unless committed or released.
+        #[schemars(with = "Option<String>")]
         #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
         expires_at: Option<OffsetDateTime>,
         /// Levels after the event.
@@ -268,7 +271,7 @@ pub enum StockEvent {
 }
 
 /// A stock item's counters and flags after an event.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Levels {
     /// Units in the warehouse.
     pub on_hand: u64,

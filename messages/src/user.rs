@@ -36,9 +36,22 @@ fn invalid(code: ErrorCode, detail: impl Into<String>) -> ReplyError {
 }
 
 /// A normalised email address: trimmed, with its domain lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, format = "email", example = "ada@example.com")]
+#[schemars(with = "String")]
 pub struct Email(String);
 
 impl Email {
@@ -106,7 +119,7 @@ impl std::fmt::Display for Email {
 }
 
 /// A display name: 1 to [`NAME_MAX`] characters after trimming, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, min_length = 1, max_length = 100, example = "Ada Lovelace")]
 pub struct Name(String);
@@ -146,7 +159,7 @@ impl From<Name> for String {
 
 /// A phone number in E.164 form (`+` and 8 to 15 digits). Spaces, dots, dashes and
 /// parentheses in the input are dropped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "+442071838750")]
 pub struct Phone(String);
@@ -205,7 +218,7 @@ pub fn check_password(password: &str, email: Option<&Email>) -> Result<(), Reply
 }
 
 /// A secret string (a reset token) whose `Debug` output never shows it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 
@@ -230,7 +243,18 @@ impl Secret {
 
 /// What a user may do. Roles are a set; `admin` includes everything `staff` may do.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -254,7 +278,9 @@ impl Role {
 }
 
 /// Why a password changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PasswordChange {
     /// The user changed it, knowing the current one.
@@ -346,7 +372,7 @@ pub struct UserView {
 }
 
 /// Something that happened to a user. Serialized as `{"type": "user.…", "data": {…}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum UserEvent {
     /// The account was created.
@@ -403,6 +429,7 @@ pub enum UserEvent {
         /// The token.
         token: Secret,
         /// When it stops working.
+        #[schemars(with = "String")]
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
     },

@@ -1,5 +1,6 @@
 //! End-to-end tests: real `souk` node processes, real nats-server processes, HTTP over loopback.
 
+mod asyncapi;
 mod auth;
 mod cart;
 mod catalog;
