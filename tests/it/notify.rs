@@ -479,3 +479,74 @@ async fn a_node_killed_mid_send_never_sends_twice() {
     assert!(dead.to_string().contains("interrupted mid-send"), "{dead}");
     assert_eq!(mails_to(&smtp, "kill@notify.test", "is confirmed").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_order_outcome_mails_its_own_message() {
+    let smtp = SmtpPeer::start().await;
+    let nats = NatsServer::start();
+    let node = start(&nats, &smtp_env(&smtp));
+    let http = http();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+    on_sale(&http, &staff, base, "jug", "JUG-1", 10).await;
+    let ada = register(&http, base, "outcomes@notify.test", None).await;
+    let mail = |part: &'static str| {
+        let smtp = smtp.clone();
+        async move {
+            eventually(part, Duration::from_secs(20), || async {
+                mails_to(&smtp, "outcomes@notify.test", part).pop()
+            })
+            .await
+        }
+    };
+
+    // A declined card: the order is cancelled and the customer told nothing was charged.
+    body(crate::cart::add(&ada, base, None, "JUG-1", 1).await, StatusCode::OK).await;
+    let b = json!({"shipping_address": {"name": "Ada", "line1": "1 Way", "city": "London", "postal_code": "N1", "country": "GB"}, "payment_method": "pm_card_chargeDeclined"});
+    let r =
+        ada.post(format!("{base}/v1/checkout")).header("idempotency-key", "declined").json(&b).send().await;
+    let declined =
+        body(r.expect("checkout"), StatusCode::CREATED).await["id"].as_str().expect("id").to_owned();
+    let m = mail("We could not take payment").await;
+    assert!(
+        m.contains(&declined) && m.contains("the card was declined") && m.contains("Nothing was charged"),
+        "{m}"
+    );
+    let _ = ada.delete(format!("{base}/v1/cart")).send().await;
+
+    // Cancelled by the customer after payment: refunded in full.
+    let first = confirmed_order(&ada, base, "JUG-1", 1, "first").await;
+    let r = ada.post(format!("{base}/v1/orders/{first}/cancel")).send().await.expect("cancel");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let m = mail("was cancelled").await;
+    assert!(
+        m.contains(&first) && m.contains("you asked us to cancel it") && m.contains("€12.00 goes back"),
+        "{m}"
+    );
+
+    // Shipped, delivered, then part refunded by staff.
+    let second = confirmed_order(&ada, base, "JUG-1", 2, "second").await;
+    for (action, payload) in
+        [("ship", json!({"tracking": "T-1"})), ("deliver", json!({})), ("refund", json!({"amount": 500}))]
+    {
+        let r = staff.post(format!("{base}/v1/orders/{second}/{action}")).json(&payload).send().await;
+        assert!(r.expect(action).status().is_success(), "{action}");
+        if action == "deliver" {
+            let m = mail("was delivered").await;
+            assert!(m.contains(&second), "{m}");
+        }
+    }
+    let m = mail("A refund for your order").await;
+    assert!(m.contains("refunded €5.00 of your order") && m.contains("(total €24.00)"), "{m}");
+
+    // One message per event: the confirmations, the cancellation, shipping, delivery, refund.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let subjects: Vec<String> = smtp
+        .mails()
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == "outcomes@notify.test"))
+        .filter_map(|m| readable(&m.data).lines().find(|l| l.starts_with("Subject:")).map(str::to_owned))
+        .collect();
+    assert_eq!(subjects.len(), 7, "{subjects:#?}");
+}
