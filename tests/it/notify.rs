@@ -315,6 +315,7 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
         ("SOUK_TWILIO_ACCOUNT_SID", "AC9".to_owned()),
         ("SOUK_TWILIO_AUTH_TOKEN", "t".to_owned()),
         ("SOUK_TWILIO_FROM", "+15550002222".to_owned()),
+        ("SOUK_NOTIFY_RETRY_BASE", "200ms".to_owned()),
     ];
     let node = start(&nats, &env);
     let http = http();
@@ -346,13 +347,23 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
         assert_eq!(b["content"][1]["type"], "text/html");
     }
 
-    // A password reset mails a link carrying a token that works.
+    // A password reset mails a link carrying a token that works, even when SendGrid is down
+    // for the first attempt: the failure is retried, and the link goes out once.
+    *mail.failing.lock().expect("lock") = true;
     let r = http
         .post(format!("{base}/v1/auth/password-reset"))
         .json(&json!({"email": "quiet@notify.test"}))
         .send()
         .await;
     assert_eq!(r.expect("reset").status(), StatusCode::ACCEPTED);
+    let staff_log = format!("{base}/v1/admin/notifications?recipient=quiet@notify.test&status=failed");
+    eventually("a failed attempt at SendGrid", Duration::from_secs(20), || async {
+        let log = body(staff.get(&staff_log).send().await.ok()?, StatusCode::OK).await;
+        let failed = log["items"].as_array()?.iter().find(|d| d["topic"] == "password_reset")?.clone();
+        failed["attempts"][0]["detail"].as_str().is_some_and(|d| d.contains("503")).then_some(())
+    })
+    .await;
+    *mail.failing.lock().expect("lock") = false;
     let reset = eventually("the reset email", Duration::from_secs(20), || async {
         mail.seen().into_iter().find(|s| s.2.contains("reset-password?token="))
     })
@@ -370,6 +381,8 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(sms.seen().is_empty(), "no text messages: {:?}", sms.seen());
+    let resets = mail.seen().iter().filter(|s| s.2.contains("reset-password?token=")).count();
+    assert_eq!(resets, 1, "the retried reset email went out once");
 }
 
 async fn dlq(nats: &NatsServer, dir: &std::path::Path, args: &[&str]) -> String {
