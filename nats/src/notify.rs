@@ -102,29 +102,45 @@ impl Endpoints {
     /// consult it for every event.
     pub async fn live(&self) -> Result<LiveEndpoints, KvError> {
         let live = LiveEndpoints::default();
-        let mut watch = self.store.watch_with_history(">").await.map_err(|e| KvError::Nats {
-            op: "watch",
-            bucket: crate::streams::ENDPOINTS_BUCKET.to_owned(),
-            source: Box::new(e),
-        })?;
-        let map = live.0.clone();
+        let mut watch = self.watch().await?;
+        let (store, map) = (self.clone(), live.0.clone());
         tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
-                let Ok(mut m) = map.write() else { return };
-                match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => {
-                        if let Ok(e) = serde_json::from_slice::<WebhookEndpoint>(&entry.value) {
-                            m.insert(entry.key.clone(), e);
+            loop {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { continue };
+                    let Ok(mut m) = map.write() else { return };
+                    match entry.operation {
+                        async_nats::jetstream::kv::Operation::Put => {
+                            if let Ok(e) = serde_json::from_slice::<WebhookEndpoint>(&entry.value) {
+                                m.insert(entry.key.clone(), e);
+                            }
+                        }
+                        _ => {
+                            m.remove(&entry.key);
                         }
                     }
-                    _ => {
-                        m.remove(&entry.key);
-                    }
                 }
+                // The watch ended (its server went away): watch again from each key's latest
+                // value, which includes the delete markers of endpoints removed meanwhile.
+                tracing::warn!("the webhook endpoints watch ended; watching again");
+                watch = loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    match store.watch().await {
+                        Ok(w) => break w,
+                        Err(e) => tracing::warn!(error = %e, "cannot watch the webhook endpoints yet"),
+                    }
+                };
             }
         });
         Ok(live)
+    }
+
+    async fn watch(&self) -> Result<async_nats::jetstream::kv::Watch, KvError> {
+        self.store.watch_with_history(">").await.map_err(|e| KvError::Nats {
+            op: "watch",
+            bucket: crate::streams::ENDPOINTS_BUCKET.to_owned(),
+            source: Box::new(e),
+        })
     }
 }
 
