@@ -1,5 +1,6 @@
-//! The entity actor, generic over the entity kind: every kind (stock item, user, …) gets the
-//! same command handling from this one runtime.
+//! One entity's state machine, generic over the kind: every kind (stock item, user, …) gets the
+//! same command handling from this one runtime. Entities live inside their shard actor
+//! ([`crate::shard`]), which feeds them commands and the outcomes of the I/O they ask for.
 //!
 //! Commands are decided one by one against a speculative state (confirmed state plus every
 //! event not yet stored), and stored in group commits: while one append is in flight, new
@@ -7,62 +8,70 @@
 //! JetStream round trip per batch, not per command, and never oversells, because every
 //! decision sees every earlier one. Replies are sent only once the events behind them are
 //! stored.
+//!
+//! Nothing here awaits storage: loads and appends run as tasks whose outcomes come back to the
+//! shard as [`Done`] messages, so one entity waiting on JetStream never holds up its neighbours.
 
 use crate::context::NodeContext;
+use crate::shard::{ShardMsg, Typed};
 use async_nats::Subject;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::ActorRef;
 use souk_messages::event::{Commit, Event};
 use souk_messages::{Entity, ErrorCode, Reply, ReplyError, Request};
-use souk_nats::AppendError;
-use std::marker::PhantomData;
+use souk_nats::{AppendError, Loaded, StoreError};
 use std::sync::Arc;
+use std::time::Instant;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// After this many fenced appends in a row the actor gives up and stops; the next command
-/// starts a fresh one that reloads.
+/// After this many fenced appends in a row the entity gives up and is dropped; the next
+/// command loads it afresh.
 const MAX_FENCED_RETRIES: u32 = 5;
 /// The most commands one append carries.
 const MAX_BATCH: usize = 512;
 
-/// The actor of one entity of kind `E`; all its data lives in [`EntityState`].
+/// The outcome of I/O an entity asked for, addressed to one incarnation of it.
 #[derive(Debug)]
-pub struct EntityActor<E>(PhantomData<fn() -> E>);
+pub(crate) struct Done<E: Entity> {
+    pub(crate) id: E::Id,
+    /// The incarnation that asked; an outcome for an earlier one (dropped meanwhile) is ignored.
+    pub(crate) incarnation: u64,
+    pub(crate) outcome: Outcome<E>,
+}
 
-impl<E> EntityActor<E> {
-    /// The actor behaviour.
-    pub const fn new() -> Self {
-        Self(PhantomData)
+/// What finished.
+#[derive(Debug)]
+pub(crate) enum Outcome<E: Entity> {
+    Loaded(Result<Loaded<E>, StoreError>),
+    Appended(Result<u64, AppendError>),
+}
+
+/// What the shard does with an entity after a step.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    Keep,
+    /// Forget it: its next command loads it afresh.
+    Drop,
+}
+
+/// What an entity needs from its shard to do I/O.
+pub(crate) struct Host<'a> {
+    pub(crate) ctx: &'a Arc<NodeContext>,
+    pub(crate) shard: &'a ActorRef<ShardMsg>,
+}
+
+impl Host<'_> {
+    fn send<E: Entity>(shard: &ActorRef<ShardMsg>, done: Done<E>) {
+        // The shard may have stopped meanwhile; then the outcome has nobody to tell.
+        let _ = shard.cast(ShardMsg::Done(Typed::new(done)));
     }
 }
 
-impl<E> Default for EntityActor<E> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Messages an entity actor handles.
+/// A command waiting for the entity's history to load.
 #[derive(Debug)]
-pub enum EntityMsg<E: Entity> {
-    /// A command from the bus, with the subject to reply to.
-    Command(Request<E>, Option<Subject>),
-    /// The in-flight append finished.
-    AppendDone(Result<u64, AppendError>),
-    /// Answer once nothing is queued or in flight (used before handing a shard off).
-    Flush(RpcReplyPort<()>),
-    /// Panic, to test supervision.
-    #[cfg(test)]
-    Panic,
-}
-
-/// What an entity actor is started with.
-#[derive(Debug)]
-pub struct EntityArgs<E: Entity> {
-    /// The entity's id.
-    pub id: E::Id,
-    /// Node-wide services.
-    pub ctx: Arc<NodeContext>,
+struct Queued<E: Entity> {
+    request: Request<E>,
+    reply_to: Option<Subject>,
 }
 
 #[derive(Debug)]
@@ -86,101 +95,172 @@ impl<E: Entity> Default for Batch<E> {
     }
 }
 
-/// An entity's state in memory.
+/// Why the history is being (re)loaded.
 #[derive(Debug)]
-pub struct EntityState<E: Entity> {
+enum Loading<E: Entity> {
+    /// First command since the entity was last in memory.
+    Start,
+    /// An append's outcome was unknown: was this batch stored?
+    Unknown(Batch<E>),
+    /// An append was fenced: decide this batch again on the stored history.
+    Fenced(Batch<E>),
+}
+
+/// An entity in memory. Kept small: a shard may hold a hundred thousand of them, and an idle
+/// one is its id, two copies of its state and empty queues.
+#[derive(Debug)]
+pub(crate) struct Hosted<E: Entity> {
     id: E::Id,
-    ctx: Arc<NodeContext>,
+    incarnation: u64,
     confirmed: E,
     confirmed_seq: u64,
+    /// The confirmed state plus every event not yet stored. Kept beside `confirmed` rather
+    /// than cloned from it when needed: a hot item's state (its reservations) is large.
     speculative: E,
     inflight: Option<Batch<E>>,
     next: Batch<E>,
+    loading: Option<Loading<E>>,
+    /// Commands that arrived while loading, in order.
+    waiting: Vec<Queued<E>>,
     commits_since_snapshot: u64,
     fenced_in_a_row: u32,
-    flush_waiters: Vec<RpcReplyPort<()>>,
+    /// Whether it loaded, so counts as live.
+    started: bool,
+    pub(crate) last_used: Instant,
 }
 
-impl<E: Entity> Actor for EntityActor<E> {
-    type Msg = EntityMsg<E>;
-    type State = EntityState<E>;
-    type Arguments = EntityArgs<E>;
-
-    async fn pre_start(
-        &self,
-        _me: ActorRef<EntityMsg<E>>,
-        args: EntityArgs<E>,
-    ) -> Result<EntityState<E>, ActorProcessingErr> {
-        // Loading happens in post_start, so spawning does not wait on I/O and many items of
-        // one shard rehydrate in parallel. Commands queue in the mailbox meanwhile.
-        Ok(EntityState {
-            id: args.id,
-            ctx: args.ctx,
+impl<E: Entity> Hosted<E> {
+    /// A new incarnation, which starts loading its history at once.
+    pub(crate) fn start(id: E::Id, incarnation: u64, host: &Host<'_>) -> Self {
+        let me = Self {
+            id,
+            incarnation,
             confirmed: E::default(),
             confirmed_seq: 0,
             speculative: E::default(),
             inflight: None,
             next: Batch::default(),
+            loading: Some(Loading::Start),
+            waiting: Vec::new(),
             commits_since_snapshot: 0,
             fenced_in_a_row: 0,
-            flush_waiters: Vec::new(),
-        })
+            started: false,
+            last_used: Instant::now(),
+        };
+        me.load(host);
+        me
     }
 
-    async fn post_start(
-        &self,
-        _me: ActorRef<EntityMsg<E>>,
-        st: &mut EntityState<E>,
-    ) -> Result<(), ActorProcessingErr> {
-        // Every await below is boxed: an actor's task is as large as the largest future it
-        // holds, and most actors sit idle between commands, so only the in-progress step
-        // should pay for the big I/O futures.
-        Box::pin(st.reload()).await?;
-        st.ctx.metrics.entity_started(E::KIND);
-        Ok(())
+    /// Whether nothing is queued, loading or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.inflight.is_none()
+            && self.next.commands.is_empty()
+            && self.loading.is_none()
+            && self.waiting.is_empty()
     }
 
-    async fn post_stop(
-        &self,
-        _me: ActorRef<EntityMsg<E>>,
-        st: &mut EntityState<E>,
-    ) -> Result<(), ActorProcessingErr> {
-        st.ctx.metrics.entity_stopped(E::KIND);
-        Ok(())
+    /// Which incarnation this is.
+    pub(crate) const fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
-    async fn handle(
-        &self,
-        me: ActorRef<EntityMsg<E>>,
-        msg: EntityMsg<E>,
-        st: &mut EntityState<E>,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            EntityMsg::Command(request, reply_to) => {
-                st.ctx.metrics.queued(E::KIND, -1);
-                st.decide(request, reply_to);
-                Box::pin(st.flush(&me)).await;
-            }
-            EntityMsg::AppendDone(result) => Box::pin(st.append_done(&me, result)).await?,
-            EntityMsg::Flush(port) => {
-                st.flush_waiters.push(port);
-                st.notify_if_idle();
-            }
-            #[cfg(test)]
-            EntityMsg::Panic => panic!("injected failure"),
+    /// Whether it counts as a live entity (it loaded).
+    pub(crate) const fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Takes a command: decides it now, or queues it while the history loads.
+    pub(crate) async fn command(&mut self, host: &Host<'_>, request: Request<E>, reply_to: Option<Subject>) {
+        self.last_used = Instant::now();
+        if self.loading.is_some() {
+            self.waiting.push(Queued { request, reply_to });
+            return;
         }
-        Ok(())
+        self.decide(request, reply_to);
+        self.flush(host).await;
     }
-}
 
-impl<E: Entity> EntityState<E> {
-    async fn reload(&mut self) -> Result<(), ActorProcessingErr> {
-        let loaded = self.ctx.store.load::<E>(E::KIND, E::id_str(&self.id)).await?;
+    /// Takes the outcome of a load or an append.
+    pub(crate) async fn done(&mut self, host: &Host<'_>, outcome: Outcome<E>) -> After {
+        match outcome {
+            Outcome::Loaded(result) => self.loaded(host, result).await,
+            Outcome::Appended(result) => self.appended(host, result).await,
+        }
+    }
+
+    /// Answers everything it holds with `unavailable`, before it is dropped after a failure.
+    pub(crate) async fn abandon(&mut self, host: &Host<'_>) {
+        let mut all: Vec<(Option<Subject>, Request<E>)> = Vec::new();
+        if let Some(b) = self.inflight.take() {
+            all.extend(b.commands.into_iter().map(|p| (p.reply_to, p.request)));
+        }
+        if let Some(Loading::Unknown(b) | Loading::Fenced(b)) = self.loading.take() {
+            all.extend(b.commands.into_iter().map(|p| (p.reply_to, p.request)));
+        }
+        all.extend(std::mem::take(&mut self.next).commands.into_iter().map(|p| (p.reply_to, p.request)));
+        all.extend(self.waiting.drain(..).map(|q| (q.reply_to, q.request)));
+        let err = ReplyError::new(ErrorCode::Unavailable, "the change could not be stored; retry");
+        for (to, _) in all {
+            if let Some(to) = to {
+                host.ctx.bus.reply::<E::View>(to, &Reply::Err(err.clone())).await;
+            }
+        }
+    }
+
+    fn load(&self, host: &Host<'_>) {
+        let (ctx, shard) = (host.ctx.clone(), host.shard.clone());
+        let (id, incarnation) = (self.id.clone(), self.incarnation);
+        tokio::spawn(async move {
+            let result = ctx.store.load::<E>(E::KIND, E::id_str(&id)).await;
+            Host::send::<E>(&shard, Done { id, incarnation, outcome: Outcome::Loaded(result) });
+        });
+    }
+
+    async fn loaded(&mut self, host: &Host<'_>, result: Result<Loaded<E>, StoreError>) -> After {
+        let Some(why) = self.loading.take() else { return After::Keep };
+        let loaded = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(kind = %E::KIND, id = %self.id, error = %e, "entity history not loaded");
+                self.loading = Some(why);
+                self.abandon(host).await;
+                return After::Drop;
+            }
+        };
+        match why {
+            Loading::Start => {
+                self.started = true;
+                host.ctx.metrics.entity_started(E::KIND);
+                self.take(loaded);
+            }
+            Loading::Unknown(batch) => {
+                let ours = batch.events.first().map(|e| e.event_id);
+                if loaded.last_commit.is_some() && loaded.last_commit == ours {
+                    // Stored after all: `next` was decided on top of it and still holds.
+                    self.confirm(host, batch, loaded.last_seq).await;
+                } else {
+                    self.take(loaded);
+                    self.decide_again(batch.commands);
+                }
+            }
+            Loading::Fenced(batch) => {
+                self.take(loaded);
+                self.decide_again(batch.commands);
+            }
+        }
+        for q in std::mem::take(&mut self.waiting) {
+            self.decide(q.request, q.reply_to);
+        }
+        self.flush(host).await;
+        After::Keep
+    }
+
+    /// Adopts a loaded history as the confirmed state.
+    fn take(&mut self, loaded: Loaded<E>) {
+        self.speculative = loaded.state.clone();
         self.confirmed = loaded.state;
         self.confirmed_seq = loaded.last_seq;
-        self.speculative = self.confirmed.clone();
         self.commits_since_snapshot = loaded.replayed;
-        Ok(())
     }
 
     /// Decides one command against the speculative state and queues it for the next commit.
@@ -208,15 +288,14 @@ impl<E: Entity> EntityState<E> {
     }
 
     /// Starts the next append if none is in flight; answers at once what needs no append.
-    async fn flush(&mut self, me: &ActorRef<EntityMsg<E>>) {
-        if self.inflight.is_some() || self.next.commands.is_empty() {
+    async fn flush(&mut self, host: &Host<'_>) {
+        if self.inflight.is_some() || self.loading.is_some() || self.next.commands.is_empty() {
             return;
         }
         if self.next.events.is_empty() {
             // Reads and rejections decided on confirmed state: nothing to store.
             let batch = std::mem::take(&mut self.next);
-            self.answer(batch.commands).await;
-            self.notify_if_idle();
+            Self::answer(host, batch.commands);
             return;
         }
         let batch = if self.next.commands.len() > MAX_BATCH {
@@ -224,15 +303,12 @@ impl<E: Entity> EntityState<E> {
         } else {
             std::mem::take(&mut self.next)
         };
-        let store = self.ctx.store.clone();
-        let id = self.id.clone();
-        let expected = self.confirmed_seq;
+        let (ctx, shard) = (host.ctx.clone(), host.shard.clone());
+        let (id, incarnation, expected) = (self.id.clone(), self.incarnation, self.confirmed_seq);
         let events = batch.events.clone();
-        let me = me.clone();
         tokio::spawn(async move {
-            let result = store.append(E::KIND, E::id_str(&id), expected, &events).await;
-            // The actor may have stopped meanwhile; then the result has nobody to tell.
-            let _ = me.cast(EntityMsg::AppendDone(result));
+            let result = ctx.store.append(E::KIND, E::id_str(&id), expected, &events).await;
+            Host::send::<E>(&shard, Done { id, incarnation, outcome: Outcome::Appended(result) });
         });
         self.inflight = Some(batch);
     }
@@ -253,110 +329,84 @@ impl<E: Entity> EntityState<E> {
         Batch { commands: first, events }
     }
 
-    async fn append_done(
-        &mut self,
-        me: &ActorRef<EntityMsg<E>>,
-        result: Result<u64, AppendError>,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some(batch) = self.inflight.take() else { return Ok(()) };
+    async fn appended(&mut self, host: &Host<'_>, result: Result<u64, AppendError>) -> After {
+        let Some(batch) = self.inflight.take() else { return After::Keep };
         match result {
-            Ok(seq) => self.confirm(batch, seq).await,
+            Ok(seq) => self.confirm(host, batch, seq).await,
             Err(AppendError::Unknown(subject, e)) => {
                 tracing::warn!(%subject, error = %e, "append outcome unknown; reloading");
-                let ours = batch.events.first().map(|e| e.event_id);
-                let loaded = self.ctx.store.load::<E>(E::KIND, E::id_str(&self.id)).await?;
-                if loaded.last_commit.is_some() && loaded.last_commit == ours {
-                    self.confirm(batch, loaded.last_seq).await;
-                } else {
-                    self.redecide(batch).await?;
-                }
+                self.loading = Some(Loading::Unknown(batch));
+                self.load(host);
+                return After::Keep;
             }
             Err(AppendError::Conflict(subject, expected)) => {
                 // Another writer got there first (a shard moving between nodes): take its
                 // history and decide our commands again on top of it.
                 tracing::info!(%subject, expected, "append fenced; reloading and deciding again");
                 self.fenced_in_a_row += 1;
+                self.loading = Some(Loading::Fenced(batch));
                 if self.fenced_in_a_row > MAX_FENCED_RETRIES {
-                    self.fail_all(batch, ErrorCode::Unavailable).await;
-                    return Err(format!("{} {} fenced repeatedly", E::KIND, self.id).into());
+                    tracing::warn!(kind = %E::KIND, id = %self.id, "fenced repeatedly; dropping the entity");
+                    self.abandon(host).await;
+                    return After::Drop;
                 }
-                self.redecide(batch).await?;
+                self.load(host);
+                return After::Keep;
             }
             Err(e @ (AppendError::Refused(..) | AppendError::Encode(_))) => {
                 tracing::error!(kind = %E::KIND, id = %self.id, error = %e, "append refused");
                 let later = std::mem::take(&mut self.next);
-                self.answer_with(batch.commands, ErrorCode::Internal).await;
+                let err = ReplyError::new(ErrorCode::Internal, "the change could not be stored; retry");
+                for p in batch.commands {
+                    if let Some(to) = p.reply_to {
+                        host.ctx.bus.reply::<E::View>(to, &Reply::Err(err.clone())).await;
+                    }
+                }
                 self.decide_again(later.commands);
             }
         }
-        self.flush(me).await;
-        self.notify_if_idle();
-        Ok(())
+        self.flush(host).await;
+        After::Keep
     }
 
-    async fn confirm(&mut self, batch: Batch<E>, seq: u64) {
+    async fn confirm(&mut self, host: &Host<'_>, batch: Batch<E>, seq: u64) {
         for e in &batch.events {
             self.confirmed.apply(&e.body);
         }
         self.confirmed_seq = seq;
         self.fenced_in_a_row = 0;
         self.commits_since_snapshot += 1;
-        if self.commits_since_snapshot >= self.ctx.snapshot_every {
+        if self.commits_since_snapshot >= host.ctx.snapshot_every {
             self.commits_since_snapshot = 0;
-            let store = self.ctx.store.clone();
+            let ctx = host.ctx.clone();
             let (id, state) = (self.id.clone(), self.confirmed.clone());
             tokio::spawn(async move {
-                store.save_snapshot(E::KIND, E::id_str(&id), seq, &state).await;
+                ctx.store.save_snapshot(E::KIND, E::id_str(&id), seq, &state).await;
             });
         }
-        self.answer(batch.commands).await;
+        Self::answer(host, batch.commands);
     }
 
-    /// Reloads from the store and decides every unanswered command again, in order.
-    async fn redecide(&mut self, batch: Batch<E>) -> Result<(), ActorProcessingErr> {
+    /// Drops every speculative event and decides `commands`, then whatever was still queued in
+    /// `next`, again, in order, on the confirmed state.
+    fn decide_again(&mut self, commands: Vec<Pending<E>>) {
         let later = std::mem::take(&mut self.next);
-        self.reload().await?;
-        self.decide_again(batch.commands.into_iter().chain(later.commands));
-        Ok(())
-    }
-
-    /// Drops every speculative event and decides `commands` again, in order, on the confirmed
-    /// state. `next` must already have been taken.
-    fn decide_again(&mut self, commands: impl IntoIterator<Item = Pending<E>>) {
         self.speculative = self.confirmed.clone();
-        for p in commands {
+        for p in commands.into_iter().chain(later.commands) {
             self.decide(p.request, p.reply_to);
         }
     }
 
-    async fn fail_all(&mut self, batch: Batch<E>, code: ErrorCode) {
-        let later = std::mem::take(&mut self.next);
-        let all: Vec<Pending<E>> = batch.commands.into_iter().chain(later.commands).collect();
-        self.answer_with(all, code).await;
-    }
-
-    async fn answer(&self, commands: Vec<Pending<E>>) {
-        for p in commands {
-            if let Some(to) = p.reply_to {
-                self.ctx.bus.reply(to, &Reply::from(p.outcome)).await;
+    /// Sends the replies from a task of their own, so encoding a large batch's answers never
+    /// holds up the shard's other entities.
+    fn answer(host: &Host<'_>, commands: Vec<Pending<E>>) {
+        let ctx = host.ctx.clone();
+        tokio::spawn(async move {
+            for p in commands {
+                if let Some(to) = p.reply_to {
+                    ctx.bus.reply(to, &Reply::from(p.outcome)).await;
+                }
             }
-        }
-    }
-
-    async fn answer_with(&self, commands: Vec<Pending<E>>, code: ErrorCode) {
-        for p in commands {
-            if let Some(to) = p.reply_to {
-                let err = ReplyError::new(code, "the change could not be stored; retry");
-                self.ctx.bus.reply::<E::View>(to, &Reply::Err(err)).await;
-            }
-        }
-    }
-
-    fn notify_if_idle(&mut self) {
-        if self.inflight.is_none() && self.next.commands.is_empty() {
-            for port in self.flush_waiters.drain(..) {
-                let _ = port.send(());
-            }
-        }
+        });
     }
 }

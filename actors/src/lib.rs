@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //! - [`node`]: the node supervisor: heartbeats, shard leases, rebalancing.
-//! - [`shard`]: a shard supervisor: serves the shard's subject, owns its entity actors.
-//! - [`entity`]: the entity actor, generic over the kind (stock item, user).
+//! - [`shard`]: a shard actor: serves the shard's subject, hosts its entities.
+//! - [`entity`]: an entity's state machine, generic over the kind (stock item, user, …).
 //! - [`projector`]: the read-model projectors; [`log_store`]: the central log store's.
 //! - [`follow`]: stock items follow the catalog's variants.
 //! - [`expiry`]: held reservations lapse when their time is up.
@@ -15,8 +15,8 @@
 //! - [`context`] and [`metrics`]: what the actors share.
 //!
 //! ```text
-//! NodeSupervisor ──▶ ShardSupervisor<Stock>(stock.0) ──▶ EntityActor<Stock>(SKU-1), …
-//!                ──▶ ShardSupervisor<User>(user.5)   ──▶ EntityActor<User>(usr-…), …
+//! NodeSupervisor ──▶ ShardSupervisor<Stock>(stock.0) ∋ Hosted<Stock>(SKU-1), …
+//!                ──▶ ShardSupervisor<User>(user.5)   ∋ Hosted<User>(usr-…), …
 //! ```
 
 pub mod context;

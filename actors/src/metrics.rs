@@ -81,11 +81,15 @@ impl ActorMetrics {
     /// Creates the metrics and registers them.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("souk_live_actors", "Entity actors in memory, by kind", m.live.clone());
+        registry.register(
+            "souk_live_actors",
+            "Entities in memory (hosted by their shard actors), by kind",
+            m.live.clone(),
+        );
         registry.register("souk_shards_owned", "Shards this node owns, by kind", m.shards.clone());
         registry.register(
             "souk_actor_crashes",
-            "Entity actors that failed and were dropped for a fresh start, by kind",
+            "Entity steps that panicked; the entity was dropped for a fresh start, by kind",
             m.crashes.clone(),
         );
         registry.register(
@@ -95,7 +99,7 @@ impl ActorMetrics {
         );
         registry.register(
             "souk_actor_mailbox_depth",
-            "Commands waiting in shard and entity mailboxes, by kind",
+            "Decoded commands waiting in shard mailboxes, by kind",
             m.mailbox.clone(),
         );
         registry.register(
