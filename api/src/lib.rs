@@ -286,7 +286,9 @@ pub fn router(state: AppState) -> Router {
                     } else if status >= 400 {
                         tracing::info!(status, latency_ms = latency.as_millis() as u64, "request refused");
                     }
-                }),
+                })
+                // tower-http would log every 5xx again, at ERROR: the line above is the one record.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(request_id::HEADER.clone()))
         .layer(SetRequestIdLayer::new(request_id::HEADER.clone(), request_id::MakeId))

@@ -71,6 +71,22 @@ impl Endpoints {
         self.kv.update(e.id.as_str(), e, revision).await
     }
 
+    /// Turns an endpoint's deliveries off (its receiver answered 410 Gone); `false` if it is
+    /// gone or already off. Retries when an admin's edit lands in between.
+    pub async fn disable(&self, id: &EndpointId) -> Result<bool, KvError> {
+        for _ in 0..5 {
+            let Some((mut e, revision)) = self.get(id).await? else { return Ok(false) };
+            if !e.enabled {
+                return Ok(false);
+            }
+            e.enabled = false;
+            if self.update(&e, revision).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Removes an endpoint.
     pub async fn delete(&self, id: &EndpointId) -> Result<(), KvError> {
         self.kv.delete(id.as_str(), None).await

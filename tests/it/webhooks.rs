@@ -1,7 +1,7 @@
 //! Outbound webhooks: admins register endpoints; each receives the events it subscribed to,
 //! once, signed the Standard Webhooks way, and nothing else; a failing endpoint is retried and
-//! dead-lettered without holding the others up; deliveries replay from the log; private
-//! addresses are refused unless allowed.
+//! dead-lettered without holding the others up; one that answers 410 Gone is turned off;
+//! deliveries replay from the log; private addresses are refused unless allowed.
 
 use crate::catalog::{body, create, product};
 use crate::checkout::confirmed_order;
@@ -87,15 +87,17 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     let (good_url, good) = receiver(StatusCode::NO_CONTENT).await;
     let (off_url, off) = receiver(StatusCode::OK).await;
     let (bad_url, bad) = receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let (gone_url, gone) = receiver(StatusCode::GONE).await;
     let a = register(&admin, base, &good_url, &["order.confirmed", "order.shipped"], true).await;
     let secret = a["secret"].as_str().expect("secret").to_owned();
     assert!(secret.starts_with("whsec_"));
     register(&admin, base, &off_url, &["*"], false).await;
     let c = register(&admin, base, &bad_url, &["order.confirmed"], true).await;
+    let d = register(&admin, base, &gone_url, &["order.confirmed", "order.shipped"], true).await;
     let listed =
         body(admin.get(format!("{base}/v1/admin/webhooks")).send().await.expect("list"), StatusCode::OK)
             .await;
-    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(4));
     assert!(!listed.to_string().contains("whsec_"), "secrets are shown once: {listed}");
 
     assert_eq!(
@@ -110,6 +112,15 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     .await;
     let buyer = crate::cart::customer(&http, base, "hooks@webhooks.test").await;
     let order = confirmed_order(&buyer, base, "VASE-1", 1, "w-1").await;
+    // The receiver that answers 410 Gone to the confirmation is turned off, for every node.
+    let gone_id = d["id"].as_str().expect("id").to_owned();
+    eventually("the gone endpoint turned off", Duration::from_secs(20), || async {
+        let e =
+            body(admin.get(format!("{base}/v1/admin/webhooks/{gone_id}")).send().await.ok()?, StatusCode::OK)
+                .await;
+        (e["enabled"] == false).then_some(())
+    })
+    .await;
     let r =
         admin.post(format!("{base}/v1/orders/{order}/ship")).json(&json!({"tracking": "TRK-9"})).send().await;
     assert_eq!(r.expect("ship").status(), StatusCode::OK);
@@ -146,6 +157,7 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
         assert_eq!(b["data"]["type"], b["type"]);
     }
     assert!(off.lock().expect("lock").is_empty(), "a disabled endpoint gets nothing");
+    assert_eq!(types(&gone), ["order.confirmed"], "nothing after 410 Gone");
 
     // The delivery log knows each post by its webhook-id, and replays it as it was.
     let confirmed =

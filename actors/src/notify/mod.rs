@@ -99,9 +99,11 @@ impl Notifier {
         stop: &watch::Receiver<bool>,
     ) -> Result<Self, NotifyError> {
         let renderer = Arc::new(render::Renderer::new(s.shop.clone())?);
-        let endpoints = souk_nats::notify::Endpoints::new(jet).live().await?;
+        let registry = souk_nats::notify::Endpoints::new(jet);
+        let endpoints = registry.live().await?;
         let webhooks = providers::WebhookProvider::new(providers::WebhookSettings {
             endpoints: endpoints.clone(),
+            registry,
             allow_private: s.webhooks.allow_private,
             timeout: s.webhooks.timeout,
         });

@@ -291,6 +291,8 @@ impl Provider for TwilioProvider {
 pub struct WebhookSettings {
     /// The endpoints, as last seen in their bucket.
     pub endpoints: souk_nats::notify::LiveEndpoints,
+    /// The bucket itself, to turn off an endpoint whose receiver answers 410 Gone.
+    pub registry: souk_nats::notify::Endpoints,
     /// Allow loopback and private addresses (tests, trusted networks).
     pub allow_private: bool,
     /// How long one delivery may take.
@@ -368,8 +370,23 @@ impl Provider for WebhookProvider {
                 .await;
             match res {
                 Ok(r) if r.status().is_success() => Ok(format!("HTTP {}", r.status().as_u16())),
-                // 410 Gone: the receiver says never again.
-                Ok(r) if r.status().as_u16() == 410 => Err(SendError::Permanent("HTTP 410 Gone".into())),
+                // 410 Gone: the receiver says never again, so the endpoint is turned off for
+                // every node: nothing more is planned for it, and what is already queued is
+                // dead-lettered unsent, replayable once an admin turns it back on.
+                Ok(r) if r.status().as_u16() == 410 => {
+                    if let Some(id) = souk_messages::notify::EndpointId::parse(&n.to) {
+                        match self.settings.registry.disable(&id).await {
+                            Ok(true) => {
+                                tracing::warn!(endpoint = %n.to, "webhook receiver answered 410 Gone; endpoint disabled")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(endpoint = %n.to, error = %e, "endpoint answered 410 Gone but could not be disabled")
+                            }
+                        }
+                    }
+                    Err(SendError::Permanent("HTTP 410 Gone; endpoint disabled".into()))
+                }
                 Ok(r) => Err(SendError::Retryable(format!("HTTP {}", r.status().as_u16()))),
                 Err(e) => Err(SendError::Retryable(format!("webhook: {e}"))),
             }
