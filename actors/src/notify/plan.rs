@@ -6,6 +6,7 @@
 use super::render::{Renderer, money, order_context};
 use async_nats::jetstream::AckKind;
 use minijinja::Value;
+use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 use souk_messages::event::Event;
 use souk_messages::notify::{Channel, Notification, NotificationId, Topic};
@@ -104,7 +105,7 @@ impl Planner {
         let now = OffsetDateTime::now_utc();
         for raw in commit {
             // Events of types this release does not know are not for it to announce.
-            let Ok(event) = serde_json::from_value::<Event<E>>(raw.clone()) else { continue };
+            let Ok(event) = Event::<E>::deserialize(&raw) else { continue };
             if now - event.time > self.max_event_age {
                 continue;
             }
@@ -120,9 +121,13 @@ impl Planner {
     /// One post of `raw` per endpoint that wants its type.
     fn webhooks<T>(&self, event: &Event<T>, raw: &serde_json::Value) -> Vec<Notification> {
         let Some(kind) = raw.get("type").and_then(|t| t.as_str()) else { return Vec::new() };
+        let wanting = self.endpoints.wanting(kind);
+        if wanting.is_empty() {
+            // Most events (every reservation) interest no endpoint: skip building the body.
+            return Vec::new();
+        }
         let body = souk_messages::notify::webhook_payload(raw).to_string();
-        self.endpoints
-            .wanting(kind)
+        wanting
             .into_iter()
             .map(|endpoint| Notification {
                 id: NotificationId::of(&event.event_id, Channel::Webhook, endpoint.id.as_str()),
