@@ -171,6 +171,7 @@ pub struct App {
         routes::webhooks::get_one,
         routes::webhooks::update,
         routes::webhooks::remove,
+        routes::webhooks::rotate,
         routes::logs::search,
     ),
     components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),

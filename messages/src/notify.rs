@@ -282,9 +282,31 @@ pub struct WebhookEndpoint {
     /// When it was registered.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The secret before the last rotation, which still signs until `previous_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    /// When the previous secret stops signing.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub previous_until: Option<OffsetDateTime>,
 }
 
+/// How long a rotated-out secret keeps signing deliveries beside the new one, so a receiver
+/// can switch to the new secret without refusing a single delivery.
+pub const SECRET_ROTATION_GRACE: time::Duration = time::Duration::hours(24);
+
 impl WebhookEndpoint {
+    /// The secrets a delivery at `now` is signed with: the current one, and the previous one
+    /// while its grace period lasts.
+    pub fn signing_secrets(&self, now: OffsetDateTime) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_until)
+            && now < until
+        {
+            secrets.push(previous);
+        }
+        secrets
+    }
+
     /// Whether the endpoint wants events of type `event_type` (e.g. `order.confirmed`).
     pub fn wants(&self, event_type: &str) -> bool {
         self.enabled && self.events.iter().any(|pattern| selects(pattern, event_type))
@@ -446,6 +468,8 @@ mod tests {
             enabled: true,
             secret: String::new(),
             created_at: OffsetDateTime::now_utc(),
+            previous_secret: None,
+            previous_until: None,
         };
         assert!(e.wants("order.confirmed") && e.wants("stock.low") && !e.wants("order.placed"));
         let all = WebhookEndpoint { events: vec!["*".into()], ..e.clone() };

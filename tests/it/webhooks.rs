@@ -176,6 +176,39 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     assert_eq!((again.0.as_str(), again.3.as_str()), (confirmed.0.as_str(), confirmed.3.as_str()));
     verify(&secret, &again);
 
+    // A rotated secret is shown once; for a day deliveries verify with the old one and the new.
+    let rotated = body(
+        admin
+            .post(format!("{base}/v1/admin/webhooks/{}/secret", a["id"].as_str().expect("id")))
+            .send()
+            .await
+            .expect("rotate"),
+        StatusCode::OK,
+    )
+    .await;
+    let new_secret = rotated["secret"].as_str().expect("new secret").to_owned();
+    assert!(new_secret.starts_with("whsec_") && new_secret != secret, "{rotated}");
+    assert!(rotated["previous_valid_until"].is_string(), "{rotated}");
+    let r = admin
+        .post(format!("{base}/v1/admin/notifications/{}/replay", confirmed.0))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    eventually("the delivery signed after the rotation", Duration::from_secs(20), || async {
+        (good.lock().expect("lock").len() == 4).then_some(())
+    })
+    .await;
+    let rotated_delivery = good.lock().expect("lock")[3].clone();
+    assert_eq!(rotated_delivery.2.split(' ').count(), 2, "two signatures: {}", rotated_delivery.2);
+    verify(&new_secret, &rotated_delivery);
+    verify(&secret, &rotated_delivery);
+    let r = admin
+        .post(format!("{base}/v1/admin/webhooks/whe-00000000000000000000000000000000/secret"))
+        .send()
+        .await;
+    assert_eq!(r.expect("rotate unknown").status(), StatusCode::NOT_FOUND);
+
     // Only admins manage endpoints.
     let r = buyer.get(format!("{base}/v1/admin/webhooks")).send().await.expect("list");
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -185,6 +218,9 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
         .await
         .expect("replay");
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r =
+        buyer.post(format!("{base}/v1/admin/webhooks/{}/secret", a["id"].as_str().expect("id"))).send().await;
+    assert_eq!(r.expect("rotate").status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

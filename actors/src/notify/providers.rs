@@ -355,9 +355,17 @@ impl Provider for WebhookProvider {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| SendError::Retryable(e.to_string()))?;
-            let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-            let signature = webhook_signature(&endpoint.secret, n.id.as_str(), timestamp, &n.text)
-                .ok_or_else(|| SendError::Permanent("the endpoint's secret is malformed".into()))?;
+            let now = time::OffsetDateTime::now_utc();
+            let timestamp = now.unix_timestamp();
+            // During a rotation the old secret signs too: Standard Webhooks receivers accept a
+            // delivery if any of the space-separated signatures verifies.
+            let signature = endpoint
+                .signing_secrets(now)
+                .into_iter()
+                .map(|secret| webhook_signature(secret, n.id.as_str(), timestamp, &n.text))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| SendError::Permanent("the endpoint's secret is malformed".into()))?
+                .join(" ");
             let res = http
                 .post(&endpoint.url)
                 .header("content-type", "application/json")

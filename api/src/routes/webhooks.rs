@@ -1,5 +1,5 @@
-//! `/v1/admin/webhooks`: the shop's outbound webhook endpoints. Admin-only. The signing secret
-//! is shown once, when the endpoint is registered.
+//! `/v1/admin/webhooks`: the shop's outbound webhook endpoints. Admin-only. A signing secret
+//! is shown once, when the endpoint is registered or its secret is rotated.
 
 use crate::AppState;
 use crate::auth::access::Access;
@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::GET, "/v1/admin/webhooks/{id}", Access::Admin, get(get_one)),
         Route::new(Method::PATCH, "/v1/admin/webhooks/{id}", Access::Admin, patch(update)),
         Route::new(Method::DELETE, "/v1/admin/webhooks/{id}", Access::Admin, delete(remove)),
+        Route::new(Method::POST, "/v1/admin/webhooks/{id}/secret", Access::Admin, post(rotate)),
     ]
 }
 
@@ -91,6 +92,20 @@ pub struct Registered {
     pub secret: String,
 }
 
+/// A rotated secret, shown this once, and until when the old one still signs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Rotated {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: EndpointView,
+    /// The new `whsec_…` secret. Not shown again.
+    pub secret: String,
+    /// Until then every delivery carries a signature with the old secret too.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String)]
+    pub previous_valid_until: OffsetDateTime,
+}
+
 /// The endpoints, by id.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointList {
@@ -138,6 +153,8 @@ pub(crate) async fn register(
         enabled: body.enabled.unwrap_or(true),
         secret: secret()?,
         created_at: OffsetDateTime::now_utc(),
+        previous_secret: None,
+        previous_until: None,
     };
     app.endpoints.create(&endpoint).await?;
     let view = EndpointView::from(&endpoint);
@@ -165,7 +182,7 @@ pub(crate) async fn get_one(
 
 /// Changes an endpoint's address, event types or whether it is enabled.
 #[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", tag = "admin", request_body = UpdateBody, params(("id" = String, Path, description = "The endpoint id")),
-    responses((status = 200, body = EndpointView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = EndpointView), (status = 404, body = Problem), (status = 412, body = Problem, description = "version_mismatch"), (status = 422, body = Problem)))]
 pub(crate) async fn update(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -189,6 +206,29 @@ pub(crate) async fn update(
         ));
     }
     Ok(Json(EndpointView::from(&e)))
+}
+
+/// Gives an endpoint a new signing secret. For the next 24 hours deliveries are signed with
+/// both, so its receiver can switch over without refusing any.
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/secret", tag = "admin", params(("id" = String, Path, description = "The endpoint id")),
+    responses((status = 200, body = Rotated), (status = 404, body = Problem), (status = 412, body = Problem, description = "version_mismatch")))]
+pub(crate) async fn rotate(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Rotated>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let (mut e, revision) = app.endpoints.get(&id).await?.ok_or_else(unknown)?;
+    let until = OffsetDateTime::now_utc() + souk_messages::notify::SECRET_ROTATION_GRACE;
+    e.previous_secret = Some(std::mem::replace(&mut e.secret, secret()?));
+    e.previous_until = Some(until);
+    if app.endpoints.update(&e, revision).await?.is_none() {
+        return Err(ApiError::invalid(
+            ErrorCode::VersionMismatch,
+            "the endpoint changed meanwhile; read it and retry",
+        ));
+    }
+    let endpoint = EndpointView::from(&e);
+    Ok(Json(Rotated { endpoint, secret: e.secret, previous_valid_until: until }))
 }
 
 /// Removes an endpoint: no further deliveries are made to it.
