@@ -72,6 +72,18 @@ fn bearer(tokens: &Value) -> Client {
     http_with_token(tokens["access_token"].as_str().expect("access_token"))
 }
 
+/// Waits until `tokens`' access token is refused as revoked (the edge learns of account changes
+/// from the event stream, a moment after they are stored).
+async fn revoked(base: &str, tokens: &Value) {
+    let who = bearer(tokens);
+    souk_testkit::eventually("the access token revoked", Duration::from_secs(10), || async {
+        let r = who.get(format!("{base}/v1/me")).send().await.ok()?;
+        let (status, p) = problem(r).await;
+        (status == 401 && p["detail"].as_str()?.contains("revoked")).then_some(())
+    })
+    .await;
+}
+
 fn refresh_token(tokens: &Value) -> &str {
     tokens["refresh_token"].as_str().expect("refresh_token")
 }
@@ -321,7 +333,7 @@ async fn forged_expired_and_misaddressed_tokens_get_401() {
     };
     let now = OffsetDateTime::now_utc();
     let sign = |keys: &KeySet, s: &TokenSettings, at: OffsetDateTime| {
-        issue(keys, s, &user, "sid", &roles, at).expect("sign")
+        issue(keys, s, &user, "sid", &roles, 0, at).expect("sign")
     };
     // Sanity: a token we sign the way Souk does is accepted, so the refusals below are real.
     let ok = http_with_token(&sign(&keys, &good, now)).get(format!("{base}/v1/me")).send().await.expect("me");
@@ -397,7 +409,12 @@ async fn password_change_and_reset_end_old_sessions() {
     assert_eq!((status, p["code"].as_str()), (422, Some("weak_password")));
     assert_eq!(change(PASSWORD, "a brand new passphrase").await.expect("change").status(), StatusCode::OK);
     assert_eq!(refresh(&http, base, refresh_token(&elsewhere)).await.status(), StatusCode::UNAUTHORIZED);
+    // Access tokens from before the change stop working at once, not when they expire; the
+    // session kept here carries on with a refresh.
+    revoked(base, &elsewhere).await;
+    revoked(base, &here).await;
     let here = json_of(refresh(&http, base, refresh_token(&here)).await, StatusCode::OK).await;
+    assert_eq!(bearer(&here).get(format!("{base}/v1/me")).send().await.expect("me").status(), StatusCode::OK);
     assert_eq!(login_raw(&http, base, email, PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
     login(base, email, "a brand new passphrase").await;
 
@@ -429,9 +446,14 @@ async fn a_disabled_user_cannot_log_in_or_refresh() {
     let (_nats, node, http) = one_node(&[]).await;
     let base = node.url();
     let (id, tokens) = customer(&http, base, "leaving@example.com").await;
+    assert_eq!(
+        bearer(&tokens).get(format!("{base}/v1/me")).send().await.expect("me").status(),
+        StatusCode::OK
+    );
     let admin = admin_http(base).await;
     let r = admin.post(format!("{base}/v1/admin/users/{id}/disable")).send().await.expect("disable");
     assert_eq!(json_of(r, StatusCode::OK).await["disabled"], true);
+    revoked(base, &tokens).await;
     let (status, p) = problem(refresh(&http, base, refresh_token(&tokens)).await).await;
     assert_eq!((status, p["code"].as_str()), (403, Some("account_disabled")));
     let (status, p) = problem(login_raw(&http, base, "leaving@example.com", PASSWORD).await).await;
@@ -452,7 +474,31 @@ async fn a_disabled_user_cannot_log_in_or_refresh() {
     // Enabled again, the account logs in.
     let r = admin.post(format!("{base}/v1/admin/users/{id}/enable")).send().await.expect("enable");
     assert_eq!(r.status(), StatusCode::OK);
-    login(base, "leaving@example.com", PASSWORD).await;
+    let again = login(base, "leaving@example.com", PASSWORD).await;
+    assert_eq!(
+        bearer(&again).get(format!("{base}/v1/me")).send().await.expect("me").status(),
+        StatusCode::OK
+    );
+
+    // A staff member demoted loses staff access with the token they hold, not 15 minutes on.
+    let r = admin
+        .post(format!("{base}/v1/admin/users/{id}/roles"))
+        .json(&json!({"roles": ["staff"]}))
+        .send()
+        .await;
+    assert_eq!(r.expect("promote").status(), StatusCode::OK);
+    let staff = login(base, "leaving@example.com", PASSWORD).await;
+    let stock = |t: &Value| bearer(t).get(format!("{base}/v1/inventory")).send();
+    assert_eq!(stock(&staff).await.expect("stock").status(), StatusCode::OK);
+    let r = admin
+        .post(format!("{base}/v1/admin/users/{id}/roles"))
+        .json(&json!({"roles": ["customer"]}))
+        .send()
+        .await;
+    assert_eq!(r.expect("demote").status(), StatusCode::OK);
+    revoked(base, &staff).await;
+    let customer_again = login(base, "leaving@example.com", PASSWORD).await;
+    assert_eq!(stock(&customer_again).await.expect("stock").status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod keys;
 pub mod password;
+pub mod revocations;
 pub mod throttle;
 pub mod tokens;
 
@@ -89,6 +90,8 @@ struct Inner {
     /// Access tokens already verified, by digest, until they expire: a signature check costs
     /// far more than the rest of a typical request's work at the edge.
     verified: std::sync::Mutex<std::collections::HashMap<String, tokens::Claims>>,
+    /// Recent account changes that revoke tokens before they expire.
+    revocations: revocations::Revocations,
     hasher: Hasher,
     accounts: Accounts,
     throttle: Throttle,
@@ -108,7 +111,10 @@ impl Auth {
     pub fn new(settings: AuthSettings, keys: KeySet, hasher: Hasher, accounts: Accounts, bus: Bus) -> Self {
         let throttle = Throttle::new(accounts.failures.clone());
         let verified = std::sync::Mutex::new(std::collections::HashMap::new());
-        Self { inner: Arc::new(Inner { settings, keys, verified, hasher, accounts, throttle, bus }) }
+        let revocations = revocations::Revocations::default();
+        Self {
+            inner: Arc::new(Inner { settings, keys, verified, revocations, hasher, accounts, throttle, bus }),
+        }
     }
 
     /// The settings.
@@ -121,8 +127,26 @@ impl Auth {
         &self.inner.keys
     }
 
-    /// Checks an access token (see [`tokens::verify`]), remembering good ones until expiry.
+    /// Follows the account changes that revoke access tokens early, until `stop`.
+    pub fn follow_revocations(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.inner.revocations.follow(stream, self.inner.settings.tokens.access_ttl, stop);
+    }
+
+    /// Checks an access token (see [`tokens::verify`]), remembering good ones until expiry,
+    /// and refuses one its user's later account changes revoked.
     pub fn verify_access(&self, token: &str) -> Result<tokens::Claims, tokens::TokenError> {
+        let claims = self.verify_signed(token)?;
+        if self.inner.revocations.refuses(&claims) {
+            return Err(tokens::TokenError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<tokens::Claims, tokens::TokenError> {
         let key = digest(token);
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let lock = || self.inner.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -277,8 +301,16 @@ impl Auth {
         now: OffsetDateTime,
     ) -> Result<TokenPair, ApiError> {
         let s = &self.inner.settings;
-        let access = tokens::issue(&self.inner.keys, &s.tokens, &user.id, family, &user.roles, now)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let access = tokens::issue(
+            &self.inner.keys,
+            &s.tokens,
+            &user.id,
+            family,
+            &user.roles,
+            user.session_epoch,
+            now,
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(TokenPair {
             access_token: access,
             token_type: "Bearer",

@@ -31,6 +31,10 @@ pub struct Claims {
     pub sid: String,
     /// The user's roles when the token was issued.
     pub roles: BTreeSet<Role>,
+    /// The user's session epoch when the token was issued: a password change since makes it
+    /// stale. Absent from tokens issued before it existed (read as 0).
+    #[serde(default)]
+    pub sep: u64,
 }
 
 /// Why an access token was refused. Deliberately coarse: the client learns only that it
@@ -43,6 +47,9 @@ pub enum TokenError {
     /// Past its expiry.
     #[error("the access token has expired")]
     Expired,
+    /// Its user was disabled, changed password or lost a role since it was issued.
+    #[error("the access token was revoked; log in again")]
+    Revoked,
 }
 
 /// Who issues and accepts access tokens.
@@ -63,6 +70,7 @@ pub fn issue(
     user: &UserId,
     sid: &str,
     roles: &BTreeSet<Role>,
+    session_epoch: u64,
     now: OffsetDateTime,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let iat = now.unix_timestamp();
@@ -76,6 +84,7 @@ pub fn issue(
         jti: random_token(16),
         sid: sid.to_owned(),
         roles: roles.clone(),
+        sep: session_epoch,
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(keys.signing_kid().to_owned());
@@ -138,7 +147,7 @@ mod tests {
     }
 
     fn token(keys: &KeySet, s: &TokenSettings, now: OffsetDateTime) -> String {
-        issue(keys, s, &UserId::generate(), "sid-1", &BTreeSet::from([Role::Staff]), now).expect("issue")
+        issue(keys, s, &UserId::generate(), "sid-1", &BTreeSet::from([Role::Staff]), 0, now).expect("issue")
     }
 
     #[test]
