@@ -481,21 +481,19 @@ async fn a_disabled_user_cannot_log_in_or_refresh() {
     );
 
     // A staff member demoted loses staff access with the token they hold, not 15 minutes on.
-    let r = admin
-        .post(format!("{base}/v1/admin/users/{id}/roles"))
-        .json(&json!({"roles": ["staff"]}))
-        .send()
-        .await;
-    assert_eq!(r.expect("promote").status(), StatusCode::OK);
+    let set_roles = |roles: &'static str| {
+        let admin = admin.clone();
+        let url = format!("{base}/v1/admin/users/{id}/roles");
+        async move {
+            let r = admin.post(url).json(&json!({"roles": [roles]})).send().await;
+            assert_eq!(r.expect("roles").status(), StatusCode::OK);
+        }
+    };
+    set_roles("staff").await;
     let staff = login(base, "leaving@example.com", PASSWORD).await;
     let stock = |t: &Value| bearer(t).get(format!("{base}/v1/inventory")).send();
     assert_eq!(stock(&staff).await.expect("stock").status(), StatusCode::OK);
-    let r = admin
-        .post(format!("{base}/v1/admin/users/{id}/roles"))
-        .json(&json!({"roles": ["customer"]}))
-        .send()
-        .await;
-    assert_eq!(r.expect("demote").status(), StatusCode::OK);
+    set_roles("customer").await;
     revoked(base, &staff).await;
     let customer_again = login(base, "leaving@example.com", PASSWORD).await;
     assert_eq!(stock(&customer_again).await.expect("stock").status(), StatusCode::FORBIDDEN);

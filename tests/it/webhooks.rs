@@ -162,17 +162,19 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     // The delivery log knows each post by its webhook-id, and replays it as it was.
     let confirmed =
         deliveries.iter().find(|d| d.3.contains("\"order.confirmed\"")).expect("the confirmation").clone();
-    let r = admin
-        .post(format!("{base}/v1/admin/notifications/{}/replay", confirmed.0))
-        .send()
-        .await
-        .expect("replay");
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    eventually("the replayed delivery", Duration::from_secs(20), || async {
-        (good.lock().expect("lock").len() == 3).then_some(())
-    })
-    .await;
-    let again = good.lock().expect("lock")[2].clone();
+    // Replays the confirmation and answers the delivery it makes, the `n`th at the endpoint.
+    let replay = |n: usize| {
+        let (admin, good, id) = (admin.clone(), good.clone(), confirmed.0.clone());
+        async move {
+            let r = admin.post(format!("{base}/v1/admin/notifications/{id}/replay")).send().await;
+            assert_eq!(r.expect("replay").status(), StatusCode::ACCEPTED);
+            eventually("the replayed delivery", Duration::from_secs(20), || async {
+                good.lock().expect("lock").get(n - 1).cloned()
+            })
+            .await
+        }
+    };
+    let again = replay(3).await;
     assert_eq!((again.0.as_str(), again.3.as_str()), (confirmed.0.as_str(), confirmed.3.as_str()));
     verify(&secret, &again);
 
@@ -189,17 +191,7 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     let new_secret = rotated["secret"].as_str().expect("new secret").to_owned();
     assert!(new_secret.starts_with("whsec_") && new_secret != secret, "{rotated}");
     assert!(rotated["previous_valid_until"].is_string(), "{rotated}");
-    let r = admin
-        .post(format!("{base}/v1/admin/notifications/{}/replay", confirmed.0))
-        .send()
-        .await
-        .expect("replay");
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    eventually("the delivery signed after the rotation", Duration::from_secs(20), || async {
-        (good.lock().expect("lock").len() == 4).then_some(())
-    })
-    .await;
-    let rotated_delivery = good.lock().expect("lock")[3].clone();
+    let rotated_delivery = replay(4).await;
     assert_eq!(rotated_delivery.2.split(' ').count(), 2, "two signatures: {}", rotated_delivery.2);
     verify(&new_secret, &rotated_delivery);
     verify(&secret, &rotated_delivery);
