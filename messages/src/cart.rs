@@ -10,7 +10,6 @@ use crate::product::{Money, ProductId};
 use crate::subject::EntityKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use time::OffsetDateTime;
 
 /// The most distinct lines a cart holds.
@@ -42,31 +41,9 @@ impl CartId {
             Err(ReplyError::new(ErrorCode::InvalidInput, "not a cart id"))
         }
     }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for CartId {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<CartId> for String {
-    fn from(id: CartId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for CartId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_newtype!(CartId);
 
 /// One line of a cart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]

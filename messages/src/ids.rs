@@ -21,6 +21,39 @@ fn is_token(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The plumbing of a validated string newtype whose `parse(&str)` answers a [`crate::ReplyError`]:
+/// `as_str`, `Display`, and the `String` conversions serde uses (`try_from`/`into`).
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl $name {
+            /// The value as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::ReplyError;
+            fn try_from(s: String) -> Result<Self, $crate::ReplyError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+pub(crate) use string_newtype;
+
 macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
         $(#[$doc])*

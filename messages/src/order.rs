@@ -12,7 +12,6 @@ use crate::ids::{Sku, UserId};
 use crate::product::{Currency, Money, ProductId};
 use crate::subject::EntityKind;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use time::OffsetDateTime;
 
 /// An order's id, assigned by Souk at checkout.
@@ -48,31 +47,9 @@ impl OrderId {
             Err(ReplyError::new(ErrorCode::UnknownOrder, "no such order"))
         }
     }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for OrderId {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<OrderId> for String {
-    fn from(id: OrderId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for OrderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_newtype!(OrderId);
 
 #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
 fn is_zero(n: &i64) -> bool {

@@ -66,31 +66,9 @@ impl ProductId {
             Err(invalid("not a product id"))
         }
     }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for ProductId {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<ProductId> for String {
-    fn from(id: ProductId) -> String {
-        id.0
-    }
-}
-
-impl std::fmt::Display for ProductId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_newtype!(ProductId);
 
 /// A URL-friendly product name: 1 to 100 of `a-z 0-9 -`, not starting or ending with `-`.
 #[derive(
@@ -119,25 +97,9 @@ impl Slug {
             Err(invalid("slug must be 1 to 100 of a-z, 0-9 and '-', not starting or ending with '-'"))
         }
     }
-
-    /// The slug.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for Slug {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<Slug> for String {
-    fn from(s: Slug) -> String {
-        s.0
-    }
-}
+crate::ids::string_newtype!(Slug);
 
 /// An ISO 4217 currency code: three upper-case letters.
 #[derive(

@@ -87,11 +87,6 @@ impl Email {
         Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
     }
 
-    /// The address as given (domain lower-cased).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The key that makes an address unique: the whole address lower-cased, so that
     /// `Ada@example.com` and `ada@example.com` are one account.
     pub fn unique_key(&self) -> String {
@@ -99,24 +94,7 @@ impl Email {
     }
 }
 
-impl TryFrom<String> for Email {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<Email> for String {
-    fn from(e: Email) -> String {
-        e.0
-    }
-}
-
-impl std::fmt::Display for Email {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_newtype!(Email);
 
 /// A display name: 1 to [`NAME_MAX`] characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
@@ -137,25 +115,9 @@ impl Name {
         }
         Ok(Self(s.to_owned()))
     }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for Name {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<Name> for String {
-    fn from(n: Name) -> String {
-        n.0
-    }
-}
+crate::ids::string_newtype!(Name);
 
 /// A phone number in E.164 form (`+` and 8 to 15 digits). Spaces, dots, dashes and
 /// parentheses in the input are dropped.
@@ -177,25 +139,9 @@ impl Phone {
         }
         Ok(Self(compact))
     }
-
-    /// The number.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for Phone {
-    type Error = ReplyError;
-    fn try_from(s: String) -> Result<Self, ReplyError> {
-        Self::parse(&s)
-    }
-}
-
-impl From<Phone> for String {
-    fn from(p: Phone) -> String {
-        p.0
-    }
-}
+crate::ids::string_newtype!(Phone);
 
 /// Checks a new password against the policy: [`PASSWORD_MIN`] to [`PASSWORD_MAX`]
 /// characters, not one of the 10,000 most common passwords, not the account's email.
