@@ -59,7 +59,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Write an entity snapshot after this many commits.
     pub snapshot_every: u64,
-    /// Stop entity actors idle this long.
+    /// Forget entities idle this long (they reload on their next command).
     #[serde(with = "humantime_serde")]
     pub idle_after: Duration,
     /// Log filter, e.g. `info` or `souk=debug,info`.

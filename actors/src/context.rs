@@ -4,7 +4,7 @@ use crate::metrics::ActorMetrics;
 use souk_nats::{Bus, EventStore};
 use std::time::Duration;
 
-/// What entity actors need from their node.
+/// What shard actors and their entities need from their node.
 #[derive(Debug)]
 pub struct NodeContext {
     /// Replies go out here.

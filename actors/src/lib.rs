@@ -54,7 +54,7 @@ pub struct ActorSettings {
     pub tick: Duration,
     /// Write a snapshot after this many commits of one entity.
     pub snapshot_every: u64,
-    /// Stop entity actors idle this long.
+    /// Forget entities idle this long (they reload on their next command).
     pub idle_after: Duration,
     /// Appended to each projector's durable consumer name (`souk_proj_<kind><suffix>`):
     /// the node id for a per-node database, empty for a shared one.

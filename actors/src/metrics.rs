@@ -1,4 +1,4 @@
-//! Actor metrics: live entity actors by kind, shards owned, actor restarts, notification
+//! Actor metrics: live entities by kind, shards owned, actor restarts, notification
 //! deliveries and channel breakers.
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -5,7 +5,7 @@
 //! below zero. Committing a reservation sells it: the units leave both `on_hand` and `reserved`.
 //!
 //! [`StockState::decide`] turns a command into events (or a rejection) and
-//! [`StockState::apply`] folds events into state. Both are pure, so the entity actor, the
+//! [`StockState::apply`] folds events into state. Both are pure, so the entity runtime, the
 //! projector and the tests share one definition of what stock means.
 
 use crate::error::{ErrorCode, ReplyError};
