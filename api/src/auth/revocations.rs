@@ -48,30 +48,32 @@ impl Revocations {
     /// Folds one user's event in.
     fn apply(&self, user: &str, event: &UserEvent) {
         let mut users = self.users.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match event {
+        let standing = match event {
             UserEvent::PasswordChanged { session_epoch, .. } => {
                 let s = users.entry(user.to_owned()).or_default();
                 s.epoch = s.epoch.max(*session_epoch);
-                s.changed = Some(Instant::now());
+                s
             }
             UserEvent::RolesChanged { roles } => {
                 let s = users.entry(user.to_owned()).or_default();
                 s.roles = Some(roles.clone());
-                s.changed = Some(Instant::now());
+                s
             }
             UserEvent::Disabled {} => {
                 let s = users.entry(user.to_owned()).or_default();
                 s.disabled = true;
-                s.changed = Some(Instant::now());
+                s
             }
-            UserEvent::Enabled {} => {
-                if let Some(s) = users.get_mut(user) {
+            UserEvent::Enabled {} => match users.get_mut(user) {
+                Some(s) => {
                     s.disabled = false;
-                    s.changed = Some(Instant::now());
+                    s
                 }
-            }
-            _ => {}
-        }
+                None => return,
+            },
+            _ => return,
+        };
+        standing.changed = Some(Instant::now());
     }
 
     /// Forgets changes older than `keep`: no unexpired token predates them.
