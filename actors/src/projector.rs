@@ -16,7 +16,7 @@ use souk_messages::{Sku, UserId};
 use souk_nats::Jet;
 use souk_storage::{
     CatalogRepo, NotificationEvents, NotificationRepo, OrderEvents, OrderRepo, ProductEvents, StockChange,
-    StockRepo, StorageError, UserEvents, UserRepo,
+    StockRepo, StorageError, UserEvents, UserRepo, Writers,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -61,11 +61,13 @@ pub trait Projection: Send + Sync + 'static {
     const KIND: EntityKind;
     /// The last stream sequence applied.
     fn checkpoint(&self) -> impl Future<Output = Result<u64, StorageError>> + Send;
-    /// Applies `records` (in stream order) and moves the checkpoint to `last_seq`, atomically.
+    /// Applies `records` and moves the checkpoint to `last_seq`, atomically. With
+    /// [`Writers::Sole`], `records` are in stream order and all newer than the checkpoint.
     fn apply(
         &self,
         records: Vec<Record>,
         last_seq: u64,
+        writers: Writers,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
@@ -151,22 +153,30 @@ async fn project<P: Projection>(
     own: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
-    let checkpoint = projection.checkpoint().await?;
-    let consumer = consumer(jet, P::KIND, name, checkpoint, own).await?;
+    let mut applied = projection.checkpoint().await?;
+    let consumer = consumer(jet, P::KIND, name, applied, own).await?;
+    let writers = if own { Writers::Sole } else { Writers::Shared };
     let mut messages = consumer.messages().await.map_err(nats)?;
     loop {
         let Some(chunk) = next_chunk(&mut messages, stop).await else { return Ok(()) };
         let mut records = Vec::with_capacity(chunk.len());
-        let mut last_seq = 0;
         let mut last_msg = None;
         for m in chunk {
             let m = m.map_err(nats)?;
             let seq = m.info().map_err(ProjectorError::Nats)?.stream_sequence;
-            records.push(Record { subject: m.subject.to_string(), payload: m.payload.clone(), seq });
-            last_seq = last_seq.max(seq);
+            // A sole writer's redelivery (its acknowledgement was lost, or it outlived the ack
+            // wait) is already in the database and must not be applied over newer rows. With
+            // a shared consumer it may be another node's unapplied batch: keep it.
+            let newer = seq > records.last().map_or(applied, |r: &Record| r.seq);
+            if newer || writers == Writers::Shared {
+                records.push(Record { subject: m.subject.to_string(), payload: m.payload.clone(), seq });
+            }
             last_msg = Some(m);
         }
-        projection.apply(records, last_seq).await?;
+        if let Some(last_seq) = records.iter().map(|r| r.seq).max() {
+            projection.apply(records, last_seq, writers).await?;
+            applied = applied.max(last_seq);
+        }
         if let Some(m) = last_msg {
             // AckPolicy::All: acknowledging the last message acknowledges the whole chunk.
             m.ack().await.map_err(ProjectorError::Nats)?;
@@ -181,7 +191,7 @@ impl Projection for StockRepo {
         StockRepo::checkpoint(self)
     }
 
-    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+    async fn apply(&self, records: Vec<Record>, last_seq: u64, writers: Writers) -> Result<(), StorageError> {
         // Stock events carry the levels after them, so only each SKU's newest one matters.
         let mut latest: HashMap<Sku, StockChange> = HashMap::new();
         for r in records {
@@ -193,7 +203,7 @@ impl Projection for StockRepo {
             }
         }
         let changes: Vec<StockChange> = latest.into_values().collect();
-        StockRepo::apply(self, &changes, last_seq).await
+        StockRepo::apply(self, &changes, last_seq, writers).await
     }
 }
 
@@ -204,7 +214,7 @@ impl Projection for UserRepo {
         UserRepo::checkpoint(self)
     }
 
-    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+    async fn apply(&self, records: Vec<Record>, last_seq: u64, _: Writers) -> Result<(), StorageError> {
         let batch: Vec<UserEvents> =
             by_entity::<UserEvent, UserId>(EntityKind::User, records, |s| UserId::parse(s).ok())
                 .into_iter()
@@ -221,7 +231,7 @@ impl Projection for CatalogRepo {
         CatalogRepo::checkpoint(self)
     }
 
-    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+    async fn apply(&self, records: Vec<Record>, last_seq: u64, _: Writers) -> Result<(), StorageError> {
         let batch: Vec<ProductEvents> =
             by_entity::<ProductEvent, ProductId>(EntityKind::Product, records, |s| ProductId::parse(s).ok())
                 .into_iter()
@@ -238,7 +248,7 @@ impl Projection for OrderRepo {
         OrderRepo::checkpoint(self)
     }
 
-    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+    async fn apply(&self, records: Vec<Record>, last_seq: u64, _: Writers) -> Result<(), StorageError> {
         let batch: Vec<OrderEvents> =
             by_entity::<OrderEvent, OrderId>(EntityKind::Order, records, |s| OrderId::parse(s).ok())
                 .into_iter()
@@ -255,7 +265,7 @@ impl Projection for NotificationRepo {
         NotificationRepo::checkpoint(self)
     }
 
-    async fn apply(&self, records: Vec<Record>, last_seq: u64) -> Result<(), StorageError> {
+    async fn apply(&self, records: Vec<Record>, last_seq: u64, _: Writers) -> Result<(), StorageError> {
         let batch: Vec<NotificationEvents> = by_entity::<NotificationEvent, NotificationId>(
             EntityKind::Notification,
             records,

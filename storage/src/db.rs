@@ -128,6 +128,17 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
 ];
 
+/// Who writes a projection's rows, which decides how much each write must guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// One projector, applying only what is newer than the checkpoint, in stream order (an
+    /// embedded database, fed by its node's own consumer).
+    Sole,
+    /// Several nodes pulling from one shared consumer (a database server): batches can land
+    /// out of order, so rows only ever move forward.
+    Shared,
+}
+
 /// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to
 /// `checkpoint`, in one transaction, so rows and checkpoint never disagree. The checkpoint only
 /// moves forward.

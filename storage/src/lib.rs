@@ -22,7 +22,7 @@ pub mod stock;
 pub mod user;
 
 pub use catalog::{CatalogPage, CatalogQuery, CatalogRepo, CatalogRow, ProductEvents, Sort};
-pub use db::{Db, DbSettings, connect, migrate};
+pub use db::{Db, DbSettings, Writers, connect, migrate};
 pub use log::{LogQuery, LogRepo};
 pub use notification::{Delivery, DeliveryPage, DeliveryQuery, NotificationEvents, NotificationRepo};
 pub use order::{OrderEvents, OrderPage, OrderQuery, OrderRepo};

@@ -2,7 +2,7 @@
 
 use souk_messages::Sku;
 use souk_messages::stock::Levels;
-use souk_storage::{DbSettings, ReadModels, StockChange, StockRepo};
+use souk_storage::{DbSettings, ReadModels, StockChange, StockRepo, Writers};
 
 /// Every read model over a fresh in-memory database.
 async fn read_models() -> ReadModels {
@@ -34,9 +34,9 @@ fn change(sku: &str, version: u64, on_hand: u64, reserved: u64) -> StockChange {
 async fn apply_keeps_the_newest_version_and_the_checkpoint_only_grows() {
     let repo = repo().await;
     assert_eq!(repo.checkpoint().await.expect("checkpoint"), 0);
-    repo.apply(&[change("A", 2, 10, 3), change("B", 1, 5, 0)], 7).await.expect("apply");
+    repo.apply(&[change("A", 2, 10, 3), change("B", 1, 5, 0)], 7, Writers::Shared).await.expect("apply");
     // An older version of A, replayed, changes nothing; the checkpoint does not go back.
-    repo.apply(&[change("A", 1, 10, 0)], 3).await.expect("replay");
+    repo.apply(&[change("A", 1, 10, 0)], 3, Writers::Shared).await.expect("replay");
     let items = repo.list(None, None, 10).await.expect("list");
     assert_eq!(items.len(), 2);
     assert_eq!((items[0].sku.as_str(), items[0].available, items[0].version), ("A", 7, 2));
@@ -47,7 +47,7 @@ async fn apply_keeps_the_newest_version_and_the_checkpoint_only_grows() {
 async fn list_pages_by_sku_and_filters_low_stock() {
     let repo = repo().await;
     let changes: Vec<StockChange> = (0..5).map(|i| change(&format!("S{i}"), 1, i * 10, 0)).collect();
-    repo.apply(&changes, 5).await.expect("apply");
+    repo.apply(&changes, 5, Writers::Sole).await.expect("apply");
     let first = repo.list(None, None, 2).await.expect("page 1");
     assert_eq!(first.iter().map(|v| v.sku.as_str()).collect::<Vec<_>>(), ["S0", "S1"]);
     let second = repo.list(Some(&first[1].sku), None, 2).await.expect("page 2");
