@@ -223,6 +223,13 @@ impl Saga {
         ReservationId::parse(id.as_str()).unwrap_or_else(|_| unreachable!("order ids are tokens"))
     }
 
+    /// Puts a sold line back on hand. The quantity lets the stock item return it even after it
+    /// has forgotten the sale (a day after it settled).
+    fn return_of(reservation: &ReservationId, line: &OrderLine) -> Result<StockCommand, ReplyError> {
+        let quantity = Quantity::try_from(i64::from(line.quantity))?;
+        Ok(StockCommand::Return { reservation: reservation.clone(), quantity: Some(quantity) })
+    }
+
     fn total(order: &OrderView) -> Money {
         Money { amount: order.total, currency: order.currency }
     }
@@ -378,9 +385,7 @@ impl Saga {
                 .await
                 .map_err(StepError::Payment)?;
             // Lines already sold go back on hand, as after a cancellation.
-            let back = self
-                .each_line(order, |_| Ok(StockCommand::Return { reservation: reservation.clone() }))
-                .await;
+            let back = self.each_line(order, |line| Self::return_of(&reservation, line)).await;
             // Lines that were never sold reject the return: nothing to put back.
             Self::rejection(back)?;
             return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
@@ -402,8 +407,7 @@ impl Saga {
                 .map_err(StepError::Payment)?;
         }
         let reservation = Self::reservation(&order.id);
-        let back =
-            self.each_line(order, |_| Ok(StockCommand::Return { reservation: reservation.clone() })).await;
+        let back = self.each_line(order, |line| Self::return_of(&reservation, line)).await;
         if let Some((sku, e)) = Self::rejection(back)? {
             tracing::warn!(order = %order.id, %sku, reason = %e, "sold units could not be put back");
         }

@@ -19,6 +19,12 @@ use time::OffsetDateTime;
 pub const MAX_QUANTITY: u32 = 1_000_000;
 /// The most units one SKU may have on hand.
 pub const MAX_ON_HAND: u64 = 1_000_000_000;
+/// How long a settled (released, sold or returned) reservation is remembered, in seconds, so
+/// that a repeated command for it stays idempotent. Callers retry within minutes; without a
+/// limit a selling SKU's state would grow with every sale it ever made.
+pub const SETTLED_KEPT_FOR: i64 = 24 * 3600;
+/// How often, at most, an item forgets its old settled reservations (seconds of event time).
+const FORGET_EVERY: i64 = 3600;
 
 /// A validated quantity: 1 to [`MAX_QUANTITY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -82,10 +88,14 @@ pub enum StockCommand {
         reservation: ReservationId,
     },
     /// Put a sold reservation's units back on hand (an order cancelled after its sale).
-    /// Idempotent.
+    /// Idempotent while the reservation is remembered ([`SETTLED_KEPT_FOR`] after it settled).
     Return {
         /// The committed reservation.
         reservation: ReservationId,
+        /// Units sold, as the caller recorded them: what goes back once the item has forgotten
+        /// the reservation. Without it, a forgotten reservation is not found.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quantity: Option<Quantity>,
     },
     /// Make the item exist (with nothing on hand) for a product's variant; undoes a
     /// retirement. Idempotent.
@@ -201,6 +211,11 @@ pub enum StockEvent {
         /// Released by its expiry rather than by a caller.
         #[serde(default, skip_serializing_if = "is_false")]
         expired: bool,
+        /// When it settled; the item forgets it [`SETTLED_KEPT_FOR`] later. Absent on
+        /// events recorded before reservations were forgotten.
+        #[schemars(with = "Option<String>")]
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+        settled_at: Option<OffsetDateTime>,
         /// Levels after the event.
         #[serde(flatten)]
         levels: Levels,
@@ -212,6 +227,11 @@ pub enum StockEvent {
         reservation: ReservationId,
         /// Units sold.
         quantity: u32,
+        /// When it settled; the item forgets it [`SETTLED_KEPT_FOR`] later. Absent on
+        /// events recorded before reservations were forgotten.
+        #[schemars(with = "Option<String>")]
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+        settled_at: Option<OffsetDateTime>,
         /// Levels after the event.
         #[serde(flatten)]
         levels: Levels,
@@ -223,6 +243,11 @@ pub enum StockEvent {
         reservation: ReservationId,
         /// Units back on hand.
         quantity: u32,
+        /// When it settled; the item forgets it [`SETTLED_KEPT_FOR`] later. Absent on
+        /// events recorded before reservations were forgotten.
+        #[schemars(with = "Option<String>")]
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+        settled_at: Option<OffsetDateTime>,
         /// Levels after the event.
         #[serde(flatten)]
         levels: Levels,
@@ -370,6 +395,9 @@ pub struct Reservation {
     /// When it lapses if still held (Unix seconds).
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// When it settled (Unix seconds; 0 when its event predates the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<i64>,
 }
 
 /// A stock item's full state, folded from its events. Snapshots store exactly this.
@@ -379,7 +407,8 @@ pub struct StockState {
     pub on_hand: u64,
     /// Units held by open reservations.
     pub reserved: u64,
-    /// Every reservation ever made, so repeated commands stay idempotent.
+    /// Held reservations, and settled ones for [`SETTLED_KEPT_FOR`], so repeated commands
+    /// stay idempotent.
     pub reservations: BTreeMap<ReservationId, Reservation>,
     /// How many events have been applied.
     pub version: u64,
@@ -395,6 +424,12 @@ pub struct StockState {
     /// When the earliest held reservation lapses (Unix seconds).
     #[serde(default)]
     pub next_expiry: Option<i64>,
+    /// When (event time, Unix seconds) the item last looked for settled reservations to forget.
+    #[serde(default)]
+    pub forget_pass_at: i64,
+    /// Whether it has ever forgotten one, so an unknown reservation may be a forgotten one.
+    #[serde(default)]
+    pub has_forgotten: bool,
 }
 
 impl StockState {
@@ -468,6 +503,7 @@ impl StockState {
     fn decide_core(&self, cmd: &StockCommand, now: OffsetDateTime) -> Result<Vec<StockEvent>, ReplyError> {
         match cmd {
             StockCommand::ExpireDue => {
+                let now_at = now;
                 let now = now.unix_timestamp();
                 let due: Vec<(&ReservationId, &Reservation)> = self
                     .reservations
@@ -496,6 +532,7 @@ impl StockState {
                         reservation: (*id).clone(),
                         quantity: r.quantity,
                         expired: true,
+                        settled_at: Some(now_at),
                         levels,
                     });
                 }
@@ -625,6 +662,7 @@ impl StockState {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
                         expired: false,
+                        settled_at: Some(now),
                         levels: Levels {
                             next_expiry: self.expiry_without(reservation, &r),
                             ..self.levels_with(
@@ -646,6 +684,7 @@ impl StockState {
                     ReservationStatus::Held => Ok(vec![StockEvent::Committed {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
+                        settled_at: Some(now),
                         levels: Levels {
                             next_expiry: self.expiry_without(reservation, &r),
                             ..self.levels_with(
@@ -661,12 +700,26 @@ impl StockState {
                     )),
                 }
             }
-            StockCommand::Return { reservation } => {
-                let r = self.require_reservation(reservation)?;
+            StockCommand::Return { reservation, quantity } => {
+                let r = match (self.require_reservation(reservation), quantity) {
+                    (Ok(r), _) => r,
+                    // Forgotten a day after its sale: the caller, who recorded the sale, says
+                    // how many units it was.
+                    (Err(e), Some(q)) if e.code == ErrorCode::ReservationNotFound && self.has_forgotten => {
+                        Reservation {
+                            quantity: q.get(),
+                            status: ReservationStatus::Committed,
+                            expires_at: None,
+                            settled_at: None,
+                        }
+                    }
+                    (Err(e), _) => return Err(e),
+                };
                 match r.status {
                     ReservationStatus::Committed => Ok(vec![StockEvent::Returned {
                         reservation: reservation.clone(),
                         quantity: r.quantity,
+                        settled_at: Some(now),
                         levels: self.levels_with(self.on_hand + u64::from(r.quantity), self.reserved),
                     }]),
                     ReservationStatus::Returned => Ok(Vec::new()),
@@ -703,25 +756,52 @@ impl StockState {
                         quantity: *quantity,
                         status: ReservationStatus::Held,
                         expires_at: expires_at.map(OffsetDateTime::unix_timestamp),
+                        settled_at: None,
                     },
                 );
             }
-            StockEvent::Released { reservation, .. } => {
-                self.set_status(reservation, ReservationStatus::Released);
+            StockEvent::Released { reservation, quantity, settled_at, .. } => {
+                self.settle(reservation, *quantity, ReservationStatus::Released, *settled_at);
             }
-            StockEvent::Committed { reservation, .. } => {
-                self.set_status(reservation, ReservationStatus::Committed);
+            StockEvent::Committed { reservation, quantity, settled_at, .. } => {
+                self.settle(reservation, *quantity, ReservationStatus::Committed, *settled_at);
             }
-            StockEvent::Returned { reservation, .. } => {
-                self.set_status(reservation, ReservationStatus::Returned);
+            StockEvent::Returned { reservation, quantity, settled_at, .. } => {
+                self.settle(reservation, *quantity, ReservationStatus::Returned, *settled_at);
             }
         }
     }
 
-    fn set_status(&mut self, id: &ReservationId, status: ReservationStatus) {
-        if let Some(r) = self.reservations.get_mut(id) {
-            r.status = status;
+    /// Records that a reservation settled (remembering it afresh if it had been forgotten, as a
+    /// late return does), then forgets settled reservations older than [`SETTLED_KEPT_FOR`]
+    /// at most once per [`FORGET_EVERY`]. Times come from the events, so every replay of the
+    /// history forgets exactly the same reservations.
+    fn settle(
+        &mut self,
+        id: &ReservationId,
+        quantity: u32,
+        status: ReservationStatus,
+        at: Option<OffsetDateTime>,
+    ) {
+        let at = at.map(OffsetDateTime::unix_timestamp);
+        let r = self.reservations.entry(id.clone()).or_insert(Reservation {
+            quantity,
+            status,
+            expires_at: None,
+            settled_at: None,
+        });
+        r.status = status;
+        r.settled_at = at;
+        let Some(now) = at else { return };
+        if now - self.forget_pass_at < FORGET_EVERY {
+            return;
         }
+        self.forget_pass_at = now;
+        let horizon = now - SETTLED_KEPT_FOR;
+        let before = self.reservations.len();
+        self.reservations
+            .retain(|_, r| r.status == ReservationStatus::Held || r.settled_at.unwrap_or(0) > horizon);
+        self.has_forgotten |= self.reservations.len() < before;
     }
 
     fn require_exists(&self) -> Result<(), ReplyError> {
@@ -898,6 +978,78 @@ mod tests {
         assert_eq!(s.next_expiry, None, "nothing held any more");
         assert_eq!(go(&mut s, StockCommand::ExpireDue, at(30)), 0, "a committed hold never lapses");
         assert_eq!((s.on_hand, s.reserved), (7, 0));
+    }
+
+    #[test]
+    fn settled_reservations_are_forgotten_a_day_later_and_a_late_return_still_puts_units_back() {
+        let t0 = OffsetDateTime::now_utc();
+        let at = |secs: i64| t0 + time::Duration::seconds(secs);
+        let mut s = StockState::default();
+        let mut history = Vec::new();
+        let mut go = |s: &mut StockState, c: StockCommand, now: OffsetDateTime| {
+            let events = s.decide(&c, now)?;
+            for e in &events {
+                s.apply(e);
+            }
+            history.extend(events.iter().cloned());
+            Ok::<_, ReplyError>(events.len())
+        };
+        let reserve =
+            |id: &str| StockCommand::Reserve { reservation: rid(id), quantity: qty(2), expires_at: None };
+        go(&mut s, StockCommand::Restock { quantity: qty(100) }, t0).expect("restock");
+        for id in ["sold", "let-go", "held"] {
+            go(&mut s, reserve(id), t0).expect("reserve");
+        }
+        go(&mut s, StockCommand::Commit { reservation: rid("sold") }, t0).expect("commit");
+        go(&mut s, StockCommand::Release { reservation: rid("let-go") }, t0).expect("release");
+        assert_eq!(s.reservations.len(), 3);
+
+        // Within the day everything is remembered: repeats stay idempotent.
+        let day = SETTLED_KEPT_FOR;
+        go(&mut s, reserve("x"), at(day - 10)).expect("reserve");
+        go(&mut s, StockCommand::Commit { reservation: rid("x") }, at(day - 10)).expect("commit");
+        assert_eq!(go(&mut s, StockCommand::Commit { reservation: rid("sold") }, at(day - 10)), Ok(0));
+        assert_eq!(s.reservations.len(), 4);
+
+        // The next look, an hour after the last, forgets the two settled over a day before;
+        // never a held one.
+        let late = day - 10 + FORGET_EVERY;
+        go(&mut s, reserve("y"), at(late)).expect("reserve");
+        go(&mut s, StockCommand::Release { reservation: rid("y") }, at(late)).expect("release");
+        let mut kept: Vec<&str> = s.reservations.keys().map(ReservationId::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["held", "x", "y"]);
+        assert!(s.has_forgotten);
+
+        // A return of the forgotten sale puts back what the caller says, once.
+        let (on_hand, reserved) = (s.on_hand, s.reserved);
+        let give_back = StockCommand::Return { reservation: rid("sold"), quantity: Some(qty(2)) };
+        assert_eq!(go(&mut s, give_back.clone(), at(late + 10)), Ok(1));
+        assert_eq!(go(&mut s, give_back, at(late + 20)), Ok(0), "the return is remembered");
+        assert_eq!((s.on_hand, s.reserved), (on_hand + 2, reserved));
+        // Without a quantity a forgotten reservation is simply not found.
+        let code =
+            go(&mut s, StockCommand::Return { reservation: rid("let-go"), quantity: None }, at(late + 30))
+                .expect_err("unknown")
+                .code;
+        assert_eq!(code, ErrorCode::ReservationNotFound);
+
+        // Replaying the history forgets exactly the same reservations.
+        let mut replayed = StockState::default();
+        for e in &history {
+            replayed.apply(e);
+        }
+        assert_eq!(replayed, s);
+    }
+
+    #[test]
+    fn a_return_with_a_quantity_is_still_refused_for_a_reservation_never_made() {
+        let mut s = StockState::default();
+        run(&mut s, StockCommand::Restock { quantity: qty(5) }).expect("restock");
+        let err = run(&mut s, StockCommand::Return { reservation: rid("never"), quantity: Some(qty(5)) })
+            .expect_err("nothing was ever forgotten");
+        assert_eq!(err.code, ErrorCode::ReservationNotFound);
+        assert_eq!(s.on_hand, 5);
     }
 
     #[test]

@@ -137,6 +137,7 @@ async fn a_snapshot_too_large_for_the_server_is_skipped_and_counted() {
                 quantity: 1,
                 status: souk_messages::stock::ReservationStatus::Released,
                 expires_at: None,
+                settled_at: None,
             },
         );
     }
