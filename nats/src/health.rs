@@ -11,6 +11,7 @@ pub struct Readiness {
     leases_settled: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
     catalog_loaded: Arc<AtomicBool>,
+    revocations_loaded: Arc<AtomicBool>,
 }
 
 /// One readiness check and whether it passes.
@@ -26,6 +27,9 @@ pub struct ReadinessReport {
     pub draining: bool,
     /// The storefront (the shoppers' catalog in memory) has caught up with the events.
     pub catalog_loaded: bool,
+    /// The recent account changes that revoke access tokens have been read, so no revoked
+    /// token passes here.
+    pub revocations_loaded: bool,
 }
 
 impl ReadinessReport {
@@ -35,6 +39,7 @@ impl ReadinessReport {
             && self.streams_provisioned
             && self.leases_settled
             && self.catalog_loaded
+            && self.revocations_loaded
             && !self.draining
     }
 }
@@ -48,6 +53,7 @@ impl Readiness {
             leases_settled: Arc::default(),
             draining: Arc::default(),
             catalog_loaded: Arc::default(),
+            revocations_loaded: Arc::default(),
         }
     }
 
@@ -66,6 +72,11 @@ impl Readiness {
         self.catalog_loaded.store(true, Ordering::Release);
     }
 
+    /// Marks the token revocations as read up to the present.
+    pub fn set_revocations_loaded(&self) {
+        self.revocations_loaded.store(true, Ordering::Release);
+    }
+
     /// Marks the node as shutting down: it stops being ready at once.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
@@ -79,6 +90,7 @@ impl Readiness {
             leases_settled: self.leases_settled.load(Ordering::Acquire),
             draining: self.draining.load(Ordering::Acquire),
             catalog_loaded: self.catalog_loaded.load(Ordering::Acquire),
+            revocations_loaded: self.revocations_loaded.load(Ordering::Acquire),
         }
     }
 }

@@ -127,13 +127,15 @@ impl Auth {
         &self.inner.keys
     }
 
-    /// Follows the account changes that revoke access tokens early, until `stop`.
+    /// Follows the account changes that revoke access tokens early, until `stop`; `readiness`
+    /// learns when they have been read up to the present.
     pub fn follow_revocations(
         &self,
         stream: &async_nats::jetstream::stream::Stream,
+        readiness: souk_nats::health::Readiness,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) {
-        self.inner.revocations.follow(stream, self.inner.settings.tokens.access_ttl, stop);
+        self.inner.revocations.follow(stream, self.inner.settings.tokens.access_ttl, readiness, stop);
     }
 
     /// Checks an access token (see [`tokens::verify`]), remembering good ones until expiry,

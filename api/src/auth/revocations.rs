@@ -10,6 +10,7 @@ use futures::StreamExt as _;
 use souk_messages::event::Commit;
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_messages::user::{Role, UserEvent};
+use souk_nats::health::Readiness;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -83,8 +84,15 @@ impl Revocations {
     }
 
     /// Follows user events from one token lifetime ago until `stop`, starting over after a
-    /// failure where it left off.
-    pub fn follow(&self, stream: &Stream, access_ttl: Duration, stop: &watch::Receiver<bool>) {
+    /// failure where it left off. The node is not ready until they are read up to the present:
+    /// until then a revoked token could still pass.
+    pub fn follow(
+        &self,
+        stream: &Stream,
+        access_ttl: Duration,
+        readiness: Readiness,
+        stop: &watch::Receiver<bool>,
+    ) {
         let (me, stream, mut stop) = (self.clone(), stream.clone(), stop.clone());
         let keep = access_ttl + MARGIN;
         tokio::spawn(async move {
@@ -95,7 +103,7 @@ impl Revocations {
                 } else {
                     DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }
                 };
-                match me.run(&stream, deliver_policy, keep, &mut last_seq, &mut stop).await {
+                match me.run(&stream, deliver_policy, keep, &readiness, &mut last_seq, &mut stop).await {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "token revocation feed stopped; restarting"),
                 }
@@ -112,6 +120,7 @@ impl Revocations {
         stream: &Stream,
         deliver_policy: DeliverPolicy,
         keep: Duration,
+        readiness: &Readiness,
         last_seq: &mut u64,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -122,6 +131,9 @@ impl Revocations {
                 ..Default::default()
             })
             .await?;
+        if consumer.cached_info().num_pending == 0 {
+            readiness.set_revocations_loaded();
+        }
         let mut messages = consumer.messages().await?;
         let mut pruned = Instant::now();
         loop {
@@ -131,7 +143,9 @@ impl Revocations {
             };
             let Some(m) = next else { return Ok(()) };
             let m = m?;
-            *last_seq = m.info()?.stream_sequence;
+            let info = m.info()?;
+            *last_seq = info.stream_sequence;
+            let caught_up = info.pending == 0;
             let user = Subjects.entity_id_of(EntityKind::User, &m.subject);
             // Events this release cannot read revoke nothing it knows of.
             if let (Some(user), Ok(commit)) = (user, serde_json::from_slice::<Commit<UserEvent>>(&m.payload))
@@ -139,6 +153,9 @@ impl Revocations {
                 for e in &commit {
                     self.apply(&user, &e.body);
                 }
+            }
+            if caught_up {
+                readiness.set_revocations_loaded();
             }
             if pruned.elapsed() > MARGIN {
                 self.prune(keep);
