@@ -128,7 +128,11 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
 
     let (stop_feeds, feeds_stop) = tokio::sync::watch::channel(false);
     let storefront = souk_api::storefront::Storefront::start(&jet, readiness.clone(), &feeds_stop);
-    auth.follow_revocations(&jet.events, readiness.clone(), &feeds_stop);
+    auth.follow_revocations(
+        jet.events.of(souk_messages::subject::EntityKind::User),
+        readiness.clone(),
+        &feeds_stop,
+    );
     tokio::spawn({
         let (jet, stop) = (jet.clone(), feeds_stop.clone());
         async move { nats_metrics.watch(jet, Duration::from_secs(5), stop).await }

@@ -91,7 +91,7 @@ async fn consumer(
     checkpoint: u64,
     own: bool,
 ) -> Result<consumer::Consumer<pull::Config>, ProjectorError> {
-    let stream = &jet.events;
+    let stream = jet.events.of(kind);
     if let Ok(mut c) = stream.get_consumer::<pull::Config>(name).await {
         let info = c.info().await.map_err(nats)?;
         // Behind the database is fine (replays change nothing); ahead of it would skip events.

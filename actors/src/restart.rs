@@ -61,5 +61,5 @@ pub(crate) async fn shared_consumer(
         max_ack_pending,
         ..Default::default()
     };
-    Ok(jet.events.get_or_create_consumer(name, config).await?)
+    Ok(jet.events.of(kind).get_or_create_consumer(name, config).await?)
 }

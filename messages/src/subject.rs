@@ -26,6 +26,9 @@ pub enum EntityKind {
 impl EntityKind {
     /// Every sharded kind, in a stable order.
     pub const ALL: [Self; 5] = [Self::Stock, Self::User, Self::Product, Self::Cart, Self::Order];
+    /// Every kind with a history of events, in a stable order.
+    pub const WITH_HISTORY: [Self; 6] =
+        [Self::Stock, Self::User, Self::Product, Self::Cart, Self::Order, Self::Notification];
 
     /// The kind as a subject token.
     pub const fn as_str(self) -> &'static str {

@@ -127,7 +127,7 @@ impl EventStore {
     {
         let subject = Subjects.entity_events(kind, id);
         let read_err = |e: crate::NatsSource| StoreError::Read(subject.clone(), e);
-        let last = match self.jet.events.get_last_raw_message_by_subject(&subject).await {
+        let last = match self.jet.events.of(kind).get_last_raw_message_by_subject(&subject).await {
             Ok(m) => Some(m),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
             Err(e) => return Err(read_err(Box::new(e))),
@@ -149,6 +149,7 @@ impl EventStore {
             } else {
                 self.jet
                     .events
+                    .of(kind)
                     .get_first_raw_message_by_subject(&subject, seq + 1)
                     .await
                     .map_err(|e| read_err(Box::new(e)))?
@@ -181,7 +182,7 @@ impl EventStore {
         let mut out = Vec::new();
         let mut next = after_seq + 1;
         while out.len() < limit {
-            let msg = match self.jet.events.get_first_raw_message_by_subject(&subject, next).await {
+            let msg = match self.jet.events.of(kind).get_first_raw_message_by_subject(&subject, next).await {
                 Ok(m) => m,
                 Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {
                     break;
@@ -218,6 +219,7 @@ impl EventStore {
         let consumer = self
             .jet
             .events
+            .of(kind)
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subject.clone(),
                 deliver_policy,

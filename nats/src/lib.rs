@@ -36,7 +36,7 @@ pub use bus::{Bus, BusError, Routed};
 pub use connect::{ConnectError, ConnectSettings, connect};
 pub use event_store::{AppendError, EventStore, Loaded, StoreError};
 pub use kv::{JsonKv, KvError};
-pub use streams::{Jet, ProvisionError, attach, provision};
+pub use streams::{EventStreams, Jet, ProvisionError, attach, provision};
 
 /// Boxed error from async-nats, kept as the source of our own error kinds.
 pub type NatsSource = Box<dyn std::error::Error + Send + Sync + 'static>;

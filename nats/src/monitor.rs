@@ -66,7 +66,7 @@ impl NatsMetrics {
             if !connected {
                 continue;
             }
-            for stream in [&jet.events, &jet.notify] {
+            for stream in jet.events.all().iter().chain([&jet.notify]) {
                 let mut consumers = stream.consumers();
                 while let Some(Ok(info)) = consumers.next().await {
                     let labels =

@@ -378,7 +378,7 @@ fn base64_url() -> (fn(&str) -> Vec<u8>, fn(&[u8]) -> String) {
 /// notification service will; `None` until the request is recorded.
 async fn reset_token_from_nats(nats_url: &str, user: &str) -> Option<String> {
     let client = async_nats::connect(nats_url).await.ok()?;
-    let stream = async_nats::jetstream::new(client).get_stream("SOUK_EVENTS").await.ok()?;
+    let stream = async_nats::jetstream::new(client).get_stream("SOUK_EVENTS_USER").await.ok()?;
     let msg = stream.get_last_raw_message_by_subject(&format!("souk.evt.user.{user}")).await.ok()?;
     let commit: Commit<UserEvent> = serde_json::from_slice(&msg.payload).ok()?;
     match commit.into_iter().last()?.body {

@@ -23,7 +23,7 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// Spawns the two followers; the receiver turns true once both have caught up.
 pub(super) fn start(
-    stream: &Stream,
+    streams: &souk_nats::EventStreams,
     shelf: &Arc<RwLock<Shelf>>,
     readiness: Readiness,
     stop: &watch::Receiver<bool>,
@@ -32,7 +32,7 @@ pub(super) fn start(
     let (products_tx, products) = watch::channel(false);
     let (stock_tx, stock) = watch::channel(false);
     for (kind, tx) in [(EntityKind::Product, products_tx), (EntityKind::Stock, stock_tx)] {
-        tokio::spawn(follow(stream.clone(), kind, shelf.clone(), tx, stop.clone()));
+        tokio::spawn(follow(streams.of(kind).clone(), kind, shelf.clone(), tx, stop.clone()));
     }
     tokio::spawn(async move {
         for mut caught_up in [products, stock] {

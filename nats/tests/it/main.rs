@@ -227,5 +227,55 @@ async fn tools_attach_to_the_cluster_without_reconfiguring_it() {
     let attached = souk_nats::attach(connect().await).await.expect("attach");
     let leases = attached.leases.clone();
     assert_eq!(leases.status().await.expect("status").max_age(), Duration::from_secs(7));
-    assert_eq!(attached.events.cached_info().config.name, provisioned.events.cached_info().config.name);
+    let name = |jet: &souk_nats::Jet| jet.events.of(EntityKind::Order).cached_info().config.name.clone();
+    assert_eq!(name(&attached), name(&provisioned));
+    assert_eq!(name(&attached), "SOUK_EVENTS_ORDER");
+}
+
+#[tokio::test]
+async fn each_kind_has_its_own_stream_and_a_cluster_with_the_single_legacy_stream_keeps_it() {
+    let fresh = NatsServer::start();
+    let j = jet(fresh.url(), Duration::from_secs(5)).await;
+    let names: Vec<String> = j.events.all().iter().map(|s| s.cached_info().config.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            "SOUK_EVENTS_STOCK",
+            "SOUK_EVENTS_USER",
+            "SOUK_EVENTS_PRODUCT",
+            "SOUK_EVENTS_CART",
+            "SOUK_EVENTS_ORDER",
+            "SOUK_EVENTS_NOTIFICATION"
+        ]
+    );
+    let store = EventStore::new(j, StoreMetrics::unregistered());
+    let (_, events) = commit(&StockState::default(), &restock(3), "SPLIT-1");
+    store.append(EntityKind::Stock, "SPLIT-1", 0, &events).await.expect("append");
+    let stock = async_nats::jetstream::new(async_nats::connect(fresh.url()).await.expect("connect"))
+        .get_stream("SOUK_EVENTS_STOCK")
+        .await
+        .expect("stream")
+        .get_last_raw_message_by_subject("souk.evt.stock.SPLIT-1")
+        .await;
+    assert!(stock.is_ok(), "the stock item's history is in the stock stream");
+
+    // A cluster from before the split: every kind stays in its one stream.
+    let old = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(old.url()).await.expect("connect"));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SOUK_EVENTS".into(),
+        subjects: vec!["souk.evt.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("legacy stream");
+    let j = jet(old.url(), Duration::from_secs(5)).await;
+    let names: Vec<String> = j.events.all().iter().map(|s| s.cached_info().config.name.clone()).collect();
+    assert_eq!(names, ["SOUK_EVENTS"]);
+    assert_eq!(j.events.of(EntityKind::Order).cached_info().config.name, "SOUK_EVENTS");
+    let store = EventStore::new(j, StoreMetrics::unregistered());
+    let (_, events) = commit(&StockState::default(), &restock(3), "OLD-1");
+    store.append(EntityKind::Stock, "OLD-1", 0, &events).await.expect("append");
+    let loaded = store.load::<StockState>(EntityKind::Stock, "OLD-1").await.expect("load");
+    assert_eq!(loaded.state.on_hand, 3);
 }
