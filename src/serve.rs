@@ -211,7 +211,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
 fn payment_gateway(cfg: &Config) -> anyhow::Result<Arc<dyn souk_actors::payments::PaymentGateway>> {
     use souk_actors::payments::{Sandbox, Stripe, StripeSettings};
     match cfg.payments.as_str() {
-        "sandbox" => Ok(Arc::new(Sandbox)),
+        "sandbox" => Ok(Arc::new(Sandbox::default())),
         "stripe" => {
             let api_key = cfg.stripe_api_key.clone().context("payments = \"stripe\" needs stripe_api_key")?;
             let settings = StripeSettings {

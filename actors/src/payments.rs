@@ -51,7 +51,10 @@ pub trait PaymentGateway: Send + Sync + std::fmt::Debug + 'static {
 /// The built-in test provider. Its "cards" are payment-method tokens named like a real
 /// provider's test methods; each drives one path of the checkout.
 #[derive(Debug, Default)]
-pub struct Sandbox;
+pub struct Sandbox {
+    /// Keys already asked to authorise [`CARD_SLOW_ONCE`] on this node.
+    asked: std::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 /// Approved.
 pub const CARD_APPROVE: &str = "pm_card_visa";
@@ -63,6 +66,9 @@ pub const CARD_INSUFFICIENT_FUNDS: &str = "pm_card_chargeDeclinedInsufficientFun
 pub const CARD_GATEWAY_ERROR: &str = "pm_card_gatewayError";
 /// Approved, but only after a minute: longer than any step deadline.
 pub const CARD_SLOW: &str = "pm_card_slow";
+/// Approved after a minute the first time a key is asked (on a node), at once when it is asked
+/// again: the authorisation the checkout gave up waiting for happened after all.
+pub const CARD_SLOW_ONCE: &str = "pm_card_slowOnce";
 
 impl PaymentGateway for Sandbox {
     fn authorize<'a>(
@@ -75,6 +81,16 @@ impl PaymentGateway for Sandbox {
             match method {
                 CARD_APPROVE => {}
                 CARD_SLOW => tokio::time::sleep(Duration::from_secs(60)).await,
+                CARD_SLOW_ONCE => {
+                    let first = self
+                        .asked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(key.to_owned());
+                    if first {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                }
                 CARD_INSUFFICIENT_FUNDS => return Err(PaymentError::InsufficientFunds),
                 CARD_GATEWAY_ERROR => return Err(PaymentError::Unavailable("sandbox gateway error".into())),
                 _ => return Err(PaymentError::Declined),

@@ -138,8 +138,9 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
                 Ok(()) => msg.ack().await,
                 Err(e) => {
                     saga.metrics.saga_failed_step();
-                    tracing::warn!(order = %id, error = %e, "checkout step failed; it will run again");
-                    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                    let tries = msg.info().map_or(1, |i| i.delivered);
+                    tracing::warn!(order = %id, error = %e, tries, "checkout step failed; it will run again");
+                    msg.ack_with(AckKind::Nak(Some(retry_after(tries)))).await
                 }
             };
             if let Err(e) = ack {
@@ -149,6 +150,12 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
             drop(permit);
         });
     }
+}
+
+/// How long a failed step waits before it runs again: from a second, doubling with each try
+/// up to about four minutes, so a provider that stays down is not hammered.
+fn retry_after(tries: i64) -> Duration {
+    Duration::from_secs(1 << tries.saturating_sub(1).clamp(0, 8))
 }
 
 /// How a checkout ended, for metrics: `confirmed`, or `cancelled_<reason>`.
@@ -205,6 +212,7 @@ impl Saga {
             OrderStatus::Reserved => self.capture(order).await,
             OrderStatus::Paid => self.commit(order).await,
             OrderStatus::Confirmed if order.cancel_requested.is_some() => self.undo_sale(order).await,
+            OrderStatus::Cancelled if order.payment_unsettled => self.void_unanswered(order).await,
             OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
                 if order.refund_pending.is_some() =>
             {
@@ -320,16 +328,17 @@ impl Saga {
         let result = self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await;
         let payment = match result {
             Ok(payment) => payment,
-            Err(e) => {
-                // A timed-out authorisation that did happen at the provider lapses there
-                // uncaptured; nothing is charged.
-                let reason = match e {
-                    PaymentError::Declined => CancelReason::PaymentDeclined,
-                    PaymentError::InsufficientFunds => CancelReason::InsufficientFunds,
-                    PaymentError::Unavailable(_) => CancelReason::PaymentFailed,
+            // No answer: the authorisation may have happened and hold the amount on the card.
+            // The order ends now; the next step asks again and voids what it finds.
+            Err(PaymentError::Unavailable(_)) => {
+                let cancel = OrderCommand::Cancel {
+                    reason: CancelReason::PaymentFailed,
+                    refunded: 0,
+                    payment_unsettled: true,
                 };
-                return self.cancel(order, reason, 0).await;
+                return self.release_then(order, cancel).await;
             }
+            Err(e) => return self.cancel(order, Self::declined(&e), 0).await,
         };
         let key = format!("{}-capture", order.id);
         match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
@@ -411,7 +420,11 @@ impl Saga {
         if let Some((sku, e)) = Self::rejection(back)? {
             tracing::warn!(order = %order.id, %sku, reason = %e, "sold units could not be put back");
         }
-        self.order(&order.id, OrderCommand::Cancel { reason, refunded: left.max(0) }).await?;
+        self.order(
+            &order.id,
+            OrderCommand::Cancel { reason, refunded: left.max(0), payment_unsettled: false },
+        )
+        .await?;
         Ok(())
     }
 
@@ -433,14 +446,44 @@ impl Saga {
         self.with_deadline(|| self.gateway.void(payment, &key)).await.map_err(StepError::Payment)
     }
 
+    /// Voids the hold an unanswered authorisation may have left. Asking again under the same
+    /// key answers the first authorisation's reference if it happened (a provider never
+    /// authorises one key twice), or makes one now that is voided at once.
+    async fn void_unanswered(&self, order: &OrderView) -> Result<(), StepError> {
+        let payment = match order.payment_method.clone() {
+            None => None,
+            Some(method) => {
+                let key = format!("{}-authorize", order.id);
+                match self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await {
+                    Ok(payment) => {
+                        self.void(order, &payment).await?;
+                        Some(payment)
+                    }
+                    Err(PaymentError::Unavailable(e)) => {
+                        return Err(StepError::Payment(PaymentError::Unavailable(e)));
+                    }
+                    // Declined: nothing is held.
+                    Err(_) => None,
+                }
+            }
+        };
+        self.order(&order.id, OrderCommand::RecordVoided { payment }).await?;
+        Ok(())
+    }
+
     /// Gives back every line's held stock, then records the cancellation.
     async fn cancel(&self, order: &OrderView, reason: CancelReason, refunded: i64) -> Result<(), StepError> {
+        self.release_then(order, OrderCommand::Cancel { reason, refunded, payment_unsettled: false }).await
+    }
+
+    /// Gives back every line's held stock, then records `cancel`.
+    async fn release_then(&self, order: &OrderView, cancel: OrderCommand) -> Result<(), StepError> {
         let reservation = Self::reservation(&order.id);
         let released =
             self.each_line(order, |_| Ok(StockCommand::Release { reservation: reservation.clone() })).await;
         // A rejection means never reserved, or released already: nothing to give back.
         Self::rejection(released)?;
-        self.order(&order.id, OrderCommand::Cancel { reason, refunded }).await?;
+        self.order(&order.id, cancel).await?;
         Ok(())
     }
 }

@@ -218,6 +218,16 @@ pub enum OrderCommand {
         /// Minor units the cancellation gave back (a confirmed order's payment).
         #[serde(default)]
         refunded: i64,
+        /// The provider never answered the authorisation, so it may hold the amount until the
+        /// saga voids it.
+        #[serde(default)]
+        payment_unsettled: bool,
+    },
+    /// The hold an unanswered authorisation may have left is gone: voided under `payment`, or
+    /// found never to have been made (`None`).
+    RecordVoided {
+        /// The provider's reference of the voided authorisation.
+        payment: Option<String>,
     },
     /// Ask for a confirmed, unshipped order to be cancelled (the saga refunds the payment and
     /// puts the stock back, then records `Cancel`).
@@ -283,6 +293,17 @@ pub enum OrderEvent {
         /// Minor units the cancellation gave back.
         #[serde(default, skip_serializing_if = "is_zero")]
         refunded: i64,
+        /// Present and `true` when the provider never answered the authorisation: it may hold
+        /// the amount on the customer's card until `order.payment_voided`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        payment_unsettled: bool,
+    },
+    /// The hold an unanswered authorisation may have left is gone.
+    #[serde(rename = "order.payment_voided")]
+    PaymentVoided {
+        /// The provider's reference of the authorisation voided; absent when it was never made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment: Option<String>,
     },
     /// Cancelling a confirmed order was asked for; the saga undoes the sale.
     #[serde(rename = "order.cancel_requested")]
@@ -330,6 +351,7 @@ impl OrderEvent {
             Self::Shipped { .. } => Some(OrderStatus::Shipped),
             Self::Delivered {} => Some(OrderStatus::Delivered),
             Self::PaymentAuthorized { .. }
+            | Self::PaymentVoided { .. }
             | Self::CancelRequested { .. }
             | Self::RefundRequested { .. }
             | Self::Refunded { .. } => None,
@@ -345,6 +367,7 @@ impl OrderEvent {
             Self::Paid {} => "order.paid",
             Self::Confirmed {} => "order.confirmed",
             Self::Cancelled { .. } => "order.cancelled",
+            Self::PaymentVoided { .. } => "order.payment_voided",
             Self::CancelRequested { .. } => "order.cancel_requested",
             Self::Shipped { .. } => "order.shipped",
             Self::Delivered {} => "order.delivered",
@@ -380,6 +403,9 @@ pub struct OrderState {
     /// Refunds asked for so far.
     #[serde(default)]
     pub refunds: u32,
+    /// Cancelled without the provider's answer to the authorisation, not yet voided.
+    #[serde(default)]
+    pub payment_unsettled: bool,
     /// Events applied.
     pub version: u64,
 }
@@ -431,6 +457,10 @@ pub struct OrderView {
     /// Refunds asked for so far (the one under way is the last).
     #[serde(default)]
     pub refunds: u32,
+    /// Cancelled without the provider's answer to the authorisation: a hold it may have left
+    /// on the card is still to be voided.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub payment_unsettled: bool,
     /// The order's version: one per event.
     pub version: u64,
 }
@@ -462,12 +492,14 @@ impl Fold for OrderState {
             OrderEvent::PaymentAuthorized { payment } => self.payment = Some(payment.clone()),
             OrderEvent::Paid {} => self.status = Some(OrderStatus::Paid),
             OrderEvent::Confirmed {} => self.status = Some(OrderStatus::Confirmed),
-            OrderEvent::Cancelled { reason, refunded } => {
+            OrderEvent::Cancelled { reason, refunded, payment_unsettled } => {
                 self.status = Some(OrderStatus::Cancelled);
                 self.cancel_reason = Some(*reason);
                 self.refunded += refunded;
                 self.cancel_requested = None;
+                self.payment_unsettled = *payment_unsettled;
             }
+            OrderEvent::PaymentVoided { .. } => self.payment_unsettled = false,
             OrderEvent::CancelRequested { reason } => self.cancel_requested = Some(*reason),
             OrderEvent::Shipped { tracking } => {
                 self.status = Some(OrderStatus::Shipped);
@@ -554,11 +586,15 @@ impl Entity for OrderState {
                 S::Pending | S::Reserved | S::Cancelled => return Err(conflict(status, "be confirmed")),
                 _ => Vec::new(),
             },
-            OrderCommand::Cancel { reason, refunded } => match status {
+            OrderCommand::Cancel { reason, refunded, payment_unsettled } => match status {
                 S::Pending | S::Reserved | S::Paid | S::Confirmed
                     if status != S::Confirmed || self.cancel_requested == Some(*reason) =>
                 {
-                    vec![OrderEvent::Cancelled { reason: *reason, refunded: *refunded }]
+                    vec![OrderEvent::Cancelled {
+                        reason: *reason,
+                        refunded: *refunded,
+                        payment_unsettled: *payment_unsettled,
+                    }]
                 }
                 S::Cancelled => Vec::new(),
                 _ => return Err(conflict(status, "be cancelled without a request")),
@@ -619,6 +655,13 @@ impl Entity for OrderState {
                 }
                 vec![OrderEvent::RefundRequested { refund: self.refunds + 1, amount }]
             }
+            OrderCommand::RecordVoided { payment } => {
+                if self.payment_unsettled {
+                    vec![OrderEvent::PaymentVoided { payment: payment.clone() }]
+                } else {
+                    Vec::new()
+                }
+            }
             OrderCommand::RecordRefunded { refund } => match self.pending_refund {
                 Some((n, amount)) if n == *refund => vec![OrderEvent::Refunded { refund: n, amount }],
                 _ if *refund <= self.refunds => Vec::new(),
@@ -654,6 +697,7 @@ impl Entity for OrderState {
             refunded: self.refunded,
             refund_pending: self.pending_refund.map(|(_, amount)| amount),
             refunds: self.refunds,
+            payment_unsettled: self.payment_unsettled,
             version: self.version,
         }
     }

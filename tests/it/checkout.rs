@@ -264,6 +264,34 @@ async fn a_saga_whose_node_is_killed_mid_payment_finishes_on_the_other_node_once
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorisation_that_answers_too_late_is_voided_after_the_order_is_cancelled() {
+    let (_nats, node, http, staff) = staff_node().await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "LATE-LAMP", 5).await;
+    let c = customer(&http, base, "late@checkout.test").await;
+    body(add(&c, base, None, "LATE-LAMP", 2).await, StatusCode::OK).await;
+    // The sandbox answers this card's first authorisation only after a minute, far past the
+    // node's payment deadline (2 s), and at once when asked again under the same key.
+    let b = json!({"shipping_address": address(), "payment_method": "pm_card_slowOnce"});
+    let placed = body(checkout(&c, base, Some("late-1"), &b).await, StatusCode::CREATED).await;
+    let id = placed["id"].as_str().expect("id").to_owned();
+    // Cancelled for the missing answer, then the hold the late authorisation left is voided:
+    // placed, reserved, cancelled, payment_voided.
+    let o = eventually("the late authorisation voided", Duration::from_secs(30), || async {
+        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        (o["version"] == 4).then_some(o)
+    })
+    .await;
+    assert_eq!(
+        (o["status"].as_str(), o["cancel_reason"].as_str()),
+        (Some("cancelled"), Some("payment_failed"))
+    );
+    assert_eq!(o.get("payment_unsettled"), None, "{o}");
+    let s = stock(&staff, base, "LATE-LAMP").await;
+    assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back() {
     let (_nats, node, http, staff) = staff_node().await;
     let base = node.url();
