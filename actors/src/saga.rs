@@ -153,9 +153,9 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
 }
 
 /// How long a failed step waits before it runs again: from a second, doubling with each try
-/// up to about four minutes, so a provider that stays down is not hammered.
+/// up to about a minute, so a provider that stays down is not hammered.
 fn retry_after(tries: i64) -> Duration {
-    Duration::from_secs(1 << tries.saturating_sub(1).clamp(0, 8))
+    Duration::from_secs(1 << tries.saturating_sub(1).clamp(0, 6))
 }
 
 /// How a checkout ended, for metrics: `confirmed`, or `cancelled_<reason>`.

@@ -169,7 +169,8 @@ impl Subjects {
         format!("souk.evt.{kind}.>")
     }
 
-    /// Every event: `souk.evt.>`, the subjects of the `SOUK_EVENTS` stream.
+    /// Every event: `souk.evt.>`, what a subscriber to every kind listens on (and what the legacy
+    /// single `SOUK_EVENTS` stream captured).
     pub fn all_events(self) -> &'static str {
         "souk.evt.>"
     }

@@ -264,7 +264,7 @@ async fn each_kind_has_its_own_stream_and_a_cluster_with_the_single_legacy_strea
     let js = async_nats::jetstream::new(async_nats::connect(old.url()).await.expect("connect"));
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "SOUK_EVENTS".into(),
-        subjects: vec!["souk.evt.>".into()],
+        subjects: vec![souk_messages::subject::Subjects.all_events().into()],
         ..Default::default()
     })
     .await
