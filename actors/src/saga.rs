@@ -36,6 +36,10 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 const MAX_STEPS: usize = 10;
 /// How often a running step tells the server it is still at work.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// How long after the checkout the saga keeps trying to void an unanswered authorisation. A
+/// provider remembers an idempotency key for a day (Stripe: 24 h); asking again after that
+/// would authorise anew instead of finding the first.
+const VOID_FOR: time::Duration = time::Duration::hours(23);
 
 /// How the saga behaves.
 #[derive(Debug, Clone)]
@@ -110,6 +114,8 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
             msg.ack().await?;
             continue;
         }
+        // When the event that calls for work was stored: for a checkout, when it was placed.
+        let called_at = msg.info().map_or_else(|_| OffsetDateTime::now_utc(), |i| i.published);
         let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
         let saga = saga.clone();
         tokio::spawn(async move {
@@ -120,7 +126,7 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
                 correlation_id = %id,
                 trace_id = %souk_messages::log::trace_id(id.as_str())
             );
-            let step = tracing::Instrument::instrument(saga.step(&id), span);
+            let step = tracing::Instrument::instrument(saga.step(&id, called_at), span);
             tokio::pin!(step);
             let mut progress =
                 tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -178,7 +184,7 @@ impl Saga {
 
     /// Runs the order's steps one after the other until it is at rest (a step changes
     /// nothing): the checkout from placement to confirmation, or a cancellation or refund.
-    async fn step(&self, id: &OrderId) -> Result<(), StepError> {
+    async fn step(&self, id: &OrderId, called_at: OffsetDateTime) -> Result<(), StepError> {
         let started = std::time::Instant::now();
         let mut first = None;
         let mut last = None;
@@ -199,20 +205,20 @@ impl Saga {
                 return Ok(());
             }
             last = Some(order.version);
-            self.step_on(&order).await?;
+            self.step_on(&order, called_at).await?;
         }
         Ok(())
     }
 
     /// Runs the step the order's current status calls for.
-    async fn step_on(&self, order: &OrderView) -> Result<(), StepError> {
+    async fn step_on(&self, order: &OrderView, called_at: OffsetDateTime) -> Result<(), StepError> {
         match order.status {
             OrderStatus::Pending => self.reserve(order).await,
             OrderStatus::Reserved if !order.payment_authorized => self.authorize(order).await,
             OrderStatus::Reserved => self.capture(order).await,
             OrderStatus::Paid => self.commit(order).await,
             OrderStatus::Confirmed if order.cancel_requested.is_some() => self.undo_sale(order).await,
-            OrderStatus::Cancelled if order.payment_unsettled => self.void_unanswered(order).await,
+            OrderStatus::Cancelled if order.payment_unsettled => self.void_unanswered(order, called_at).await,
             OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
                 if order.refund_pending.is_some() =>
             {
@@ -448,8 +454,17 @@ impl Saga {
 
     /// Voids the hold an unanswered authorisation may have left. Asking again under the same
     /// key answers the first authorisation's reference if it happened (a provider never
-    /// authorises one key twice), or makes one now that is voided at once.
-    async fn void_unanswered(&self, order: &OrderView) -> Result<(), StepError> {
+    /// authorises one key twice), or makes one now that is voided at once. Gives up (the
+    /// order stays `payment_unsettled`, for staff to settle with the provider) once the key may
+    /// be forgotten.
+    async fn void_unanswered(&self, order: &OrderView, placed_at: OffsetDateTime) -> Result<(), StepError> {
+        if OffsetDateTime::now_utc() - placed_at > VOID_FOR {
+            tracing::error!(
+                order = %order.id,
+                "gave up voiding an authorisation the provider never answered; settle it with the provider"
+            );
+            return Ok(());
+        }
         let payment = match order.payment_method.clone() {
             None => None,
             Some(method) => {
