@@ -38,6 +38,7 @@ pub struct ActorMetrics {
     saga_duration: Family<SagaLabels, Histogram>,
     saga_failures: Counter,
     sagas_running: Gauge,
+    voids_abandoned: Counter,
 }
 
 /// What a delivery attempt can come to.
@@ -73,6 +74,7 @@ impl Default for ActorMetrics {
             }),
             saga_failures: Counter::default(),
             sagas_running: Gauge::default(),
+            voids_abandoned: Counter::default(),
         }
     }
 }
@@ -116,6 +118,11 @@ impl ActorMetrics {
             "souk_saga_step_failures",
             "Checkout steps that failed and will run again (bus or provider trouble)",
             m.saga_failures.clone(),
+        );
+        registry.register(
+            "souk_payment_voids_abandoned",
+            "Unanswered authorisations the saga stopped trying to void (their orders stay payment_unsettled)",
+            m.voids_abandoned.clone(),
         );
         registry.register(
             "souk_sagas_running",
@@ -167,6 +174,10 @@ impl ActorMetrics {
 
     pub(crate) fn saga_failed_step(&self) {
         self.saga_failures.inc();
+    }
+
+    pub(crate) fn void_abandoned(&self) {
+        self.voids_abandoned.inc();
     }
 
     pub(crate) fn saga_ended(&self, outcome: &'static str, took: std::time::Duration) {

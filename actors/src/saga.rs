@@ -459,6 +459,7 @@ impl Saga {
     /// be forgotten.
     async fn void_unanswered(&self, order: &OrderView, placed_at: OffsetDateTime) -> Result<(), StepError> {
         if OffsetDateTime::now_utc() - placed_at > VOID_FOR {
+            self.metrics.void_abandoned();
             tracing::error!(
                 order = %order.id,
                 "gave up voiding an authorisation the provider never answered; settle it with the provider"
