@@ -66,6 +66,9 @@ pub const CARD_INSUFFICIENT_FUNDS: &str = "pm_card_chargeDeclinedInsufficientFun
 pub const CARD_GATEWAY_ERROR: &str = "pm_card_gatewayError";
 /// Approved, but only after a minute: longer than any step deadline.
 pub const CARD_SLOW: &str = "pm_card_slow";
+/// Approved after three seconds: within the default payment deadline, but after a hold with a
+/// shorter `reservation_ttl` has lapsed.
+pub const CARD_SLOW_APPROVE: &str = "pm_card_slowApprove";
 /// Approved after a minute the first time a key is asked (on a node), at once when it is asked
 /// again: the authorisation the checkout gave up waiting for happened after all.
 pub const CARD_SLOW_ONCE: &str = "pm_card_slowOnce";
@@ -81,6 +84,7 @@ impl PaymentGateway for Sandbox {
             match method {
                 CARD_APPROVE => {}
                 CARD_SLOW => tokio::time::sleep(Duration::from_secs(60)).await,
+                CARD_SLOW_APPROVE => tokio::time::sleep(Duration::from_secs(3)).await,
                 CARD_SLOW_ONCE => {
                     let first = self
                         .asked

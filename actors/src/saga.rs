@@ -392,6 +392,9 @@ impl Saga {
         let reservation = Self::reservation(&order.id);
         let outcomes =
             self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await;
+        // The lines sold (now, or by an earlier run of this step): a repeated commit answers Ok.
+        let mut sold = order.clone();
+        sold.lines.retain(|line| outcomes.iter().any(|(sku, r)| *sku == line.sku && r.is_ok()));
         if let Some((sku, e)) = Self::rejection(outcomes)? {
             tracing::warn!(order = %order.id, %sku, reason = %e, "held stock lapsed before the sale");
             let payment = order.payment.clone().unwrap_or_default();
@@ -399,9 +402,9 @@ impl Saga {
             self.with_deadline(|| self.gateway.refund(&payment, Self::total(order), &key))
                 .await
                 .map_err(StepError::Payment)?;
-            // Lines already sold go back on hand, as after a cancellation.
-            let back = self.each_line(order, |line| Self::return_of(&reservation, line)).await;
-            // Lines that were never sold reject the return: nothing to put back.
+            // Only the lines sold go back on hand, as after a cancellation: a lapsed line was
+            // never sold, and returning it with its quantity would add units never taken out.
+            let back = self.each_line(&sold, |line| Self::return_of(&reservation, line)).await;
             Self::rejection(back)?;
             return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
         }

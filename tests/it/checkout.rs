@@ -292,6 +292,40 @@ async fn an_authorisation_that_answers_too_late_is_voided_after_the_order_is_can
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_lapses_during_the_payment_cancels_the_order_refunds_it_and_sells_nothing() {
+    let nats = souk_testkit::NatsServer::start();
+    // Holds lapse after a second; the sandbox approves this card after three.
+    let node = souk_testkit::SoukNode::start(
+        crate::bin(),
+        nats.url(),
+        &[("SOUK_RESERVATION_TTL", "1s"), ("SOUK_PAYMENT_TIMEOUT", "10s")],
+    )
+    .expect("node");
+    let http = Client::new();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    let staff = souk_testkit::admin_http(base).await;
+    lamp_on_sale(&staff, base, base, "LAPSE-A", 5).await;
+    lamp_on_sale(&staff, base, base, "LAPSE-B", 5).await;
+    let c = customer(&http, base, "lapse@checkout.test").await;
+    body(add(&c, base, None, "LAPSE-A", 2).await, StatusCode::OK).await;
+    body(add(&c, base, None, "LAPSE-B", 1).await, StatusCode::OK).await;
+    let b = json!({"shipping_address": address(), "payment_method": "pm_card_slowApprove"});
+    let placed = body(checkout(&c, base, Some("lapse-1"), &b).await, StatusCode::CREATED).await;
+    let done = settled(&c, base, placed["id"].as_str().expect("id")).await;
+    assert_eq!(
+        (done["status"].as_str(), done["cancel_reason"].as_str(), done["refunded"].as_i64()),
+        (Some("cancelled"), Some("reservation_lapsed"), done["total"].as_i64()),
+        "{done}"
+    );
+    // Nothing was sold and nothing is held: every unit is where it was.
+    for sku in ["LAPSE-A", "LAPSE-B"] {
+        let s = stock(&staff, base, sku).await;
+        assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)), "{sku}: {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back() {
     let (_nats, node, http, staff) = staff_node().await;
     let base = node.url();
