@@ -59,6 +59,9 @@ struct Saga {
     metrics: ActorMetrics,
 }
 
+/// The order as a step left it, when the step recorded something.
+type Next = Option<OrderView>;
+
 /// Why a step must be retried later (its message is redelivered).
 #[derive(Debug, thiserror::Error)]
 enum StepError {
@@ -188,11 +191,17 @@ impl Saga {
         let started = std::time::Instant::now();
         let mut first = None;
         let mut last = None;
+        let mut next = None;
         for _ in 0..MAX_STEPS {
-            let order = match self.order(id, OrderCommand::Get).await {
-                Ok(o) => o,
-                Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownOrder => return Ok(()),
-                Err(e) => return Err(e.into()),
+            // A step that recorded something answers the order as it left it; one that did
+            // not is followed by a fresh read, which tells whether the order is at rest.
+            let order = match next.take() {
+                Some(o) => o,
+                None => match self.order(id, OrderCommand::Get).await {
+                    Ok(o) => o,
+                    Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownOrder => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
             };
             let checking_out =
                 matches!(order.status, OrderStatus::Pending | OrderStatus::Reserved | OrderStatus::Paid);
@@ -205,13 +214,13 @@ impl Saga {
                 return Ok(());
             }
             last = Some(order.version);
-            self.step_on(&order, called_at).await?;
+            next = self.step_on(&order, called_at).await?;
         }
         Ok(())
     }
 
     /// Runs the step the order's current status calls for.
-    async fn step_on(&self, order: &OrderView, called_at: OffsetDateTime) -> Result<(), StepError> {
+    async fn step_on(&self, order: &OrderView, called_at: OffsetDateTime) -> Result<Next, StepError> {
         match order.status {
             OrderStatus::Pending => self.reserve(order).await,
             OrderStatus::Reserved if !order.payment_authorized => self.authorize(order).await,
@@ -228,7 +237,7 @@ impl Saga {
             | OrderStatus::Shipped
             | OrderStatus::Delivered
             | OrderStatus::Cancelled
-            | OrderStatus::Refunded => Ok(()),
+            | OrderStatus::Refunded => Ok(None),
         }
     }
 
@@ -285,7 +294,7 @@ impl Saga {
     }
 
     /// Holds every line's stock, all or nothing.
-    async fn reserve(&self, order: &OrderView) -> Result<(), StepError> {
+    async fn reserve(&self, order: &OrderView) -> Result<Next, StepError> {
         let reservation = Self::reservation(&order.id);
         let expires_at = Some(OffsetDateTime::now_utc() + self.settings.reservation_ttl);
         let outcomes = self
@@ -298,8 +307,7 @@ impl Saga {
             tracing::info!(order = %order.id, %sku, reason = %e, "a line could not be reserved");
             return self.cancel(order, CancelReason::OutOfStock, 0).await;
         }
-        self.order(&order.id, OrderCommand::RecordReserved).await?;
-        Ok(())
+        Ok(Some(self.order(&order.id, OrderCommand::RecordReserved).await?))
     }
 
     /// Retries a payment call on provider failures until the payment deadline.
@@ -328,8 +336,8 @@ impl Saga {
 
     /// Authorises and, in the same step, captures; a capture that cannot be done now is left
     /// to the capture step, with the authorisation recorded.
-    async fn authorize(&self, order: &OrderView) -> Result<(), StepError> {
-        let Some(method) = order.payment_method.clone() else { return Ok(()) };
+    async fn authorize(&self, order: &OrderView) -> Result<Next, StepError> {
+        let Some(method) = order.payment_method.clone() else { return Ok(None) };
         let key = format!("{}-authorize", order.id);
         let result = self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await;
         let payment = match result {
@@ -348,13 +356,9 @@ impl Saga {
         };
         let key = format!("{}-capture", order.id);
         match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
-            Ok(()) => {
-                self.order(&order.id, OrderCommand::RecordPaid { payment }).await?;
-                Ok(())
-            }
+            Ok(()) => Ok(Some(self.order(&order.id, OrderCommand::RecordPaid { payment }).await?)),
             Err(PaymentError::Unavailable(_)) => {
-                self.order(&order.id, OrderCommand::RecordAuthorized { payment }).await?;
-                Ok(())
+                Ok(Some(self.order(&order.id, OrderCommand::RecordAuthorized { payment }).await?))
             }
             Err(e) => {
                 self.void(order, &payment).await?;
@@ -371,14 +375,11 @@ impl Saga {
         }
     }
 
-    async fn capture(&self, order: &OrderView) -> Result<(), StepError> {
-        let Some(payment) = order.payment.clone() else { return Ok(()) };
+    async fn capture(&self, order: &OrderView) -> Result<Next, StepError> {
+        let Some(payment) = order.payment.clone() else { return Ok(None) };
         let key = format!("{}-capture", order.id);
         match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
-            Ok(()) => {
-                self.order(&order.id, OrderCommand::RecordCaptured).await?;
-                Ok(())
-            }
+            Ok(()) => Ok(Some(self.order(&order.id, OrderCommand::RecordCaptured).await?)),
             Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
             Err(e) => {
                 self.void(order, &payment).await?;
@@ -388,7 +389,7 @@ impl Saga {
     }
 
     /// Sells the held stock; if it lapsed meanwhile, the money goes back.
-    async fn commit(&self, order: &OrderView) -> Result<(), StepError> {
+    async fn commit(&self, order: &OrderView) -> Result<Next, StepError> {
         let reservation = Self::reservation(&order.id);
         let outcomes =
             self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await;
@@ -408,13 +409,12 @@ impl Saga {
             Self::rejection(back)?;
             return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
         }
-        self.order(&order.id, OrderCommand::Confirm).await?;
-        Ok(())
+        Ok(Some(self.order(&order.id, OrderCommand::Confirm).await?))
     }
 
     /// Cancels a confirmed order: the money back, the sold units back on hand.
-    async fn undo_sale(&self, order: &OrderView) -> Result<(), StepError> {
-        let Some(reason) = order.cancel_requested else { return Ok(()) };
+    async fn undo_sale(&self, order: &OrderView) -> Result<Next, StepError> {
+        let Some(reason) = order.cancel_requested else { return Ok(None) };
         let left = order.total - order.refunded;
         if left > 0 {
             let payment = order.payment.clone().unwrap_or_default();
@@ -429,25 +429,25 @@ impl Saga {
         if let Some((sku, e)) = Self::rejection(back)? {
             tracing::warn!(order = %order.id, %sku, reason = %e, "sold units could not be put back");
         }
-        self.order(
-            &order.id,
-            OrderCommand::Cancel { reason, refunded: left.max(0), payment_unsettled: false },
-        )
-        .await?;
-        Ok(())
+        Ok(Some(
+            self.order(
+                &order.id,
+                OrderCommand::Cancel { reason, refunded: left.max(0), payment_unsettled: false },
+            )
+            .await?,
+        ))
     }
 
     /// Gives back the refund under way.
-    async fn refund(&self, order: &OrderView) -> Result<(), StepError> {
-        let Some(amount) = order.refund_pending else { return Ok(()) };
+    async fn refund(&self, order: &OrderView) -> Result<Next, StepError> {
+        let Some(amount) = order.refund_pending else { return Ok(None) };
         let payment = order.payment.clone().unwrap_or_default();
         let key = format!("{}-refund-{}", order.id, order.refunds);
         let amount = Money { amount, currency: order.currency };
         self.with_deadline(|| self.gateway.refund(&payment, amount, &key))
             .await
             .map_err(StepError::Payment)?;
-        self.order(&order.id, OrderCommand::RecordRefunded { refund: order.refunds }).await?;
-        Ok(())
+        Ok(Some(self.order(&order.id, OrderCommand::RecordRefunded { refund: order.refunds }).await?))
     }
 
     async fn void(&self, order: &OrderView, payment: &str) -> Result<(), StepError> {
@@ -460,14 +460,14 @@ impl Saga {
     /// authorises one key twice), or makes one now that is voided at once. Gives up (the
     /// order stays `payment_unsettled`, for staff to settle with the provider) once the key may
     /// be forgotten.
-    async fn void_unanswered(&self, order: &OrderView, placed_at: OffsetDateTime) -> Result<(), StepError> {
+    async fn void_unanswered(&self, order: &OrderView, placed_at: OffsetDateTime) -> Result<Next, StepError> {
         if OffsetDateTime::now_utc() - placed_at > VOID_FOR {
             self.metrics.void_abandoned();
             tracing::error!(
                 order = %order.id,
                 "gave up voiding an authorisation the provider never answered; settle it with the provider"
             );
-            return Ok(());
+            return Ok(None);
         }
         let payment = match order.payment_method.clone() {
             None => None,
@@ -486,23 +486,26 @@ impl Saga {
                 }
             }
         };
-        self.order(&order.id, OrderCommand::RecordVoided { payment }).await?;
-        Ok(())
+        Ok(Some(self.order(&order.id, OrderCommand::RecordVoided { payment }).await?))
     }
 
     /// Gives back every line's held stock, then records the cancellation.
-    async fn cancel(&self, order: &OrderView, reason: CancelReason, refunded: i64) -> Result<(), StepError> {
+    async fn cancel(
+        &self,
+        order: &OrderView,
+        reason: CancelReason,
+        refunded: i64,
+    ) -> Result<Next, StepError> {
         self.release_then(order, OrderCommand::Cancel { reason, refunded, payment_unsettled: false }).await
     }
 
     /// Gives back every line's held stock, then records `cancel`.
-    async fn release_then(&self, order: &OrderView, cancel: OrderCommand) -> Result<(), StepError> {
+    async fn release_then(&self, order: &OrderView, cancel: OrderCommand) -> Result<Next, StepError> {
         let reservation = Self::reservation(&order.id);
         let released =
             self.each_line(order, |_| Ok(StockCommand::Release { reservation: reservation.clone() })).await;
         // A rejection means never reserved, or released already: nothing to give back.
         Self::rejection(released)?;
-        self.order(&order.id, cancel).await?;
-        Ok(())
+        Ok(Some(self.order(&order.id, cancel).await?))
     }
 }
