@@ -1,8 +1,9 @@
 //! The checkout saga's driver. Every order event is a message on one durable consumer that
 //! all nodes share; one that calls for work (a placement, a cancellation or refund request)
-//! makes the receiving node run the order's steps back to back. A step reads the order, does
-//! its work (reserve stock, authorise and capture, commit), and records the result as the
-//! order's next event; the message is acknowledged once the order is at rest. A running step keeps its
+//! makes the receiving node run the order's steps back to back. A step takes the order as the
+//! previous step's recording answered it (or reads it), does its work (reserve stock, authorise
+//! and capture, commit), and records the result as the order's next event; the message is
+//! acknowledged once the order is at rest. A running step keeps its
 //! message with progress acks; a node that dies mid-step stops sending them, and after the
 //! ack wait another node runs the step again.
 //! Every step is idempotent by the order id (reservation id, payment keys), and the order
