@@ -57,6 +57,12 @@ async fn stock(staff: &Client, base: &str, sku: &str) -> Value {
     body(staff.get(format!("{base}/v1/inventory/{sku}")).send().await.expect("stock"), StatusCode::OK).await
 }
 
+/// A stock item's `(on_hand, reserved)`.
+async fn on_hand_and_reserved(staff: &Client, base: &str, sku: &str) -> (Option<u64>, Option<u64>) {
+    let s = stock(staff, base, sku).await;
+    (s["on_hand"].as_u64(), s["reserved"].as_u64())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one_order() {
     let (_nats, node, http, staff) = staff_node().await;
@@ -105,8 +111,7 @@ async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one
     assert!(placed.get("payment_method").is_none() && placed.get("payment").is_none());
     let done = settled(&ada, base, &id).await;
     assert_eq!(done["status"], "confirmed", "{done}");
-    let s = stock(&staff, base, "LAMP-1").await;
-    assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(8), Some(0)));
+    assert_eq!(on_hand_and_reserved(&staff, base, "LAMP-1").await, (Some(8), Some(0)));
     let cart: Value =
         ada.get(format!("{base}/v1/cart")).send().await.expect("cart").json().await.expect("json");
     assert_eq!(cart["item_count"], 0);
@@ -139,8 +144,11 @@ async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one
             (Some("cancelled"), Some(reason)),
             "{card}"
         );
-        let s = stock(&staff, base, "LAMP-1").await;
-        assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(8), Some(0)), "{card}: stock back");
+        assert_eq!(
+            on_hand_and_reserved(&staff, base, "LAMP-1").await,
+            (Some(8), Some(0)),
+            "{card}: stock back"
+        );
     }
 
     // More than there is: cancelled as out of stock, nothing held.
@@ -259,8 +267,7 @@ async fn a_saga_whose_node_is_killed_mid_payment_finishes_on_the_other_node_once
             "{o}"
         );
     }
-    let s = stock(&staff, b.url(), "SLOW-LAMP").await;
-    assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)));
+    assert_eq!(on_hand_and_reserved(&staff, b.url(), "SLOW-LAMP").await, (Some(5), Some(0)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,8 +294,7 @@ async fn an_authorisation_that_answers_too_late_is_voided_after_the_order_is_can
         (Some("cancelled"), Some("payment_failed"))
     );
     assert_eq!(o.get("payment_unsettled"), None, "{o}");
-    let s = stock(&staff, base, "LATE-LAMP").await;
-    assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)));
+    assert_eq!(on_hand_and_reserved(&staff, base, "LATE-LAMP").await, (Some(5), Some(0)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,8 +326,7 @@ async fn a_hold_that_lapses_during_the_payment_cancels_the_order_refunds_it_and_
     );
     // Nothing was sold and nothing is held: every unit is where it was.
     for sku in ["LAPSE-A", "LAPSE-B"] {
-        let s = stock(&staff, base, sku).await;
-        assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)), "{sku}: {s}");
+        assert_eq!(on_hand_and_reserved(&staff, base, sku).await, (Some(5), Some(0)), "{sku}");
     }
 }
 
