@@ -48,6 +48,9 @@ pub trait PaymentGateway: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), PaymentError>>;
 }
 
+/// How long the sandbox takes to answer a slow card: longer than any step deadline.
+const LATE_ANSWER: Duration = Duration::from_secs(60);
+
 /// The built-in test provider. Its "cards" are payment-method tokens named like a real
 /// provider's test methods; each drives one path of the checkout.
 #[derive(Debug, Default)]
@@ -83,7 +86,7 @@ impl PaymentGateway for Sandbox {
         Box::pin(async move {
             match method {
                 CARD_APPROVE => {}
-                CARD_SLOW => tokio::time::sleep(Duration::from_secs(60)).await,
+                CARD_SLOW => tokio::time::sleep(LATE_ANSWER).await,
                 CARD_SLOW_APPROVE => tokio::time::sleep(Duration::from_secs(3)).await,
                 CARD_SLOW_ONCE => {
                     let first = self
@@ -92,7 +95,7 @@ impl PaymentGateway for Sandbox {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(key.to_owned());
                     if first {
-                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        tokio::time::sleep(LATE_ANSWER).await;
                     }
                 }
                 CARD_INSUFFICIENT_FUNDS => return Err(PaymentError::InsufficientFunds),

@@ -338,10 +338,8 @@ impl Saga {
     /// Authorises and, in the same step, captures; a capture that cannot be done now is left
     /// to the capture step, with the authorisation recorded.
     async fn authorize(&self, order: &OrderView) -> Result<Next, StepError> {
-        let Some(method) = order.payment_method.clone() else { return Ok(None) };
-        let key = format!("{}-authorize", order.id);
-        let result = self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await;
-        let payment = match result {
+        let Some(method) = order.payment_method.as_deref() else { return Ok(None) };
+        let payment = match self.authorization(order, method).await {
             Ok(payment) => payment,
             // No answer: the authorisation may have happened and hold the amount on the card.
             // The order ends now; the next step asks again and voids what it finds.
@@ -366,6 +364,13 @@ impl Saga {
                 self.cancel(order, Self::declined(&e), 0).await
             }
         }
+    }
+
+    /// Authorises the order's total under its one authorisation key, so asking again answers
+    /// the first authorisation rather than making a second.
+    async fn authorization(&self, order: &OrderView, method: &str) -> Result<String, PaymentError> {
+        let key = format!("{}-authorize", order.id);
+        self.with_deadline(|| self.gateway.authorize(method, Self::total(order), &key)).await
     }
 
     fn declined(e: &PaymentError) -> CancelReason {
@@ -470,11 +475,10 @@ impl Saga {
             );
             return Ok(None);
         }
-        let payment = match order.payment_method.clone() {
+        let payment = match order.payment_method.as_deref() {
             None => None,
             Some(method) => {
-                let key = format!("{}-authorize", order.id);
-                match self.with_deadline(|| self.gateway.authorize(&method, Self::total(order), &key)).await {
+                match self.authorization(order, method).await {
                     Ok(payment) => {
                         self.void(order, &payment).await?;
                         Some(payment)

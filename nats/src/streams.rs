@@ -29,8 +29,17 @@ pub struct EventStreams {
 impl EventStreams {
     /// The stream holding `kind`'s histories.
     pub fn of(&self, kind: EntityKind) -> &stream::Stream {
-        let i = EntityKind::WITH_HISTORY.iter().position(|k| *k == kind).unwrap_or(0);
-        &self.by_kind[i]
+        // Exhaustive, so a new kind cannot silently share another kind's stream; the order is
+        // that of `EntityKind::WITH_HISTORY`, in which `by_kind` is built.
+        let slot = match kind {
+            EntityKind::Stock => 0,
+            EntityKind::User => 1,
+            EntityKind::Product => 2,
+            EntityKind::Cart => 3,
+            EntityKind::Order => 4,
+            EntityKind::Notification => 5,
+        };
+        &self.by_kind[slot]
     }
 
     /// Each stream once.
