@@ -1,7 +1,7 @@
 //! The central log store's projector: every node's records from `SOUK_LOGS` into this node's
 //! read-model database (or the shared one), pruned after the retention time.
 
-use crate::projector::next_chunk;
+use crate::projector::{BATCH_WINDOW, next_chunk};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use souk_messages::log::LogRecord;
 use souk_nats::Jet;
@@ -62,7 +62,7 @@ async fn project(
     let mut messages = consumer.messages().await.map_err(nats)?;
     let mut pruned = tokio::time::Instant::now();
     loop {
-        let Some(chunk) = next_chunk(&mut messages, stop).await else { return Ok(()) };
+        let Some(chunk) = next_chunk(&mut messages, BATCH_WINDOW, stop).await else { return Ok(()) };
         let mut records = Vec::with_capacity(chunk.len());
         let mut last = None;
         for m in chunk {
