@@ -354,6 +354,9 @@ impl StockEvent {
         }
     }
 
+    /// The wire `type` of [`StockEvent::Low`], the one stock event staff are told about.
+    pub const LOW_TYPE: &'static str = "stock.low";
+
     /// The event's `type` on the wire.
     pub const fn type_name(&self) -> &'static str {
         match self {
@@ -366,7 +369,7 @@ impl StockEvent {
             Self::Retired { .. } => "stock.retired",
             Self::Adjusted { .. } => "stock.adjusted",
             Self::LowStockSet { .. } => "stock.low_stock_set",
-            Self::Low { .. } => "stock.low",
+            Self::Low { .. } => Self::LOW_TYPE,
         }
     }
 }

@@ -165,6 +165,11 @@ impl Endpoints {
 pub struct LiveEndpoints(Arc<RwLock<BTreeMap<String, WebhookEndpoint>>>);
 
 impl LiveEndpoints {
+    /// Whether any enabled endpoint wants `event_type`.
+    pub fn any_wants(&self, event_type: &str) -> bool {
+        self.0.read().map(|m| m.values().any(|e| e.wants(event_type))).unwrap_or_default()
+    }
+
     /// The enabled endpoints that want `event_type`.
     pub fn wanting(&self, event_type: &str) -> Vec<WebhookEndpoint> {
         self.0

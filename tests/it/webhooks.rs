@@ -94,10 +94,13 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     register(&admin, base, &off_url, &["*"], false).await;
     let c = register(&admin, base, &bad_url, &["order.confirmed"], true).await;
     let d = register(&admin, base, &gone_url, &["order.confirmed", "order.shipped"], true).await;
+    // Stock events are planned without decoding unless someone wants them: this one does.
+    let (stock_url, stock) = receiver(StatusCode::NO_CONTENT).await;
+    register(&admin, base, &stock_url, &["stock.committed"], true).await;
     let listed =
         body(admin.get(format!("{base}/v1/admin/webhooks")).send().await.expect("list"), StatusCode::OK)
             .await;
-    assert_eq!(listed["items"].as_array().map(Vec::len), Some(4));
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(5));
     assert!(!listed.to_string().contains("whsec_"), "secrets are shown once: {listed}");
 
     assert_eq!(
@@ -127,6 +130,10 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
 
     eventually("both subscribed events at the endpoint", Duration::from_secs(20), || async {
         (types(&good) == ["order.confirmed", "order.shipped"]).then_some(())
+    })
+    .await;
+    eventually("the sold unit's stock event at its endpoint", Duration::from_secs(20), || async {
+        (types(&stock) == ["stock.committed"]).then_some(())
     })
     .await;
     // The failing endpoint is tried three times, then dead-lettered.

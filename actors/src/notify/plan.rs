@@ -68,12 +68,17 @@ async fn drive(
     loop {
         let Some(msg) = crate::restart::next_or_stop(&mut messages, &mut stop).await else { return Ok(()) };
         let msg = msg?;
+        let all = |_: &str| true;
         let planned = match kind {
-            EntityKind::Order => p.plan_commit(&msg.payload, |e| p.order(&msg.subject, e)).await,
-            EntityKind::User => p.plan_commit(&msg.payload, |e| p.user(&msg.subject, e)).await,
-            EntityKind::Stock => p.plan_commit(&msg.payload, |e| p.stock(&msg.subject, e)).await,
+            EntityKind::Order => p.plan_commit(&msg.payload, all, |e| p.order(&msg.subject, e)).await,
+            EntityKind::User => p.plan_commit(&msg.payload, all, |e| p.user(&msg.subject, e)).await,
+            EntityKind::Stock => {
+                let low = |t: &str| t == StockEvent::LOW_TYPE;
+                p.plan_commit(&msg.payload, low, |e| p.stock(&msg.subject, e)).await
+            }
             EntityKind::Product => {
-                p.plan_commit(&msg.payload, |_: Event<souk_messages::product::ProductEvent>| async {
+                let none = |_: &str| false;
+                p.plan_commit(&msg.payload, none, |_: Event<souk_messages::product::ProductEvent>| async {
                     Ok(Vec::new())
                 })
                 .await
@@ -90,13 +95,35 @@ async fn drive(
     }
 }
 
+/// An event's `type`, read without decoding the rest of it.
+#[derive(serde::Deserialize)]
+struct EventType<'a> {
+    #[serde(rename = "type", borrow)]
+    name: std::borrow::Cow<'a, str>,
+}
+
 impl Planner {
-    async fn plan_commit<E, F, Fut>(&self, payload: &[u8], plan: F) -> Result<(), PlanError>
+    /// Plans the notifications of one commit. `news` says which event types `plan` can turn
+    /// into messages: a commit with none of those and none an endpoint wants is acknowledged
+    /// without decoding it (most stock commits are reservations nobody is told about).
+    async fn plan_commit<E, F, Fut>(
+        &self,
+        payload: &[u8],
+        news: impl Fn(&str) -> bool,
+        plan: F,
+    ) -> Result<(), PlanError>
     where
         E: DeserializeOwned,
         F: Fn(Event<E>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Notification>, PlanError>>,
     {
+        let Ok(types) = serde_json::from_slice::<Vec<EventType<'_>>>(payload) else {
+            tracing::error!("not planning an unreadable commit");
+            return Ok(());
+        };
+        if !types.iter().any(|t| news(&t.name) || self.endpoints.any_wants(&t.name)) {
+            return Ok(());
+        }
         // Commits of event types this release does not know are not for it to announce.
         let Ok(commit) = serde_json::from_slice::<Vec<serde_json::Value>>(payload) else {
             tracing::error!("not planning an unreadable commit");
