@@ -106,17 +106,9 @@ impl CatalogRepo {
     /// advances the checkpoint, in one transaction. Already-applied versions are skipped.
     pub async fn apply(&self, batch: &[ProductEvents], checkpoint: u64) -> Result<(), StorageError> {
         let ids: Vec<&str> = batch.iter().map(|p| p.id.as_str()).collect();
-        let mut res = self
-            .db
-            .query("SELECT pid, state, created_at, price_min, seq FROM product WHERE pid IN $ids")
-            .bind(("ids", ids))
-            .await?;
-        let existing: Vec<serde_json::Value> = res.take(0)?;
-        let mut rows: HashMap<String, CatalogRow> = HashMap::new();
-        for v in existing {
-            let row: CatalogRow = serde_json::from_value(v).map_err(corrupt)?;
-            rows.insert(row.pid.clone(), row);
-        }
+        let existing: Vec<CatalogRow> = crate::db::rows_by_id(&self.db, "product", ids).await?;
+        let mut rows: HashMap<String, CatalogRow> =
+            existing.into_iter().map(|r| (r.pid.clone(), r)).collect();
         let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
         for p in batch {
             let row = rows.remove(p.id.as_str());

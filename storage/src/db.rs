@@ -162,6 +162,26 @@ pub(crate) async fn apply_projection(
     Ok(())
 }
 
+/// The stored rows (without their `id`) of `table` whose record ids are `ids`; ids without a
+/// row are left out. Projectors read a batch's rows this way: SurrealDB answers a
+/// `WHERE field IN $ids` condition by scanning the whole table, even over a unique index.
+pub(crate) async fn rows_by_id<T: serde::de::DeserializeOwned>(
+    db: &Db,
+    table: &'static str,
+    ids: Vec<&str>,
+) -> Result<Vec<T>, StorageError> {
+    let mut res = db
+        .query("SELECT * OMIT id FROM array::map($ids, |$id| type::record($table, $id))")
+        .bind(serde_json::json!({ "ids": ids, "table": table }))
+        .await?;
+    let rows: Vec<serde_json::Value> = res.take(0)?;
+    rows.into_iter()
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+        })
+        .collect()
+}
+
 /// The last stream sequence projection `name` has applied; 0 for an empty database.
 pub(crate) async fn checkpoint(db: &Db, name: &str) -> Result<u64, StorageError> {
     let mut res = db

@@ -126,14 +126,8 @@ impl NotificationRepo {
     /// transaction. An attempt already recorded is skipped, so replays are harmless.
     pub async fn apply(&self, batch: &[NotificationEvents], checkpoint: u64) -> Result<(), StorageError> {
         let ids: Vec<&str> = batch.iter().map(|n| n.id.as_str()).collect();
-        let mut res =
-            self.db.query("SELECT * OMIT id FROM notifications WHERE nid IN $ids").bind(("ids", ids)).await?;
-        let existing: Vec<serde_json::Value> = res.take(0)?;
-        let mut rows: HashMap<String, Row> = HashMap::new();
-        for v in existing {
-            let row: Row = serde_json::from_value(v).map_err(corrupt)?;
-            rows.insert(row.nid.clone(), row);
-        }
+        let existing: Vec<Row> = crate::db::rows_by_id(&self.db, "notifications", ids).await?;
+        let mut rows: HashMap<String, Row> = existing.into_iter().map(|r| (r.nid.clone(), r)).collect();
         let mut out = Vec::new();
         for n in batch {
             let mut row = rows.remove(n.id.as_str());

@@ -77,14 +77,8 @@ impl OrderRepo {
     /// transaction. Already-applied versions are skipped, so replays are harmless.
     pub async fn apply(&self, batch: &[OrderEvents], checkpoint: u64) -> Result<(), StorageError> {
         let ids: Vec<&str> = batch.iter().map(|o| o.id.as_str()).collect();
-        let mut res =
-            self.db.query("SELECT * OMIT id FROM orders WHERE oid IN $ids").bind(("ids", ids)).await?;
-        let existing: Vec<serde_json::Value> = res.take(0)?;
-        let mut rows: HashMap<String, OrderRow> = HashMap::new();
-        for v in existing {
-            let row: OrderRow = serde_json::from_value(v).map_err(corrupt)?;
-            rows.insert(row.oid.clone(), row);
-        }
+        let existing: Vec<OrderRow> = crate::db::rows_by_id(&self.db, "orders", ids).await?;
+        let mut rows: HashMap<String, OrderRow> = existing.into_iter().map(|r| (r.oid.clone(), r)).collect();
         let mut out = Vec::new();
         for order in batch {
             let row = rows.remove(order.id.as_str());

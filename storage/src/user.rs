@@ -92,15 +92,8 @@ impl UserRepo {
     /// transaction. Events at or below a row's version are skipped, so replays are harmless.
     pub async fn apply(&self, batch: &[UserEvents], checkpoint: u64) -> Result<(), StorageError> {
         let ids: Vec<&str> = batch.iter().map(|u| u.id.as_str()).collect();
-        let mut res =
-            self.db.query("SELECT * OMIT id FROM users WHERE uid IN $ids").bind(("ids", ids)).await?;
-        let existing: Vec<serde_json::Value> = res.take(0)?;
-        let mut rows: HashMap<String, UserRow> = HashMap::new();
-        for v in existing {
-            let row: UserRow = serde_json::from_value(v)
-                .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
-            rows.insert(row.uid.clone(), row);
-        }
+        let existing: Vec<UserRow> = crate::db::rows_by_id(&self.db, "users", ids).await?;
+        let mut rows: HashMap<String, UserRow> = existing.into_iter().map(|r| (r.uid.clone(), r)).collect();
         let mut out = Vec::new();
         for user in batch {
             let row = rows.remove(user.id.as_str());
