@@ -182,6 +182,14 @@ pub(crate) async fn rows_by_id<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// The conditions whose filter was given, joined with `AND` (`true` when none), for a
+/// `WHERE` clause. A filter left out as `($x = '' OR field = $x)` keeps SurrealDB from using
+/// any index for the query, so it scans the whole table.
+pub(crate) fn given(conditions: &[(bool, &'static str)]) -> String {
+    let given: Vec<&str> = conditions.iter().filter(|(on, _)| *on).map(|(_, c)| *c).collect();
+    if given.is_empty() { "true".to_owned() } else { given.join(" AND ") }
+}
+
 /// The last stream sequence projection `name` has applied; 0 for an empty database.
 pub(crate) async fn checkpoint(db: &Db, name: &str) -> Result<u64, StorageError> {
     let mut res = db

@@ -107,26 +107,18 @@ impl LogRepo {
     /// Records matching `q`, newest first.
     pub async fn search(&self, q: &LogQuery) -> Result<Vec<LogRecord>, StorageError> {
         let q_text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
-        // Two fixed statements: with the full-text index, or without text at all.
-        let query = if q_text.is_some() {
-            r"SELECT record, ts_ns, lid FROM logs
-              WHERE text @@ $q
-                AND ($node = '' OR node = $node)
-                AND ($request_id = '' OR request_id = $request_id)
-                AND severity <= $severity
-                AND ts_ns >= $since AND ts_ns < $until
-              ORDER BY ts_ns DESC, lid DESC LIMIT $limit"
-        } else {
-            r"SELECT record, ts_ns, lid FROM logs
-              WHERE ($node = '' OR node = $node)
-                AND ($request_id = '' OR request_id = $request_id)
-                AND severity <= $severity
-                AND ts_ns >= $since AND ts_ns < $until
-              ORDER BY ts_ns DESC, lid DESC LIMIT $limit"
-        };
+        // Only the filters given, so a request's records are read through its index.
+        let conditions = crate::db::given(&[
+            (q_text.is_some(), "text @@ $q"),
+            (q.node.as_deref().is_some_and(|n| !n.is_empty()), "node = $node"),
+            (q.request_id.as_deref().is_some_and(|r| !r.is_empty()), "request_id = $request_id"),
+            (true, "severity <= $severity AND ts_ns >= $since AND ts_ns < $until"),
+        ]);
         let mut res = self
             .db
-            .query(query)
+            .query(format!(
+                "SELECT record, ts_ns, lid FROM logs WHERE {conditions} ORDER BY ts_ns DESC, lid DESC LIMIT $limit"
+            ))
             .bind(json!({
                 "node": q.node.as_deref().unwrap_or(""),
                 "request_id": q.request_id.as_deref().unwrap_or(""),

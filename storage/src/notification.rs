@@ -223,17 +223,22 @@ impl NotificationRepo {
             None => (i64::MAX, String::new()),
         };
         let value = |v: Option<serde_json::Value>| v.unwrap_or(json!(""));
+        // An order's or a recipient's deliveries are read through their index.
+        let conditions = crate::db::given(&[
+            (q.to.as_deref().is_some_and(|t| !t.is_empty()), "`to` = $to"),
+            (q.order.is_some(), "`order` = $order"),
+            (q.channel.is_some(), "channel = $channel"),
+            (q.status.is_some(), "status = $status"),
+            (
+                !after_id.is_empty(),
+                "(created_ns < $after_at OR (created_ns = $after_at AND nid < $after_id))",
+            ),
+        ]);
         let mut res = self
             .db
-            .query(
-                r"SELECT * OMIT id FROM notifications
-                  WHERE ($to = '' OR `to` = $to)
-                    AND ($order = '' OR `order` = $order)
-                    AND ($channel = '' OR channel = $channel)
-                    AND ($status = '' OR status = $status)
-                    AND ($after_id = '' OR created_ns < $after_at OR (created_ns = $after_at AND nid < $after_id))
-                  ORDER BY created_ns DESC, nid DESC LIMIT $limit",
-            )
+            .query(format!(
+                "SELECT * OMIT id FROM notifications WHERE {conditions} ORDER BY created_ns DESC, nid DESC LIMIT $limit"
+            ))
             .bind(json!({
                 "to": q.to.as_deref().unwrap_or(""),
                 "order": q.order.as_ref().map_or("", OrderId::as_str),

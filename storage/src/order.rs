@@ -123,15 +123,18 @@ impl OrderRepo {
             Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
             None => (i64::MAX, String::new()),
         };
+        // A customer's page is read through the customer index.
+        let conditions = crate::db::given(&[
+            (q.customer.is_some(), "customer = $customer"),
+            (q.status.is_some(), "status = $status"),
+            (!after_id.is_empty(), "(placed_ns < $after_at OR (placed_ns = $after_at AND oid < $after_id))"),
+        ]);
+        let query = format!(
+            "SELECT * OMIT id FROM orders WHERE {conditions} ORDER BY placed_ns DESC, oid DESC LIMIT $limit"
+        );
         let mut res = self
             .db
-            .query(
-                r"SELECT * OMIT id FROM orders
-                  WHERE ($customer = '' OR customer = $customer)
-                    AND ($status = '' OR status = $status)
-                    AND ($after_id = '' OR placed_ns < $after_at OR (placed_ns = $after_at AND oid < $after_id))
-                  ORDER BY placed_ns DESC, oid DESC LIMIT $limit",
-            )
+            .query(query)
             .bind(json!({
                 "customer": q.customer.as_ref().map_or("", UserId::as_str),
                 "status": q.status.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or(json!("")),
