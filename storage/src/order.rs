@@ -123,15 +123,18 @@ impl OrderRepo {
             Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
             None => (i64::MAX, String::new()),
         };
-        // A customer's page is read through the customer index.
+        // A customer's page is read through the customer index and sorted. Every order is read
+        // backwards through the placement-time index, up to the page size, which SurrealDB
+        // does only when the order is by `placed_ns` alone (a tie-break sorts the whole
+        // table); that index keeps orders placed in the same nanosecond in record-id, that
+        // is order-id, order, so the cursor's tie-break still holds.
         let conditions = crate::db::given(&[
             (q.customer.is_some(), "customer = $customer"),
             (q.status.is_some(), "status = $status"),
-            (!after_id.is_empty(), "(placed_ns < $after_at OR (placed_ns = $after_at AND oid < $after_id))"),
+            (!after_id.is_empty(), "placed_ns <= $after_at AND (placed_ns < $after_at OR oid < $after_id)"),
         ]);
-        let query = format!(
-            "SELECT * OMIT id FROM orders WHERE {conditions} ORDER BY placed_ns DESC, oid DESC LIMIT $limit"
-        );
+        let order = if q.customer.is_some() { "placed_ns DESC, oid DESC" } else { "placed_ns DESC" };
+        let query = format!("SELECT * OMIT id FROM orders WHERE {conditions} ORDER BY {order} LIMIT $limit");
         let mut res = self
             .db
             .query(query)

@@ -418,3 +418,70 @@ mod logs {
         assert!(repo.search(&q(|_| {})).await.expect("after").is_empty());
     }
 }
+
+mod orders {
+    use super::read_models;
+    use souk_messages::UserId;
+    use souk_messages::event::Event;
+    use souk_messages::order::{Address, OrderEvent, OrderId, Placement};
+    use souk_messages::product::Currency;
+    use souk_storage::{OrderEvents, OrderQuery};
+
+    fn placed(id: &OrderId, customer: &UserId, at_ns: i128, seq: u64) -> OrderEvents {
+        let placement = Placement {
+            customer: customer.clone(),
+            lines: Vec::new(),
+            shipping_address: Address::default(),
+            payment_method: "pm_card_approve".into(),
+            total: 100,
+            currency: Currency::NONE,
+        };
+        let event = Event {
+            event_id: uuid::Uuid::new_v4(),
+            id: id.to_string(),
+            version: 1,
+            time: time::OffsetDateTime::from_unix_timestamp_nanos(at_ns).expect("time"),
+            correlation_id: None,
+            body: OrderEvent::Placed { placement: Box::new(placement) },
+        };
+        OrderEvents { id: id.clone(), events: vec![(seq, event)] }
+    }
+
+    /// Every page of `q`, following `next`, as order ids.
+    async fn pages(repo: &souk_storage::OrderRepo, customer: Option<UserId>) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let q = OrderQuery { customer: customer.clone(), status: None, after, limit: 1 };
+            let page = repo.list(&q).await.expect("list");
+            seen.extend(page.items.iter().map(|o| o.id.to_string()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return seen,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_run_newest_first_and_orders_placed_in_the_same_nanosecond_come_once_each() {
+        let repo = read_models().await.orders;
+        let customer = UserId::generate();
+        let t = 1_800_000_000_000_000_000_i128;
+        let mut tied: Vec<OrderId> = (0..3).map(|_| OrderId::generate()).collect();
+        let (older, newer) = (OrderId::generate(), OrderId::generate());
+        let mut batch: Vec<OrderEvents> = tied.iter().map(|id| placed(id, &customer, t, 1)).collect();
+        batch.push(placed(&older, &customer, t - 1, 1));
+        batch.push(placed(&newer, &customer, t + 1, 1));
+        batch.push(placed(&OrderId::generate(), &UserId::generate(), t - 2, 1));
+        repo.apply(&batch, 6).await.expect("apply");
+
+        tied.sort();
+        let mut expected = vec![newer.to_string()];
+        expected.extend(tied.iter().rev().map(ToString::to_string));
+        expected.push(older.to_string());
+        let all = pages(&repo, None).await;
+        assert_eq!(all.len(), 6, "{all:?}");
+        assert_eq!(all[..5], expected[..], "every order, newest first, ties by id descending");
+        assert_eq!(pages(&repo, Some(customer)).await, expected, "the customer's own, the same way");
+    }
+}
