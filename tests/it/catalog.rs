@@ -11,8 +11,13 @@ use std::time::Duration;
 
 /// A ready node on its own nats-server, a plain client, and a client signed in as admin.
 pub(crate) async fn staff_node() -> (NatsServer, SoukNode, Client, Client) {
+    staff_node_with(&[]).await
+}
+
+/// [`staff_node`] with `env` set for the node.
+pub(crate) async fn staff_node_with(env: &[(&str, &str)]) -> (NatsServer, SoukNode, Client, Client) {
     let nats = NatsServer::start();
-    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let node = SoukNode::start(bin(), nats.url(), env).expect("node");
     let http = http();
     ready(&http, &node).await;
     let staff = admin_http(node.url()).await;

@@ -2,7 +2,7 @@
 //! confirms, or cancels with everything given back.
 
 use crate::cart::{add, customer};
-use crate::catalog::{body, create, product, staff_node};
+use crate::catalog::{body, create, product, staff_node, staff_node_with};
 use futures::StreamExt as _;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
@@ -299,18 +299,10 @@ async fn an_authorisation_that_answers_too_late_is_voided_after_the_order_is_can
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_that_lapses_during_the_payment_cancels_the_order_refunds_it_and_sells_nothing() {
-    let nats = souk_testkit::NatsServer::start();
     // Holds lapse after a second; the sandbox approves this card after three.
-    let node = souk_testkit::SoukNode::start(
-        crate::bin(),
-        nats.url(),
-        &[("SOUK_RESERVATION_TTL", "1s"), ("SOUK_PAYMENT_TIMEOUT", "10s")],
-    )
-    .expect("node");
-    let http = Client::new();
-    crate::ready(&http, &node).await;
+    let (_nats, node, http, staff) =
+        staff_node_with(&[("SOUK_RESERVATION_TTL", "1s"), ("SOUK_PAYMENT_TIMEOUT", "10s")]).await;
     let base = node.url();
-    let staff = souk_testkit::admin_http(base).await;
     lamp_on_sale(&staff, base, base, "LAPSE-A", 5).await;
     lamp_on_sale(&staff, base, base, "LAPSE-B", 5).await;
     let c = customer(&http, base, "lapse@checkout.test").await;
