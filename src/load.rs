@@ -3,6 +3,7 @@
 //! machine.
 
 mod checkout;
+mod jetstream;
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -26,8 +27,8 @@ pub struct LoadArgs {
     /// SKUs to spread reservations over.
     #[arg(long, default_value_t = 1000)]
     pub skus: usize,
-    /// Scenarios to run, comma-separated: spread, hot, ceiling, actors, failover, browse,
-    /// checkout, checkout-hot (`--concurrency` is then the number of virtual customers).
+    /// Scenarios to run, comma-separated: spread, hot, ceiling, jetstream, actors, failover,
+    /// browse, checkout, checkout-hot (`--concurrency` is then the number of virtual customers).
     #[arg(long, default_value = "spread,hot,ceiling", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// For `actors`: how many stock items to make resident.
@@ -42,6 +43,14 @@ pub struct LoadArgs {
     /// Its password.
     #[arg(long, env = "SOUK_LOAD_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// For `jetstream`: the URL of the node's nats-server (a local one's is in
+    /// `<data dir>/nats-url`).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// For `jetstream`: scratch streams to spread the appends over (each stream's writes are
+    /// fsynced one after another; separate streams' are not).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     /// For `browse`: the size of the catalog to import (the demo generator's first N products)
     /// before measuring. Importing again is harmless: it is idempotent by SKU.
     #[arg(long, default_value_t = 10_000)]
@@ -67,7 +76,9 @@ struct Summary {
 /// Runs the chosen scenarios and prints one JSON summary per scenario on stdout.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let (Some(email), Some(password)) = (&args.email, &args.password) {
+    // `jetstream` alone talks to nats-server, not to a node.
+    let needs_node = args.scenarios.iter().any(|s| s != "jetstream");
+    if let (true, Some(email), Some(password)) = (needs_node, &args.email, &args.password) {
         let token = login(&args.target, email, password).await?;
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
     }
@@ -82,13 +93,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             "spread" => {
                 let skus: Vec<String> = (0..args.skus).map(|i| format!("LOAD-{run_id}-{i}")).collect();
                 restock(&client, &args.target, &skus, 1_000_000).await?;
-                drive(&client, &args, "spread", reservations(&args.target, &skus, &run_id, "spread")).await
+                drive(&args, "spread", http(&client, reservations(&args.target, &skus, &run_id, "spread")))
+                    .await
             }
             "hot" => {
                 let skus = vec![format!("HOT-{run_id}")];
                 restock(&client, &args.target, &skus, 1_000_000).await?;
                 let mut s =
-                    drive(&client, &args, "hot", reservations(&args.target, &skus, &run_id, "hot")).await;
+                    drive(&args, "hot", http(&client, reservations(&args.target, &skus, &run_id, "hot")))
+                        .await;
                 s.oversold = Some(oversold(&client, &args.target, &skus[0], s.succeeded).await?);
                 s
             }
@@ -96,12 +109,18 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let base = bare_server().await?;
                 let skus: Vec<String> = (0..args.skus).map(|i| format!("BARE-{i}")).collect();
                 drive(
-                    &client,
                     &args,
                     "ceiling (bare axum handler)",
-                    reservations(&base, &skus, &run_id, "ceiling"),
+                    http(&client, reservations(&base, &skus, &run_id, "ceiling")),
                 )
                 .await
+            }
+            "jetstream" => {
+                let url = args
+                    .nats
+                    .as_deref()
+                    .context("--nats, the node's nats-server, is needed for `jetstream`")?;
+                jetstream::run(url, &args, &run_id).await?
             }
             "actors" => {
                 let pid = args.pid.context("--pid of the node is needed for `actors`")?;
@@ -125,7 +144,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 continue;
             }
             other => bail!(
-                "unknown scenario {other}; use spread, hot, ceiling, actors, failover, browse, checkout or checkout-hot"
+                "unknown scenario {other}; use spread, hot, ceiling, jetstream, actors, failover, browse, checkout or checkout-hot"
             ),
         };
         println!("{}", serde_json::to_string(&summary)?);
@@ -189,9 +208,9 @@ async fn browse(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<Vec
     let bare = bare_server().await?;
     let ceiling: MakeRequest = Arc::new(move |c, _, n| c.get(format!("{bare}/v1/products/p-{}", n % 1000)));
     Ok(vec![
-        drive(&shopper, args, "browse: product page", detail).await,
-        drive(&shopper, args, "browse: search", search).await,
-        drive(&shopper, args, "ceiling (bare axum GET)", ceiling).await,
+        drive(args, "browse: product page", http(&shopper, detail)).await,
+        drive(args, "browse: search", http(&shopper, search)).await,
+        drive(args, "ceiling (bare axum GET)", http(&shopper, ceiling)).await,
     ])
 }
 
@@ -300,8 +319,36 @@ async fn restock(client: &reqwest::Client, base: &str, skus: &[String], qty: u32
     results.into_iter().collect()
 }
 
+/// What one operation of the generator came to.
+enum Outcome {
+    /// Done (HTTP 2xx, or an acknowledged append).
+    Ok,
+    /// Refused as the scenario expects some to be (HTTP 409: no stock left).
+    Rejected,
+    /// Anything else.
+    Error,
+}
+
+/// Starts the `n`-th operation of worker `w`.
+type Operation = Arc<dyn Fn(usize, usize) -> futures::future::BoxFuture<'static, Outcome> + Send + Sync>;
+
 /// Builds the `n`-th request of worker `w`.
 type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// The requests `make` builds, sent with `client`, as operations.
+fn http(client: &reqwest::Client, make: MakeRequest) -> Operation {
+    let client = client.clone();
+    Arc::new(move |w, n| {
+        let request = make(&client, w, n);
+        Box::pin(async move {
+            match request.send().await.map(|r| r.status().as_u16()) {
+                Ok(200..=299) => Outcome::Ok,
+                Ok(409) => Outcome::Rejected,
+                _ => Outcome::Error,
+            }
+        })
+    })
+}
 
 /// Reservations of one unit on `skus` at `base`, each with a fresh reservation id.
 fn reservations(base: &str, skus: &[String], run_id: &str, name: &str) -> MakeRequest {
@@ -314,27 +361,27 @@ fn reservations(base: &str, skus: &[String], run_id: &str, name: &str) -> MakeRe
     })
 }
 
-async fn drive(client: &reqwest::Client, args: &LoadArgs, name: &str, make: MakeRequest) -> Summary {
+/// Runs `op` from `args.concurrency` workers, each one operation at a time, for `args.duration`.
+async fn drive(args: &LoadArgs, name: &str, op: Operation) -> Summary {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (client, stop, done, make) = (client.clone(), stop.clone(), done.clone(), make.clone());
+        let (stop, done, op) = (stop.clone(), done.clone(), op.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let (mut ok, mut rejected, mut errors) = (0u64, 0u64, 0u64);
             let mut n: usize = 0;
             while !stop.load(Ordering::Relaxed) {
-                let request = make(&client, w, n);
-                n += 1;
                 let t = Instant::now();
-                let res = request.send().await;
+                let outcome = op(w, n).await;
+                n += 1;
                 lat.push(t.elapsed().as_micros() as u32);
-                match res.map(|r| r.status().as_u16()) {
-                    Ok(200..=299) => ok += 1,
-                    Ok(409) => rejected += 1,
-                    _ => errors += 1,
+                match outcome {
+                    Outcome::Ok => ok += 1,
+                    Outcome::Rejected => rejected += 1,
+                    Outcome::Error => errors += 1,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }

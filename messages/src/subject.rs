@@ -205,6 +205,17 @@ impl Subjects {
         "souk.log.>"
     }
 
+    /// The `n`-th subject of `souk load`'s bare JetStream probe run `run`, in its scratch
+    /// stream `stream`: `souk.load.<run>.<stream>.<n>`.
+    pub fn load_probe(self, run: &str, stream: usize, n: usize) -> String {
+        format!("souk.load.{run}.{stream}.{n}")
+    }
+
+    /// Every subject of scratch stream `stream` of the probe run `run`: `souk.load.<run>.<stream>.>`.
+    pub fn load_probe_stream(self, run: &str, stream: usize) -> String {
+        format!("souk.load.{run}.{stream}.>")
+    }
+
     /// The entity id in an event subject, if `subject` is one of `kind`'s.
     pub fn entity_id_of(self, kind: EntityKind, subject: &str) -> Option<String> {
         let rest = subject.strip_prefix("souk.evt.")?;
