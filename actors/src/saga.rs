@@ -216,6 +216,14 @@ impl Saga {
             }
             last = Some(order.version);
             next = self.step_on(&order, called_at).await?;
+            if next.is_none() {
+                // Nothing to do: the order is at rest. A later change that calls for work
+                // comes as an event of its own, so reading the order again would tell nothing.
+                if first == Some(true) && !checking_out {
+                    self.metrics.saga_ended(outcome(&order), started.elapsed());
+                }
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -355,7 +363,7 @@ impl Saga {
         };
         let key = format!("{}-capture", order.id);
         match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
-            Ok(()) => Ok(Some(self.order(&order.id, OrderCommand::RecordPaid { payment }).await?)),
+            Ok(()) => self.sell(order, payment).await,
             Err(PaymentError::Unavailable(_)) => {
                 Ok(Some(self.order(&order.id, OrderCommand::RecordAuthorized { payment }).await?))
             }
@@ -364,6 +372,20 @@ impl Saga {
                 self.cancel(order, Self::declined(&e), 0).await
             }
         }
+    }
+
+    /// Sells the held stock of an order just paid and records payment and sale in one commit.
+    /// A line whose hold lapsed meanwhile leaves the order paid: the commit step then finds
+    /// the lapse again and gives the money back.
+    async fn sell(&self, order: &OrderView, payment: String) -> Result<Next, StepError> {
+        let reservation = Self::reservation(&order.id);
+        let outcomes =
+            self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await;
+        let record = match Self::rejection(outcomes)? {
+            None => OrderCommand::RecordSold { payment },
+            Some(_) => OrderCommand::RecordPaid { payment },
+        };
+        Ok(Some(self.order(&order.id, record).await?))
     }
 
     /// Authorises the order's total under its one authorisation key, so asking again answers

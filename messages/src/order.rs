@@ -211,6 +211,12 @@ pub enum OrderCommand {
     },
     /// The reservations are committed: the order is confirmed.
     Confirm,
+    /// The payment was authorised under this reference and captured, and every line's stock
+    /// committed, in one step: the order is paid and confirmed in one commit.
+    RecordSold {
+        /// The provider's payment reference.
+        payment: String,
+    },
     /// Everything done so far is compensated: the order ends cancelled.
     Cancel {
         /// Why.
@@ -581,6 +587,19 @@ impl Entity for OrderState {
                 (S::Pending | S::Reserved | S::Cancelled, _) => return Err(conflict(status, "be paid")),
                 _ => Vec::new(),
             },
+            OrderCommand::RecordSold { payment } => match (status, &self.payment) {
+                (S::Reserved, None) => vec![
+                    OrderEvent::PaymentAuthorized { payment: payment.clone() },
+                    OrderEvent::Paid {},
+                    OrderEvent::Confirmed {},
+                ],
+                (S::Reserved, Some(p)) if p == payment => vec![OrderEvent::Paid {}, OrderEvent::Confirmed {}],
+                (S::Paid, Some(p)) if p == payment => vec![OrderEvent::Confirmed {}],
+                (S::Pending | S::Reserved | S::Paid | S::Cancelled, _) => {
+                    return Err(conflict(status, "be paid and confirmed"));
+                }
+                _ => Vec::new(),
+            },
             OrderCommand::Confirm => match status {
                 S::Paid => vec![OrderEvent::Confirmed {}],
                 S::Pending | S::Reserved | S::Cancelled => return Err(conflict(status, "be confirmed")),
@@ -714,5 +733,78 @@ impl OrderView {
         self.payment_method = None;
         self.payment = None;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::product::Currency;
+
+    fn reserved() -> OrderState {
+        let eur = Currency::parse("EUR").expect("currency");
+        let placement = Placement {
+            customer: UserId::generate(),
+            lines: vec![OrderLine {
+                sku: Sku::parse("A-1").expect("sku"),
+                product: ProductId::generate(),
+                title: "A".into(),
+                quantity: 1,
+                unit_price: Money::new(500, eur).expect("money"),
+            }],
+            shipping_address: Address {
+                name: "N".into(),
+                line1: "1 Way".into(),
+                line2: None,
+                city: "C".into(),
+                postal_code: "1".into(),
+                country: "DE".into(),
+            },
+            payment_method: "pm_card_visa".into(),
+            total: 500,
+            currency: eur,
+        };
+        let mut order = OrderState::default();
+        order.apply(&OrderEvent::Placed { placement: Box::new(placement) });
+        order.apply(&OrderEvent::Reserved {});
+        order
+    }
+
+    fn run(order: &mut OrderState, cmd: &OrderCommand) -> Result<Vec<OrderEvent>, ReplyError> {
+        let events = order.decide(&OrderId::generate(), cmd, OffsetDateTime::now_utc())?;
+        for e in &events {
+            order.apply(e);
+        }
+        Ok(events)
+    }
+
+    fn sold(payment: &str) -> OrderCommand {
+        OrderCommand::RecordSold { payment: payment.into() }
+    }
+
+    #[test]
+    fn a_sale_records_payment_and_confirmation_in_one_commit_once() {
+        let mut order = reserved();
+        let events = run(&mut order, &sold("pay_1")).expect("sold");
+        let types: Vec<_> = events.iter().map(OrderEvent::type_name).collect();
+        assert_eq!(types, ["order.payment_authorized", "order.paid", "order.confirmed"]);
+        assert_eq!(order.status, Some(OrderStatus::Confirmed));
+        // The step run again after a lost answer changes nothing.
+        assert!(run(&mut order, &sold("pay_1")).expect("repeat").is_empty());
+    }
+
+    #[test]
+    fn a_sale_finishes_a_payment_already_recorded_and_refuses_another_payment() {
+        let mut paid = reserved();
+        run(&mut paid, &OrderCommand::RecordPaid { payment: "pay_1".into() }).expect("paid");
+        let events = run(&mut paid, &sold("pay_1")).expect("sold");
+        assert_eq!(events.iter().map(OrderEvent::type_name).collect::<Vec<_>>(), ["order.confirmed"]);
+
+        let mut authorized = reserved();
+        run(&mut authorized, &OrderCommand::RecordAuthorized { payment: "pay_1".into() })
+            .expect("authorized");
+        let other = run(&mut authorized, &sold("pay_2")).expect_err("another payment");
+        assert_eq!(other.code, ErrorCode::OrderConflict);
+        assert_eq!(authorized.status, Some(OrderStatus::Reserved));
     }
 }
