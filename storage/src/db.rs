@@ -126,6 +126,16 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS logs_text ON logs FIELDS text FULLTEXT ANALYZER log_words BM25;
     ",
     ),
+    (
+        8,
+        // Staff lists filtered by status, and the delivery log, read newest first through an
+        // index up to the page size instead of sorting every row.
+        r"
+    DEFINE INDEX IF NOT EXISTS orders_status_placed ON orders FIELDS status, placed_ns;
+    DEFINE INDEX IF NOT EXISTS notifications_created ON notifications FIELDS created_ns;
+    DEFINE INDEX IF NOT EXISTS notifications_status_created ON notifications FIELDS status, created_ns;
+    ",
+    ),
 ];
 
 /// Who writes a projection's rows, which decides how much each write must guard.

@@ -223,21 +223,24 @@ impl NotificationRepo {
             None => (i64::MAX, String::new()),
         };
         let value = |v: Option<serde_json::Value>| v.unwrap_or(json!(""));
-        // An order's or a recipient's deliveries are read through their index.
+        // An order's or a recipient's deliveries are read through their index and sorted.
+        // Otherwise the log is read backwards through the creation-time index (with a status,
+        // the status one), up to the page size, which SurrealDB does only when the order is by
+        // `created_ns` alone; that index keeps deliveries created in the same nanosecond in
+        // record-id, that is delivery-id, order, so the cursor's tie-break still holds.
+        let to = q.to.as_deref().is_some_and(|t| !t.is_empty());
         let conditions = crate::db::given(&[
-            (q.to.as_deref().is_some_and(|t| !t.is_empty()), "`to` = $to"),
+            (to, "`to` = $to"),
             (q.order.is_some(), "`order` = $order"),
             (q.channel.is_some(), "channel = $channel"),
             (q.status.is_some(), "status = $status"),
-            (
-                !after_id.is_empty(),
-                "(created_ns < $after_at OR (created_ns = $after_at AND nid < $after_id))",
-            ),
+            (!after_id.is_empty(), "created_ns <= $after_at AND (created_ns < $after_at OR nid < $after_id)"),
         ]);
+        let order = if to || q.order.is_some() { "created_ns DESC, nid DESC" } else { "created_ns DESC" };
         let mut res = self
             .db
             .query(format!(
-                "SELECT * OMIT id FROM notifications WHERE {conditions} ORDER BY created_ns DESC, nid DESC LIMIT $limit"
+                "SELECT * OMIT id FROM notifications WHERE {conditions} ORDER BY {order} LIMIT $limit"
             ))
             .bind(json!({
                 "to": q.to.as_deref().unwrap_or(""),

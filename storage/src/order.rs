@@ -124,10 +124,10 @@ impl OrderRepo {
             None => (i64::MAX, String::new()),
         };
         // A customer's page is read through the customer index and sorted. Every order is read
-        // backwards through the placement-time index, up to the page size, which SurrealDB
-        // does only when the order is by `placed_ns` alone (a tie-break sorts the whole
-        // table); that index keeps orders placed in the same nanosecond in record-id, that
-        // is order-id, order, so the cursor's tie-break still holds.
+        // backwards through the placement-time index (with a status, the status one), up to
+        // the page size, which SurrealDB does only when the order is by `placed_ns` alone (a
+        // tie-break sorts the whole table); that index keeps orders placed in the same
+        // nanosecond in record-id, that is order-id, order, so the cursor's tie-break holds.
         let conditions = crate::db::given(&[
             (q.customer.is_some(), "customer = $customer"),
             (q.status.is_some(), "status = $status"),

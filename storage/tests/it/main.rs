@@ -171,11 +171,21 @@ mod notifications {
     use souk_storage::{DeliveryQuery, NotificationEvents};
 
     fn attempt(id: &NotificationId, n: u64, to: &str, outcome: Outcome) -> Event<NotificationEvent> {
+        attempt_at(id, n, to, outcome, time::OffsetDateTime::now_utc())
+    }
+
+    fn attempt_at(
+        id: &NotificationId,
+        n: u64,
+        to: &str,
+        outcome: Outcome,
+        at: time::OffsetDateTime,
+    ) -> Event<NotificationEvent> {
         Event {
             event_id: uuid::Uuid::now_v7(),
             id: id.to_string(),
             version: n,
-            time: time::OffsetDateTime::now_utc(),
+            time: at,
             correlation_id: None,
             body: NotificationEvent::Attempted {
                 channel: Channel::Email,
@@ -229,6 +239,56 @@ mod notifications {
         assert_eq!(repo.list(&q(None, Some(Outcome::Sent))).await.expect("list").items.len(), 2);
         assert_eq!(repo.list(&q(None, Some(Outcome::Failed))).await.expect("list").items.len(), 0);
         assert_eq!(repo.checkpoint().await.expect("checkpoint"), 3);
+    }
+
+    #[tokio::test]
+    async fn the_log_pages_newest_first_and_deliveries_made_in_the_same_nanosecond_come_once_each() {
+        let repo = super::read_models().await.notifications;
+        let t = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+        let id = |to: &str| NotificationId::of(&uuid::Uuid::new_v4(), Channel::Email, to);
+        let mut tied: Vec<NotificationId> = (0..3).map(|i| id(&format!("t{i}@x.test"))).collect();
+        let (older, newer) = (id("old@x.test"), id("new@x.test"));
+        let mut batch: Vec<NotificationEvents> = tied
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NotificationEvents {
+                id: n.clone(),
+                events: vec![(i as u64 + 1, attempt_at(n, 1, &format!("t{i}@x.test"), Outcome::Sent, t))],
+            })
+            .collect();
+        let nanosecond = time::Duration::nanoseconds(1);
+        for (seq, n, to, at) in
+            [(4, &older, "old@x.test", t - nanosecond), (5, &newer, "new@x.test", t + nanosecond)]
+        {
+            batch.push(NotificationEvents {
+                id: n.clone(),
+                events: vec![(seq, attempt_at(n, 1, to, Outcome::Sent, at))],
+            });
+        }
+        repo.apply(&batch, 5).await.expect("apply");
+
+        tied.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut expected = vec![newer.to_string()];
+        expected.extend(tied.iter().rev().map(ToString::to_string));
+        expected.push(older.to_string());
+        let pages = |status: Option<Outcome>| {
+            let repo = &repo;
+            async move {
+                let (mut seen, mut after) = (Vec::new(), None);
+                loop {
+                    let q = DeliveryQuery { status, after, limit: 1, ..DeliveryQuery::default() };
+                    let page = repo.list(&q).await.expect("list");
+                    seen.extend(page.items.iter().map(|d| d.id.to_string()));
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => return seen,
+                    }
+                }
+            }
+        };
+        assert_eq!(pages(None).await, expected, "newest first, ties by id descending");
+        assert_eq!(pages(Some(Outcome::Sent)).await, expected, "the same through the status index");
+        assert!(pages(Some(Outcome::Failed)).await.is_empty());
     }
 }
 
@@ -423,7 +483,7 @@ mod orders {
     use super::read_models;
     use souk_messages::UserId;
     use souk_messages::event::Event;
-    use souk_messages::order::{Address, OrderEvent, OrderId, Placement};
+    use souk_messages::order::{Address, OrderEvent, OrderId, OrderStatus, Placement};
     use souk_messages::product::Currency;
     use souk_storage::{OrderEvents, OrderQuery};
 
@@ -448,11 +508,15 @@ mod orders {
     }
 
     /// Every page of `q`, following `next`, as order ids.
-    async fn pages(repo: &souk_storage::OrderRepo, customer: Option<UserId>) -> Vec<String> {
+    async fn pages(
+        repo: &souk_storage::OrderRepo,
+        customer: Option<UserId>,
+        status: Option<OrderStatus>,
+    ) -> Vec<String> {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let q = OrderQuery { customer: customer.clone(), status: None, after, limit: 1 };
+            let q = OrderQuery { customer: customer.clone(), status, after, limit: 1 };
             let page = repo.list(&q).await.expect("list");
             seen.extend(page.items.iter().map(|o| o.id.to_string()));
             match page.next {
@@ -479,9 +543,12 @@ mod orders {
         let mut expected = vec![newer.to_string()];
         expected.extend(tied.iter().rev().map(ToString::to_string));
         expected.push(older.to_string());
-        let all = pages(&repo, None).await;
+        let all = pages(&repo, None, None).await;
         assert_eq!(all.len(), 6, "{all:?}");
         assert_eq!(all[..5], expected[..], "every order, newest first, ties by id descending");
-        assert_eq!(pages(&repo, Some(customer)).await, expected, "the customer's own, the same way");
+        assert_eq!(pages(&repo, Some(customer), None).await, expected, "the customer's own, the same way");
+        let pending = pages(&repo, None, Some(OrderStatus::Pending)).await;
+        assert_eq!(pending, all, "every order is pending; read through the status index");
+        assert!(pages(&repo, None, Some(OrderStatus::Confirmed)).await.is_empty());
     }
 }
