@@ -18,14 +18,18 @@ pub(super) async fn run(url: &str, args: &LoadArgs, run_id: &str) -> anyhow::Res
     let names: Vec<String> =
         (0..streams).map(|i| format!("SOUK_LOAD_{}_{i}", run_id.to_uppercase())).collect();
     for (i, name) in names.iter().enumerate() {
-        js.create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![Subjects.load_probe_stream(run_id, i)],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .context("creating a scratch stream")?;
+        let created = js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![Subjects.load_probe_stream(run_id, i)],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await;
+        if let Err(e) = created {
+            remove(&js, &names[..i]).await;
+            return Err(e).context("creating a scratch stream");
+        }
     }
     // Each worker has its own subjects, so no append waits for another's and none conflicts.
     let per_worker = (args.skus / args.concurrency.max(1)).max(1);
@@ -61,8 +65,13 @@ pub(super) async fn run(url: &str, args: &LoadArgs, run_id: &str) -> anyhow::Res
         }),
     )
     .await;
-    for name in &names {
+    remove(&js, &names).await;
+    Ok(summary)
+}
+
+/// Deletes the scratch streams `names`; one already gone is no matter.
+async fn remove(js: &jetstream::Context, names: &[String]) {
+    for name in names {
         let _ = js.delete_stream(name).await;
     }
-    Ok(summary)
 }
