@@ -12,7 +12,7 @@
 use crate::metrics::ActorMetrics;
 use crate::payments::{PaymentError, PaymentGateway};
 use async_nats::jetstream::AckKind;
-use souk_messages::event::Commit;
+use souk_messages::event::commit_types;
 use souk_messages::order::{
     CancelReason, OrderCommand, OrderEvent, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView,
 };
@@ -103,17 +103,10 @@ async fn drive(jet: &Jet, saga: &Saga, mut stop: watch::Receiver<bool>) -> Resul
             continue;
         };
         // The driver runs an order's steps back to back from the event that calls for work;
-        // the events those steps record need nothing more.
-        let calls_for_work = serde_json::from_slice::<Commit<OrderEvent>>(&msg.payload).map_or(true, |c| {
-            c.iter().any(|e| {
-                matches!(
-                    e.body,
-                    OrderEvent::Placed { .. }
-                        | OrderEvent::CancelRequested { .. }
-                        | OrderEvent::RefundRequested { .. }
-                )
-            })
-        });
+        // the events those steps record need nothing more. An unreadable commit runs them
+        // too: the steps read the order for themselves.
+        let calls_for_work = commit_types(&msg.payload)
+            .is_none_or(|types| types.iter().any(|t| OrderEvent::CALLS_FOR_WORK.contains(&t.as_ref())));
         if !calls_for_work {
             msg.ack().await?;
             continue;

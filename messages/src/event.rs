@@ -28,6 +28,18 @@ pub struct Event<E> {
     pub body: E,
 }
 
+/// The `type` of each event in a stored commit, read without decoding the rest of it; `None`
+/// when the payload is not a commit. For consumers that act on a few types and skip the rest.
+pub fn commit_types(payload: &[u8]) -> Option<Vec<std::borrow::Cow<'_, str>>> {
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        name: std::borrow::Cow<'a, str>,
+    }
+    let typed: Vec<Typed<'_>> = serde_json::from_slice(payload).ok()?;
+    Some(typed.into_iter().map(|t| t.name).collect())
+}
+
 /// What one JetStream message on an entity's subject carries: the events of one append,
 /// applied atomically and in order. Usually one event; a busy entity commits several at once.
 pub type Commit<E> = Vec<Event<E>>;

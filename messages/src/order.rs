@@ -364,20 +364,25 @@ impl OrderEvent {
         }
     }
 
+    /// The wire `type`s of the events that call for the checkout saga's work: a placement,
+    /// and a cancellation or refund asked for.
+    pub const CALLS_FOR_WORK: [&'static str; 3] =
+        ["order.placed", "order.cancel_requested", "order.refund_requested"];
+
     /// The event's `type` on the wire.
     pub const fn type_name(&self) -> &'static str {
         match self {
-            Self::Placed { .. } => "order.placed",
+            Self::Placed { .. } => Self::CALLS_FOR_WORK[0],
             Self::Reserved {} => "order.reserved",
             Self::PaymentAuthorized { .. } => "order.payment_authorized",
             Self::Paid {} => "order.paid",
             Self::Confirmed {} => "order.confirmed",
             Self::Cancelled { .. } => "order.cancelled",
             Self::PaymentVoided { .. } => "order.payment_voided",
-            Self::CancelRequested { .. } => "order.cancel_requested",
+            Self::CancelRequested { .. } => Self::CALLS_FOR_WORK[1],
             Self::Shipped { .. } => "order.shipped",
             Self::Delivered {} => "order.delivered",
-            Self::RefundRequested { .. } => "order.refund_requested",
+            Self::RefundRequested { .. } => Self::CALLS_FOR_WORK[2],
             Self::Refunded { .. } => "order.refunded",
         }
     }
@@ -780,6 +785,28 @@ mod tests {
 
     fn sold(payment: &str) -> OrderCommand {
         OrderCommand::RecordSold { payment: payment.into() }
+    }
+
+    #[test]
+    fn commit_types_are_read_alone_and_only_placements_and_requests_call_for_work() {
+        let event = |body| crate::event::Event {
+            event_id: uuid::Uuid::nil(),
+            id: "o".into(),
+            version: 1,
+            time: OffsetDateTime::UNIX_EPOCH,
+            correlation_id: None,
+            body,
+        };
+        let commit = vec![
+            event(OrderEvent::Reserved {}),
+            event(OrderEvent::CancelRequested { reason: CancelReason::CustomerRequest }),
+        ];
+        let payload = serde_json::to_vec(&commit).expect("encode");
+        let types = crate::event::commit_types(&payload).expect("a commit");
+        assert_eq!(types, ["order.reserved", "order.cancel_requested"]);
+        assert!(!OrderEvent::CALLS_FOR_WORK.contains(&types[0].as_ref()));
+        assert!(OrderEvent::CALLS_FOR_WORK.contains(&types[1].as_ref()));
+        assert!(crate::event::commit_types(b"not a commit").is_none());
     }
 
     #[test]

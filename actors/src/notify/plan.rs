@@ -95,13 +95,6 @@ async fn drive(
     }
 }
 
-/// An event's `type`, read without decoding the rest of it.
-#[derive(serde::Deserialize)]
-struct EventType<'a> {
-    #[serde(rename = "type", borrow)]
-    name: std::borrow::Cow<'a, str>,
-}
-
 impl Planner {
     /// Plans the notifications of one commit. `news` says which event types `plan` can turn
     /// into messages: a commit with none of those and none an endpoint wants is acknowledged
@@ -117,11 +110,11 @@ impl Planner {
         F: Fn(Event<E>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Notification>, PlanError>>,
     {
-        let Ok(types) = serde_json::from_slice::<Vec<EventType<'_>>>(payload) else {
+        let Some(types) = souk_messages::event::commit_types(payload) else {
             tracing::error!("not planning an unreadable commit");
             return Ok(());
         };
-        if !types.iter().any(|t| news(&t.name) || self.endpoints.any_wants(&t.name)) {
+        if !types.iter().any(|t| news(t) || self.endpoints.any_wants(t)) {
             return Ok(());
         }
         // Commits of event types this release does not know are not for it to announce.
