@@ -9,6 +9,12 @@ use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http, souk_comm
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// How long stock may take to follow a catalog change. It follows through a shared consumer;
+/// a follower restarted while it held the product's event (a missed heartbeat on a loaded
+/// machine) gets it back only after the consumer's 10 s ack wait, so this allows for one
+/// redelivery.
+const FOLLOWS_WITHIN: Duration = Duration::from_secs(30);
+
 /// A ready node on its own nats-server, a plain client, and a client signed in as admin.
 pub(crate) async fn staff_node() -> (NatsServer, SoukNode, Client, Client) {
     staff_node_with(&[]).await
@@ -346,7 +352,7 @@ async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
         .push(json!({"sku": "TEE-L", "price": {"amount": 1500, "currency": "EUR"}}));
     let created = body(create(&staff, base, &shirt).await, StatusCode::CREATED).await;
     let id = created["id"].as_str().expect("id").to_owned();
-    let item = eventually("the stock item to follow the variant", Duration::from_secs(10), || async {
+    let item = eventually("the stock item to follow the variant", FOLLOWS_WITHIN, || async {
         let r = staff.get(format!("{base}/v1/inventory/TEE-M")).send().await.ok()?;
         (r.status() == StatusCode::OK).then_some(())?;
         r.json::<Value>().await.ok()
@@ -443,12 +449,11 @@ async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
         .send()
         .await;
     assert_eq!(r.expect("put").status(), StatusCode::OK);
-    let refused =
-        eventually("the removed variant's stock to be retired", Duration::from_secs(10), || async {
-            let r = reserve("late", 1).await.ok()?;
-            (r.status() == StatusCode::CONFLICT).then_some(r)
-        })
-        .await;
+    let refused = eventually("the removed variant's stock to be retired", FOLLOWS_WITHIN, || async {
+        let r = reserve("late", 1).await.ok()?;
+        (r.status() == StatusCode::CONFLICT).then_some(r)
+    })
+    .await;
     assert_eq!(body(refused, StatusCode::CONFLICT).await["code"], "sku_retired");
     // Reservations made before still settle.
     let r =
