@@ -200,18 +200,16 @@ impl Saga {
             let checking_out =
                 matches!(order.status, OrderStatus::Pending | OrderStatus::Reserved | OrderStatus::Paid);
             first.get_or_insert(checking_out);
-            if last == Some(order.version) {
+            // At rest: the last step changed nothing, or there is nothing to do. A later
+            // change that calls for work comes as an event of its own, so reading the order
+            // again would tell nothing.
+            let at_rest = last == Some(order.version) || {
+                last = Some(order.version);
+                next = self.step_on(&order, called_at).await?;
+                next.is_none()
+            };
+            if at_rest {
                 // A checkout this run drove to its end.
-                if first == Some(true) && !checking_out {
-                    self.metrics.saga_ended(outcome(&order), started.elapsed());
-                }
-                return Ok(());
-            }
-            last = Some(order.version);
-            next = self.step_on(&order, called_at).await?;
-            if next.is_none() {
-                // Nothing to do: the order is at rest. A later change that calls for work
-                // comes as an event of its own, so reading the order again would tell nothing.
                 if first == Some(true) && !checking_out {
                     self.metrics.saga_ended(outcome(&order), started.elapsed());
                 }
@@ -367,14 +365,17 @@ impl Saga {
         }
     }
 
+    /// Commits every line's held stock; a repeated commit answers Ok.
+    async fn commit_lines(&self, order: &OrderView) -> Vec<(Sku, Result<(), BusError>)> {
+        let reservation = Self::reservation(&order.id);
+        self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await
+    }
+
     /// Sells the held stock of an order just paid and records payment and sale in one commit.
     /// A line whose hold lapsed meanwhile leaves the order paid: the commit step then finds
     /// the lapse again and gives the money back.
     async fn sell(&self, order: &OrderView, payment: String) -> Result<Next, StepError> {
-        let reservation = Self::reservation(&order.id);
-        let outcomes =
-            self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await;
-        let record = match Self::rejection(outcomes)? {
+        let record = match Self::rejection(self.commit_lines(order).await)? {
             None => OrderCommand::RecordSold { payment },
             Some(_) => OrderCommand::RecordPaid { payment },
         };
@@ -412,8 +413,7 @@ impl Saga {
     /// Sells the held stock; if it lapsed meanwhile, the money goes back.
     async fn commit(&self, order: &OrderView) -> Result<Next, StepError> {
         let reservation = Self::reservation(&order.id);
-        let outcomes =
-            self.each_line(order, |_| Ok(StockCommand::Commit { reservation: reservation.clone() })).await;
+        let outcomes = self.commit_lines(order).await;
         // The lines sold (now, or by an earlier run of this step): a repeated commit answers Ok.
         let mut sold = order.clone();
         sold.lines.retain(|line| outcomes.iter().any(|(sku, r)| *sku == line.sku && r.is_ok()));

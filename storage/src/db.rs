@@ -192,6 +192,15 @@ pub(crate) async fn rows_by_id<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// The `<time_ns>|<id>` cursor of a newest-first list: the time and id to continue after.
+/// No cursor (or an unreadable one) starts at the newest.
+pub(crate) fn time_cursor(after: Option<&str>) -> (i64, String) {
+    match after.and_then(|a| a.rsplit_once('|')) {
+        Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
+        None => (i64::MAX, String::new()),
+    }
+}
+
 /// The conditions whose filter was given, joined with `AND` (`true` when none), for a
 /// `WHERE` clause. A filter left out as `($x = '' OR field = $x)` keeps SurrealDB from using
 /// any index for the query, so it scans the whole table.

@@ -218,10 +218,7 @@ impl NotificationRepo {
 
     /// A page of deliveries, newest first. Cursors are `<created_ns>|<id>`.
     pub async fn list(&self, q: &DeliveryQuery) -> Result<DeliveryPage, StorageError> {
-        let (after_at, after_id) = match q.after.as_deref().and_then(|a| a.rsplit_once('|')) {
-            Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
-            None => (i64::MAX, String::new()),
-        };
+        let (after_at, after_id) = crate::db::time_cursor(q.after.as_deref());
         let value = |v: Option<serde_json::Value>| v.unwrap_or(json!(""));
         // An order's or a recipient's deliveries are read through their index and sorted.
         // Otherwise the log is read backwards through the creation-time index (with a status,
