@@ -46,6 +46,8 @@ enum Command {
     },
     /// Print the AsyncAPI document of every subject Souk publishes or serves (YAML).
     Asyncapi,
+    /// Print the OpenAPI document of the HTTP API (JSON), as a node serves it at `/openapi.json`.
+    Openapi,
     /// Follow the logs of every node of a running cluster.
     Logs {
         #[command(subcommand)]
@@ -182,6 +184,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Asyncapi => {
             print!("{}", souk::asyncapi::yaml());
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&souk_api::openapi())?);
             Ok(())
         }
         Command::Logs { command: LogsCommand::Tail { level, node, request_id, grep } } => {

@@ -39,6 +39,10 @@ pub enum ApiError {
     /// 400: a path segment could not be read.
     #[error(transparent)]
     Path(#[from] PathRejection),
+    /// 400 (426 on a connection that cannot upgrade): a WebSocket route got a request that is
+    /// not a WebSocket handshake.
+    #[error(transparent)]
+    Upgrade(#[from] axum::extract::ws::rejection::WebSocketUpgradeRejection),
     /// 503, 504 or 500 from the bus.
     #[error(transparent)]
     Bus(BusError),
@@ -90,6 +94,7 @@ impl ApiError {
             }
             Self::Query(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
             Self::Path(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
+            Self::Upgrade(r) => (r.status(), ErrorCode::InvalidInput, Some(r.body_text())),
             Self::Bus(BusError::NoResponders(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, None)
             }

@@ -174,10 +174,23 @@ pub struct App {
         routes::webhooks::rotate,
         routes::logs::search,
     ),
-    components(schemas(error::Problem, ErrorCode, souk_messages::Sku, souk_messages::ReservationId, souk_messages::UserId)),
-    modifiers(&Security)
+    components(schemas(
+        error::Problem,
+        ErrorCode,
+        souk_messages::Sku,
+        souk_messages::ReservationId,
+        souk_messages::UserId,
+        import::Format,
+        souk_storage::catalog::Sort,
+    )),
+    modifiers(&Security, &Described, &Extensible)
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document a node serves at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// Adds the bearer scheme, and gives every operation the security its route's access level
 /// demands (none for public routes), with the 401/403 answers that come with it.
@@ -249,6 +262,70 @@ impl utoipa::Modify for Security {
                 add("401", "no valid bearer token (unauthorized)".to_owned());
                 if access != auth::access::Access::User {
                     add("403", format!("the caller lacks the {role} role (forbidden)"));
+                }
+            }
+        }
+    }
+}
+
+/// Gives every response the description OpenAPI requires: the status's reason phrase, where
+/// the handler's annotation names only a status and a body.
+struct Described;
+
+impl utoipa::Modify for Described {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        let operations = doc.paths.paths.values_mut().flat_map(|item| {
+            [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete]
+                .into_iter()
+                .flatten()
+        });
+        for op in operations {
+            for (status, response) in &mut op.responses.responses {
+                let RefOr::T(r) = response else { continue };
+                if r.description.is_empty() {
+                    let reason = status.parse().ok().and_then(|s| axum::http::StatusCode::from_u16(s).ok());
+                    r.description =
+                        reason.and_then(|s| s.canonical_reason()).unwrap_or("response").to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// A response that extends a request body's schema (`#[serde(flatten)]`, an `allOf`) would fail
+/// that schema's refusal of unlisted properties with its own: such a part is copied in
+/// without the refusal. The request bodies keep it (Souk refuses unknown fields).
+struct Extensible;
+
+impl utoipa::Modify for Extensible {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Object, Schema};
+        let Some(components) = doc.components.as_mut() else { return };
+        let strict: std::collections::BTreeMap<String, Object> = components
+            .schemas
+            .iter()
+            .filter_map(|(name, schema)| match schema {
+                RefOr::T(Schema::Object(o))
+                    if matches!(
+                        o.additional_properties.as_deref(),
+                        Some(AdditionalProperties::FreeForm(false))
+                    ) =>
+                {
+                    let mut open = o.clone();
+                    open.additional_properties = None;
+                    Some((name.clone(), open))
+                }
+                _ => None,
+            })
+            .collect();
+        for schema in components.schemas.values_mut() {
+            let RefOr::T(Schema::AllOf(all)) = schema else { continue };
+            for part in &mut all.items {
+                let RefOr::Ref(r) = part else { continue };
+                if let Some(open) = r.ref_location.rsplit('/').next().and_then(|name| strict.get(name)) {
+                    *part = RefOr::T(Schema::Object(open.clone()));
                 }
             }
         }

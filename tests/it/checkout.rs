@@ -533,6 +533,11 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     let (mut anon, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
     send(&mut anon, json!({"type": "auth", "token": "not a token"})).await;
     assert_eq!(next(&mut anon).await["code"], "unauthorized");
+    // A plain GET is no handshake: refused like any bad request, as problem+json.
+    let r = c.get(format!("{base}/v1/ws")).send().await.expect("plain get");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.json::<Value>().await.expect("problem")["code"], "invalid_input");
 
     // Server-Sent Events resume after Last-Event-ID.
     let r = c

@@ -12,6 +12,7 @@ mod layout;
 mod logs;
 mod monitoring;
 mod notify;
+mod openapi;
 mod payments;
 mod webhooks;
 

@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Vec<Route> {
 
 /// `GET /v1/admin/users` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only users whose email or name contains this (case-insensitive), up to 100 characters.
@@ -68,7 +69,7 @@ fn user_id(s: String) -> Result<UserId, ApiError> {
 }
 
 /// Users from the read model, by id, in pages, optionally searched by email or name.
-#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_users", path = "/v1/admin/users", tag = "admin", params(ListQuery),
     responses((status = 200, body = UserPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
 async fn list(
     State(app): State<AppState>,
@@ -88,7 +89,7 @@ async fn list(
 }
 
 /// One user, from its entity (always current).
-#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = UserId, Path, description = "User id")),
+#[utoipa::path(get, operation_id = "get_user", path = "/v1/admin/users/{id}", tag = "admin", params(("id" = UserId, Path, description = "User id")),
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 async fn get_one(
     State(app): State<AppState>,
@@ -157,6 +158,7 @@ async fn enable(
 
 /// `POST /v1/admin/import` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// `jsonl` (default) or `csv`.

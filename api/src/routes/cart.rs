@@ -121,7 +121,7 @@ async fn set(
 }
 
 /// Removes a line.
-#[utoipa::path(delete, path = "/v1/cart/items/{sku}", tag = "cart",
+#[utoipa::path(delete, operation_id = "remove_cart_line", path = "/v1/cart/items/{sku}", tag = "cart",
     params(("sku" = String, Path, description = "the line's SKU"), ("Cart-Token" = Option<String>, Header, description = "a guest's cart token")),
     responses((status = 200, body = PricedCart), (status = 404, body = Problem, description = "unknown_cart_line")))]
 async fn remove(

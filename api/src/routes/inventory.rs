@@ -53,6 +53,7 @@ pub struct ReservationView {
 
 /// `GET /v1/inventory` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only items with fewer than this many units available (low stock).
@@ -112,7 +113,7 @@ async fn send(
 }
 
 /// Stock levels of one SKU, from its owner (always current).
-#[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory",
+#[utoipa::path(get, operation_id = "get_stock_item", path = "/v1/inventory/{sku}", tag = "inventory",
     params(("sku" = Sku, Path, description = "The SKU")),
     responses((status = 200, body = StockView), (status = 404, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 async fn get_one(
@@ -191,7 +192,7 @@ async fn commit(
 
 /// Stock items from the read model, by SKU, in pages. Eventually consistent: it trails
 /// writes by the projection lag.
-#[utoipa::path(get, path = "/v1/inventory", tag = "inventory", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_stock", path = "/v1/inventory", tag = "inventory", params(ListQuery),
     responses((status = 200, body = StockPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
 async fn list(
     State(app): State<AppState>,
@@ -232,6 +233,7 @@ pub struct LowStockBody {
 
 /// `GET /v1/inventory/{sku}/history` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// The `next` cursor of the previous page.

@@ -9,6 +9,7 @@ use crate::live::{self, OrderUpdate};
 use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, Method};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -84,8 +85,11 @@ impl ServerMessage {
 /// Upgrades to the live order-status socket.
 #[utoipa::path(get, path = "/v1/ws", tag = "orders",
     responses((status = 101, description = "switching to the WebSocket protocol in docs/api/orders.md")))]
-async fn ws(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.max_message_size(16 * 1024).on_upgrade(move |socket| session(app, socket))
+async fn ws(
+    State(app): State<AppState>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    Ok(upgrade?.max_message_size(16 * 1024).on_upgrade(move |socket| session(app, socket)))
 }
 
 async fn send(socket: &mut futures::stream::SplitSink<WebSocket, Message>, msg: &ServerMessage) -> bool {

@@ -21,6 +21,7 @@ pub(crate) fn routes() -> Vec<Route> {
 
 /// `GET /v1/admin/logs` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQuery {
     /// Words the record must contain (message or fields), up to 200 characters.

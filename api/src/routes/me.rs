@@ -61,7 +61,7 @@ async fn me(State(app): State<AppState>, rid: RequestId, who: Principal) -> Resu
 }
 
 /// Changes name, phone and/or whether order updates come by text message.
-#[utoipa::path(patch, path = "/v1/me", tag = "me", request_body = ProfileBody,
+#[utoipa::path(patch, operation_id = "update_profile", path = "/v1/me", tag = "me", request_body = ProfileBody,
     responses((status = 200, body = UserView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem)))]
 async fn update(
     State(app): State<AppState>,

@@ -25,6 +25,7 @@ pub(crate) fn routes() -> Vec<Route> {
 
 /// `GET /v1/admin/notifications` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only to this address (email address or phone number, exactly).
@@ -55,7 +56,7 @@ pub struct DeliveryList {
 
 /// Every notification sent or tried, with each attempt's outcome, newest first (from the
 /// read model, a moment behind the attempts).
-#[utoipa::path(get, path = "/v1/admin/notifications", tag = "admin", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_deliveries", path = "/v1/admin/notifications", tag = "admin", params(ListQuery),
     responses((status = 200, body = DeliveryList), (status = 422, body = Problem)))]
 pub(crate) async fn list(
     State(app): State<AppState>,

@@ -9,7 +9,6 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use souk_nats::health::ReadinessReport;
-use utoipa::OpenApi as _;
 
 pub(crate) fn routes() -> Vec<Route> {
     vec![
@@ -51,12 +50,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 /// This API's OpenAPI 3.1 document.
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::ApiDoc::openapi())
+    Json(crate::openapi())
 }
 
 /// A browsable view of the OpenAPI document.
 async fn docs() -> Html<String> {
-    Html(utoipa_scalar::Scalar::new(crate::ApiDoc::openapi()).to_html())
+    Html(utoipa_scalar::Scalar::new(crate::openapi()).to_html())
 }
 
 /// The public keys that verify Souk's access tokens (RFC 7517 JWK Set).

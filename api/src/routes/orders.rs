@@ -31,6 +31,7 @@ pub(crate) fn routes() -> Vec<Route> {
 
 /// `GET /v1/orders` and `GET /v1/staff/orders` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only orders in this status.
@@ -139,7 +140,7 @@ async fn checkout(
 }
 
 /// One of the customer's orders (staff see any), current.
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "Order id")),
+#[utoipa::path(get, operation_id = "get_order", path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "Order id")),
     responses((status = 200, body = OrderView), (status = 404, body = Problem, description = "unknown_order (also another customer's)")))]
 async fn get_one(
     State(app): State<AppState>,

@@ -70,6 +70,7 @@ pub struct ProductPage {
 
 /// `GET /v1/products` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Words to find in titles and descriptions (prefixes match); up to 100 characters.
@@ -135,7 +136,7 @@ fn cached<T: Serialize>(headers: &HeaderMap, body: &T) -> Result<Response, ApiEr
 }
 
 /// The catalog, from the read model: shoppers see active products, staff see all.
-#[utoipa::path(get, path = "/v1/products", tag = "catalog", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_products", path = "/v1/products", tag = "catalog", params(ListQuery),
     responses((status = 200, body = ProductPage, headers(("ETag" = String))), (status = 304, description = "not modified (If-None-Match)"), (status = 422, body = Problem)))]
 async fn list(
     State(app): State<AppState>,
@@ -225,7 +226,7 @@ fn with_availability(product: ProductView, levels: &BTreeMap<souk_messages::Sku,
 
 /// One product by id or slug. Shoppers see it only while it is active (from the storefront);
 /// staff see it in any status, current (from the entity).
-#[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "Product id or slug")),
+#[utoipa::path(get, operation_id = "get_product", path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path, description = "Product id or slug")),
     responses((status = 200, body = CatalogProduct, headers(("ETag" = String))), (status = 304, description = "not modified (If-None-Match)"), (status = 404, body = Problem)))]
 async fn get_one(
     State(app): State<AppState>,
@@ -266,7 +267,7 @@ async fn create(
 }
 
 /// Replaces a product. `If-Match` must carry the version it was edited from.
-#[utoipa::path(put, path = "/v1/products/{id}", tag = "catalog", request_body = ProductBody,
+#[utoipa::path(put, operation_id = "update_product", path = "/v1/products/{id}", tag = "catalog", request_body = ProductBody,
     params(("id" = String, Path, description = "Product id"), ("If-Match" = String, Header, description = "the version, e.g. \"3\"")),
     responses((status = 200, body = ProductView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem, description = "version_mismatch"), (status = 428, body = Problem, description = "precondition_required")))]
 async fn update(
@@ -313,7 +314,7 @@ async fn restore(
 }
 
 /// Deletes a draft that was never on sale; its slug and SKUs become free.
-#[utoipa::path(delete, path = "/v1/products/{id}", tag = "catalog",
+#[utoipa::path(delete, operation_id = "delete_product", path = "/v1/products/{id}", tag = "catalog",
     params(("id" = String, Path, description = "Product id")),
     responses((status = 204, description = "deleted"), (status = 404, body = Problem), (status = 409, body = Problem, description = "product_conflict: not a never-sold draft")))]
 async fn remove(

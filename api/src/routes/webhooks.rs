@@ -138,7 +138,7 @@ fn secret() -> Result<String, ApiError> {
 }
 
 /// Registers an endpoint. Its secret is in this answer only.
-#[utoipa::path(post, path = "/v1/admin/webhooks", tag = "admin", request_body = RegisterBody,
+#[utoipa::path(post, operation_id = "register_webhook", path = "/v1/admin/webhooks", tag = "admin", request_body = RegisterBody,
     responses((status = 201, body = Registered), (status = 422, body = Problem, description = "invalid_input, webhook_url_not_allowed")))]
 pub(crate) async fn register(
     State(app): State<AppState>,
@@ -162,14 +162,14 @@ pub(crate) async fn register(
 }
 
 /// Every endpoint.
-#[utoipa::path(get, path = "/v1/admin/webhooks", tag = "admin", responses((status = 200, body = EndpointList)))]
+#[utoipa::path(get, operation_id = "list_webhooks", path = "/v1/admin/webhooks", tag = "admin", responses((status = 200, body = EndpointList)))]
 pub(crate) async fn list(State(app): State<AppState>) -> Result<Json<EndpointList>, ApiError> {
     let items = app.endpoints.all().await?.iter().map(EndpointView::from).collect();
     Ok(Json(EndpointList { items }))
 }
 
 /// One endpoint.
-#[utoipa::path(get, path = "/v1/admin/webhooks/{id}", tag = "admin", params(("id" = String, Path, description = "The endpoint id")),
+#[utoipa::path(get, operation_id = "get_webhook", path = "/v1/admin/webhooks/{id}", tag = "admin", params(("id" = String, Path, description = "The endpoint id")),
     responses((status = 200, body = EndpointView), (status = 404, body = Problem)))]
 pub(crate) async fn get_one(
     State(app): State<AppState>,
@@ -181,7 +181,7 @@ pub(crate) async fn get_one(
 }
 
 /// Changes an endpoint's address, event types or whether it is enabled.
-#[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", tag = "admin", request_body = UpdateBody, params(("id" = String, Path, description = "The endpoint id")),
+#[utoipa::path(patch, operation_id = "update_webhook", path = "/v1/admin/webhooks/{id}", tag = "admin", request_body = UpdateBody, params(("id" = String, Path, description = "The endpoint id")),
     responses((status = 200, body = EndpointView), (status = 404, body = Problem), (status = 412, body = Problem, description = "version_mismatch"), (status = 422, body = Problem)))]
 pub(crate) async fn update(
     State(app): State<AppState>,
@@ -232,7 +232,7 @@ pub(crate) async fn rotate(
 }
 
 /// Removes an endpoint: no further deliveries are made to it.
-#[utoipa::path(delete, path = "/v1/admin/webhooks/{id}", tag = "admin", params(("id" = String, Path, description = "The endpoint id")),
+#[utoipa::path(delete, operation_id = "delete_webhook", path = "/v1/admin/webhooks/{id}", tag = "admin", params(("id" = String, Path, description = "The endpoint id")),
     responses((status = 204), (status = 404, body = Problem)))]
 pub(crate) async fn remove(
     State(app): State<AppState>,
