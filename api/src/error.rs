@@ -95,6 +95,9 @@ impl ApiError {
             Self::Query(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
             Self::Path(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
             Self::Upgrade(r) => (r.status(), ErrorCode::InvalidInput, Some(r.body_text())),
+            Self::Storage(e @ souk_storage::StorageError::BadCursor(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput, Some(e.to_string()))
+            }
             Self::Bus(BusError::NoResponders(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, None)
             }

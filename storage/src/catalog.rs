@@ -174,38 +174,33 @@ impl CatalogRepo {
         let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let sort = if search.is_none() && q.sort == Sort::Relevance { Sort::Newest } else { q.sort };
         // Cursors: `<price or time>|<pid>` for keyed orders, an offset for relevance.
-        let (after_key, after_pid, offset) = match (&q.after, sort) {
-            (Some(a), Sort::Relevance) => (String::new(), String::new(), a.parse::<u32>().unwrap_or(0)),
-            (Some(a), _) => {
-                let (k, p) = a.rsplit_once('|').unwrap_or(("", ""));
-                (k.to_owned(), p.to_owned(), 0)
+        let bad = |_| crate::BadCursor;
+        let (after, offset) = match sort {
+            Sort::Relevance => {
+                (None, q.after.as_deref().map(str::parse::<u32>).transpose().map_err(bad)?.unwrap_or(0))
             }
-            (None, _) => (String::new(), String::new(), 0),
+            _ => (crate::db::keyed_cursor::<String>(q.after.as_deref())?, 0),
         };
-        let after_price: i64 = after_key.parse().unwrap_or(0);
+        let (after_key, after_pid) = after.unwrap_or_default();
+        let after_price: i64 = match sort {
+            Sort::PriceAsc | Sort::PriceDesc if !after_pid.is_empty() => after_key.parse().map_err(bad)?,
+            _ => 0,
+        };
         // The ORDER BY and cursor clauses come from this fixed table, never from input.
         let (cursor, order) = match sort {
             Sort::Newest => (
-                "($after_pid = '' OR created_at < $after_key OR (created_at = $after_key AND pid < $after_pid))",
+                "(created_at < $after_key OR (created_at = $after_key AND pid < $after_pid))",
                 "ORDER BY created_at DESC, pid DESC",
             ),
             Sort::PriceAsc => (
-                "($after_pid = '' OR price_min > $after_price OR (price_min = $after_price AND pid > $after_pid))",
+                "(price_min > $after_price OR (price_min = $after_price AND pid > $after_pid))",
                 "ORDER BY price_min ASC, pid ASC",
             ),
             Sort::PriceDesc => (
-                "($after_pid = '' OR price_min < $after_price OR (price_min = $after_price AND pid < $after_pid))",
+                "(price_min < $after_price OR (price_min = $after_price AND pid < $after_pid))",
                 "ORDER BY price_min DESC, pid DESC",
             ),
             Sort::Relevance => ("true", "ORDER BY in_title DESC, score DESC, pid ASC"),
-        };
-        let matching =
-            if search.is_some() { "(title @1@ $search OR description @2@ $search)" } else { "true" };
-        // A per-row subquery: only in the statement when asked for (SurrealDB does not skip it).
-        let in_stock = if q.in_stock {
-            "count((SELECT VALUE sku FROM stock WHERE sku IN $parent.skus AND available > 0)) > 0"
-        } else {
-            "true"
         };
         // BM25 alone cannot put title matches first (on a small catalog a common word scores
         // zero), so a title match is its own, first, ranking key.
@@ -214,14 +209,22 @@ impl CatalogRepo {
         } else {
             "false AS in_title, 0 AS score"
         };
+        let conditions = crate::db::given(&[
+            (!q.all_statuses, "status = 'active'"),
+            (q.category.as_deref().is_some_and(|c| !c.is_empty()), "$category IN categories"),
+            (q.min_price.is_some(), "price_max >= $min_price"),
+            (q.max_price.is_some(), "price_min <= $max_price"),
+            (q.attribute.is_some(), "$attr IN attr_values"),
+            // A per-row subquery: only in the statement when asked for (SurrealDB does not skip it).
+            (
+                q.in_stock,
+                "count((SELECT VALUE sku FROM stock WHERE sku IN $parent.skus AND available > 0)) > 0",
+            ),
+            (search.is_some(), "(title @1@ $search OR description @2@ $search)"),
+            (!after_pid.is_empty(), cursor),
+        ]);
         let sql = format!(
-            "SELECT pid, state, created_at, price_min, seq, {score} FROM product
-             WHERE ($all OR status = 'active')
-               AND ($category = '' OR $category IN categories)
-               AND price_max >= $min_price AND price_min <= $max_price
-               AND ($attr = '' OR $attr IN attr_values)
-               AND {in_stock}
-               AND {matching} AND {cursor}
+            "SELECT pid, state, created_at, price_min, seq, {score} FROM product WHERE {conditions}
              {order} LIMIT $limit START $offset"
         );
         let attr = q.attribute.as_ref().map(|(k, v)| format!("{k}={}", v.to_lowercase())).unwrap_or_default();
@@ -229,7 +232,6 @@ impl CatalogRepo {
             .db
             .query(sql)
             .bind(json!({
-                "all": q.all_statuses,
                 "category": q.category.clone().unwrap_or_default(),
                 "min_price": q.min_price.unwrap_or(0),
                 "max_price": q.max_price.unwrap_or(i64::MAX),

@@ -192,12 +192,17 @@ pub(crate) async fn rows_by_id<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-/// The `<time_ns>|<id>` cursor of a newest-first list: the time and id to continue after.
-/// No cursor (or an unreadable one) starts at the newest.
-pub(crate) fn time_cursor(after: Option<&str>) -> (i64, String) {
-    match after.and_then(|a| a.rsplit_once('|')) {
-        Some((t, i)) => (t.parse::<i64>().unwrap_or(i64::MAX), i.to_owned()),
-        None => (i64::MAX, String::new()),
+/// The `<key>|<id>` cursor of a keyed list: the sort key and the id to continue after;
+/// `None` without one. A cursor the list did not hand out is refused, not read as the start.
+pub(crate) fn keyed_cursor<K: std::str::FromStr>(
+    after: Option<&str>,
+) -> Result<Option<(K, String)>, StorageError> {
+    let Some(after) = after else { return Ok(None) };
+    match after.rsplit_once('|') {
+        Some((key, id)) if !id.is_empty() => {
+            Ok(Some((key.parse().map_err(|_| crate::BadCursor)?, id.to_owned())))
+        }
+        _ => Err(crate::BadCursor.into()),
     }
 }
 

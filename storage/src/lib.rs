@@ -99,4 +99,13 @@ pub enum StorageError {
         /// What was wrong.
         detail: String,
     },
+    /// A list's `after` cursor is not one it handed out.
+    #[error(transparent)]
+    BadCursor(#[from] BadCursor),
 }
+
+/// A list's `after` cursor that the list did not hand out: refused, never read as the start
+/// (a client that loops on it would page forever).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the after cursor is not one this list handed out")]
+pub struct BadCursor;

@@ -419,6 +419,10 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
     )
     .await;
     assert_eq!(second_page["items"][0]["id"], first.as_str());
+    // A cursor the list never handed out is refused, not read as the first page again.
+    let r = c.get(format!("{base}/v1/orders?limit=1&after=yesterday")).send().await.expect("page");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json::<Value>().await.expect("problem")["code"], "invalid_input");
     let r = c.get(format!("{base}/v1/orders?customer=usr-x")).send().await.expect("list");
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let r = c.get(format!("{base}/v1/staff/orders")).send().await.expect("list");

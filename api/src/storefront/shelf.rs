@@ -52,10 +52,7 @@ struct Level {
     available: u64,
 }
 
-/// A `next` cursor that this shelf did not hand out.
-#[derive(Debug, thiserror::Error)]
-#[error("the after cursor is not one this catalog handed out")]
-pub struct BadCursor;
+pub use souk_storage::BadCursor;
 
 /// A page of listings.
 #[derive(Debug)]

@@ -289,6 +289,11 @@ mod notifications {
         assert_eq!(pages(None).await, expected, "newest first, ties by id descending");
         assert_eq!(pages(Some(Outcome::Sent)).await, expected, "the same through the status index");
         assert!(pages(Some(Outcome::Failed)).await.is_empty());
+        // A cursor the log did not hand out is refused rather than read as the first page.
+        for bad in ["nonsense", "12|", "x|ntf-1"] {
+            let q = DeliveryQuery { after: Some(bad.into()), limit: 1, ..DeliveryQuery::default() };
+            assert!(matches!(repo.list(&q).await, Err(souk_storage::StorageError::BadCursor(_))), "{bad}");
+        }
     }
 }
 
@@ -422,6 +427,21 @@ mod catalog {
             }
         }
         assert_eq!(seen, ["Wool scarf", "Linen shirt", "Denim jacket"]);
+        // Cursors the catalog did not hand out are refused, in every order.
+        for (sort, bad) in
+            [(Sort::PriceAsc, "cheap|prd-1"), (Sort::Newest, "nonsense"), (Sort::Relevance, "-1")]
+        {
+            let page = repo
+                .list(&q(&|q| {
+                    q.sort = sort;
+                    q.search = Some("shirt".into());
+                    q.after = Some(bad.into());
+                }))
+                .await;
+            assert!(matches!(page, Err(souk_storage::StorageError::BadCursor(_))), "{bad}");
+        }
+        let blank = repo.list(&q(&|q| q.category = Some(String::new()))).await.expect("list");
+        assert_eq!(titles(&blank), titles(&newest), "an empty category filters nothing");
         let levels = repo.availability(&[Sku::parse("SKU-0").expect("sku")]).await.expect("levels");
         assert_eq!(levels.values().copied().collect::<Vec<_>>(), [0]);
     }
@@ -550,5 +570,7 @@ mod orders {
         let pending = pages(&repo, None, Some(OrderStatus::Pending)).await;
         assert_eq!(pending, all, "every order is pending; read through the status index");
         assert!(pages(&repo, None, Some(OrderStatus::Confirmed)).await.is_empty());
+        let q = OrderQuery { customer: None, status: None, after: Some("yesterday|ord-1".into()), limit: 1 };
+        assert!(matches!(repo.list(&q).await, Err(souk_storage::StorageError::BadCursor(_))));
     }
 }
