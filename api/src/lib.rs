@@ -216,56 +216,63 @@ impl utoipa::Modify for Security {
                 .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
                 .build()
         };
-        for (path, item) in &mut doc.paths.paths {
-            let ops = [
-                (Method::GET, &mut item.get),
-                (Method::POST, &mut item.post),
-                (Method::PUT, &mut item.put),
-                (Method::PATCH, &mut item.patch),
-                (Method::DELETE, &mut item.delete),
-            ];
-            for (method, op) in ops {
-                let Some(op) = op.as_mut() else { continue };
-                // Errors are problem+json; any status not listed is one too (400, 413, 415,
-                // 422, 429, 503, 504, 500 can come from the edge for any route).
-                for response in op.responses.responses.values_mut() {
-                    if let RefOr::T(r) = response
-                        && let Some(c) = r.content.shift_remove("application/json")
-                    {
-                        let is_problem = matches!(&c, RefOr::T(c)
-                            if matches!(&c.schema, Some(RefOr::Ref(x)) if x.ref_location.ends_with("/Problem")));
-                        let kind = if is_problem { "application/problem+json" } else { "application/json" };
-                        r.content.insert(kind.to_owned(), c);
-                    }
+        for (method, path, op) in operations(doc) {
+            // Errors are problem+json; any status not listed is one too (400, 413, 415,
+            // 422, 429, 503, 504, 500 can come from the edge for any route).
+            for response in op.responses.responses.values_mut() {
+                if let RefOr::T(r) = response
+                    && let Some(c) = r.content.shift_remove("application/json")
+                {
+                    let is_problem = matches!(&c, RefOr::T(c)
+                        if matches!(&c.schema, Some(RefOr::Ref(x)) if x.ref_location.ends_with("/Problem")));
+                    let kind = if is_problem { "application/problem+json" } else { "application/json" };
+                    r.content.insert(kind.to_owned(), c);
                 }
-                op.responses.responses.entry("default".to_owned()).or_insert_with(|| {
-                    RefOr::T(
-                        ResponseBuilder::new()
-                            .description("an error, as problem+json with a stable code")
-                            .content("application/problem+json", problem())
-                            .build(),
-                    )
-                });
-                let access = auth::access::access_of(&method, path).unwrap_or(auth::access::Access::Admin);
-                if access == auth::access::Access::Public {
-                    op.security = Some(vec![SecurityRequirement::default()]);
-                    continue;
-                }
-                op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
-                let role = access.as_str();
-                let mut add = |code: &str, text: String| {
-                    op.responses
-                        .responses
-                        .entry(code.to_owned())
-                        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(text).build()));
-                };
-                add("401", "no valid bearer token (unauthorized)".to_owned());
-                if access != auth::access::Access::User {
-                    add("403", format!("the caller lacks the {role} role (forbidden)"));
-                }
+            }
+            op.responses.responses.entry("default".to_owned()).or_insert_with(|| {
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description("an error, as problem+json with a stable code")
+                        .content("application/problem+json", problem())
+                        .build(),
+                )
+            });
+            let access = auth::access::access_of(&method, path).unwrap_or(auth::access::Access::Admin);
+            if access == auth::access::Access::Public {
+                op.security = Some(vec![SecurityRequirement::default()]);
+                continue;
+            }
+            op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+            let role = access.as_str();
+            let mut add = |code: &str, text: String| {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(text).build()));
+            };
+            add("401", "no valid bearer token (unauthorized)".to_owned());
+            if access != auth::access::Access::User {
+                add("403", format!("the caller lacks the {role} role (forbidden)"));
             }
         }
     }
+}
+
+/// Every operation of `doc`, with its method and path.
+fn operations(
+    doc: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = (Method, &str, &mut utoipa::openapi::path::Operation)> {
+    doc.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ]
+        .into_iter()
+        .filter_map(move |(method, op)| Some((method, path.as_str(), op.as_mut()?)))
+    })
 }
 
 /// Gives every response the description OpenAPI requires: the status's reason phrase, where
@@ -275,12 +282,7 @@ struct Described;
 impl utoipa::Modify for Described {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::RefOr;
-        let operations = doc.paths.paths.values_mut().flat_map(|item| {
-            [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete]
-                .into_iter()
-                .flatten()
-        });
-        for op in operations {
+        for (_, _, op) in operations(doc) {
             for (status, response) in &mut op.responses.responses {
                 let RefOr::T(r) = response else { continue };
                 if r.description.is_empty() {

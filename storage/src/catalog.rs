@@ -174,16 +174,15 @@ impl CatalogRepo {
         let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let sort = if search.is_none() && q.sort == Sort::Relevance { Sort::Newest } else { q.sort };
         // Cursors: `<price or time>|<pid>` for keyed orders, an offset for relevance.
-        let bad = |_| crate::BadCursor;
         let (after, offset) = match sort {
-            Sort::Relevance => {
-                (None, q.after.as_deref().map(str::parse::<u32>).transpose().map_err(bad)?.unwrap_or(0))
-            }
-            _ => (crate::db::keyed_cursor::<String>(q.after.as_deref())?, 0),
+            Sort::Relevance => (None, crate::cursor::offset::<u32>(q.after.as_deref())?),
+            _ => (crate::cursor::keyed::<String>(q.after.as_deref())?, 0),
         };
         let (after_key, after_pid) = after.unwrap_or_default();
         let after_price: i64 = match sort {
-            Sort::PriceAsc | Sort::PriceDesc if !after_pid.is_empty() => after_key.parse().map_err(bad)?,
+            Sort::PriceAsc | Sort::PriceDesc if !after_pid.is_empty() => {
+                after_key.parse().map_err(|_| crate::BadCursor)?
+            }
             _ => 0,
         };
         // The ORDER BY and cursor clauses come from this fixed table, never from input.

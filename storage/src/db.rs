@@ -192,20 +192,6 @@ pub(crate) async fn rows_by_id<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-/// The `<key>|<id>` cursor of a keyed list: the sort key and the id to continue after;
-/// `None` without one. A cursor the list did not hand out is refused, not read as the start.
-pub(crate) fn keyed_cursor<K: std::str::FromStr>(
-    after: Option<&str>,
-) -> Result<Option<(K, String)>, StorageError> {
-    let Some(after) = after else { return Ok(None) };
-    match after.rsplit_once('|') {
-        Some((key, id)) if !id.is_empty() => {
-            Ok(Some((key.parse().map_err(|_| crate::BadCursor)?, id.to_owned())))
-        }
-        _ => Err(crate::BadCursor.into()),
-    }
-}
-
 /// The conditions whose filter was given, joined with `AND` (`true` when none), for a
 /// `WHERE` clause. A filter left out as `($x = '' OR field = $x)` keeps SurrealDB from using
 /// any index for the query, so it scans the whole table.

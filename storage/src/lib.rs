@@ -14,6 +14,7 @@
 //! - [`user`]: the `users` read model, for the admin user list and search.
 
 pub mod catalog;
+pub mod cursor;
 pub mod db;
 pub mod log;
 pub mod notification;
@@ -22,6 +23,7 @@ pub mod stock;
 pub mod user;
 
 pub use catalog::{CatalogPage, CatalogQuery, CatalogRepo, CatalogRow, ProductEvents, Sort};
+pub use cursor::BadCursor;
 pub use db::{Db, DbSettings, Writers, connect, migrate};
 pub use log::{LogQuery, LogRepo};
 pub use notification::{Delivery, DeliveryPage, DeliveryQuery, NotificationEvents, NotificationRepo};
@@ -103,9 +105,3 @@ pub enum StorageError {
     #[error(transparent)]
     BadCursor(#[from] BadCursor),
 }
-
-/// A list's `after` cursor that the list did not hand out: refused, never read as the start
-/// (a client that loops on it would page forever).
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the after cursor is not one this list handed out")]
-pub struct BadCursor;

@@ -218,7 +218,7 @@ impl NotificationRepo {
 
     /// A page of deliveries, newest first. Cursors are `<created_ns>|<id>`.
     pub async fn list(&self, q: &DeliveryQuery) -> Result<DeliveryPage, StorageError> {
-        let (after_at, after_id) = crate::db::keyed_cursor::<i64>(q.after.as_deref())?.unwrap_or_default();
+        let (after_at, after_id) = crate::cursor::keyed::<i64>(q.after.as_deref())?.unwrap_or_default();
         let value = |v: Option<serde_json::Value>| v.unwrap_or(json!(""));
         // An order's or a recipient's deliveries are read through their index and sorted.
         // Otherwise the log is read backwards through the creation-time index (with a status,

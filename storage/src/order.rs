@@ -119,7 +119,7 @@ impl OrderRepo {
 
     /// A page of orders, newest first. Cursors are `<placed_ns>|<order id>`.
     pub async fn list(&self, q: &OrderQuery) -> Result<OrderPage, StorageError> {
-        let (after_at, after_id) = crate::db::keyed_cursor::<i64>(q.after.as_deref())?.unwrap_or_default();
+        let (after_at, after_id) = crate::cursor::keyed::<i64>(q.after.as_deref())?.unwrap_or_default();
         // A customer's page is read through the customer index and sorted. Every order is read
         // backwards through the placement-time index (with a status, the status one), up to
         // the page size, which SurrealDB does only when the order is by `placed_ns` alone (a

@@ -241,10 +241,7 @@ impl Shelf {
         let matched = (!search.is_empty()).then(|| self.search(&search));
         let hit = |l: &Listing| matched.as_ref().is_none_or(|m| m[l.slot as usize].0 == search.len());
         if sort == Sort::Relevance {
-            let offset: usize = match &q.after {
-                Some(a) => a.parse().map_err(|_| BadCursor)?,
-                None => 0,
-            };
+            let offset: usize = souk_storage::cursor::offset(q.after.as_deref())?;
             let tally = matched.as_deref().unwrap_or_default();
             let mut found: Vec<(bool, u32, &Arc<Listing>)> = tally
                 .iter()
@@ -261,15 +258,9 @@ impl Shelf {
             return Ok(finish(items, limit, |_| (offset + limit).to_string()));
         }
 
-        let cursor = match &q.after {
+        let cursor = match souk_storage::cursor::keyed::<i128>(q.after.as_deref())? {
+            Some((key, pid)) => Some((key, ProductId::parse(&pid).map_err(|_| BadCursor)?)),
             None => None,
-            Some(a) => {
-                let (key, pid) = a.rsplit_once('|').ok_or(BadCursor)?;
-                Some((
-                    key.parse::<i128>().map_err(|_| BadCursor)?,
-                    ProductId::parse(pid).map_err(|_| BadCursor)?,
-                ))
-            }
         };
         // Walk the order's index from the cursor; a search only narrows which products qualify.
         let walk: Box<dyn Iterator<Item = &Arc<Listing>>> = match (sort, cursor) {
