@@ -47,14 +47,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// `axum::extract::Query`, rejecting with [`ApiError`].
+/// `axum::extract::Query`, rejecting with [`ApiError`]. A parameter with an empty value
+/// (`?after=&q=`, as forms and many clients send a blank field) counts as absent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let given: Vec<&str> = parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| pair.split_once('=').is_none_or(|(_, value)| !value.is_empty()))
+            .collect();
+        let uri = axum::http::Uri::try_from(format!("/?{}", given.join("&")))
+            .map_err(|e| ApiError::invalid(ErrorCode::InvalidInput, e.to_string()))?;
+        let axum::extract::Query(v) = axum::extract::Query::<T>::try_from_uri(&uri)?;
         Ok(Self(v))
     }
 }
