@@ -9,7 +9,6 @@ use souk_messages::event::{Commit, Event};
 use souk_messages::notify::{NotificationEvent, NotificationId};
 use souk_messages::order::{OrderEvent, OrderId};
 use souk_messages::product::{ProductEvent, ProductId};
-use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_messages::user::UserEvent;
 use souk_messages::{Sku, UserId};
@@ -313,11 +312,8 @@ fn by_entity<E: serde::de::DeserializeOwned, I: Ord>(
 /// decodable stock commit (logged and skipped: one bad record must not stop the read model).
 fn change_of(subject: &str, payload: &[u8], seq: u64) -> Option<StockChange> {
     let sku = Subjects.entity_id_of(EntityKind::Stock, subject).and_then(|s| Sku::parse(s).ok());
-    let commit: Option<Commit<StockEvent>> = serde_json::from_slice(payload).ok();
-    match (sku, commit.and_then(|c| c.into_iter().last())) {
-        (Some(sku), Some(last)) => {
-            Some(StockChange { sku, version: last.version, seq, levels: last.body.levels() })
-        }
+    match (sku, souk_messages::stock::commit_levels(payload)) {
+        (Some(sku), Some((version, levels))) => Some(StockChange { sku, version, seq, levels }),
         _ => {
             tracing::error!(subject, "skipping undecodable stock commit");
             None

@@ -337,6 +337,19 @@ impl Levels {
     }
 }
 
+/// The version and levels a stored stock commit leaves its item at, read from its last event
+/// without decoding the rest (every stock event carries the levels after it, and most
+/// readers want only those); `None` when the payload is not a stock commit.
+pub fn commit_levels(payload: &[u8]) -> Option<(u64, Levels)> {
+    #[derive(Deserialize)]
+    struct After {
+        version: u64,
+        data: Levels,
+    }
+    let commit: Vec<After> = serde_json::from_slice(payload).ok()?;
+    commit.last().map(|e| (e.version, e.data))
+}
+
 impl StockEvent {
     /// The item's levels after this event.
     pub const fn levels(&self) -> Levels {
@@ -876,6 +889,36 @@ mod tests {
             state.apply(e);
         }
         Ok(events)
+    }
+
+    #[test]
+    fn a_commits_levels_are_its_last_events_read_without_the_rest() {
+        let mut s = StockState::default();
+        let mut events = run(&mut s, StockCommand::Restock { quantity: qty(5) }).expect("restock");
+        let hold = StockCommand::Reserve { reservation: rid("a"), quantity: qty(2), expires_at: None };
+        events.extend(run(&mut s, hold).expect("reserve"));
+        events.extend(run(&mut s, StockCommand::SetLowStock { threshold: 4 }).expect("threshold"));
+        let commit: crate::event::Commit<StockEvent> = events
+            .into_iter()
+            .zip(1..)
+            .map(|(body, version)| crate::event::Event {
+                event_id: uuid::Uuid::new_v4(),
+                id: "SKU-1".into(),
+                version,
+                time: OffsetDateTime::now_utc(),
+                correlation_id: None,
+                body,
+            })
+            .collect();
+        let payload = serde_json::to_vec(&commit).expect("json");
+        let last = commit.last().expect("events");
+        assert!(commit.len() >= 3, "{commit:?}");
+        assert_eq!(commit_levels(&payload), Some((last.version, last.body.levels())));
+        assert_eq!(
+            commit_levels(&payload).map(|(_, l)| (l.on_hand, l.reserved, l.low_stock)),
+            Some((5, 2, 4))
+        );
+        assert_eq!(commit_levels(b"{}"), None);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use futures::{FutureExt as _, StreamExt as _};
 use souk_messages::Sku;
 use souk_messages::event::Commit;
 use souk_messages::product::{ProductEvent, ProductId};
-use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_nats::health::Readiness;
 use std::sync::{Arc, RwLock};
@@ -133,9 +132,8 @@ fn fold(shelf: &mut Shelf, kind: EntityKind, subject: &str, payload: &[u8]) {
         }
         _ => {
             let sku = id.and_then(|s| Sku::parse(s).ok());
-            let last =
-                serde_json::from_slice::<Commit<StockEvent>>(payload).ok().and_then(|c| c.into_iter().last());
-            sku.zip(last).map(|(sku, e)| shelf.apply_stock(sku, e.version, e.body.levels().available()))
+            let after = souk_messages::stock::commit_levels(payload);
+            sku.zip(after).map(|(sku, (version, levels))| shelf.apply_stock(sku, version, levels.available()))
         }
     };
     if folded.is_none() {
