@@ -67,15 +67,20 @@ fn invalid(detail: impl Into<String>) -> ReplyError {
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Street and number, 1–200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub line1: String,
     /// More of the address, up to 200 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
     pub line2: Option<String>,
     /// City, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub city: String,
     /// Postal code, 1–20 characters.
+    #[schema(min_length = 1, max_length = 20)]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2 country code, e.g. `DE`.
     #[schema(example = "DE", pattern = "^[A-Z]{2}$")]

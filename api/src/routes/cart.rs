@@ -34,7 +34,6 @@ pub(crate) fn routes() -> Vec<Route> {
 #[serde(deny_unknown_fields)]
 pub struct AddBody {
     /// The variant to add.
-    #[schema(value_type = String)]
     pub sku: Sku,
     /// Units to add, 1 to the shop's per-line limit (99 unless configured).
     #[schema(minimum = 1)]
@@ -107,7 +106,7 @@ async fn add(
 
 /// Sets a line's quantity.
 #[utoipa::path(patch, path = "/v1/cart/items/{sku}", tag = "cart", request_body = SetBody,
-    params(("sku" = String, Path, description = "the line's SKU"), ("Cart-Token" = Option<String>, Header, description = "a guest's cart token")),
+    params(("sku" = Sku, Path, description = "the line's SKU"), ("Cart-Token" = Option<String>, Header, description = "a guest's cart token")),
     responses((status = 200, body = PricedCart), (status = 404, body = Problem, description = "unknown_cart_line"), (status = 422, body = Problem)))]
 async fn set(
     State(app): State<AppState>,
@@ -122,7 +121,7 @@ async fn set(
 
 /// Removes a line.
 #[utoipa::path(delete, operation_id = "remove_cart_line", path = "/v1/cart/items/{sku}", tag = "cart",
-    params(("sku" = String, Path, description = "the line's SKU"), ("Cart-Token" = Option<String>, Header, description = "a guest's cart token")),
+    params(("sku" = Sku, Path, description = "the line's SKU"), ("Cart-Token" = Option<String>, Header, description = "a guest's cart token")),
     responses((status = 200, body = PricedCart), (status = 404, body = Problem, description = "unknown_cart_line")))]
 async fn remove(
     State(app): State<AppState>,
