@@ -441,9 +441,14 @@ async fn an_outage_is_retried_trips_the_breaker_is_dead_lettered_and_a_retry_del
     assert_eq!(letters[0]["attempts"], 4);
     assert!(!listed.contains("Tea pot"), "bodies stay out of the listing");
 
-    // The provider is back; once the breaker's cool-down is over, a retry is its trial send.
+    // The provider is back; once the breaker's cool-down is over (the gauge says so without
+    // waiting for another send), a retry is its trial send.
     smtp.set_failing(false);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    eventually("the breaker's cool-down over", Duration::from_secs(20), || async {
+        let metrics = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+        metrics.contains("souk_notification_breaker_open{channel=\"email\"} 0").then_some(())
+    })
+    .await;
     dlq(&nats, dir.path(), &["retry", "--all"]).await;
     eventually("the retried confirmation", Duration::from_secs(20), || async {
         mails_to(&smtp, "outage@notify.test", "is confirmed").pop()

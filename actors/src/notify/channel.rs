@@ -28,6 +28,9 @@ pub struct ChannelLimits {
 pub enum ChannelMsg {
     /// Send one notification; the reply is the provider's reference or why it failed.
     Send(Box<Notification>, RpcReplyPort<Result<String, SendError>>),
+    /// A breaker's cool-down is over: report whether any is still open, so the gauge does not
+    /// show a breaker open until the next send.
+    Recheck,
 }
 
 /// A channel: its provider, its pace, its breaker.
@@ -89,11 +92,17 @@ impl Actor for ChannelActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<ChannelMsg>,
+        me: ActorRef<ChannelMsg>,
         msg: ChannelMsg,
         st: &mut ChannelState,
     ) -> Result<(), ActorProcessingErr> {
-        let ChannelMsg::Send(n, reply) = msg;
+        let (n, reply) = match msg {
+            ChannelMsg::Send(n, reply) => (n, reply),
+            ChannelMsg::Recheck => {
+                st.report_breakers();
+                return Ok(());
+            }
+        };
         let now = Instant::now();
         let key = st.provider.breaker_key(&n);
         let threshold = st.limits.breaker_failures.max(1);
@@ -123,16 +132,24 @@ impl Actor for ChannelActor {
                     tracing::warn!(channel = %st.channel, provider = st.provider.name(), destination = key.as_deref(),
                         error = %e, "circuit breaker open: the provider keeps failing");
                     breaker.open_until = Some(Instant::now() + st.limits.breaker_cooldown);
+                    me.send_after(st.limits.breaker_cooldown, || ChannelMsg::Recheck);
                 }
             }
             Err(SendError::BreakerOpen) => {}
         }
         // Forget healthy destinations, so the map holds only those with a recent failure.
         st.breakers.retain(|_, b| b.failures > 0 || b.open_until.is_some());
-        let any_open = st.breakers.values().any(|b| b.open_until.is_some_and(|u| u > Instant::now()));
-        st.metrics.set_breaker(st.channel, any_open);
+        st.report_breakers();
         let _ = reply.send(outcome);
         Ok(())
+    }
+}
+
+impl ChannelState {
+    /// Sets the breaker gauge: whether any destination's breaker is open now.
+    fn report_breakers(&self) {
+        let any_open = self.breakers.values().any(|b| b.open_until.is_some_and(|u| u > Instant::now()));
+        self.metrics.set_breaker(self.channel, any_open);
     }
 }
 
