@@ -276,14 +276,13 @@ impl Projection for NotificationRepo {
     }
 
     async fn apply(&self, records: Vec<Record>, last_seq: u64, _: Writers) -> Result<(), StorageError> {
-        let batch: Vec<NotificationEvents> = by_entity::<NotificationEvent, NotificationId>(
-            EntityKind::Notification,
-            records,
-            NotificationId::parse,
-        )
-        .into_iter()
-        .map(|(id, events)| NotificationEvents { id, events })
-        .collect();
+        let batch: Vec<NotificationEvents> =
+            by_entity::<NotificationEvent, NotificationId>(EntityKind::Notification, records, |s| {
+                NotificationId::parse(s).ok()
+            })
+            .into_iter()
+            .map(|(id, events)| NotificationEvents { id, events })
+            .collect();
         NotificationRepo::apply(self, &batch, last_seq).await
     }
 }

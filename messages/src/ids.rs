@@ -21,6 +21,11 @@ fn is_token(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// `s` is all lower-case hex digits (`0-9 a-f`), as the random and hashed parts of ids are.
+pub(crate) fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The plumbing of a validated string newtype whose `parse(&str)` answers a [`crate::ReplyError`]:
 /// `as_str`, `Display`, and the `String` conversions serde uses (`try_from`/`into`).
 macro_rules! string_newtype {

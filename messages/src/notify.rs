@@ -8,6 +8,7 @@
 use crate::ids::UserId;
 use crate::order::OrderId;
 use crate::subject::stable_hash;
+use crate::{ErrorCode, ReplyError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use time::OffsetDateTime;
@@ -148,7 +149,8 @@ const fn is_zero(n: &u32) -> bool {
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
 )]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
 pub struct NotificationId(String);
 
 impl NotificationId {
@@ -160,22 +162,16 @@ impl NotificationId {
     }
 
     /// Validates `s`: 32 lower-case hex digits.
-    pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_owned()))
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        if s.len() == 32 && crate::ids::is_lower_hex(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ReplyError::new(ErrorCode::UnknownNotification, "no such notification"))
+        }
     }
 }
 
-impl fmt::Display for NotificationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_newtype!(NotificationId);
 
 /// How one delivery attempt ended.
 #[derive(
@@ -234,7 +230,7 @@ pub struct WebhookBody {
 
 /// A webhook endpoint's id: `whe-` and 32 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct EndpointId(String);
 
 impl EndpointId {
@@ -244,23 +240,15 @@ impl EndpointId {
     }
 
     /// Validates `s`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix("whe-")?;
-        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_owned()))
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        match s.strip_prefix("whe-") {
+            Some(hex) if hex.len() == 32 && crate::ids::is_lower_hex(hex) => Ok(Self(s.to_owned())),
+            _ => Err(ReplyError::new(ErrorCode::UnknownNotification, "no such webhook endpoint")),
+        }
     }
 }
 
-impl fmt::Display for EndpointId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::ids::string_newtype!(EndpointId);
 
 /// The entity kinds whose events webhook endpoints may subscribe to. User events are never
 /// posted: they are personal data, and one carries a password-reset token.
@@ -506,7 +494,7 @@ mod tests {
         assert_eq!(a, NotificationId::of(&e, Channel::Email, "a@x.test"));
         assert_ne!(a, NotificationId::of(&e, Channel::Sms, "a@x.test"));
         assert_ne!(a, NotificationId::of(&e, Channel::Email, "b@x.test"));
-        assert_eq!(NotificationId::parse(a.as_str()), Some(a));
-        assert_eq!(NotificationId::parse("not-an-id"), None);
+        assert_eq!(NotificationId::parse(a.as_str()).ok(), Some(a));
+        assert!(NotificationId::parse("not-an-id").is_err());
     }
 }

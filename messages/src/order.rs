@@ -41,7 +41,7 @@ impl OrderId {
     /// Validates `s`: `ord-` and 32 lower-case hex digits.
     pub fn parse(s: &str) -> Result<Self, ReplyError> {
         let hex = s.strip_prefix("ord-").unwrap_or("");
-        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() == 32 && crate::ids::is_lower_hex(hex) {
             Ok(Self(s.to_owned()))
         } else {
             Err(ReplyError::new(ErrorCode::UnknownOrder, "no such order"))

@@ -60,7 +60,7 @@ impl ProductId {
     /// Validates `s`: `prd-` and 32 lower-case hex digits.
     pub fn parse(s: &str) -> Result<Self, ReplyError> {
         let hex = s.strip_prefix("prd-").unwrap_or("");
-        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() == 32 && crate::ids::is_lower_hex(hex) {
             Ok(Self(s.to_owned()))
         } else {
             Err(invalid("not a product id"))

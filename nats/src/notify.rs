@@ -105,7 +105,7 @@ impl Endpoints {
         let mut out = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| failed("keys")(Box::new(e)))?;
-            let Some(id) = EndpointId::parse(&key) else { continue };
+            let Ok(id) = EndpointId::parse(&key) else { continue };
             if let Some((e, _)) = self.get(&id).await? {
                 out.push(e);
             }

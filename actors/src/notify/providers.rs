@@ -382,7 +382,7 @@ impl Provider for WebhookProvider {
                 // every node: nothing more is planned for it, and what is already queued is
                 // dead-lettered unsent, replayable once an admin turns it back on.
                 Ok(r) if r.status().as_u16() == 410 => {
-                    if let Some(id) = souk_messages::notify::EndpointId::parse(&n.to) {
+                    if let Ok(id) = souk_messages::notify::EndpointId::parse(&n.to) {
                         match self.settings.registry.disable(&id).await {
                             Ok(true) => {
                                 tracing::warn!(endpoint = %n.to, "webhook receiver answered 410 Gone; endpoint disabled")

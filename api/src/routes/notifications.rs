@@ -92,7 +92,7 @@ pub(crate) async fn replay(
     crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let unknown = || ApiError::invalid(ErrorCode::UnknownNotification, "no such notification");
-    let id = NotificationId::parse(&id).ok_or_else(unknown)?;
+    let id = NotificationId::parse(&id)?;
     let (delivery, webhook) = app.notifications.get(&id).await?.ok_or_else(unknown)?;
     let Some(webhook) = webhook else {
         return Err(ApiError::invalid(

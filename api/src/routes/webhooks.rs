@@ -118,7 +118,7 @@ fn unknown() -> ApiError {
 }
 
 fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
-    EndpointId::parse(s).ok_or_else(unknown)
+    Ok(EndpointId::parse(s)?)
 }
 
 /// Refuses an address Souk must not call; resolves its host now, and again at every delivery.
