@@ -66,6 +66,12 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<souk_storage::BadCursor> for ApiError {
+    fn from(e: souk_storage::BadCursor) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         match e {

@@ -196,7 +196,7 @@ async fn list(
                 })
             })
             .await?
-            .map_err(|e| ApiError::invalid(ErrorCode::InvalidInput, e.to_string()))?;
+            .map_err(ApiError::from)?;
         return cached(&headers, &page);
     }
     // Staff see drafts and archived products too: from the SurrealDB read model.

@@ -52,7 +52,7 @@ struct Level {
     available: u64,
 }
 
-pub use souk_storage::BadCursor;
+use souk_storage::BadCursor;
 
 /// A page of listings.
 #[derive(Debug)]
