@@ -96,6 +96,8 @@ pub struct App {
     pub webhooks: webhook::Webhooks,
     /// Entity histories, for the history routes.
     pub store: souk_nats::EventStore,
+    /// Live order status, for WebSocket and Server-Sent Events clients.
+    pub live: live::LiveOrders,
     /// How long a reservation holds when the request does not say.
     pub reservation_ttl: std::time::Duration,
     /// Per-client request rate limit.
@@ -412,6 +414,14 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Without TCP_NODELAY a live update written right after another waits for the client's
+    // delayed acknowledgement (40 ms on Linux) before it leaves.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -1,15 +1,27 @@
 //! Live order status: every order event, once and in order, for WebSocket and Server-Sent
 //! Events clients. Any node serves any order: the updates come from the event stream, not
 //! from the node that owns the order.
+//!
+//! A node follows the order stream once ([`LiveOrders`]) and hands each commit to the clients
+//! watching that order, instead of giving every client a JetStream consumer of its own: the
+//! server limits consumers per stream (1,000 by default), and a dropped consumer lingers there
+//! for half a minute. A watcher reads the order's history first and then takes the live
+//! commits it has not seen; a version it missed (a watcher too slow for the hub, a replica
+//! that answered from behind) is read again from the history.
 
 use crate::error::ApiError;
 use futures::{Stream, StreamExt as _};
 use serde::Serialize;
-use souk_messages::event::{Commit, Fold};
+use souk_messages::event::{Commit, Event, Fold};
 use souk_messages::order::{OrderEvent, OrderId, OrderState, OrderStatus};
-use souk_messages::subject::EntityKind;
-use souk_nats::EventStore;
+use souk_messages::subject::{EntityKind, Subjects};
+use souk_nats::{EventStore, Followed};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
 
 /// One order event as a live client sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -32,36 +44,237 @@ pub struct OrderUpdate {
     pub seq: u64,
 }
 
-/// One order's updates after its version `after`, then live as they happen.
-pub async fn order(
-    store: &EventStore,
-    id: OrderId,
-    after: u64,
-) -> Result<impl Stream<Item = OrderUpdate> + Send + use<>, ApiError> {
-    let commits = store.follow(EntityKind::Order, Some(id.as_str()), Some(0)).await?;
-    let mut state = OrderState::default();
-    Ok(commits
-        .map(move |c| {
-            let mut out = Vec::new();
-            let Ok((seq, payload)) = c else { return out };
-            let Ok(commit) = serde_json::from_slice::<Commit<OrderEvent>>(&payload) else { return out };
-            for e in commit {
-                // Folded from the start, so the status is exact; only newer versions are sent.
-                state.apply(&e.body);
-                if e.version > after {
-                    out.push(OrderUpdate {
-                        order: id.clone(),
-                        version: e.version,
-                        event: e.body.type_name(),
-                        status: state.status,
-                        time: e.time,
-                        seq,
-                    });
+/// Live commits a watcher may queue before it counts as too slow and reads the history instead.
+const WATCHER_QUEUE: usize = 64;
+/// How often a watcher rereads the history for a version it missed before it gives up.
+const GAP_RETRIES: u32 = 20;
+
+/// This node's one follower of the order stream, handing each commit to the clients watching
+/// its order.
+#[derive(Debug, Clone)]
+pub struct LiveOrders {
+    hub: Arc<Hub>,
+    store: EventStore,
+}
+
+/// A watcher's number and where its commits go.
+type Watcher = (u64, mpsc::Sender<Arc<Followed>>);
+
+#[derive(Debug, Default)]
+struct Hub {
+    /// The watchers of each order.
+    watchers: Mutex<HashMap<String, Vec<Watcher>>>,
+    next: AtomicU64,
+}
+
+impl LiveOrders {
+    /// Follows the order stream from its current end until `stop` is set. Starting from the
+    /// end read here (not from whenever the consumer exists) means a client that subscribes
+    /// meanwhile misses nothing.
+    pub async fn start(store: EventStore, stop: &watch::Receiver<bool>) -> Result<Self, ApiError> {
+        let from = store.last_seq(EntityKind::Order).await?;
+        let hub = Arc::new(Hub::default());
+        tokio::spawn(follow(store.clone(), hub.clone(), from, stop.clone()));
+        Ok(Self { hub, store })
+    }
+
+    /// One order's updates after its version `after`, then live as they happen.
+    pub fn order(&self, id: OrderId, after: u64) -> impl Stream<Item = OrderUpdate> + Send + use<> {
+        let watcher = OrderWatcher {
+            live: self.clone(),
+            watch: None,
+            id,
+            after,
+            state: OrderState::default(),
+            version: 0,
+            seq: 0,
+            ready: VecDeque::new(),
+        };
+        futures::stream::unfold(watcher, |mut w| async move { w.next().await.map(|u| (u, w)) })
+    }
+
+    /// Registers a watcher of `order`: the commits the hub sees from now on.
+    fn watch(&self, order: &str) -> Watch {
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let number = self.hub.next.fetch_add(1, Ordering::Relaxed);
+        let mut watchers = self.hub.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        watchers.entry(order.to_owned()).or_default().push((number, tx));
+        Watch { hub: self.hub.clone(), order: order.to_owned(), number, rx }
+    }
+}
+
+/// Follows the order stream after `last`, resuming where it stopped after a failure.
+async fn follow(store: EventStore, hub: Arc<Hub>, mut last: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        match store.follow(EntityKind::Order, None, Some(last)).await {
+            Ok(commits) => {
+                let mut commits = std::pin::pin!(commits);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        next = commits.next() => match next {
+                            Some(Ok(commit)) => {
+                                last = commit.seq;
+                                hub.hand_over(commit);
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "live order feed failed; resuming");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
                 }
             }
-            out
-        })
-        .flat_map(futures::stream::iter))
+            Err(e) => tracing::warn!(error = %e, "cannot follow the order stream; retrying"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+impl Hub {
+    /// Hands `commit` to its order's watchers; one that cannot take it now is let go and
+    /// catches up from the history.
+    fn hand_over(&self, commit: Followed) {
+        let Some(order) = Subjects.entity_id_of(EntityKind::Order, &commit.subject) else { return };
+        let mut watchers = self.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(watching) = watchers.get_mut(&order) else { return };
+        let commit = Arc::new(commit);
+        watching.retain(|(_, tx)| tx.try_send(commit.clone()).is_ok());
+        if watching.is_empty() {
+            watchers.remove(&order);
+        }
+    }
+}
+
+/// A registered watcher; dropping it unregisters it.
+struct Watch {
+    hub: Arc<Hub>,
+    order: String,
+    number: u64,
+    rx: mpsc::Receiver<Arc<Followed>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut watchers = self.hub.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(watching) = watchers.get_mut(&self.order) {
+            watching.retain(|(n, _)| *n != self.number);
+            if watching.is_empty() {
+                watchers.remove(&self.order);
+            }
+        }
+    }
+}
+
+/// One client's view of one order: the history, then the live commits.
+struct OrderWatcher {
+    live: LiveOrders,
+    /// `None` until the first update is asked for, and again after the hub let it go.
+    watch: Option<Watch>,
+    id: OrderId,
+    after: u64,
+    state: OrderState,
+    /// The last version folded into `state`.
+    version: u64,
+    /// The stream sequence of the last commit folded.
+    seq: u64,
+    ready: VecDeque<OrderUpdate>,
+}
+
+impl OrderWatcher {
+    /// The next update; `None` when the feed cannot go on (the history is unreadable).
+    async fn next(&mut self) -> Option<OrderUpdate> {
+        loop {
+            if let Some(update) = self.ready.pop_front() {
+                return Some(update);
+            }
+            let Some(watch) = self.watch.as_mut() else {
+                // Watch before reading the history, so nothing falls between the two.
+                self.watch = Some(self.live.watch(self.id.as_str()));
+                if let Err(e) = self.catch_up().await {
+                    tracing::warn!(order = %self.id, error = %e, "cannot read an order's history for a live client");
+                    return None;
+                }
+                continue;
+            };
+            match watch.rx.recv().await {
+                Some(commit) => {
+                    if let Err(e) = self.take(&commit).await {
+                        tracing::warn!(order = %self.id, error = %e, "live order feed gave up");
+                        return None;
+                    }
+                }
+                // Too slow for the hub: watch again and read what was missed.
+                None => self.watch = None,
+            }
+        }
+    }
+
+    /// Folds a live commit, reading the history first if versions before it were missed.
+    async fn take(&mut self, commit: &Followed) -> Result<(), ApiError> {
+        if commit.seq <= self.seq {
+            return Ok(());
+        }
+        let Ok(events) = serde_json::from_slice::<Commit<OrderEvent>>(&commit.payload) else { return Ok(()) };
+        for attempt in 0..=GAP_RETRIES {
+            if events.first().is_none_or(|e| e.version <= self.version + 1) {
+                break;
+            }
+            if attempt == GAP_RETRIES {
+                return Err(ApiError::Internal(format!(
+                    "order {} version {} never appeared in its history",
+                    self.id,
+                    self.version + 1
+                )));
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.catch_up().await?;
+        }
+        self.fold(commit.seq, events);
+        Ok(())
+    }
+
+    /// Folds every commit of the history after the last one folded.
+    async fn catch_up(&mut self) -> Result<(), ApiError> {
+        loop {
+            let page = self.live.store.page(EntityKind::Order, self.id.as_str(), self.seq, 100).await?;
+            let Some(&(last, _)) = page.last() else { return Ok(()) };
+            for (seq, events) in page {
+                let events = events.into_iter().filter_map(|e| serde_json::from_value(e).ok()).collect();
+                self.fold(seq, events);
+            }
+            self.seq = last;
+        }
+    }
+
+    /// Folds one commit; queues an update for each event newer than both what was folded and
+    /// what the client saw.
+    fn fold(&mut self, seq: u64, events: Vec<Event<OrderEvent>>) {
+        for e in events {
+            if e.version <= self.version {
+                continue;
+            }
+            self.state.apply(&e.body);
+            self.version = e.version;
+            if e.version > self.after {
+                self.ready.push_back(OrderUpdate {
+                    order: self.id.clone(),
+                    version: e.version,
+                    event: e.body.type_name(),
+                    status: self.state.status,
+                    time: e.time,
+                    seq,
+                });
+            }
+        }
+        self.seq = self.seq.max(seq);
+    }
 }
 
 /// Every order's updates after stream sequence `after_seq` (or from now), for staff.
@@ -73,7 +286,7 @@ pub async fn all_orders(
     Ok(commits
         .map(|c| {
             let mut out = Vec::new();
-            let Ok((seq, payload)) = c else { return out };
+            let Ok(Followed { seq, payload, .. }) = c else { return out };
             let Ok(commit) = serde_json::from_slice::<Commit<OrderEvent>>(&payload) else { return out };
             for e in commit {
                 let Ok(order) = OrderId::parse(&e.id) else { continue };

@@ -63,6 +63,17 @@ struct Snapshot<S> {
     state: S,
 }
 
+/// One commit as [`EventStore::follow`] hands it over.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// The entity's event subject.
+    pub subject: String,
+    /// The commit, as stored.
+    pub payload: bytes::Bytes,
+}
+
 /// Appends and loads entity histories.
 #[derive(Debug, Clone)]
 pub struct EventStore {
@@ -205,8 +216,7 @@ impl EventStore {
         kind: EntityKind,
         id: Option<&str>,
         after_seq: Option<u64>,
-    ) -> Result<impl futures::Stream<Item = Result<(u64, bytes::Bytes), StoreError>> + Send + use<>, StoreError>
-    {
+    ) -> Result<impl futures::Stream<Item = Result<Followed, StoreError>> + Send + use<>, StoreError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull};
         use futures::StreamExt as _;
         let subject = id.map_or_else(|| Subjects.kind_events(kind), |id| Subjects.entity_events(kind, id));
@@ -231,8 +241,16 @@ impl EventStore {
         Ok(messages.map(move |m| {
             let m = m.map_err(|e| read_err(&subject, Box::new(e)))?;
             let seq = m.info().map_err(|e| read_err(&subject, e))?.stream_sequence;
-            Ok((seq, m.payload.clone()))
+            Ok(Followed { seq, subject: m.subject.to_string(), payload: m.payload.clone() })
         }))
+    }
+
+    /// The stream sequence of `kind`'s newest commit (0 when it has none).
+    pub async fn last_seq(&self, kind: EntityKind) -> Result<u64, StoreError> {
+        let mut stream = self.jet.events.of(kind).clone();
+        let info =
+            stream.info().await.map_err(|e| StoreError::Read(Subjects.kind_events(kind), Box::new(e)))?;
+        Ok(info.state.last_sequence)
     }
 
     /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs

@@ -528,6 +528,35 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     };
     assert_eq!(missed, (4..=versions.len() as u64).collect::<Vec<_>>());
 
+    // Unsubscribed, the socket hears nothing more of the order: its shipping reaches only the
+    // subscription taken after it.
+    send(&mut ws, json!({"type": "unsubscribe", "order": id})).await;
+    assert_eq!(next(&mut ws).await, json!({"type": "unsubscribed", "order": id}));
+    let r =
+        staff.post(format!("{base}/v1/orders/{id}/ship")).json(&json!({"tracking": "LIVE-1"})).send().await;
+    assert_eq!(r.expect("ship").status(), StatusCode::OK);
+    let shipped_version = versions.len() as u64 + 1;
+    send(&mut ws, json!({"type": "subscribe", "order": id, "after": versions.len()})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed", "nothing from the ended subscription");
+    let u = next(&mut ws).await;
+    assert_eq!(
+        (u["status"].as_str(), u["version"].as_u64()),
+        (Some("shipped"), Some(shipped_version)),
+        "{u}"
+    );
+
+    // Watching costs the server nothing per client: far more subscriptions than a stream
+    // takes consumers (1,000) come and go, and the socket still follows the order.
+    for _ in 0..1_100 {
+        send(&mut ws, json!({"type": "subscribe", "order": id, "after": shipped_version})).await;
+        assert_eq!(next(&mut ws).await["type"], "subscribed");
+        send(&mut ws, json!({"type": "unsubscribe", "order": id})).await;
+        assert_eq!(next(&mut ws).await["type"], "unsubscribed");
+    }
+    send(&mut ws, json!({"type": "subscribe", "order": id, "after": shipped_version - 1})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    assert_eq!(next(&mut ws).await["version"], shipped_version);
+
     // Nobody else's orders; every order only for staff; no socket without a valid token.
     send(&mut ws, json!({"type": "subscribe_all"})).await;
     assert_eq!(next(&mut ws).await["code"], "forbidden");

@@ -18,9 +18,11 @@ use axum::routing::get;
 use futures::{SinkExt as _, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 /// How long a new socket may take to authenticate.
 const AUTH_WITHIN: Duration = Duration::from_secs(10);
@@ -53,6 +55,10 @@ enum ClientMessage {
         #[serde(default)]
         after_seq: Option<u64>,
     },
+    /// Stop following one order.
+    Unsubscribe { order: String },
+    /// Staff: stop following every order.
+    UnsubscribeAll,
 }
 
 /// What the server sends.
@@ -63,6 +69,11 @@ enum ServerMessage {
     Ready { user: String },
     /// Subscribed.
     Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        order: Option<String>,
+    },
+    /// No longer subscribed (also when it was not).
+    Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         order: Option<String>,
     },
@@ -124,6 +135,9 @@ async fn session(app: AppState, socket: WebSocket) {
     }
     let (out, mut outgoing) = mpsc::channel::<ServerMessage>(256);
     let mut feeds = tokio::task::JoinSet::new();
+    // Each subscription's feed by what it follows (an order id, or `None` for every order):
+    // subscribing again replaces the feed, unsubscribing ends it.
+    let mut subscriptions: HashMap<Option<String>, AbortHandle> = HashMap::new();
     loop {
         tokio::select! {
             incoming = rx.next() => {
@@ -132,10 +146,10 @@ async fn session(app: AppState, socket: WebSocket) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     _ => break,
                 };
-                let reply = match subscribe(&app, &who, &text, feeds.len()).await {
-                    Ok((feed, subscribed)) => {
+                let reply = match request(&app, &who, &text, &subscriptions).await {
+                    Ok(Request::Subscribe(key, feed)) => {
                         let out = out.clone();
-                        feeds.spawn(async move {
+                        let task = feeds.spawn(async move {
                             let mut feed = std::pin::pin!(feed);
                             while let Some(update) = feed.next().await {
                                 if out.send(ServerMessage::Update(update)).await.is_err() {
@@ -143,7 +157,16 @@ async fn session(app: AppState, socket: WebSocket) {
                                 }
                             }
                         });
-                        subscribed
+                        if let Some(replaced) = subscriptions.insert(key.clone(), task) {
+                            replaced.abort();
+                        }
+                        ServerMessage::Subscribed { order: key }
+                    }
+                    Ok(Request::Unsubscribe(key)) => {
+                        if let Some(feed) = subscriptions.remove(&key) {
+                            feed.abort();
+                        }
+                        ServerMessage::Unsubscribed { order: key }
                     }
                     Err(e) => ServerMessage::error(&e),
                 };
@@ -156,8 +179,14 @@ async fn session(app: AppState, socket: WebSocket) {
                     break;
                 }
             }
-            // A feed that ended (its stream failed) is let go of.
-            Some(_) = feeds.join_next(), if !feeds.is_empty() => {}
+            // A feed that ended (its stream failed, or it was replaced) is let go of.
+            Some(ended) = feeds.join_next_with_id(), if !feeds.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                subscriptions.retain(|_, feed| feed.id() != id);
+            }
         }
     }
     feeds.abort_all();
@@ -165,34 +194,49 @@ async fn session(app: AppState, socket: WebSocket) {
 
 type Feed = std::pin::Pin<Box<dyn Stream<Item = OrderUpdate> + Send>>;
 
-/// Starts the feed a subscribe message asks for, if the caller may see it.
-async fn subscribe(
+/// What a client message asks for, once it is allowed.
+enum Request {
+    /// Start following what the key names (an order, or `None` for every order).
+    Subscribe(Option<String>, Feed),
+    /// Stop following what the key names.
+    Unsubscribe(Option<String>),
+}
+
+/// Reads a client message and, for a subscription the caller may hold, starts its feed.
+async fn request(
     app: &AppState,
     who: &Principal,
     text: &str,
-    held: usize,
-) -> Result<(Feed, ServerMessage), ApiError> {
-    if held >= MAX_SUBSCRIPTIONS {
-        return Err(ApiError::invalid(ErrorCode::InvalidInput, "too many subscriptions on one socket"));
-    }
+    held: &HashMap<Option<String>, AbortHandle>,
+) -> Result<Request, ApiError> {
     let msg = serde_json::from_str::<ClientMessage>(text)
         .map_err(|e| ApiError::invalid(ErrorCode::InvalidInput, format!("not a client message: {e}")))?;
+    let room = |key: &Option<String>| {
+        if held.len() >= MAX_SUBSCRIPTIONS && !held.contains_key(key) {
+            return Err(ApiError::invalid(ErrorCode::InvalidInput, "too many subscriptions on one socket"));
+        }
+        Ok(())
+    };
     match msg {
         ClientMessage::Auth { .. } => {
             Err(ApiError::invalid(ErrorCode::InvalidInput, "already authenticated"))
         }
         ClientMessage::Subscribe { order, after } => {
             let view = app.checkout.get(who, &order, "live").await?;
-            let feed = live::order(&app.store, view.id.clone(), after).await?;
-            Ok((Box::pin(feed), ServerMessage::Subscribed { order: Some(view.id.to_string()) }))
+            let key = Some(view.id.to_string());
+            room(&key)?;
+            Ok(Request::Subscribe(key, Box::pin(app.live.order(view.id, after))))
         }
         ClientMessage::SubscribeAll { after_seq } => {
             if !who.is_staff() {
                 return Err(ApiError::invalid(ErrorCode::Forbidden, "only staff follow every order"));
             }
+            room(&None)?;
             let feed = live::all_orders(&app.store, after_seq).await?;
-            Ok((Box::pin(feed), ServerMessage::Subscribed { order: None }))
+            Ok(Request::Subscribe(None, Box::pin(feed)))
         }
+        ClientMessage::Unsubscribe { order } => Ok(Request::Unsubscribe(Some(order))),
+        ClientMessage::UnsubscribeAll => Ok(Request::Unsubscribe(None)),
     }
 }
 
@@ -211,8 +255,7 @@ async fn events(
     let after =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let view = app.checkout.get(&who, &id, &rid.0).await?;
-    let feed = live::order(&app.store, view.id, after).await?;
-    let events = feed.map(|u| {
+    let events = app.live.order(view.id, after).map(|u| {
         let event = SseEvent::default().event("order").id(u.version.to_string());
         Ok::<_, Infallible>(
             event.json_data(&u).unwrap_or_else(|_| SseEvent::default().comment("unencodable")),
