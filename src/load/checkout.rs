@@ -1,15 +1,18 @@
 //! The `checkout` and `checkout-hot` scenarios: virtual customers, each signed in once, fill
 //! a cart with three lines, check out, and wait until the order is confirmed (or cancelled).
-//! Measures settled checkouts per second and the time from the checkout request to the
-//! settled order.
+//! Each waits as a web client does, on its live status socket (`/v1/ws`): it subscribes to the
+//! new order and unsubscribes once it settled. Measures settled checkouts per second and the
+//! time from the checkout request to the settled order.
 
 use super::{LoadArgs, restock, rss_mib};
 use anyhow::{Context as _, bail};
+use futures::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 /// What one checkout scenario measured.
 #[derive(Debug, Serialize)]
@@ -60,8 +63,16 @@ async fn catalog(admin: &reqwest::Client, base: &str, skus: &[String]) -> anyhow
     super::on_sale(base, &skus.last().context("no SKUs")?.to_lowercase()).await
 }
 
-/// Registers and signs in `n` customers; answers a client per customer.
-async fn customers(base: &str, run_id: &str, n: usize) -> anyhow::Result<Vec<reqwest::Client>> {
+/// A signed-in virtual customer: its HTTP client and its live status socket.
+struct Customer {
+    http: reqwest::Client,
+    live: Socket,
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Registers and signs in `n` customers, each with its live status socket open.
+async fn customers(base: &str, run_id: &str, n: usize) -> anyhow::Result<Vec<Customer>> {
     let mut out = Vec::with_capacity(n);
     let anon = reqwest::Client::new();
     for i in 0..n {
@@ -77,19 +88,47 @@ async fn customers(base: &str, run_id: &str, n: usize) -> anyhow::Result<Vec<req
         let token = super::login(base, &email, PASSWORD).await?;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-        out.push(
-            reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(30)).build()?,
-        );
+        let http =
+            reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(30)).build()?;
+        let (mut live, _) = tokio_tungstenite::connect_async_with_config(
+            format!("{}/v1/ws", base.replacen("http", "ws", 1)),
+            None,
+            true,
+        )
+        .await
+        .context("opening the live status socket")?;
+        live.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await?;
+        if received(&mut live).await?["type"] != "ready" {
+            bail!("the live status socket did not accept {email}'s token");
+        }
+        out.push(Customer { http, live });
     }
     Ok(out)
 }
 
+/// The next message on `socket`.
+async fn received(socket: &mut Socket) -> anyhow::Result<Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .context("the live status socket fell silent")?
+            .context("the live status socket closed")??;
+        if let Message::Text(text) = msg {
+            return Ok(serde_json::from_str(&text)?);
+        }
+    }
+}
+
 /// One checkout, from the first line to the settled order: its status and the time from
 /// the checkout request to the settled order.
-async fn one(c: &reqwest::Client, base: &str, lines: [&str; 3]) -> anyhow::Result<(String, Duration)> {
+async fn one(c: &mut Customer, base: &str, lines: [&str; 3]) -> anyhow::Result<(String, Duration)> {
     for sku in lines {
-        let r =
-            c.post(format!("{base}/v1/cart/items")).json(&json!({"sku": sku, "quantity": 1})).send().await?;
+        let r = c
+            .http
+            .post(format!("{base}/v1/cart/items"))
+            .json(&json!({"sku": sku, "quantity": 1}))
+            .send()
+            .await?;
         if !r.status().is_success() {
             bail!("adding {sku} answered {}", r.status());
         }
@@ -100,6 +139,7 @@ async fn one(c: &reqwest::Client, base: &str, lines: [&str; 3]) -> anyhow::Resul
         "payment_method": "pm_card_visa",
     });
     let r = c
+        .http
         .post(format!("{base}/v1/checkout"))
         .header("idempotency-key", uuid::Uuid::new_v4().to_string())
         .json(&body)
@@ -110,13 +150,23 @@ async fn one(c: &reqwest::Client, base: &str, lines: [&str; 3]) -> anyhow::Resul
     }
     let order: Value = r.json().await?;
     let id = order["id"].as_str().context("no order id")?.to_owned();
-    loop {
-        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await?.json().await?;
-        match o["status"].as_str() {
-            Some(s @ ("confirmed" | "cancelled")) => return Ok((s.to_owned(), started.elapsed())),
-            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+    c.live
+        .send(Message::Text(json!({"type": "subscribe", "order": id, "after": 0}).to_string().into()))
+        .await?;
+    let settled = loop {
+        let m = received(&mut c.live).await?;
+        match (m["type"].as_str(), m["order"].as_str(), m["status"].as_str()) {
+            (Some("error"), _, _) => bail!("subscribing to {id} answered {m}"),
+            (Some("update"), Some(o), Some(s @ ("confirmed" | "cancelled"))) if o == id => {
+                break (s.to_owned(), started.elapsed());
+            }
+            // Earlier steps, the subscription's answer, and what was still on its way from
+            // the previous order's subscription.
+            _ => {}
         }
-    }
+    };
+    c.live.send(Message::Text(json!({"type": "unsubscribe", "order": id}).to_string().into())).await?;
+    Ok(settled)
 }
 
 /// Runs one checkout scenario: `hot` puts every line on one SKU.
@@ -140,7 +190,7 @@ pub(super) async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for (w, c) in clients.into_iter().enumerate() {
+    for (w, mut c) in clients.into_iter().enumerate() {
         let (skus, stop, base) = (skus.clone(), stop.clone(), base.clone());
         workers.push(tokio::spawn(async move {
             let (mut lat, mut confirmed, mut cancelled, mut errors) = (Vec::new(), 0u64, 0u64, 0u64);
@@ -149,7 +199,7 @@ pub(super) async fn run(
                 let i = n;
                 n += 1;
                 let pick = |k: usize| skus[(i * 7919 + k * 104_729) % skus.len()].as_str();
-                match one(&c, &base, [pick(0), pick(1), pick(2)]).await {
+                match one(&mut c, &base, [pick(0), pick(1), pick(2)]).await {
                     Ok((status, took)) => {
                         lat.push(took);
                         if status == "confirmed" { confirmed += 1 } else { cancelled += 1 }
@@ -157,7 +207,7 @@ pub(super) async fn run(
                     Err(e) => {
                         errors += 1;
                         eprintln!("checkout: {e:#}");
-                        let _ = c.delete(format!("{base}/v1/cart")).send().await;
+                        let _ = c.http.delete(format!("{base}/v1/cart")).send().await;
                     }
                 }
             }
