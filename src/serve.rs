@@ -156,7 +156,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         storefront.clone(),
         CartRules { max_quantity: cfg.cart_max_quantity, idle_secs: cfg.cart_idle_ttl.as_secs() },
     );
-    let live = souk_api::live::LiveOrders::start(history.clone(), &feeds_stop)
+    let live = souk_api::live::LiveOrders::start(history.clone(), &http, &feeds_stop)
         .await
         .context("cannot follow the order stream")?;
     let state = Arc::new(souk_api::App {

@@ -10,7 +10,9 @@
 //! that answered from behind) is read again from the history.
 
 use crate::error::ApiError;
+use crate::metrics::HttpMetrics;
 use futures::{Stream, StreamExt as _};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use souk_messages::event::{Commit, Event, Fold};
 use souk_messages::order::{OrderEvent, OrderId, OrderState, OrderStatus};
@@ -60,20 +62,30 @@ pub struct LiveOrders {
 /// A watcher's number and where its commits go.
 type Watcher = (u64, mpsc::Sender<Arc<Followed>>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Hub {
     /// The watchers of each order.
     watchers: Mutex<HashMap<String, Vec<Watcher>>>,
     next: AtomicU64,
+    /// How many are registered.
+    count: Gauge,
 }
 
 impl LiveOrders {
     /// Follows the order stream from its current end until `stop` is set. Starting from the
     /// end read here (not from whenever the consumer exists) means a client that subscribes
     /// meanwhile misses nothing.
-    pub async fn start(store: EventStore, stop: &watch::Receiver<bool>) -> Result<Self, ApiError> {
+    pub async fn start(
+        store: EventStore,
+        metrics: &HttpMetrics,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Self, ApiError> {
         let from = store.last_seq(EntityKind::Order).await?;
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub {
+            watchers: Mutex::default(),
+            next: AtomicU64::new(0),
+            count: metrics.live_watchers.clone(),
+        });
         tokio::spawn(follow(store.clone(), hub.clone(), from, stop.clone()));
         Ok(Self { hub, store })
     }
@@ -99,6 +111,7 @@ impl LiveOrders {
         let number = self.hub.next.fetch_add(1, Ordering::Relaxed);
         let mut watchers = self.hub.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         watchers.entry(order.to_owned()).or_default().push((number, tx));
+        self.hub.count.inc();
         Watch { hub: self.hub.clone(), order: order.to_owned(), number, rx }
     }
 }
@@ -160,6 +173,7 @@ struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.hub.count.dec();
         let mut watchers = self.hub.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(watching) = watchers.get_mut(&self.order) {
             watching.retain(|(n, _)| *n != self.number);

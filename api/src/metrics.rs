@@ -6,6 +6,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Instant;
@@ -28,6 +29,8 @@ struct RouteLabels {
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    /// Live order-status subscriptions held on this node.
+    pub(crate) live_watchers: Gauge,
 }
 
 impl HttpMetrics {
@@ -36,6 +39,7 @@ impl HttpMetrics {
         let m = Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16))),
+            live_watchers: Gauge::default(),
         };
         registry.register(
             "souk_http_requests",
@@ -46,6 +50,11 @@ impl HttpMetrics {
             "souk_http_request_duration_seconds",
             "HTTP request latency by method and route",
             m.latency.clone(),
+        );
+        registry.register(
+            "souk_live_watchers",
+            "Live order-status subscriptions (WebSocket and SSE) held on this node",
+            m.live_watchers.clone(),
         );
         m
     }

@@ -556,6 +556,18 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     send(&mut ws, json!({"type": "subscribe", "order": id, "after": shipped_version - 1})).await;
     assert_eq!(next(&mut ws).await["type"], "subscribed");
     assert_eq!(next(&mut ws).await["version"], shipped_version);
+    // Operators see the subscriptions a node holds, and each one let go of.
+    let watchers = |n: u32| {
+        let (http, base) = (http.clone(), base.to_owned());
+        async move {
+            let metrics = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+            metrics.contains(&format!("\nsouk_live_watchers {n}\n")).then_some(())
+        }
+    };
+    eventually("one live subscription", Duration::from_secs(10), || watchers(1)).await;
+    send(&mut ws, json!({"type": "unsubscribe", "order": id})).await;
+    assert_eq!(next(&mut ws).await["type"], "unsubscribed");
+    eventually("no live subscription", Duration::from_secs(10), || watchers(0)).await;
 
     // Nobody else's orders; every order only for staff; no socket without a valid token.
     send(&mut ws, json!({"type": "subscribe_all"})).await;
