@@ -201,7 +201,11 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
 
     stop_feeds.send_replace(true);
     node.leave().await;
-    let _ = client.flush().await;
+    // With NATS unreachable a flush waits for a reconnect that may never come; what was not
+    // sent by now is lost either way, and the process must still exit.
+    if tokio::time::timeout(Duration::from_secs(5), client.flush()).await.is_err() {
+        tracing::warn!("could not flush to NATS within 5 s; exiting anyway");
+    }
     drop(client);
     if let Some(mut server) = local_nats {
         tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await?;

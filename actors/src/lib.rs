@@ -209,6 +209,8 @@ impl Node {
         }
         self.notifier.stop();
         self.supervisor.stop(Some("node leaving".into()));
-        let _ = self.handle.await;
+        if tokio::time::timeout(Duration::from_secs(10), self.handle).await.is_err() {
+            tracing::warn!("the actors did not stop within 10 s");
+        }
     }
 }

@@ -75,6 +75,10 @@ impl NatsServer {
     pub fn url(&self) -> &str {
         self.server.url()
     }
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
 }
 
 /// Three JetStream servers in one cluster, routed over loopback. Killed on drop.

@@ -8,6 +8,20 @@ use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Shutting down must not wait for a NATS server that is gone: an orchestrator's stop would
+/// otherwise hang until it kills the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_server_is_gone_still_stops_on_sigterm_and_exits_0() {
+    let mut nats = NatsServer::start();
+    let mut node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    ready(&http(), &node).await;
+    let admin = admin_http(node.url()).await;
+    assert_eq!(restock(&admin, node.url(), "GONE-1", 5).await.status(), StatusCode::OK);
+    nats.kill();
+    let stopped = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
+    assert!(stopped.expect("stopped within 30 s of SIGTERM"), "SIGTERM should exit 0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reservations_never_oversell_and_survive_a_restart() {
     let nats = NatsServer::start();
