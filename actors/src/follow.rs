@@ -1,8 +1,8 @@
 //! Inventory follows the catalog: a variant added to a product makes its stock item exist
 //! (with nothing on hand); a variant removed retires it. Driven by one durable consumer on
-//! product events shared by every node, so each event is handled once in the cluster, and
-//! redelivered until its commands are answered. The commands are idempotent, so a
-//! redelivery changes nothing.
+//! product events shared by every node, so each event is handled once in the cluster, one
+//! at a time and in stream order, and redelivered until its commands are answered. The
+//! commands are idempotent, so a redelivery changes nothing.
 
 use async_nats::jetstream::AckKind;
 use souk_messages::Sku;
@@ -24,9 +24,12 @@ pub async fn run(jet: Jet, bus: Bus, stop: watch::Receiver<bool>) {
 
 async fn follow(jet: &Jet, bus: &Bus, mut stop: watch::Receiver<bool>) -> Result<(), souk_nats::NatsSource> {
     // Short, because the commands are idempotent: an event a crashed node had in flight goes
-    // to another node soon, and a slow repeat changes nothing.
+    // to another node soon, and a slow repeat changes nothing. One commit at a time, cluster
+    // wide: tracking and retiring do not commute, so a product's commits must reach its stock
+    // in order. With more in flight, a commit retried after a failed request (or one a slower
+    // node held) landed after a newer one, and tracking a removed variant again un-retired it.
     let consumer =
-        crate::restart::shared_consumer(jet, CONSUMER, EntityKind::Product, Duration::from_secs(10), 1000)
+        crate::restart::shared_consumer(jet, CONSUMER, EntityKind::Product, Duration::from_secs(10), 1)
             .await?;
     let mut messages = consumer.messages().await?;
     loop {

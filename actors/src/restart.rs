@@ -45,6 +45,8 @@ pub(crate) async fn next_or_stop<S: futures::Stream + Unpin>(
 
 /// The durable consumer `name` on every event of `kind`, shared by all nodes: each message
 /// goes to one node and comes back to another if it is not acknowledged within `ack_wait`.
+/// An existing consumer takes the settings given here, so a release that changes them
+/// changes them for a running cluster too.
 pub(crate) async fn shared_consumer(
     jet: &Jet,
     name: &str,
@@ -61,5 +63,5 @@ pub(crate) async fn shared_consumer(
         max_ack_pending,
         ..Default::default()
     };
-    Ok(jet.events.of(kind).get_or_create_consumer(name, config).await?)
+    Ok(jet.events.of(kind).create_consumer(config).await?)
 }
