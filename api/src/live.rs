@@ -260,7 +260,6 @@ impl OrderWatcher {
             let page = self.live.store.page(EntityKind::Order, self.id.as_str(), self.seq, 100).await?;
             let Some(&(last, _)) = page.last() else { return Ok(()) };
             for (seq, events) in page {
-                let events = events.into_iter().filter_map(|e| serde_json::from_value(e).ok()).collect();
                 self.fold(seq, events);
             }
             self.seq = last;

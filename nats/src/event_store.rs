@@ -181,14 +181,15 @@ impl EventStore {
     }
 
     /// One page of an entity's history: up to `limit` commits after stream sequence
-    /// `after_seq`, oldest first, each with its sequence; the events as stored (JSON).
-    pub async fn page(
+    /// `after_seq`, oldest first, each with its sequence and its events as `E` (for the events
+    /// as stored, `serde_json::Value`).
+    pub async fn page<E: DeserializeOwned>(
         &self,
         kind: EntityKind,
         id: &str,
         after_seq: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<serde_json::Value>)>, StoreError> {
+    ) -> Result<Vec<(u64, Vec<E>)>, StoreError> {
         let subject = Subjects.entity_events(kind, id);
         let mut out = Vec::new();
         let mut next = after_seq + 1;
@@ -200,7 +201,7 @@ impl EventStore {
                 }
                 Err(e) => return Err(StoreError::Read(subject, Box::new(e))),
             };
-            let events: Vec<serde_json::Value> = decode(&subject, &msg.payload)?;
+            let events: Vec<E> = decode(&subject, &msg.payload)?;
             out.push((msg.sequence, events));
             next = msg.sequence + 1;
         }

@@ -303,7 +303,12 @@ async fn history(
     }
     let commits = app
         .store
-        .page(souk_messages::subject::EntityKind::Stock, sku.as_str(), q.after.unwrap_or(0), limit)
+        .page::<serde_json::Value>(
+            souk_messages::subject::EntityKind::Stock,
+            sku.as_str(),
+            q.after.unwrap_or(0),
+            limit,
+        )
         .await?;
     let next = (commits.len() == limit).then(|| commits.last().map(|(seq, _)| *seq)).flatten();
     let events = commits.into_iter().flat_map(|(_, events)| events).collect();
