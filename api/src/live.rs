@@ -258,11 +258,13 @@ impl OrderWatcher {
     async fn catch_up(&mut self) -> Result<(), ApiError> {
         loop {
             let page = self.live.store.page(EntityKind::Order, self.id.as_str(), self.seq, 100).await?;
-            let Some(&(last, _)) = page.last() else { return Ok(()) };
+            if page.is_empty() {
+                return Ok(());
+            }
+            // `fold` moves `self.seq` on, so the next page starts after this one.
             for (seq, events) in page {
                 self.fold(seq, events);
             }
-            self.seq = last;
         }
     }
 
