@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::metrics::HttpMetrics;
 use futures::{Stream, StreamExt as _};
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use souk_messages::event::{Commit, Event, Fold};
 use souk_messages::order::{OrderEvent, OrderId, OrderState, OrderStatus};
 use souk_messages::subject::{EntityKind, Subjects};
@@ -50,6 +50,19 @@ pub struct OrderUpdate {
 const WATCHER_QUEUE: usize = 64;
 /// How often a watcher rereads the history for a version it missed before it gives up.
 const GAP_RETRIES: u32 = 20;
+
+/// An order event as stored, or `None` for one this node cannot read: a type written by a newer
+/// node during a rolling upgrade. It still moves the version on, so the feed goes past it
+/// rather than ending at it or waiting for a version that never comes.
+#[derive(Debug)]
+struct Readable(Option<OrderEvent>);
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let body = serde_json::Value::deserialize(d)?;
+        Ok(Readable(OrderEvent::deserialize(body).ok()))
+    }
+}
 
 /// This node's one follower of the order stream, handing each commit to the clients watching
 /// its order.
@@ -233,7 +246,7 @@ impl OrderWatcher {
         if commit.seq <= self.seq {
             return Ok(());
         }
-        let Ok(events) = serde_json::from_slice::<Commit<OrderEvent>>(&commit.payload) else { return Ok(()) };
+        let Ok(events) = serde_json::from_slice::<Commit<Readable>>(&commit.payload) else { return Ok(()) };
         for attempt in 0..=GAP_RETRIES {
             if events.first().is_none_or(|e| e.version <= self.version + 1) {
                 break;
@@ -257,7 +270,11 @@ impl OrderWatcher {
     /// Folds every commit of the history after the last one folded.
     async fn catch_up(&mut self) -> Result<(), ApiError> {
         loop {
-            let page = self.live.store.page(EntityKind::Order, self.id.as_str(), self.seq, 100).await?;
+            let page = self
+                .live
+                .store
+                .page::<Event<Readable>>(EntityKind::Order, self.id.as_str(), self.seq, 100)
+                .await?;
             if page.is_empty() {
                 return Ok(());
             }
@@ -270,18 +287,19 @@ impl OrderWatcher {
 
     /// Folds one commit; queues an update for each event newer than both what was folded and
     /// what the client saw.
-    fn fold(&mut self, seq: u64, events: Vec<Event<OrderEvent>>) {
+    fn fold(&mut self, seq: u64, events: Vec<Event<Readable>>) {
         for e in events {
             if e.version <= self.version {
                 continue;
             }
-            self.state.apply(&e.body);
             self.version = e.version;
+            let Readable(Some(body)) = e.body else { continue };
+            self.state.apply(&body);
             if e.version > self.after {
                 self.ready.push_back(OrderUpdate {
                     order: self.id.clone(),
                     version: e.version,
-                    event: e.body.type_name(),
+                    event: body.type_name(),
                     status: self.state.status,
                     time: e.time,
                     seq,
@@ -302,14 +320,15 @@ pub async fn all_orders(
         .map(|c| {
             let mut out = Vec::new();
             let Ok(Followed { seq, payload, .. }) = c else { return out };
-            let Ok(commit) = serde_json::from_slice::<Commit<OrderEvent>>(&payload) else { return out };
+            let Ok(commit) = serde_json::from_slice::<Commit<Readable>>(&payload) else { return out };
             for e in commit {
                 let Ok(order) = OrderId::parse(&e.id) else { continue };
+                let Readable(Some(body)) = e.body else { continue };
                 out.push(OrderUpdate {
                     order,
                     version: e.version,
-                    event: e.body.type_name(),
-                    status: e.body.status(),
+                    event: body.type_name(),
+                    status: body.status(),
                     time: e.time,
                     seq,
                 });
@@ -317,4 +336,29 @@ pub async fn all_orders(
             out
         })
         .flat_map(futures::stream::iter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_of_an_unknown_type_keeps_its_version_and_folds_to_nothing() {
+        let commit = serde_json::json!([
+            {"event_id": "00000000-0000-4000-8000-000000000001", "id": "ord-1", "version": 4,
+             "time": "2026-11-27T07:00:00Z", "type": "order.paid", "data": {}},
+            {"event_id": "00000000-0000-4000-8000-000000000002", "id": "ord-1", "version": 5,
+             "time": "2026-11-27T07:00:01Z", "type": "order.gift_wrapped", "data": {"paper": "red"}},
+            {"event_id": "00000000-0000-4000-8000-000000000003", "id": "ord-1", "version": 6,
+             "time": "2026-11-27T07:00:02Z", "type": "order.confirmed", "data": {}}
+        ]);
+        let events: Commit<Readable> =
+            serde_json::from_value(commit).expect("a commit with a newer event type reads");
+        let read: Vec<(u64, Option<OrderEvent>)> =
+            events.into_iter().map(|e| (e.version, e.body.0)).collect();
+        assert_eq!(
+            read,
+            vec![(4, Some(OrderEvent::Paid {})), (5, None), (6, Some(OrderEvent::Confirmed {}))]
+        );
+    }
 }

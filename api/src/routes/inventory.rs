@@ -13,6 +13,7 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use souk_messages::stock::{AdjustReason, Quantity, StockCommand, StockRequest, StockView};
+use souk_messages::subject::EntityKind;
 use souk_messages::{ErrorCode, ReservationId, Sku};
 
 /// `POST /v1/inventory/{sku}/restock`
@@ -303,12 +304,7 @@ async fn history(
     }
     let commits = app
         .store
-        .page::<serde_json::Value>(
-            souk_messages::subject::EntityKind::Stock,
-            sku.as_str(),
-            q.after.unwrap_or(0),
-            limit,
-        )
+        .page::<serde_json::Value>(EntityKind::Stock, sku.as_str(), q.after.unwrap_or(0), limit)
         .await?;
     let next = (commits.len() == limit).then(|| commits.last().map(|(seq, _)| *seq)).flatten();
     let events = commits.into_iter().flat_map(|(_, events)| events).collect();
