@@ -149,13 +149,13 @@ pub enum Writers {
     Shared,
 }
 
-/// Runs `upsert` (a statement over `$rows`) and advances projection `name`'s checkpoint to
-/// `checkpoint`, in one transaction, so rows and checkpoint never disagree. The checkpoint only
-/// moves forward.
+/// Runs `upsert` (statements over the variables in `vars`, such as `$rows`) and advances
+/// projection `name`'s checkpoint to `checkpoint`, in one transaction, so rows and checkpoint
+/// never disagree. The checkpoint only moves forward.
 pub(crate) async fn apply_projection(
     db: &Db,
     upsert: &'static str,
-    rows: Vec<serde_json::Value>,
+    vars: serde_json::Value,
     name: &'static str,
     checkpoint: u64,
 ) -> Result<(), StorageError> {
@@ -166,7 +166,8 @@ pub(crate) async fn apply_projection(
             UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
         )
         .query("COMMIT TRANSACTION")
-        .bind(serde_json::json!({ "rows": rows, "checkpoint": checkpoint, "name": name }))
+        .bind(vars)
+        .bind(serde_json::json!({ "checkpoint": checkpoint, "name": name }))
         .await?
         .check()?;
     Ok(())

@@ -128,9 +128,11 @@ impl NotificationRepo {
         let ids: Vec<&str> = batch.iter().map(|n| n.id.as_str()).collect();
         let existing: Vec<Row> = crate::db::rows_by_id(&self.db, "notifications", ids).await?;
         let mut rows: HashMap<String, Row> = existing.into_iter().map(|r| (r.nid.clone(), r)).collect();
-        let mut out = Vec::new();
+        // Rows read above are updated by id, the rest inserted (see `StockRepo::apply`).
+        let (mut known, mut out) = (Vec::new(), Vec::new());
         for n in batch {
             let mut row = rows.remove(n.id.as_str());
+            let exists = row.is_some();
             let mut changed = false;
             for (seq, e) in &n.events {
                 let NotificationEvent::Attempted {
@@ -186,13 +188,22 @@ impl NotificationRepo {
             }
             if let (true, Some(row)) = (changed, row) {
                 let mut value = serde_json::to_value(&row).map_err(corrupt)?;
-                value["id"] = json!(row.nid);
-                out.push(value);
+                if exists {
+                    known.push(value);
+                } else {
+                    value["id"] = json!(row.nid);
+                    out.push(value);
+                }
             }
         }
-        const UPSERT: &str = r"INSERT INTO notifications $rows ON DUPLICATE KEY UPDATE
+        const UPSERT: &str = r"FOR $r IN $known {
+                    UPDATE type::record('notifications', $r.nid)
+                        SET status = $r.status, delivery = $r.delivery, webhook = $r.webhook, seq = $r.seq;
+                };
+                INSERT INTO notifications $rows ON DUPLICATE KEY UPDATE
                     status = $input.status, delivery = $input.delivery, webhook = $input.webhook, seq = $input.seq;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        let vars = json!({ "known": known, "rows": out });
+        crate::db::apply_projection(&self.db, UPSERT, vars, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

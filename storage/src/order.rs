@@ -79,9 +79,11 @@ impl OrderRepo {
         let ids: Vec<&str> = batch.iter().map(|o| o.id.as_str()).collect();
         let existing: Vec<OrderRow> = crate::db::rows_by_id(&self.db, "orders", ids).await?;
         let mut rows: HashMap<String, OrderRow> = existing.into_iter().map(|r| (r.oid.clone(), r)).collect();
-        let mut out = Vec::new();
+        // Rows read above are updated by id, the rest inserted (see `StockRepo::apply`).
+        let (mut known, mut out) = (Vec::new(), Vec::new());
         for order in batch {
             let row = rows.remove(order.id.as_str());
+            let exists = row.is_some();
             let mut state = row.as_ref().map(|r| r.state.clone()).unwrap_or_default();
             let mut placed_at = row.as_ref().map(|r| r.placed_at.clone());
             let mut seq = row.as_ref().map_or(0, |r| r.seq);
@@ -103,13 +105,22 @@ impl OrderRepo {
                 state,
             };
             let mut value = serde_json::to_value(&row).map_err(corrupt)?;
-            value["id"] = json!(row.oid);
-            out.push(value);
+            if exists {
+                known.push(value);
+            } else {
+                value["id"] = json!(row.oid);
+                out.push(value);
+            }
         }
-        const UPSERT: &str = r"INSERT INTO orders $rows ON DUPLICATE KEY UPDATE
+        const UPSERT: &str = r"FOR $r IN $known {
+                    UPDATE type::record('orders', $r.oid) SET customer = $r.customer, status = $r.status,
+                        placed_at = $r.placed_at, placed_ns = $r.placed_ns, seq = $r.seq, state = $r.state;
+                };
+                INSERT INTO orders $rows ON DUPLICATE KEY UPDATE
                     customer = $input.customer, status = $input.status, placed_at = $input.placed_at, placed_ns = $input.placed_ns,
                     seq = $input.seq, state = $input.state;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        let vars = json!({ "known": known, "rows": out });
+        crate::db::apply_projection(&self.db, UPSERT, vars, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 use souk_messages::Sku;
 use souk_messages::stock::{Levels, StockView};
+use std::collections::HashSet;
 
 /// A stock item's levels as of one of its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,9 @@ impl TryFrom<StockRow> for StockView {
 #[derive(Debug, Clone)]
 pub struct StockRepo {
     db: std::sync::Arc<Db>,
+    /// SKUs known to have a row, updated in place rather than inserted (see [`Self::apply`]).
+    /// Rows are never deleted, so a SKU once here stays true.
+    present: std::sync::Arc<std::sync::Mutex<HashSet<Sku>>>,
 }
 
 /// The projection name under which the stock projector records its checkpoint.
@@ -68,7 +72,7 @@ impl StockRepo {
 
     /// The repository over a handle shared with other repositories.
     pub fn shared(db: std::sync::Arc<Db>) -> Self {
-        Self { db }
+        Self { db, present: std::sync::Arc::default() }
     }
 
     /// Applies changes and advances the checkpoint to `checkpoint`, in one transaction.
@@ -81,26 +85,42 @@ impl StockRepo {
         checkpoint: u64,
         writers: Writers,
     ) -> Result<(), StorageError> {
-        let rows: Vec<serde_json::Value> = changes
-            .iter()
-            .map(|c| {
-                json!({
-                    "id": c.sku.as_str(),
-                    "sku": c.sku.as_str(),
-                    "on_hand": c.levels.on_hand,
-                    "reserved": c.levels.reserved,
-                    "available": c.levels.available(),
-                    "low_stock": c.levels.low_stock,
-                    "retired": c.levels.retired,
-                    "next_expiry": c.levels.next_expiry.unwrap_or(0),
-                    "version": c.version,
-                    "seq": c.seq,
-                })
+        let row = |c: &StockChange| {
+            json!({
+                "sku": c.sku.as_str(),
+                "on_hand": c.levels.on_hand,
+                "reserved": c.levels.reserved,
+                "available": c.levels.available(),
+                "low_stock": c.levels.low_stock,
+                "retired": c.levels.retired,
+                "next_expiry": c.levels.next_expiry.unwrap_or(0),
+                "version": c.version,
+                "seq": c.seq,
             })
-            .collect();
-        // One bulk statement: per-row subqueries cost far more in SurrealDB's executor.
+        };
+        // An insert that finds its row already there costs SurrealDB a rolled-back create
+        // (and the rollback scans the transaction's writes) before it updates: about 290 ms of
+        // CPU for 1,000 rows against 175 ms for updating them by id. Rows are only ever
+        // added, so a SKU whose row this process has written or met is updated; the rest
+        // take the insert, which creates or updates as the row turns out to be.
+        let (mut known, mut rows) = (Vec::new(), Vec::new());
+        {
+            let present = self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for c in changes {
+                if present.contains(&c.sku) {
+                    known.push(row(c));
+                } else {
+                    let mut r = row(c);
+                    r["id"] = json!(c.sku.as_str());
+                    rows.push(r);
+                }
+            }
+        }
         // `version` is assigned last, so every condition compares against the stored version.
-        const GUARDED: &str = r"INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
+        const GUARDED: &str = r"FOR $r IN $known {
+                    UPDATE type::record('stock', $r.sku) MERGE $r WHERE version < $r.version;
+                };
+                INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
                     on_hand = IF $input.version > version { $input.on_hand } ELSE { on_hand },
                     reserved = IF $input.version > version { $input.reserved } ELSE { reserved },
                     available = IF $input.version > version { $input.available } ELSE { available },
@@ -109,9 +129,9 @@ impl StockRepo {
                     next_expiry = IF $input.version > version { $input.next_expiry } ELSE { next_expiry },
                     seq = IF $input.version > version { $input.seq } ELSE { seq },
                     version = IF $input.version > version { $input.version } ELSE { version };";
-        // The guards are most of the statement's cost (a fifth of a node's CPU under a
-        // spread reservation load), so a sole writer goes without them.
-        const OVERWRITE: &str = r"INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
+        // The insert's guards are most of its cost, so a sole writer goes without them.
+        const OVERWRITE: &str = r"FOR $r IN $known { UPDATE type::record('stock', $r.sku) MERGE $r; };
+                INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
                     on_hand = $input.on_hand, reserved = $input.reserved, available = $input.available,
                     low_stock = $input.low_stock, retired = $input.retired,
                     next_expiry = $input.next_expiry, seq = $input.seq, version = $input.version;";
@@ -119,7 +139,11 @@ impl StockRepo {
             Writers::Shared => GUARDED,
             Writers::Sole => OVERWRITE,
         };
-        crate::db::apply_projection(&self.db, upsert, rows, PROJECTION, checkpoint).await
+        let vars = json!({ "known": known, "rows": rows });
+        crate::db::apply_projection(&self.db, upsert, vars, PROJECTION, checkpoint).await?;
+        let mut present = self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        present.extend(changes.iter().map(|c| c.sku.clone()));
+        Ok(())
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

@@ -131,7 +131,7 @@ impl UserRepo {
                     roles = $input.roles, disabled = $input.disabled,
                     session_epoch = $input.session_epoch, search = $input.search,
                     created_at = $input.created_at, seq = $input.seq, version = $input.version;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, UPSERT, json!({ "rows": out }), PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

@@ -4,17 +4,21 @@ use souk_messages::Sku;
 use souk_messages::stock::Levels;
 use souk_storage::{DbSettings, ReadModels, StockChange, StockRepo, Writers};
 
-/// Every read model over a fresh in-memory database.
-async fn read_models() -> ReadModels {
-    let db = souk_storage::connect(&DbSettings {
+/// A fresh in-memory database.
+async fn db() -> souk_storage::Db {
+    souk_storage::connect(&DbSettings {
         endpoint: "mem://".into(),
         namespace: "test".into(),
         database: uuid::Uuid::new_v4().simple().to_string(),
         root: None,
     })
     .await
-    .expect("mem db");
-    ReadModels::new(db)
+    .expect("mem db")
+}
+
+/// Every read model over a fresh in-memory database.
+async fn read_models() -> ReadModels {
+    ReadModels::new(db().await)
 }
 
 async fn repo() -> StockRepo {
@@ -41,6 +45,30 @@ async fn apply_keeps_the_newest_version_and_the_checkpoint_only_grows() {
     assert_eq!(items.len(), 2);
     assert_eq!((items[0].sku.as_str(), items[0].available, items[0].version), ("A", 7, 2));
     assert_eq!(repo.checkpoint().await.expect("checkpoint"), 7);
+}
+
+#[tokio::test]
+async fn rows_a_writer_has_met_and_rows_it_has_not_both_take_each_newer_version() {
+    let db = db().await;
+    let (a, b) = (StockRepo::new(db.clone()), StockRepo::new(db));
+    let levels = |repo: &StockRepo| {
+        let repo = repo.clone();
+        async move {
+            let items = repo.list(None, None, 10).await.expect("list");
+            items.iter().map(|v| (v.sku.to_string(), v.on_hand, v.reserved, v.version)).collect::<Vec<_>>()
+        }
+    };
+    a.apply(&[change("A", 1, 10, 0)], 1, Writers::Sole).await.expect("first");
+    // A is now known to `a`; B is not: one batch takes both paths.
+    a.apply(&[change("A", 2, 10, 4), change("B", 1, 5, 1)], 2, Writers::Sole).await.expect("second");
+    assert_eq!(levels(&a).await, [("A".into(), 10, 4, 2), ("B".into(), 5, 1, 1)]);
+    // `b` has met neither row (another node's writer over a shared database, or a restart).
+    b.apply(&[change("A", 3, 12, 4)], 3, Writers::Shared).await.expect("shared, unknown row");
+    b.apply(&[change("A", 2, 10, 4)], 4, Writers::Shared).await.expect("shared replay, known row");
+    assert_eq!(levels(&b).await[0], ("A".into(), 12, 4, 3));
+    a.apply(&[change("A", 4, 12, 0)], 5, Writers::Sole).await.expect("known row changed by another writer");
+    assert_eq!(levels(&a).await, [("A".into(), 12, 0, 4), ("B".into(), 5, 1, 1)]);
+    assert_eq!(a.checkpoint().await.expect("checkpoint"), 5);
 }
 
 #[tokio::test]
@@ -566,11 +594,24 @@ mod orders {
         let all = pages(&repo, None, None).await;
         assert_eq!(all.len(), 6, "{all:?}");
         assert_eq!(all[..5], expected[..], "every order, newest first, ties by id descending");
-        assert_eq!(pages(&repo, Some(customer), None).await, expected, "the customer's own, the same way");
+        assert_eq!(
+            pages(&repo, Some(customer.clone()), None).await,
+            expected,
+            "the customer's own, the same way"
+        );
         let pending = pages(&repo, None, Some(OrderStatus::Pending)).await;
         assert_eq!(pending, all, "every order is pending; read through the status index");
         assert!(pages(&repo, None, Some(OrderStatus::Confirmed)).await.is_empty());
         let q = OrderQuery { customer: None, status: None, after: Some("yesterday|ord-1".into()), limit: 1 };
         assert!(matches!(repo.list(&q).await, Err(souk_storage::StorageError::BadCursor(_))));
+
+        // A later event moves an existing row on; replaying it changes nothing more.
+        let mut reserved = placed(&newer, &customer, t + 2, 7);
+        reserved.events[0].1.version = 2;
+        reserved.events[0].1.body = OrderEvent::Reserved {};
+        repo.apply(std::slice::from_ref(&reserved), 7).await.expect("apply");
+        repo.apply(&[reserved], 7).await.expect("replay");
+        assert_eq!(pages(&repo, None, Some(OrderStatus::Reserved)).await, [newer.to_string()]);
+        assert_eq!(pages(&repo, Some(customer), None).await, expected, "placed time and order unchanged");
     }
 }
