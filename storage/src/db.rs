@@ -149,13 +149,37 @@ pub enum Writers {
     Shared,
 }
 
-/// Runs `upsert` (statements over the variables in `vars`, such as `$rows`) and advances
-/// projection `name`'s checkpoint to `checkpoint`, in one transaction, so rows and checkpoint
-/// never disagree. The checkpoint only moves forward.
+/// One batch of a projection's rows, split for its statement: `$known`, rows already stored,
+/// which it updates by record id, and `$rows`, the rest, which it inserts (`INSERT … ON
+/// DUPLICATE KEY UPDATE`, in case one was stored meanwhile). SurrealDB answers an insert that
+/// meets an existing row with a create rolled back to a savepoint, and the rollback scans the
+/// transaction's writes: 1,000 stock rows cost about 290 ms of CPU that way against 175 ms
+/// updated by id.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    known: Vec<serde_json::Value>,
+    new: Vec<serde_json::Value>,
+}
+
+impl Rows {
+    /// Adds `row` (without its `id`), whose record id is `id`; `stored`: it is known to exist.
+    pub(crate) fn push(&mut self, id: &str, stored: bool, mut row: serde_json::Value) {
+        if stored {
+            self.known.push(row);
+        } else {
+            row["id"] = serde_json::json!(id);
+            self.new.push(row);
+        }
+    }
+}
+
+/// Runs `upsert` (statements over `$known` and `$rows`, see [`Rows`]) and advances projection
+/// `name`'s checkpoint to `checkpoint`, in one transaction, so rows and checkpoint never
+/// disagree. The checkpoint only moves forward.
 pub(crate) async fn apply_projection(
     db: &Db,
     upsert: &'static str,
-    vars: serde_json::Value,
+    rows: Rows,
     name: &'static str,
     checkpoint: u64,
 ) -> Result<(), StorageError> {
@@ -166,8 +190,9 @@ pub(crate) async fn apply_projection(
             UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
         )
         .query("COMMIT TRANSACTION")
-        .bind(vars)
-        .bind(serde_json::json!({ "checkpoint": checkpoint, "name": name }))
+        .bind(serde_json::json!({
+            "known": rows.known, "rows": rows.new, "checkpoint": checkpoint, "name": name,
+        }))
         .await?
         .check()?;
     Ok(())

@@ -128,8 +128,7 @@ impl NotificationRepo {
         let ids: Vec<&str> = batch.iter().map(|n| n.id.as_str()).collect();
         let existing: Vec<Row> = crate::db::rows_by_id(&self.db, "notifications", ids).await?;
         let mut rows: HashMap<String, Row> = existing.into_iter().map(|r| (r.nid.clone(), r)).collect();
-        // Rows read above are updated by id, the rest inserted (see `StockRepo::apply`).
-        let (mut known, mut out) = (Vec::new(), Vec::new());
+        let mut out = crate::db::Rows::default();
         for n in batch {
             let mut row = rows.remove(n.id.as_str());
             let exists = row.is_some();
@@ -187,13 +186,8 @@ impl NotificationRepo {
                 changed = true;
             }
             if let (true, Some(row)) = (changed, row) {
-                let mut value = serde_json::to_value(&row).map_err(corrupt)?;
-                if exists {
-                    known.push(value);
-                } else {
-                    value["id"] = json!(row.nid);
-                    out.push(value);
-                }
+                let value = serde_json::to_value(&row).map_err(corrupt)?;
+                out.push(&row.nid, exists, value);
             }
         }
         const UPSERT: &str = r"FOR $r IN $known {
@@ -202,8 +196,7 @@ impl NotificationRepo {
                 };
                 INSERT INTO notifications $rows ON DUPLICATE KEY UPDATE
                     status = $input.status, delivery = $input.delivery, webhook = $input.webhook, seq = $input.seq;";
-        let vars = json!({ "known": known, "rows": out });
-        crate::db::apply_projection(&self.db, UPSERT, vars, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

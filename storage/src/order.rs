@@ -79,8 +79,7 @@ impl OrderRepo {
         let ids: Vec<&str> = batch.iter().map(|o| o.id.as_str()).collect();
         let existing: Vec<OrderRow> = crate::db::rows_by_id(&self.db, "orders", ids).await?;
         let mut rows: HashMap<String, OrderRow> = existing.into_iter().map(|r| (r.oid.clone(), r)).collect();
-        // Rows read above are updated by id, the rest inserted (see `StockRepo::apply`).
-        let (mut known, mut out) = (Vec::new(), Vec::new());
+        let mut out = crate::db::Rows::default();
         for order in batch {
             let row = rows.remove(order.id.as_str());
             let exists = row.is_some();
@@ -104,13 +103,8 @@ impl OrderRepo {
                 seq,
                 state,
             };
-            let mut value = serde_json::to_value(&row).map_err(corrupt)?;
-            if exists {
-                known.push(value);
-            } else {
-                value["id"] = json!(row.oid);
-                out.push(value);
-            }
+            let value = serde_json::to_value(&row).map_err(corrupt)?;
+            out.push(&row.oid, exists, value);
         }
         const UPSERT: &str = r"FOR $r IN $known {
                     UPDATE type::record('orders', $r.oid) SET customer = $r.customer, status = $r.status,
@@ -119,8 +113,7 @@ impl OrderRepo {
                 INSERT INTO orders $rows ON DUPLICATE KEY UPDATE
                     customer = $input.customer, status = $input.status, placed_at = $input.placed_at, placed_ns = $input.placed_ns,
                     seq = $input.seq, state = $input.state;";
-        let vars = json!({ "known": known, "rows": out });
-        crate::db::apply_projection(&self.db, UPSERT, vars, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

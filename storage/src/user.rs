@@ -94,9 +94,10 @@ impl UserRepo {
         let ids: Vec<&str> = batch.iter().map(|u| u.id.as_str()).collect();
         let existing: Vec<UserRow> = crate::db::rows_by_id(&self.db, "users", ids).await?;
         let mut rows: HashMap<String, UserRow> = existing.into_iter().map(|r| (r.uid.clone(), r)).collect();
-        let mut out = Vec::new();
+        let mut out = crate::db::Rows::default();
         for user in batch {
             let row = rows.remove(user.id.as_str());
+            let exists = row.is_some();
             let mut state = row.as_ref().map(UserRow::state).transpose()?.unwrap_or_default();
             let mut created_at = row.as_ref().map(|r| r.created_at.clone());
             let mut seq = row.as_ref().map_or(0, |r| r.seq);
@@ -119,19 +120,24 @@ impl UserRepo {
                 version: state.version,
                 seq,
             };
-            let mut value = serde_json::to_value(&row)
+            let value = serde_json::to_value(&row)
                 .map_err(|e| StorageError::Corrupt { table: "users", detail: e.to_string() })?;
-            value["id"] = json!(row.uid);
-            out.push(value);
+            out.push(&row.uid, exists, value);
         }
         // Rows were folded from the stored ones above, and only this node's projector
         // writes them, so a newer row simply replaces the old one.
-        const UPSERT: &str = r"INSERT INTO users $rows ON DUPLICATE KEY UPDATE
+        const UPSERT: &str = r"FOR $r IN $known {
+                    UPDATE type::record('users', $r.uid) SET email = $r.email, name = $r.name, phone = $r.phone,
+                        sms_opt_out = $r.sms_opt_out, roles = $r.roles, disabled = $r.disabled,
+                        session_epoch = $r.session_epoch, search = $r.search, created_at = $r.created_at,
+                        seq = $r.seq, version = $r.version;
+                };
+                INSERT INTO users $rows ON DUPLICATE KEY UPDATE
                     email = $input.email, name = $input.name, phone = $input.phone, sms_opt_out = $input.sms_opt_out,
                     roles = $input.roles, disabled = $input.disabled,
                     session_epoch = $input.session_epoch, search = $input.search,
                     created_at = $input.created_at, seq = $input.seq, version = $input.version;";
-        crate::db::apply_projection(&self.db, UPSERT, json!({ "rows": out }), PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.
