@@ -109,9 +109,10 @@ impl CatalogRepo {
         let existing: Vec<CatalogRow> = crate::db::rows_by_id(&self.db, "product", ids).await?;
         let mut rows: HashMap<String, CatalogRow> =
             existing.into_iter().map(|r| (r.pid.clone(), r)).collect();
-        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+        let mut out = crate::db::Rows::default();
         for p in batch {
             let row = rows.remove(p.id.as_str());
+            let exists = row.is_some();
             let mut state = row.as_ref().map(|r| r.state.clone()).unwrap_or_default();
             let mut created_at = row.as_ref().map(|r| r.created_at.clone());
             let mut seq = row.as_ref().map_or(0, |r| r.seq);
@@ -119,7 +120,7 @@ impl CatalogRepo {
                 continue;
             }
             if state.deleted {
-                deletes.push(p.id.to_string());
+                out.delete(p.id.as_str());
                 continue;
             }
             let Some(data) = &state.data else { continue };
@@ -131,8 +132,7 @@ impl CatalogRepo {
             }
             attr_values.sort();
             attr_values.dedup();
-            upserts.push(json!({
-                "id": p.id.as_str(),
+            let value = json!({
                 "pid": p.id.as_str(),
                 "slug": data.slug.as_str(),
                 "title": data.title,
@@ -147,21 +147,23 @@ impl CatalogRepo {
                 "seq": seq,
                 "version": state.version,
                 "state": state,
-            }));
+            });
+            out.push(p.id.as_str(), exists, value);
         }
-        self.db
-            .query("BEGIN TRANSACTION")
-            .query("DELETE product WHERE pid IN $deletes")
-            .query("INSERT INTO product $rows ON DUPLICATE KEY UPDATE slug = $input.slug, title = $input.title, description = $input.description, status = $input.status, categories = $input.categories, attr_values = $input.attr_values, skus = $input.skus, price_min = $input.price_min, price_max = $input.price_max, created_at = $input.created_at, seq = $input.seq, version = $input.version, state = $input.state;")
-            .query(
-                r"LET $prev = (SELECT VALUE seq FROM ONLY type::record('projection', $name)) ?? 0;
-                UPSERT type::record('projection', $name) SET seq = math::max([$prev, $checkpoint]);",
-            )
-            .query("COMMIT TRANSACTION")
-            .bind(json!({ "rows": upserts, "deletes": deletes, "checkpoint": checkpoint, "name": PROJECTION }))
-            .await?
-            .check()?;
-        Ok(())
+        const UPSERT: &str = r"DELETE array::map($deleted, |$id| type::record('product', $id));
+                FOR $r IN $known {
+                    UPDATE type::record('product', $r.pid) SET slug = $r.slug, title = $r.title,
+                        description = $r.description, status = $r.status, categories = $r.categories,
+                        attr_values = $r.attr_values, skus = $r.skus, price_min = $r.price_min,
+                        price_max = $r.price_max, created_at = $r.created_at, seq = $r.seq,
+                        version = $r.version, state = $r.state;
+                };
+                INSERT INTO product $rows ON DUPLICATE KEY UPDATE slug = $input.slug, title = $input.title,
+                    description = $input.description, status = $input.status, categories = $input.categories,
+                    attr_values = $input.attr_values, skus = $input.skus, price_min = $input.price_min,
+                    price_max = $input.price_max, created_at = $input.created_at, seq = $input.seq,
+                    version = $input.version, state = $input.state;";
+        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

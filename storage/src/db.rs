@@ -159,6 +159,7 @@ pub enum Writers {
 pub(crate) struct Rows {
     known: Vec<serde_json::Value>,
     new: Vec<serde_json::Value>,
+    deleted: Vec<String>,
 }
 
 impl Rows {
@@ -171,9 +172,14 @@ impl Rows {
             self.new.push(row);
         }
     }
+
+    /// Adds the record id of a row to delete, for a statement over `$deleted`.
+    pub(crate) fn delete(&mut self, id: &str) {
+        self.deleted.push(id.to_owned());
+    }
 }
 
-/// Runs `upsert` (statements over `$known` and `$rows`, see [`Rows`]) and advances projection
+/// Runs `upsert` (statements over `$known`, `$rows` and `$deleted`, see [`Rows`]) and advances projection
 /// `name`'s checkpoint to `checkpoint`, in one transaction, so rows and checkpoint never
 /// disagree. The checkpoint only moves forward.
 pub(crate) async fn apply_projection(
@@ -191,7 +197,8 @@ pub(crate) async fn apply_projection(
         )
         .query("COMMIT TRANSACTION")
         .bind(serde_json::json!({
-            "known": rows.known, "rows": rows.new, "checkpoint": checkpoint, "name": name,
+            "known": rows.known, "rows": rows.new, "deleted": rows.deleted,
+            "checkpoint": checkpoint, "name": name,
         }))
         .await?
         .check()?;

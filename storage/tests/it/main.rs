@@ -472,6 +472,22 @@ mod catalog {
         assert_eq!(titles(&blank), titles(&newest), "an empty category filters nothing");
         let levels = repo.availability(&[Sku::parse("SKU-0").expect("sku")]).await.expect("levels");
         assert_eq!(levels.values().copied().collect::<Vec<_>>(), [0]);
+
+        // Later events: a stored row is updated (archived: hidden from shoppers), another
+        // deleted (gone for staff too).
+        let later = |i: usize, body: ProductEvent| {
+            let mut e = batch[i].clone();
+            e.events[0].0 = 10 + i as u64;
+            e.events[0].1.version = 2;
+            e.events[0].1.body = body;
+            e
+        };
+        let archived = later(1, ProductEvent::Archived {});
+        let deleted = later(3, ProductEvent::Deleted { skus: Vec::new() });
+        repo.apply(&[archived, deleted], 13).await.expect("apply");
+        assert_eq!(titles(&repo.list(&q(&|_| {})).await.expect("list")), ["Denim jacket", "Linen shirt"]);
+        let all = repo.list(&q(&|q| q.all_statuses = true)).await.expect("list");
+        assert_eq!(titles(&all), ["Denim jacket", "Wool scarf", "Linen shirt"]);
     }
 }
 
