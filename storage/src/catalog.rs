@@ -13,6 +13,29 @@ use std::sync::Arc;
 /// The projection name under which the catalog projector records its checkpoint.
 const PROJECTION: &str = "product";
 
+/// Where the catalog projection writes its rows.
+const TABLE: crate::db::Table = crate::db::Table {
+    name: "product",
+    key: "pid",
+    fields: &[
+        "slug",
+        "title",
+        "description",
+        "status",
+        "categories",
+        "attr_values",
+        "skus",
+        "price_min",
+        "price_max",
+        "created_at",
+        "seq",
+        "version",
+        "state",
+    ],
+};
+/// The catalog projection's write statement.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| TABLE.upsert(false));
+
 /// One product's events in a projected batch, in stream order.
 #[derive(Debug, Clone)]
 pub struct ProductEvents {
@@ -150,20 +173,7 @@ impl CatalogRepo {
             });
             out.push(p.id.as_str(), exists, value);
         }
-        const UPSERT: &str = r"DELETE array::map($deleted, |$id| type::record('product', $id));
-                FOR $r IN $known {
-                    UPDATE type::record('product', $r.pid) SET slug = $r.slug, title = $r.title,
-                        description = $r.description, status = $r.status, categories = $r.categories,
-                        attr_values = $r.attr_values, skus = $r.skus, price_min = $r.price_min,
-                        price_max = $r.price_max, created_at = $r.created_at, seq = $r.seq,
-                        version = $r.version, state = $r.state;
-                };
-                INSERT INTO product $rows ON DUPLICATE KEY UPDATE slug = $input.slug, title = $input.title,
-                    description = $input.description, status = $input.status, categories = $input.categories,
-                    attr_values = $input.attr_values, skus = $input.skus, price_min = $input.price_min,
-                    price_max = $input.price_max, created_at = $input.created_at, seq = $input.seq,
-                    version = $input.version, state = $input.state;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, &UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

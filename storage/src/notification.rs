@@ -15,6 +15,12 @@ use std::sync::Arc;
 /// The projection name under which the notification projector records its checkpoint.
 const PROJECTION: &str = "notification";
 
+/// Where the notification projection writes its rows.
+const TABLE: crate::db::Table =
+    crate::db::Table { name: "notifications", key: "nid", fields: &["status", "delivery", "webhook", "seq"] };
+/// The notification projection's write statement.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| TABLE.upsert(false));
+
 /// One notification's events in a projected batch, in stream order.
 #[derive(Debug, Clone)]
 pub struct NotificationEvents {
@@ -190,13 +196,7 @@ impl NotificationRepo {
                 out.push(&row.nid, exists, value);
             }
         }
-        const UPSERT: &str = r"FOR $r IN $known {
-                    UPDATE type::record('notifications', $r.nid)
-                        SET status = $r.status, delivery = $r.delivery, webhook = $r.webhook, seq = $r.seq;
-                };
-                INSERT INTO notifications $rows ON DUPLICATE KEY UPDATE
-                    status = $input.status, delivery = $input.delivery, webhook = $input.webhook, seq = $input.seq;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, &UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

@@ -13,6 +13,15 @@ use std::sync::Arc;
 /// The projection name under which the order projector records its checkpoint.
 const PROJECTION: &str = "order";
 
+/// Where the order projection writes its rows.
+const TABLE: crate::db::Table = crate::db::Table {
+    name: "orders",
+    key: "oid",
+    fields: &["customer", "status", "placed_at", "placed_ns", "seq", "state"],
+};
+/// The order projection's write statement.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| TABLE.upsert(false));
+
 /// One order's events in a projected batch, in stream order.
 #[derive(Debug, Clone)]
 pub struct OrderEvents {
@@ -106,14 +115,7 @@ impl OrderRepo {
             let value = serde_json::to_value(&row).map_err(corrupt)?;
             out.push(&row.oid, exists, value);
         }
-        const UPSERT: &str = r"FOR $r IN $known {
-                    UPDATE type::record('orders', $r.oid) SET customer = $r.customer, status = $r.status,
-                        placed_at = $r.placed_at, placed_ns = $r.placed_ns, seq = $r.seq, state = $r.state;
-                };
-                INSERT INTO orders $rows ON DUPLICATE KEY UPDATE
-                    customer = $input.customer, status = $input.status, placed_at = $input.placed_at, placed_ns = $input.placed_ns,
-                    seq = $input.seq, state = $input.state;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, &UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.

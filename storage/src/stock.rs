@@ -64,6 +64,17 @@ pub struct StockRepo {
 /// The projection name under which the stock projector records its checkpoint.
 const PROJECTION: &str = "stock";
 
+/// Where the stock projection writes its rows.
+const TABLE: crate::db::Table = crate::db::Table {
+    name: "stock",
+    key: "sku",
+    fields: &["on_hand", "reserved", "available", "low_stock", "retired", "next_expiry", "seq", "version"],
+};
+/// The stock projection's statement for several writers, which only moves rows forward.
+static GUARDED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| TABLE.upsert(true));
+/// The stock projection's statement for a sole writer, which overwrites.
+static OVERWRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| TABLE.upsert(false));
+
 impl StockRepo {
     /// The repository over `db`.
     pub fn new(db: Db) -> Self {
@@ -106,28 +117,10 @@ impl StockRepo {
                 rows.push(c.sku.as_str(), present.contains(&c.sku), row(c));
             }
         }
-        // `version` is assigned last, so every condition compares against the stored version.
-        const GUARDED: &str = r"FOR $r IN $known {
-                    UPDATE type::record('stock', $r.sku) MERGE $r WHERE version < $r.version;
-                };
-                INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
-                    on_hand = IF $input.version > version { $input.on_hand } ELSE { on_hand },
-                    reserved = IF $input.version > version { $input.reserved } ELSE { reserved },
-                    available = IF $input.version > version { $input.available } ELSE { available },
-                    low_stock = IF $input.version > version { $input.low_stock } ELSE { low_stock },
-                    retired = IF $input.version > version { $input.retired } ELSE { retired },
-                    next_expiry = IF $input.version > version { $input.next_expiry } ELSE { next_expiry },
-                    seq = IF $input.version > version { $input.seq } ELSE { seq },
-                    version = IF $input.version > version { $input.version } ELSE { version };";
-        // The insert's guards are most of its cost, so a sole writer goes without them.
-        const OVERWRITE: &str = r"FOR $r IN $known { UPDATE type::record('stock', $r.sku) MERGE $r; };
-                INSERT INTO stock $rows ON DUPLICATE KEY UPDATE
-                    on_hand = $input.on_hand, reserved = $input.reserved, available = $input.available,
-                    low_stock = $input.low_stock, retired = $input.retired,
-                    next_expiry = $input.next_expiry, seq = $input.seq, version = $input.version;";
-        let upsert = match writers {
-            Writers::Shared => GUARDED,
-            Writers::Sole => OVERWRITE,
+        // The insert's per-field guards are most of its cost, so a sole writer goes without.
+        let upsert: &str = match writers {
+            Writers::Shared => &GUARDED,
+            Writers::Sole => &OVERWRITE,
         };
         crate::db::apply_projection(&self.db, upsert, rows, PROJECTION, checkpoint).await?;
         let mut present = self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -14,6 +14,27 @@ use std::sync::Arc;
 /// The projection name under which the user projector records its checkpoint.
 const PROJECTION: &str = "user";
 
+/// Where the user projection writes its rows.
+const TABLE: crate::db::Table = crate::db::Table {
+    name: "users",
+    key: "uid",
+    fields: &[
+        "email",
+        "name",
+        "phone",
+        "sms_opt_out",
+        "roles",
+        "disabled",
+        "session_epoch",
+        "search",
+        "created_at",
+        "seq",
+        "version",
+    ],
+};
+/// The user projection's write statement.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| TABLE.upsert(false));
+
 /// One user's events in a projected batch, in stream order.
 #[derive(Debug, Clone)]
 pub struct UserEvents {
@@ -126,18 +147,7 @@ impl UserRepo {
         }
         // Rows were folded from the stored ones above, and only this node's projector
         // writes them, so a newer row simply replaces the old one.
-        const UPSERT: &str = r"FOR $r IN $known {
-                    UPDATE type::record('users', $r.uid) SET email = $r.email, name = $r.name, phone = $r.phone,
-                        sms_opt_out = $r.sms_opt_out, roles = $r.roles, disabled = $r.disabled,
-                        session_epoch = $r.session_epoch, search = $r.search, created_at = $r.created_at,
-                        seq = $r.seq, version = $r.version;
-                };
-                INSERT INTO users $rows ON DUPLICATE KEY UPDATE
-                    email = $input.email, name = $input.name, phone = $input.phone, sms_opt_out = $input.sms_opt_out,
-                    roles = $input.roles, disabled = $input.disabled,
-                    session_epoch = $input.session_epoch, search = $input.search,
-                    created_at = $input.created_at, seq = $input.seq, version = $input.version;";
-        crate::db::apply_projection(&self.db, UPSERT, out, PROJECTION, checkpoint).await
+        crate::db::apply_projection(&self.db, &UPSERT, out, PROJECTION, checkpoint).await
     }
 
     /// The last stream sequence the projection has applied; 0 for an empty database.
