@@ -203,7 +203,9 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
     node.leave().await;
     // With NATS unreachable a flush waits for a reconnect that may never come; what was not
     // sent by now is lost either way, and the process must still exit.
-    if tokio::time::timeout(Duration::from_secs(5), client.flush()).await.is_err() {
+    if !souk_nats::connected(&client) {
+        tracing::warn!("NATS unreachable; exiting without a flush");
+    } else if tokio::time::timeout(Duration::from_secs(5), client.flush()).await.is_err() {
         tracing::warn!("could not flush to NATS within 5 s; exiting anyway");
     }
     drop(client);

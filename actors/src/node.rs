@@ -85,7 +85,11 @@ impl Actor for NodeSupervisor {
             NodeMsg::Leave(port) => {
                 st.leaving = true;
                 st.args.readiness.set_leases_settled(false);
-                if let Err(e) = st.args.cluster.leave().await {
+                // Without NATS the withdrawal and the lease releases would each wait out their
+                // timeout and reach no one: the heartbeat and the leases expire by themselves.
+                if !st.args.cluster.reachable() {
+                    tracing::warn!("NATS unreachable: leaving without withdrawing; leases will expire");
+                } else if let Err(e) = st.args.cluster.leave().await {
                     tracing::warn!(error = %e, "could not withdraw from membership");
                 }
                 let all = std::mem::take(&mut st.held);
@@ -131,10 +135,16 @@ impl Actor for NodeSupervisor {
 impl NodeState {
     async fn tick(&mut self, me: &ActorRef<NodeMsg>) {
         let cluster = self.args.cluster.clone();
-        if let Err(e) = cluster.heartbeat().await {
+        // Each call below would wait out its timeout for a reconnect, holding up the next
+        // message (a leave on shutdown among them); the next tick tries again.
+        if !cluster.reachable() {
+            tracing::debug!("NATS unreachable; skipping this tick");
+            return;
+        }
+        let (beat, ()) = futures::join!(cluster.heartbeat(), self.renew_all());
+        if let Err(e) = beat {
             tracing::warn!(error = %e, "heartbeat failed");
         }
-        self.renew_all().await;
         let nodes = match cluster.live_nodes().await {
             Ok(n) if !n.is_empty() => n,
             Ok(_) => vec![cluster.node().clone()],
@@ -240,7 +250,9 @@ impl NodeState {
 async fn handoff(cluster: &Cluster, shard: ShardId, h: Held) {
     let _ = h.actor.call(ShardMsg::Handoff, Some(Duration::from_secs(10))).await;
     h.actor.stop(Some("handed off".into()));
-    if let Err(e) = cluster.release(&h.lease).await {
+    if !cluster.reachable() {
+        tracing::debug!(%shard, "NATS unreachable; the lease will expire");
+    } else if let Err(e) = cluster.release(&h.lease).await {
         tracing::warn!(%shard, error = %e, "lease release failed; it will expire");
     }
     tracing::info!(%shard, "handed shard off");

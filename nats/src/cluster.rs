@@ -57,6 +57,7 @@ struct LeaseValue {
 #[derive(Debug, Clone)]
 pub struct Cluster {
     node: NodeId,
+    client: async_nats::Client,
     nodes: kv::Store,
     leases: kv::Store,
     settings: kv::Store,
@@ -88,12 +89,24 @@ pub fn assign(nodes: &[NodeId], shard: ShardId) -> Option<&NodeId> {
 impl Cluster {
     /// The cluster as seen by `node`.
     pub fn new(jet: &Jet, node: NodeId) -> Self {
-        Self { node, nodes: jet.nodes.clone(), leases: jet.leases.clone(), settings: jet.cluster.clone() }
+        Self {
+            node,
+            client: jet.js.client(),
+            nodes: jet.nodes.clone(),
+            leases: jet.leases.clone(),
+            settings: jet.cluster.clone(),
+        }
     }
 
     /// This node's id.
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Whether NATS can be reached now; while it cannot, every operation here would wait out
+    /// its timeout.
+    pub fn reachable(&self) -> bool {
+        crate::connect::connected(&self.client)
     }
 
     /// Records the shard counts on the first start of a cluster; on later starts, refuses

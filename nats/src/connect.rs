@@ -73,11 +73,17 @@ pub async fn connect(
         opts.connect(addrs.as_slice()).await.map_err(|e| ConnectError::Connect(joined.clone(), e))?;
     // With retry_on_initial_connect the call returns at once; wait for the first connection.
     let deadline = tokio::time::Instant::now() + initial_wait;
-    while client.connection_state() != async_nats::connection::State::Connected {
+    while !connected(&client) {
         if tokio::time::Instant::now() >= deadline {
             return Err(ConnectError::NotReached(joined, initial_wait));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Ok(client)
+}
+
+/// Whether `client` is connected to a server now. While it is not, requests wait for a
+/// reconnect until their timeout, so callers that can do without one skip it.
+pub fn connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
 }

@@ -85,7 +85,7 @@ impl Readiness {
     /// The current checks.
     pub fn report(&self) -> ReadinessReport {
         ReadinessReport {
-            nats_connected: self.client.connection_state() == async_nats::connection::State::Connected,
+            nats_connected: crate::connect::connected(&self.client),
             streams_provisioned: self.provisioned.load(Ordering::Acquire),
             leases_settled: self.leases_settled.load(Ordering::Acquire),
             draining: self.draining.load(Ordering::Acquire),

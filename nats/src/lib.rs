@@ -33,7 +33,7 @@ pub mod streams;
 
 pub use async_nats::Client;
 pub use bus::{Bus, BusError, Routed};
-pub use connect::{ConnectError, ConnectSettings, connect};
+pub use connect::{ConnectError, ConnectSettings, connect, connected};
 pub use event_store::{AppendError, EventStore, Followed, Loaded, StoreError};
 pub use kv::{JsonKv, KvError};
 pub use streams::{EventStreams, Jet, ProvisionError, attach, provision};

@@ -61,7 +61,7 @@ impl NatsMetrics {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let connected = jet.js.client().connection_state() == async_nats::connection::State::Connected;
+            let connected = crate::connect::connected(&jet.js.client());
             self.connected.set(i64::from(connected));
             if !connected {
                 continue;
