@@ -195,22 +195,32 @@ impl Node {
     }
 
     /// Leaves the cluster gracefully: every shard finishes what it took, hands off and
-    /// releases its lease; then the actors stop.
+    /// releases its lease; then the actors stop. The whole leave shares one deadline
+    /// ([`LEAVE_BUDGET`]) so it fits an orchestrator's grace period whatever step is slow;
+    /// what has not finished by then is cut when the process exits.
     pub async fn leave(mut self) {
-        if let Err(e) = self.supervisor.call(NodeMsg::Leave, Some(Duration::from_secs(30))).await {
+        let deadline = tokio::time::Instant::now() + LEAVE_BUDGET;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(e) = self.supervisor.call(NodeMsg::Leave, Some(left())).await {
             tracing::warn!(error = %e, "graceful leave did not finish");
         }
         // Projectors finish the batch they are writing, so no database transaction is cut.
         let _ = self.stop_tasks.send(true);
         for t in self.tasks.into_iter().chain(self.notifier.tasks.drain(..)) {
-            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
-                tracing::warn!("a background task did not stop within 10 s");
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                tracing::warn!("a background task did not stop before the leave's deadline");
             }
         }
         self.notifier.stop();
         self.supervisor.stop(Some("node leaving".into()));
-        if tokio::time::timeout(Duration::from_secs(10), self.handle).await.is_err() {
-            tracing::warn!("the actors did not stop within 10 s");
+        // The actors get a moment even when the budget is spent: stopping them is local.
+        let grace = left().max(Duration::from_secs(1));
+        if tokio::time::timeout(grace, self.handle).await.is_err() {
+            tracing::warn!("the actors did not stop before the leave's deadline");
         }
     }
 }
+
+/// How long a graceful leave may take in all. Kubernetes' default grace period is 30 s, and
+/// the HTTP drain before the leave and the database close after it need some of that.
+pub const LEAVE_BUDGET: Duration = Duration::from_secs(20);

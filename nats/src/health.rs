@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
 
 /// What a node needs before it should take traffic. Cheap to clone and to read.
 #[derive(Debug, Clone)]
@@ -9,7 +10,8 @@ pub struct Readiness {
     client: async_nats::Client,
     provisioned: Arc<AtomicBool>,
     leases_settled: Arc<AtomicBool>,
-    draining: Arc<AtomicBool>,
+    /// A watch rather than a flag: long-lived responses wait on it to end themselves.
+    draining: Arc<watch::Sender<bool>>,
     catalog_loaded: Arc<AtomicBool>,
     revocations_loaded: Arc<AtomicBool>,
 }
@@ -51,7 +53,7 @@ impl Readiness {
             client,
             provisioned: Arc::default(),
             leases_settled: Arc::default(),
-            draining: Arc::default(),
+            draining: Arc::new(watch::Sender::new(false)),
             catalog_loaded: Arc::default(),
             revocations_loaded: Arc::default(),
         }
@@ -79,7 +81,15 @@ impl Readiness {
 
     /// Marks the node as shutting down: it stops being ready at once.
     pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves once the node is shutting down; live streams end on it so the HTTP drain,
+    /// which waits for every response to finish, can.
+    pub async fn until_draining(&self) {
+        let mut draining = self.draining.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail while anyone waits.
+        let _ = draining.wait_for(|d| *d).await;
     }
 
     /// The current checks.
@@ -88,7 +98,7 @@ impl Readiness {
             nats_connected: crate::connect::connected(&self.client),
             streams_provisioned: self.provisioned.load(Ordering::Acquire),
             leases_settled: self.leases_settled.load(Ordering::Acquire),
-            draining: self.draining.load(Ordering::Acquire),
+            draining: *self.draining.borrow(),
             catalog_loaded: self.catalog_loaded.load(Ordering::Acquire),
             revocations_loaded: self.revocations_loaded.load(Ordering::Acquire),
         }

@@ -609,3 +609,39 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     assert!(!text.contains("id: 4\n") && !text.contains("id: 1\n"), "only what came after: {text}");
     assert!(text.contains("event: order"));
 }
+
+/// Open live streams must not hold a stopping node: each ends (the socket with a close frame,
+/// Server-Sent Events with the end of the body) and the node exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_ends_its_live_streams_and_exits_0() {
+    let (_nats, mut node, http, staff) = staff_node().await;
+    let base = node.url().to_owned();
+    lamp_on_sale(&staff, &base, &base, "STOP-LAMP", 5).await;
+    let c = customer(&http, &base, "stop@checkout.test").await;
+    let token =
+        souk_testkit::login(&base, "stop@checkout.test", "a long customer password").await["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+    let id = confirmed_order(&c, &base, "STOP-LAMP", 1, "stop").await;
+
+    let mut ws = socket(&base, &token).await;
+    send(&mut ws, json!({"type": "subscribe", "order": id, "after": 0})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let sse = c.get(format!("{base}/v1/orders/{id}/events")).send().await.expect("sse");
+    assert_eq!(sse.status(), StatusCode::OK);
+    let mut sse = sse.bytes_stream();
+    assert!(sse.next().await.is_some(), "the stream has begun");
+
+    let stopped = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
+    assert!(stopped.expect("stopped within 30 s of SIGTERM"), "SIGTERM should exit 0");
+    // What the streams said before the node went: the socket a close, SSE the body's end.
+    let mut closed = false;
+    while let Some(Ok(msg)) = ws.next().await {
+        closed |= matches!(msg, tokio_tungstenite::tungstenite::Message::Close(_));
+    }
+    assert!(closed, "the socket was closed by the node, not cut");
+    while let Some(chunk) = sse.next().await {
+        assert!(chunk.is_ok(), "the event stream ended cleanly: {chunk:?}");
+    }
+}

@@ -10,7 +10,7 @@ use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, Method};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -138,8 +138,17 @@ async fn session(app: AppState, socket: WebSocket) {
     // Each subscription's feed by what it follows (an order id, or `None` for every order):
     // subscribing again replaces the feed, unsubscribing ends it.
     let mut subscriptions: HashMap<Option<String>, AbortHandle> = HashMap::new();
+    let readiness = app.readiness.clone();
+    let mut draining = std::pin::pin!(readiness.until_draining());
     loop {
         tokio::select! {
+            // A node shutting down says so, rather than letting the connection drop: the
+            // client reconnects to another node and resubscribes after what it saw.
+            () = &mut draining => {
+                let away = CloseFrame { code: close_code::AWAY, reason: "node shutting down".into() };
+                let _ = tx.send(Message::Close(Some(away))).await;
+                break;
+            }
             incoming = rx.next() => {
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => text,
@@ -255,7 +264,13 @@ async fn events(
     let after =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let view = app.checkout.get(&who, &id, &rid.0).await?;
-    let events = app.live.order(view.id, after).map(|u| {
+    // The stream ends when the node starts shutting down: the drain waits for every response
+    // to finish, and a browser's EventSource reconnects (to another node) with Last-Event-ID.
+    let draining = {
+        let readiness = app.readiness.clone();
+        async move { readiness.until_draining().await }
+    };
+    let events = app.live.order(view.id, after).take_until(draining).map(|u| {
         let event = SseEvent::default().event("order").id(u.version.to_string());
         Ok::<_, Infallible>(
             event.json_data(&u).unwrap_or_else(|_| SseEvent::default().comment("unencodable")),
