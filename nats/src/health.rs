@@ -86,10 +86,12 @@ impl Readiness {
 
     /// Resolves once the node is shutting down; live streams end on it so the HTTP drain,
     /// which waits for every response to finish, can.
-    pub async fn until_draining(&self) {
+    pub fn until_draining(&self) -> impl Future<Output = ()> + Send + use<> {
         let mut draining = self.draining.subscribe();
-        // The sender lives as long as `self`, so waiting cannot fail while anyone waits.
-        let _ = draining.wait_for(|d| *d).await;
+        // It fails only once every handle of the node's readiness is gone, at the node's end.
+        async move {
+            let _ = draining.wait_for(|d| *d).await;
+        }
     }
 
     /// The current checks.

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use souk_testkit::{eventually, http_with_token, login};
 use std::time::Duration;
 
-const PASSWORD: &str = "a long customer password";
+pub(crate) const PASSWORD: &str = "a long customer password";
 
 pub(crate) async fn customer(http: &Client, base: &str, email: &str) -> Client {
     let r = http

@@ -1,7 +1,7 @@
 //! Checkout over HTTP: the cart becomes an order whose saga reserves stock, takes payment and
 //! confirms, or cancels with everything given back.
 
-use crate::cart::{add, customer};
+use crate::cart::{PASSWORD, add, customer};
 use crate::catalog::{body, create, product, staff_node, staff_node_with};
 use futures::StreamExt as _;
 use reqwest::{Client, Response, StatusCode};
@@ -489,9 +489,8 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     let (_nats, node, http, staff) = staff_node().await;
     let base = node.url();
     lamp_on_sale(&staff, base, base, "LIVE-LAMP", 5).await;
-    let password = "a long customer password";
     let c = customer(&http, base, "live@checkout.test").await;
-    let token = souk_testkit::login(base, "live@checkout.test", password).await["access_token"]
+    let token = souk_testkit::login(base, "live@checkout.test", PASSWORD).await["access_token"]
         .as_str()
         .expect("token")
         .to_owned();
@@ -574,7 +573,7 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     assert_eq!(next(&mut ws).await["code"], "forbidden");
     let other = customer(&http, base, "peeker@checkout.test").await;
     drop(other);
-    let peeker = souk_testkit::login(base, "peeker@checkout.test", password).await["access_token"]
+    let peeker = souk_testkit::login(base, "peeker@checkout.test", PASSWORD).await["access_token"]
         .as_str()
         .expect("token")
         .to_owned();
@@ -618,11 +617,10 @@ async fn a_stopping_node_ends_its_live_streams_and_exits_0() {
     let base = node.url().to_owned();
     lamp_on_sale(&staff, &base, &base, "STOP-LAMP", 5).await;
     let c = customer(&http, &base, "stop@checkout.test").await;
-    let token =
-        souk_testkit::login(&base, "stop@checkout.test", "a long customer password").await["access_token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
+    let token = souk_testkit::login(&base, "stop@checkout.test", PASSWORD).await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     let id = confirmed_order(&c, &base, "STOP-LAMP", 1, "stop").await;
 
     let mut ws = socket(&base, &token).await;

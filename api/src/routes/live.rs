@@ -138,8 +138,7 @@ async fn session(app: AppState, socket: WebSocket) {
     // Each subscription's feed by what it follows (an order id, or `None` for every order):
     // subscribing again replaces the feed, unsubscribing ends it.
     let mut subscriptions: HashMap<Option<String>, AbortHandle> = HashMap::new();
-    let readiness = app.readiness.clone();
-    let mut draining = std::pin::pin!(readiness.until_draining());
+    let mut draining = std::pin::pin!(app.readiness.until_draining());
     loop {
         tokio::select! {
             // A node shutting down says so, rather than letting the connection drop: the
@@ -266,11 +265,7 @@ async fn events(
     let view = app.checkout.get(&who, &id, &rid.0).await?;
     // The stream ends when the node starts shutting down: the drain waits for every response
     // to finish, and a browser's EventSource reconnects (to another node) with Last-Event-ID.
-    let draining = {
-        let readiness = app.readiness.clone();
-        async move { readiness.until_draining().await }
-    };
-    let events = app.live.order(view.id, after).take_until(draining).map(|u| {
+    let events = app.live.order(view.id, after).take_until(app.readiness.until_draining()).map(|u| {
         let event = SseEvent::default().event("order").id(u.version.to_string());
         Ok::<_, Infallible>(
             event.json_data(&u).unwrap_or_else(|_| SseEvent::default().comment("unencodable")),
