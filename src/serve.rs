@@ -192,12 +192,24 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         http,
     });
     let draining = readiness.clone();
-    souk_api::serve(listener, state, async move {
+    let serving = souk_api::serve(listener, state, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: no new requests; finishing in-flight ones");
         draining.set_draining();
-    })
-    .await?;
+    });
+    // Every request answers within `request_timeout` and live streams end on the drain, so a
+    // connection still open after that is a stuck client; it must not keep the node up.
+    let drain_limit = {
+        let (draining, limit) = (readiness.until_draining(), cfg.request_timeout);
+        async move {
+            draining.await;
+            tokio::time::sleep(limit).await;
+        }
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = drain_limit => tracing::warn!("requests still open after request_timeout; leaving without them"),
+    }
 
     stop_feeds.send_replace(true);
     node.leave().await;

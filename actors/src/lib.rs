@@ -221,6 +221,7 @@ impl Node {
     }
 }
 
-/// How long a graceful leave may take in all. Kubernetes' default grace period is 30 s, and
-/// the HTTP drain before the leave and the database close after it need some of that.
+/// How long a graceful leave may take in all. With the HTTP drain before it (at most
+/// `request_timeout`) and the database close after it, a stop fits the 45 s grace period
+/// `k8s/` and `compose.yaml` give a node.
 pub const LEAVE_BUDGET: Duration = Duration::from_secs(20);

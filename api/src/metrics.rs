@@ -29,6 +29,7 @@ struct RouteLabels {
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    in_flight: Gauge,
     /// Live order-status subscriptions held on this node.
     pub(crate) live_watchers: Gauge,
 }
@@ -39,6 +40,7 @@ impl HttpMetrics {
         let m = Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16))),
+            in_flight: Gauge::default(),
             live_watchers: Gauge::default(),
         };
         registry.register(
@@ -50,6 +52,11 @@ impl HttpMetrics {
             "souk_http_request_duration_seconds",
             "HTTP request latency by method and route",
             m.latency.clone(),
+        );
+        registry.register(
+            "souk_http_requests_in_flight",
+            "HTTP requests received and not yet answered (a shutdown waits for them)",
+            m.in_flight.clone(),
         );
         registry.register(
             "souk_live_watchers",
@@ -69,6 +76,9 @@ pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Re
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
+    // Counted down on drop too: a client that goes away drops its request's future.
+    m.in_flight.inc();
+    let _answered = InFlight(m.in_flight.clone());
     let res = next.run(req).await;
     let status = res.status().as_u16();
     m.latency
@@ -76,4 +86,13 @@ pub async fn track(State(m): State<HttpMetrics>, req: Request, next: Next) -> Re
         .observe(started.elapsed().as_secs_f64());
     m.requests.get_or_create(&RequestLabels { method, route, status }).inc();
     res
+}
+
+/// Counts one request out of the in-flight gauge when dropped.
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -22,6 +22,33 @@ async fn a_node_whose_nats_server_is_gone_still_stops_on_sigterm_and_exits_0() {
     assert!(stopped.expect("stopped within 30 s of SIGTERM"), "SIGTERM should exit 0");
 }
 
+/// A client that never finishes its request must not keep a stopping node up: the drain waits
+/// for in-flight requests only as long as a request may take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_body_never_comes_does_not_hold_a_stopping_node() {
+    use tokio::io::AsyncWriteExt as _;
+    let nats = NatsServer::start();
+    let mut node = SoukNode::start(bin(), nats.url(), &[("SOUK_REQUEST_TIMEOUT", "2s")]).expect("node");
+    ready(&http(), &node).await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    let mut stuck = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"email\""
+    );
+    stuck.write_all(head.as_bytes()).await.expect("half a request");
+    // The node has the request in hand (it and the metrics request itself) before it is told
+    // to stop.
+    let metrics = format!("{}/metrics", node.url());
+    eventually("the request in flight", Duration::from_secs(10), || async {
+        let text = http().get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.contains("\nsouk_http_requests_in_flight 2\n").then_some(())
+    })
+    .await;
+    let stopped = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
+    assert!(stopped.expect("stopped within 30 s of SIGTERM"), "SIGTERM should exit 0");
+    drop(stuck);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reservations_never_oversell_and_survive_a_restart() {
     let nats = NatsServer::start();
