@@ -57,6 +57,9 @@ pub struct Config {
     /// How long the edge waits for an entity's answer, retrying while its shard moves.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a request's body may take to arrive in full, from the request's start.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Write an entity snapshot after this many commits.
     pub snapshot_every: u64,
     /// Forget entities idle this long (they reload on their next command).
@@ -240,6 +243,7 @@ impl Default for Config {
             shards_stock: 64,
             lease_ttl: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(30),
             snapshot_every: 64,
             idle_after: Duration::from_secs(300),
             log: "info".to_owned(),

@@ -163,6 +163,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         live,
         store: history,
         reservation_ttl: cfg.reservation_ttl,
+        body_timeout: cfg.body_timeout,
         bus: bus.clone(),
         stock: read_models.stock,
         users: read_models.users,

@@ -148,6 +148,7 @@ pub const fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::Forbidden | ErrorCode::AccountDisabled => StatusCode::FORBIDDEN,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::RouteNotFound
         | ErrorCode::UnknownSku

@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap};
@@ -30,20 +31,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected a request with `Content-Type: application/json`",
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            let code = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ErrorCode::PayloadTooLarge
-            } else {
-                ErrorCode::InvalidBody
-            };
-            ApiError::invalid(code, e.body_text())
-        })?;
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         // Every body Souk takes is an object, but serde would also fill a struct from an array.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
             return Err(ApiError::invalid(ErrorCode::InvalidInput, "the body must be a JSON object"));
         }
         let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(Self(v))
+    }
+}
+
+/// The body as bytes, rejecting with [`ApiError`]: over its limit (413), too late (408, see
+/// [`crate::body`]), or cut off.
+#[derive(Debug, Clone, Default)]
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map(Self).map_err(|e| {
+            if let Some(late) = crate::body::too_late(&e) {
+                return late;
+            }
+            let code = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ErrorCode::PayloadTooLarge
+            } else {
+                ErrorCode::InvalidBody
+            };
+            ApiError::invalid(code, e.body_text())
+        })
     }
 }
 

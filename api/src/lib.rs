@@ -18,9 +18,10 @@
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
 //! - [`error`]: `ApiError` and the one code → status table.
 //! - [`extract`]: JSON, query and path extractors whose rejections are problem+json.
-//! - [`request_id`], [`metrics`], [`rate_limit`]: cross-cutting middleware.
+//! - [`request_id`], [`metrics`], [`rate_limit`], [`body`]: cross-cutting middleware.
 
 pub mod auth;
+pub mod body;
 pub mod cart;
 pub mod catalog;
 pub mod checkout;
@@ -98,6 +99,8 @@ pub struct App {
     pub store: souk_nats::EventStore,
     /// Live order status, for WebSocket and Server-Sent Events clients.
     pub live: live::LiveOrders,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: std::time::Duration,
     /// How long a reservation holds when the request does not say.
     pub reservation_ttl: std::time::Duration,
     /// Per-client request rate limit.
@@ -344,9 +347,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(state, body::limit))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
         .layer(
             TraceLayer::new_for_http()
@@ -375,25 +378,6 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id::HEADER.clone()))
         .layer(SetRequestIdLayer::new(request_id::HEADER.clone(), request_id::MakeId))
         .layer(axum::middleware::map_request(request_id::sanitize::<axum::body::Body>))
-}
-
-/// Refuses a body whose declared length is over the limit before reading any of it; bodies
-/// without a length (chunked) are cut off by `DefaultBodyLimit` as they stream.
-async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let limit = if req.uri().path() == "/v1/admin/import" { IMPORT_MAX } else { MAX_BODY };
-    if declared.is_some_and(|n| n > limit as u64) {
-        return error::problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            Some(format!("request bodies here are limited to {limit} bytes")),
-        );
-    }
-    next.run(req).await
 }
 
 async fn not_found() -> Response {

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     InvalidReservationId,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// The request body did not arrive in full within `body_timeout` of the request's start.
+    BodyTimeout,
     /// The request body is not `application/json`.
     UnsupportedMediaType,
     /// No route matches the path.
@@ -101,6 +103,7 @@ impl ErrorCode {
             Self::InvalidSku => "invalid_sku",
             Self::InvalidReservationId => "invalid_reservation_id",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -138,13 +141,14 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [Self; 39] = [
+    pub const ALL: [Self; 40] = [
         Self::InvalidBody,
         Self::InvalidInput,
         Self::InvalidQuantity,
         Self::InvalidSku,
         Self::InvalidReservationId,
         Self::PayloadTooLarge,
+        Self::BodyTimeout,
         Self::UnsupportedMediaType,
         Self::RouteNotFound,
         Self::MethodNotAllowed,

@@ -4,7 +4,9 @@ use crate::{bin, levels, list_all, ready, reserve, restock, stock};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
-use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
+use souk_testkit::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, NatsServer, SoukNode, admin_http, eventually, http, http_with_token, login,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -185,10 +187,14 @@ async fn the_node_describes_its_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_problem_json_and_changes_nothing() {
     let nats = NatsServer::start();
-    let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    let node = SoukNode::start(bin(), nats.url(), &[("SOUK_BODY_TIMEOUT", "1s")]).expect("node");
     let http = http();
     ready(&http, &node).await;
-    let http = admin_http(node.url()).await;
+    let token = login(node.url(), ADMIN_EMAIL, ADMIN_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let http = http_with_token(&token);
     let base = node.url();
     restock(&http, base, "DESK", 7).await;
     let before = stock(&http, base, "DESK").await;
@@ -246,6 +252,25 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
     assert_eq!(status, 413);
     assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
     assert!(body.contains("payload_too_large"), "{body}");
+    // A body without a length is cut off at the limit as it streams, with the same answer.
+    let (status, head, body) = chunked_post(base, "/v1/admin/import", &token, 5 * 1024 * 1024).await;
+    assert_eq!(status, 413, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
+    assert!(body.contains("payload_too_large"), "{body}");
+
+    // A body that trickles in is refused once `body_timeout` has passed since the request
+    // began, however steadily its bytes come: the answer arrives before the body is complete.
+    let (status, head, body, sent) = trickle_post(
+        base,
+        "/v1/inventory/DESK/restock",
+        &token,
+        &format!("{{\"quantity\":5{}}}", " ".repeat(40)),
+    )
+    .await;
+    assert_eq!(status, 408, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
+    assert!(body.contains("body_timeout"), "{body}");
+    assert!(sent < 40, "the node answered only after {sent} of the body's bytes");
 
     // Wrong content type, unknown route, wrong method, unknown SKU on GET, bad query.
     let r =
@@ -322,6 +347,64 @@ async fn read_model_matches_entities_and_rebuilds_from_the_stream() {
     .await;
 }
 
+/// Sends a POST of `len` bytes of text in 64 KiB chunks, without a length, for as long as the
+/// node reads them; then reads the response.
+async fn chunked_post(base: &str, path: &str, token: &str, len: usize) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    let chunk =
+        [format!("{:x}\r\n", 64 * 1024).into_bytes(), vec![b' '; 64 * 1024], b"\r\n".to_vec()].concat();
+    // The node may stop reading once the body is over its limit: the writes then stall.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..len / (64 * 1024) {
+            s.write_all(&chunk).await?;
+        }
+        s.write_all(b"0\r\n\r\n").await
+    })
+    .await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    response(&buf)
+}
+
+/// Sends a POST whose body comes a byte every 200 ms, and reads the response as it comes;
+/// answers the status, head, body and how many of the body's bytes were sent by then.
+async fn trickle_post(base: &str, path: &str, token: &str, body: &str) -> (u16, String, String, usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = s.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    write.write_all(head.as_bytes()).await.expect("write head");
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (sent, body) = (sent.clone(), body.as_bytes().to_vec());
+        tokio::spawn(async move {
+            for byte in body {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if write.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut buf)).await;
+    let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+    writer.abort();
+    let (status, head, body) = response(&buf);
+    (status, head, body, sent)
+}
+
 /// Sends the head of a POST announcing `len` bytes of JSON, then reads the response: the node
 /// must answer from the head alone, as a client about to stream a huge body would need.
 async fn raw_post(base: &str, path: &str, len: usize) -> (u16, String, String) {
@@ -334,7 +417,12 @@ async fn raw_post(base: &str, path: &str, len: usize) -> (u16, String, String) {
     s.write_all(head.as_bytes()).await.expect("write head");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    response(&buf)
+}
+
+/// A raw HTTP/1.1 response's status, head and body.
+fn response(raw: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, head.to_owned(), body.to_owned())

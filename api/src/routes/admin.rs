@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::auth::access::{Access, Principal};
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery};
 use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
@@ -174,7 +174,7 @@ async fn import(
     State(app): State<AppState>,
     rid: RequestId,
     ApiQuery(q): ApiQuery<ImportQuery>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<crate::import::Summary>, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid(ErrorCode::InvalidBody, "the body must be UTF-8 text"))?;

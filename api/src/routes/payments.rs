@@ -3,9 +3,9 @@
 use crate::AppState;
 use crate::auth::access::Access;
 use crate::error::{ApiError, Problem};
+use crate::extract::ApiBytes;
 use crate::routes::Route;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::routing::post;
@@ -24,7 +24,7 @@ pub(crate) fn routes() -> Vec<Route> {
 async fn webhook(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
     let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let event = app.webhooks.verify(signature, &body, time::OffsetDateTime::now_utc()).await?;
