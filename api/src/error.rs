@@ -1,7 +1,7 @@
 //! `ApiError`: every failure the edge returns, rendered as `application/problem+json` with a
 //! stable code. The code → status table lives here and nowhere else.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use souk_messages::{ErrorCode, ReplyError};
@@ -30,9 +30,15 @@ pub enum ApiError {
     /// 4xx/5xx by code: a business rejection, or input that failed validation.
     #[error(transparent)]
     Rejected(#[from] ReplyError),
-    /// 400/413/415/422: the JSON body could not be read.
-    #[error(transparent)]
-    Body(#[from] JsonRejection),
+    /// 400 (not JSON) or 422 (JSON of the wrong shape, an unknown field included): the body
+    /// could not be decoded.
+    #[error("{detail}")]
+    Decode {
+        /// Whether the body is not JSON at all.
+        syntax: bool,
+        /// What is wrong, and where.
+        detail: String,
+    },
     /// 400: the query string could not be read.
     #[error(transparent)]
     Query(#[from] QueryRejection),
@@ -90,13 +96,9 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, ErrorCode, Option<String>) {
         match self {
             Self::Rejected(e) => (status_of(e.code), e.code, Some(e.detail.clone())),
-            Self::Body(r) => {
-                let code = match r.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-                    _ => ErrorCode::InvalidBody,
-                };
-                (r.status(), code, Some(r.body_text()))
+            Self::Decode { syntax, detail } => {
+                let status = if *syntax { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+                (status, ErrorCode::InvalidBody, Some(detail.clone()))
             }
             Self::Query(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),
             Self::Path(r) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, Some(r.body_text())),

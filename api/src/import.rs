@@ -4,6 +4,7 @@
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
+use crate::routes::products::ProductBody;
 use serde::{Deserialize, Serialize};
 use souk_messages::product::{Currency, Money, ProductData, ProductStatus, Slug, Variant};
 use souk_messages::{ErrorCode, Sku};
@@ -54,19 +55,6 @@ pub struct Summary {
     pub rejected: Vec<Rejection>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonLine {
-    #[serde(default = "draft")]
-    status: ProductStatus,
-    #[serde(flatten)]
-    product: ProductData,
-}
-
-fn draft() -> ProductStatus {
-    ProductStatus::Draft
-}
-
 /// Parses `text`: the importable entries, and the lines refused already.
 pub fn parse(format: Format, text: &str) -> (Vec<Entry>, Vec<Rejection>) {
     match format {
@@ -82,7 +70,7 @@ fn parse_jsonl(text: &str) -> (Vec<Entry>, Vec<Rejection>) {
         if raw.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<JsonLine>(raw) {
+        match crate::extract::decode::<ProductBody>(raw.as_bytes()) {
             Ok(j) => match j.product.validate() {
                 Ok(()) => ok.push(Entry { line, product: j.product, status: j.status }),
                 Err(e) => bad.push(Rejection { line, reason: format!("{}: {}", e.code, e.detail) }),

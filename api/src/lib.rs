@@ -188,7 +188,7 @@ pub struct App {
         import::Format,
         souk_storage::catalog::Sort,
     )),
-    modifiers(&Security, &Described, &Extensible)
+    modifiers(&Security, &Described, &Strict, &Extensible)
 )]
 pub struct ApiDoc;
 
@@ -295,6 +295,29 @@ impl utoipa::Modify for Described {
                     r.description =
                         reason.and_then(|s| s.canonical_reason()).unwrap_or("response").to_owned();
                 }
+            }
+        }
+    }
+}
+
+/// Request bodies are decoded strictly ([`extract::decode`]): an unknown field is refused at
+/// any depth. The types shared with stored events accept unknown fields themselves (a newer
+/// Souk may have extended an event), so their schemas are marked strict here.
+struct Strict;
+
+impl Strict {
+    /// The shared types that request bodies contain.
+    const SHARED: [&str; 3] = ["Address", "Variant", "ProductData"];
+}
+
+impl utoipa::Modify for Strict {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let Some(components) = doc.components.as_mut() else { return };
+        for name in Self::SHARED {
+            if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(name) {
+                o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
             }
         }
     }

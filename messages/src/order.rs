@@ -64,7 +64,6 @@ fn invalid(detail: impl Into<String>) -> ReplyError {
 #[derive(
     Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
 )]
-#[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient, 1–100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -838,5 +837,17 @@ mod tests {
         let other = run(&mut authorized, &sold("pay_2")).expect_err("another payment");
         assert_eq!(other.code, ErrorCode::OrderConflict);
         assert_eq!(authorized.status, Some(OrderStatus::Reserved));
+    }
+
+    /// A newer release may add fields to an order's address: an older node still reads the
+    /// placement (the API's refusal of unknown fields is not part of the type).
+    #[test]
+    fn a_placement_with_fields_this_release_does_not_know_still_decodes() {
+        let placed = OrderEvent::Placed { placement: Box::new(reserved().placement.expect("placed")) };
+        let mut json = serde_json::to_value(&placed).expect("json");
+        json["data"]["shipping_address"]["company"] = serde_json::json!("Analytical Engines Ltd");
+        json["data"]["gift_wrap"] = serde_json::json!(true);
+        let read: OrderEvent = serde_json::from_value(json).expect("an extended placement decodes");
+        assert_eq!(read, placed);
     }
 }

@@ -202,7 +202,6 @@ impl ProductStatus {
 
 /// One sellable variant of a product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Variant {
     /// Its SKU, unique across the catalog.
     #[schema(value_type = String, example = "LINEN-SHIRT-M-WHITE")]
@@ -216,7 +215,6 @@ pub struct Variant {
 
 /// Everything staff set on a product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ProductData {
     /// Title, 1 to 200 characters.
     #[schema(example = "Linen shirt")]
@@ -689,5 +687,18 @@ mod tests {
         assert_eq!(run(&mut s, &ProductCommand::Delete { expected_version: Some(1) }), Ok(1));
         assert_eq!(run(&mut s, &ProductCommand::Get), Err(ErrorCode::UnknownProduct));
         assert_eq!(run(&mut s, &create), Err(ErrorCode::ProductConflict), "a deleted id is not reused");
+    }
+
+    /// A newer release may add fields to product data and variants: an older node still reads
+    /// the product (the API's refusal of unknown fields is not part of the type).
+    #[test]
+    fn product_data_with_fields_this_release_does_not_know_still_decodes() {
+        let created =
+            ProductEvent::Created { product: data("linen-shirt", &["LS-M"]), status: ProductStatus::Active };
+        let mut json = serde_json::to_value(&created).expect("json");
+        json["data"]["product"]["seo_title"] = serde_json::json!("Linen shirts");
+        json["data"]["product"]["variants"][0]["barcode"] = serde_json::json!("4006381333931");
+        let read: ProductEvent = serde_json::from_value(json).expect("extended product data decodes");
+        assert_eq!(read, created);
     }
 }

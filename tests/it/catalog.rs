@@ -323,6 +323,8 @@ async fn bad_product_input_gets_problem_json_and_creates_nothing() {
         (with(&|v| v["status"] = json!("archived")), 422, "invalid_input"),
         (with(&|v| v["images"] = json!(["javascript:alert(1)"])), 422, "invalid_input"),
         (with(&|v| v["unknown"] = json!(1)), 422, "invalid_body"),
+        (with(&|v| v["variants"][0]["colour"] = json!("red")), 422, "invalid_body"),
+        (with(&|v| v["variants"][0]["price"]["cents"] = json!(1)), 422, "invalid_body"),
         (json!({"title": "No variants", "slug": "x"}), 422, "invalid_body"),
     ];
     for (b, status, code) in cases {

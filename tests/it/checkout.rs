@@ -88,7 +88,14 @@ async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one
     no_country["shipping_address"]["country"] = json!("Britain");
     let mut card_number = good.clone();
     card_number["payment_method"] = json!("4242424242424242");
-    for (key, b) in [(None, &good), (Some("k-bad"), &no_country), (Some("k-bad"), &card_number)] {
+    let mut misspelt = good.clone();
+    misspelt["shipping_address"]["postcode"] = json!("N1 7AA");
+    for (key, b) in [
+        (None, &good),
+        (Some("k-bad"), &no_country),
+        (Some("k-bad"), &card_number),
+        (Some("k-bad"), &misspelt),
+    ] {
         let r = checkout(&ada, base, key, b).await;
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{key:?} {b}");
         assert_eq!(r.headers()["content-type"], "application/problem+json");

@@ -32,7 +32,9 @@ pub(crate) fn routes() -> Vec<Route> {
 }
 
 /// `POST /v1/products` and `PUT /v1/products/{id}`: the product, and its status.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+// Also each line of a JSON-lines import. Decoded by hand (below); the serde attributes only
+// give the OpenAPI document its shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
     /// `draft` (default) or `active`.
@@ -45,6 +47,23 @@ pub struct ProductBody {
 
 fn draft() -> ProductStatus {
     ProductStatus::Draft
+}
+
+/// A derived decoder would hand the flattened product data its fields as a buffer, out of
+/// reach of [`crate::extract::decode`]'s check for unknown fields; this one takes `status`
+/// out and decodes the rest strictly itself.
+impl<'de> Deserialize<'de> for ProductBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut fields = serde_json::Map::deserialize(d)?;
+        let status = match fields.remove("status") {
+            Some(v) => ProductStatus::deserialize(v).map_err(|e| D::Error::custom(format!("status: {e}")))?,
+            None => draft(),
+        };
+        let product = crate::extract::decode_value(serde_json::Value::Object(fields))
+            .map_err(|e| D::Error::custom(e.to_string()))?;
+        Ok(Self { status, product })
+    }
 }
 
 /// A product with the units available of each variant.
