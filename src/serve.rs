@@ -24,6 +24,7 @@ use std::time::Duration;
 
 /// Runs a node until a shutdown signal, then leaves the cluster gracefully.
 pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> anyhow::Result<()> {
+    let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let node_id = node_id(&cfg)?;
@@ -53,148 +54,164 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         local_nats = Some(server);
     }
 
-    let client = connect(&cfg, urls, format!("souk {node_id}")).await?;
-    let readiness = Readiness::new(client.clone());
-    let jet = provision(&client, &cfg).await?;
-    readiness.set_provisioned();
-    let shards = cfg.shard_counts().map_err(anyhow::Error::msg)?;
-    let cluster = Cluster::new(&jet, node_id.clone());
-    cluster.agree_on_shards(shards).await?;
+    // A signal during start-up stops the node there: the process exits 0 and takes its local
+    // nats-server with it, as after a stop at any other time.
+    let startup = async {
+        let client = connect(&cfg, urls, format!("souk {node_id}")).await?;
+        let readiness = Readiness::new(client.clone());
+        let jet = provision(&client, &cfg).await?;
+        readiness.set_provisioned();
+        let shards = cfg.shard_counts().map_err(anyhow::Error::msg)?;
+        let cluster = Cluster::new(&jet, node_id.clone());
+        cluster.agree_on_shards(shards).await?;
 
-    let db = souk_storage::connect(&DbSettings {
-        endpoint: cfg.db_endpoint(),
-        namespace: cfg.db_namespace.clone(),
-        database: cfg.db_database.clone(),
-        root: cfg.db_user.clone().zip(cfg.db_password.clone()),
-    })
-    .await
-    .context("cannot open the read-model database")?;
-    let read_models = ReadModels::new(db);
+        let db = souk_storage::connect(&DbSettings {
+            endpoint: cfg.db_endpoint(),
+            namespace: cfg.db_namespace.clone(),
+            database: cfg.db_database.clone(),
+            root: cfg.db_user.clone().zip(cfg.db_password.clone()),
+        })
+        .await
+        .context("cannot open the read-model database")?;
+        let read_models = ReadModels::new(db);
 
-    let mut registry = Registry::default();
-    let store = EventStore::new(jet.clone(), StoreMetrics::register(&mut registry));
-    let history = store.clone();
-    let actor_metrics = ActorMetrics::register(&mut registry);
-    let http = souk_api::metrics::HttpMetrics::register(&mut registry);
-    let nats_metrics = souk_nats::monitor::NatsMetrics::register(&mut registry);
-    registry.register(
-        "souk_log_records_dropped",
-        "Log records not forwarded to the central log store (queue full or NATS unreachable)",
-        logs.dropped.clone(),
-    );
-    let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
+        let mut registry = Registry::default();
+        let store = EventStore::new(jet.clone(), StoreMetrics::register(&mut registry));
+        let history = store.clone();
+        let actor_metrics = ActorMetrics::register(&mut registry);
+        let http = souk_api::metrics::HttpMetrics::register(&mut registry);
+        let nats_metrics = souk_nats::monitor::NatsMetrics::register(&mut registry);
+        registry.register(
+            "souk_log_records_dropped",
+            "Log records not forwarded to the central log store (queue full or NATS unreachable)",
+            logs.dropped.clone(),
+        );
+        let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
 
-    // Embedded read models are per node, so each node projects everything through its own
-    // consumers; a shared database shares one consumer per kind.
-    let projector_suffix =
-        if cfg.db_endpoint().starts_with("ws") { String::new() } else { format!("_{node_id}") };
-    let node = Node::start(
-        ActorSettings {
-            shards,
-            tick: (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
-            snapshot_every: cfg.snapshot_every,
-            idle_after: cfg.idle_after,
-            projector_suffix,
-            saga: souk_actors::saga::SagaSettings {
-                reservation_ttl: cfg.reservation_ttl,
-                payment_timeout: cfg.payment_timeout,
+        // Embedded read models are per node, so each node projects everything through its own
+        // consumers; a shared database shares one consumer per kind.
+        let projector_suffix =
+            if cfg.db_endpoint().starts_with("ws") { String::new() } else { format!("_{node_id}") };
+        let node = Node::start(
+            ActorSettings {
+                shards,
+                tick: (cfg.lease_ttl / 3).max(Duration::from_millis(200)),
+                snapshot_every: cfg.snapshot_every,
+                idle_after: cfg.idle_after,
+                projector_suffix,
+                saga: souk_actors::saga::SagaSettings {
+                    reservation_ttl: cfg.reservation_ttl,
+                    payment_timeout: cfg.payment_timeout,
+                },
+                log_retention: cfg.log_retention,
             },
-            log_retention: cfg.log_retention,
-        },
-        NodeDeps {
-            jet: jet.clone(),
-            bus: bus.clone(),
-            store,
-            cluster,
-            read_models: read_models.clone(),
-            readiness: readiness.clone(),
-            metrics: actor_metrics,
-            payments: payment_gateway(&cfg)?,
-            notify: cfg.notify_settings()?,
-        },
-    )
-    .await?;
+            NodeDeps {
+                jet: jet.clone(),
+                bus: bus.clone(),
+                store,
+                cluster,
+                read_models: read_models.clone(),
+                readiness: readiness.clone(),
+                metrics: actor_metrics,
+                payments: payment_gateway(&cfg)?,
+                notify: cfg.notify_settings()?,
+            },
+        )
+        .await?;
 
-    let auth = auth(&cfg, &jet, bus.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
-    let addr = listener.local_addr()?;
-    // The configured admin exists before the first request is served.
-    if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
-        ensure_admin(&auth, email, password.clone()).await.context("admin_email")?;
-    }
-    tracing::info!(%addr, "http listening");
+        let auth = auth(&cfg, &jet, bus.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
+        let addr = listener.local_addr()?;
+        // The configured admin exists before the first request is served.
+        if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
+            ensure_admin(&auth, email, password.clone()).await.context("admin_email")?;
+        }
+        tracing::info!(%addr, "http listening");
 
-    let (stop_feeds, feeds_stop) = tokio::sync::watch::channel(false);
-    let storefront = souk_api::storefront::Storefront::start(&jet, readiness.clone(), &feeds_stop);
-    auth.follow_revocations(
-        jet.events.of(souk_messages::subject::EntityKind::User),
-        readiness.clone(),
-        &feeds_stop,
-    );
-    tokio::spawn({
-        let (jet, stop) = (jet.clone(), feeds_stop.clone());
-        async move { nats_metrics.watch(jet, Duration::from_secs(5), stop).await }
-    });
-    tokio::spawn({
-        let (client, stop) = (client.clone(), feeds_stop.clone());
-        async move { logs.forward(client, stop).await }
-    });
-    let catalog = souk_api::catalog::Catalog::new(bus.clone(), souk_nats::catalog::CatalogClaims::new(&jet));
-    if seed {
-        let (bus, auth, catalog, readiness) = (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::seed::run(&bus, &auth, &catalog, &readiness).await {
-                tracing::error!(error = %e, "seeding failed");
-            }
+        let (stop_feeds, feeds_stop) = tokio::sync::watch::channel(false);
+        let storefront = souk_api::storefront::Storefront::start(&jet, readiness.clone(), &feeds_stop);
+        auth.follow_revocations(
+            jet.events.of(souk_messages::subject::EntityKind::User),
+            readiness.clone(),
+            &feeds_stop,
+        );
+        tokio::spawn({
+            let (jet, stop) = (jet.clone(), feeds_stop.clone());
+            async move { nats_metrics.watch(jet, Duration::from_secs(5), stop).await }
         });
-    }
+        tokio::spawn({
+            let (client, stop) = (client.clone(), feeds_stop.clone());
+            async move { logs.forward(client, stop).await }
+        });
+        let catalog =
+            souk_api::catalog::Catalog::new(bus.clone(), souk_nats::catalog::CatalogClaims::new(&jet));
+        if seed {
+            let (bus, auth, catalog, readiness) =
+                (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::seed::run(&bus, &auth, &catalog, &readiness).await {
+                    tracing::error!(error = %e, "seeding failed");
+                }
+            });
+        }
 
-    let carts = souk_api::cart::Carts::new(
-        bus.clone(),
-        storefront.clone(),
-        CartRules { max_quantity: cfg.cart_max_quantity, idle_secs: cfg.cart_idle_ttl.as_secs() },
-    );
-    let live = souk_api::live::LiveOrders::start(history.clone(), &http, &feeds_stop)
-        .await
-        .context("cannot follow the order stream")?;
-    let state = Arc::new(souk_api::App {
-        live,
-        store: history,
-        reservation_ttl: cfg.reservation_ttl,
-        body_timeout: cfg.body_timeout,
-        bus: bus.clone(),
-        stock: read_models.stock,
-        users: read_models.users,
-        catalog,
-        catalog_repo: read_models.catalog,
-        orders: read_models.orders,
-        notifications: read_models.notifications,
-        endpoints: souk_nats::notify::Endpoints::new(&jet),
-        logs: read_models.logs,
-        webhooks_allow_private: cfg.webhooks_allow_private,
-        jet: jet.clone(),
-        webhooks: souk_api::webhook::Webhooks::new(
-            cfg.payments_webhook_secret.clone(),
-            JsonKv::new(jet.webhooks.clone()),
-        ),
-        checkout: souk_api::checkout::Checkout::new(
+        let carts = souk_api::cart::Carts::new(
             bus.clone(),
-            carts.clone(),
-            JsonKv::new(jet.checkouts.clone()),
-        ),
-        carts,
-        storefront,
-        auth,
-        rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
-        readiness: readiness.clone(),
-        registry: Arc::new(registry),
-        http,
-    });
+            storefront.clone(),
+            CartRules { max_quantity: cfg.cart_max_quantity, idle_secs: cfg.cart_idle_ttl.as_secs() },
+        );
+        let live = souk_api::live::LiveOrders::start(history.clone(), &http, &feeds_stop)
+            .await
+            .context("cannot follow the order stream")?;
+        let state = Arc::new(souk_api::App {
+            live,
+            store: history,
+            reservation_ttl: cfg.reservation_ttl,
+            body_timeout: cfg.body_timeout,
+            bus: bus.clone(),
+            stock: read_models.stock,
+            users: read_models.users,
+            catalog,
+            catalog_repo: read_models.catalog,
+            orders: read_models.orders,
+            notifications: read_models.notifications,
+            endpoints: souk_nats::notify::Endpoints::new(&jet),
+            logs: read_models.logs,
+            webhooks_allow_private: cfg.webhooks_allow_private,
+            jet: jet.clone(),
+            webhooks: souk_api::webhook::Webhooks::new(
+                cfg.payments_webhook_secret.clone(),
+                JsonKv::new(jet.webhooks.clone()),
+            ),
+            checkout: souk_api::checkout::Checkout::new(
+                bus.clone(),
+                carts.clone(),
+                JsonKv::new(jet.checkouts.clone()),
+            ),
+            carts,
+            storefront,
+            auth,
+            rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
+            readiness: readiness.clone(),
+            registry: Arc::new(registry),
+            http,
+        });
+        anyhow::Ok((client, readiness, node, listener, state, stop_feeds))
+    };
+    let started = tokio::select! {
+        started = startup => started,
+        () = signals.recv() => {
+            tracing::info!("stopped during start-up");
+            stop_local(local_nats, &cfg).await?;
+            return Ok(());
+        }
+    };
+    let (client, readiness, node, listener, state, stop_feeds) = started?;
     let draining = readiness.clone();
     let serving = souk_api::serve(listener, state, async move {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!("shutting down: no new requests; finishing in-flight ones");
         draining.set_draining();
     });
@@ -222,11 +239,17 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         tracing::warn!("could not flush to NATS within 5 s; exiting anyway");
     }
     drop(client);
+    stop_local(local_nats, &cfg).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Stops the node's own nats-server, if it runs one.
+async fn stop_local(local_nats: Option<LocalServer>, cfg: &Config) -> anyhow::Result<()> {
     if let Some(mut server) = local_nats {
         tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await?;
         let _ = std::fs::remove_file(cfg.local_nats_file());
     }
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -342,23 +365,34 @@ async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<s
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT, listened for from the start of `run`: before that, either would end
+/// the process at once, leaving its local nats-server running.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

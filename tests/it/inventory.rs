@@ -51,6 +51,58 @@ async fn a_request_whose_body_never_comes_does_not_hold_a_stopping_node() {
     drop(stuck);
 }
 
+/// A signal that comes while the node is still starting stops it there: it exits 0 and its
+/// own nats-server stops with it, instead of the process dying with the server left running.
+#[test]
+fn a_node_stopped_while_it_starts_exits_0_and_stops_its_own_nats_server() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
+    let mut node = Command::new(bin())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
+        .env("SOUK_DATA_DIR", &data)
+        .env("SOUK_HTTP_ADDR", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("souk serve");
+    // Its nats-server has started (its pid file is written), the node has not finished starting.
+    let pid_file = data.join("nats").join("nats.pid");
+    let nats_pid = (0..3000)
+        .find_map(|_| {
+            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            if pid.is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            pid
+        })
+        .expect("the node's nats-server started");
+    Command::new("kill").arg("-TERM").arg(node.id().to_string()).status().expect("kill");
+    let status = (0..3000)
+        .find_map(|_| {
+            let status = node.try_wait().expect("wait");
+            if status.is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            status
+        })
+        .expect("the node stops within 30 s of SIGTERM");
+    let text = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    let nats_running = std::path::Path::new(&format!("/proc/{nats_pid}")).exists();
+    if nats_running {
+        let _ = Command::new("kill").arg("-KILL").arg(nats_pid.to_string()).status();
+    }
+    assert!(status.success(), "SIGTERM during start-up should exit 0, not {status}:\n{text}");
+    assert!(text.contains("stopped during start-up"), "{text}");
+    assert!(!text.contains("http listening"), "the node should not have started serving:\n{text}");
+    assert!(!nats_running, "its nats-server is still running");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reservations_never_oversell_and_survive_a_restart() {
     let nats = NatsServer::start();
