@@ -260,6 +260,16 @@ impl SoukNode {
 impl Drop for SoukNode {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what its nodes warned about: the log goes with the temp dir.
+        if std::thread::panicking() {
+            let log = self.log();
+            let notable: Vec<&str> =
+                log.lines().filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\"")).collect();
+            eprintln!("--- {}: last warnings and errors of {} ---", self.url, notable.len());
+            for line in &notable[notable.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
