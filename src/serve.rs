@@ -151,8 +151,15 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
             let (bus, auth, catalog, readiness) =
                 (bus.clone(), auth.clone(), catalog.clone(), readiness.clone());
             tokio::spawn(async move {
-                if let Err(e) = crate::seed::run(&bus, &auth, &catalog, &readiness).await {
-                    tracing::error!(error = %e, "seeding failed");
+                // Seeding is idempotent: one cut short by a stop is finished by the next start.
+                let draining = readiness.until_draining();
+                tokio::select! {
+                    seeded = crate::seed::run(&bus, &auth, &catalog, &readiness) => {
+                        if let Err(e) = seeded {
+                            tracing::error!(error = %e, "seeding failed");
+                        }
+                    }
+                    () = draining => tracing::info!("demo seeding stopped by the shutdown; the next start finishes it"),
                 }
             });
         }
