@@ -313,8 +313,12 @@ pub fn http_with_token(token: &str) -> reqwest::Client {
 
 /// A client signed in as the test admin of the node at `base`.
 pub async fn admin_http(base: &str) -> reqwest::Client {
-    let tokens = login(base, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    http_with_token(tokens["access_token"].as_str().expect("access_token"))
+    http_with_token(&access_token(base, ADMIN_EMAIL, ADMIN_PASSWORD).await)
+}
+
+/// Logs in and answers the access token alone.
+pub async fn access_token(base: &str, email: &str, password: &str) -> String {
+    login(base, email, password).await["access_token"].as_str().expect("access_token").to_owned()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

@@ -4,7 +4,7 @@
 use crate::catalog::{body, create, product, staff_node};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use souk_testkit::{eventually, http_with_token, login};
+use souk_testkit::{access_token, eventually, http_with_token};
 use std::time::Duration;
 
 pub(crate) const PASSWORD: &str = "a long customer password";
@@ -17,7 +17,7 @@ pub(crate) async fn customer(http: &Client, base: &str, email: &str) -> Client {
         .await
         .expect("register");
     assert_eq!(r.status(), StatusCode::CREATED);
-    http_with_token(login(base, email, PASSWORD).await["access_token"].as_str().expect("token"))
+    http_with_token(&access_token(base, email, PASSWORD).await)
 }
 
 async fn cart(c: &Client, base: &str, token: Option<&str>) -> Value {

@@ -497,10 +497,7 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     let base = node.url();
     lamp_on_sale(&staff, base, base, "LIVE-LAMP", 5).await;
     let c = customer(&http, base, "live@checkout.test").await;
-    let token = souk_testkit::login(base, "live@checkout.test", PASSWORD).await["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = souk_testkit::access_token(base, "live@checkout.test", PASSWORD).await;
     body(add(&c, base, None, "LIVE-LAMP", 1).await, StatusCode::OK).await;
     let b = json!({"shipping_address": address(), "payment_method": "pm_card_visa"});
     let placed = body(checkout(&c, base, Some("live"), &b).await, StatusCode::CREATED).await;
@@ -580,10 +577,7 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     assert_eq!(next(&mut ws).await["code"], "forbidden");
     let other = customer(&http, base, "peeker@checkout.test").await;
     drop(other);
-    let peeker = souk_testkit::login(base, "peeker@checkout.test", PASSWORD).await["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let peeker = souk_testkit::access_token(base, "peeker@checkout.test", PASSWORD).await;
     let mut theirs = socket(base, &peeker).await;
     send(&mut theirs, json!({"type": "subscribe", "order": id})).await;
     assert_eq!(next(&mut theirs).await["code"], "unknown_order");
@@ -624,10 +618,7 @@ async fn a_stopping_node_ends_its_live_streams_and_exits_0() {
     let base = node.url().to_owned();
     lamp_on_sale(&staff, &base, &base, "STOP-LAMP", 5).await;
     let c = customer(&http, &base, "stop@checkout.test").await;
-    let token = souk_testkit::login(&base, "stop@checkout.test", PASSWORD).await["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = souk_testkit::access_token(&base, "stop@checkout.test", PASSWORD).await;
     let id = confirmed_order(&c, &base, "STOP-LAMP", 1, "stop").await;
 
     let mut ws = socket(&base, &token).await;

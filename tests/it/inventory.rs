@@ -5,7 +5,8 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 use souk_testkit::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, NatsServer, SoukNode, admin_http, eventually, http, http_with_token, login,
+    ADMIN_EMAIL, ADMIN_PASSWORD, NatsServer, SoukNode, access_token, admin_http, eventually, http,
+    http_with_token,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -73,25 +74,11 @@ fn a_node_stopped_while_it_starts_exits_0_and_stops_its_own_nats_server() {
         .expect("souk serve");
     // Its nats-server has started (its pid file is written), the node has not finished starting.
     let pid_file = data.join("nats").join("nats.pid");
-    let nats_pid = (0..3000)
-        .find_map(|_| {
-            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok());
-            if pid.is_none() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            pid
-        })
+    let nats_pid = within_30s(|| std::fs::read_to_string(&pid_file).ok()?.trim().parse::<u32>().ok())
         .expect("the node's nats-server started");
     Command::new("kill").arg("-TERM").arg(node.id().to_string()).status().expect("kill");
-    let status = (0..3000)
-        .find_map(|_| {
-            let status = node.try_wait().expect("wait");
-            if status.is_none() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            status
-        })
-        .expect("the node stops within 30 s of SIGTERM");
+    let status =
+        within_30s(|| node.try_wait().expect("wait")).expect("the node stops within 30 s of SIGTERM");
     let text = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
     let nats_running = std::path::Path::new(&format!("/proc/{nats_pid}")).exists();
     if nats_running {
@@ -242,10 +229,7 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
     let node = SoukNode::start(bin(), nats.url(), &[("SOUK_BODY_TIMEOUT", "1s")]).expect("node");
     let http = http();
     ready(&http, &node).await;
-    let token = login(node.url(), ADMIN_EMAIL, ADMIN_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_owned();
+    let token = access_token(node.url(), ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let http = http_with_token(&token);
     let base = node.url();
     restock(&http, base, "DESK", 7).await;
@@ -397,6 +381,20 @@ async fn read_model_matches_entities_and_rebuilds_from_the_stream() {
         (as_map(list_all(&http, fresh.url()).await) == truth).then_some(())
     })
     .await;
+}
+
+/// Polls `check` every 10 ms for up to 30 s, from a test without a runtime.
+fn within_30s<T>(mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Sends a POST of `len` bytes of text in 64 KiB chunks, without a length, for as long as the

@@ -12,7 +12,7 @@ use reqwest::Client;
 use serde_json::{Value, json};
 use souk_testkit::smtp::SmtpPeer;
 use souk_testkit::{
-    NatsServer, SoukNode, admin_http, eventually, http, http_with_token, login, souk_command,
+    NatsServer, SoukNode, access_token, admin_http, eventually, http, http_with_token, souk_command,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,7 +129,7 @@ async fn register(http: &Client, base: &str, email: &str, phone: Option<&str>) -
     }
     let r = http.post(format!("{base}/v1/auth/register")).json(&b).send().await.expect("register");
     assert_eq!(r.status(), StatusCode::CREATED);
-    http_with_token(login(base, email, PASSWORD).await["access_token"].as_str().expect("token"))
+    http_with_token(&access_token(base, email, PASSWORD).await)
 }
 
 fn mails_to(smtp: &SmtpPeer, to: &str, subject_part: &str) -> Vec<String> {

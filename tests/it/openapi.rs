@@ -71,10 +71,7 @@ async fn the_node_answers_as_its_document_says() {
     let nats = NatsServer::start();
     let node = SoukNode::start(bin(), nats.url(), &[]).expect("node");
     ready(&souk_testkit::http(), &node).await;
-    let token = souk_testkit::login(node.url(), ADMIN_EMAIL, ADMIN_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = souk_testkit::access_token(node.url(), ADMIN_EMAIL, ADMIN_PASSWORD).await;
     // Its caches and reports go to a folder of its own.
     let scratch = tempfile::tempdir().expect("tempdir");
     let out = tokio::process::Command::new(python_tool("schemathesis"))
