@@ -21,13 +21,7 @@ impl ClusterClient {
     /// Connects through the configured NATS URLs, or the local `nats-server` of a
     /// `souk serve` using the same data dir.
     pub async fn connect(cfg: &Config, name: &str) -> anyhow::Result<Self> {
-        let urls = cfg.nats_urls_or_local();
-        if urls.is_empty() {
-            bail!(
-                "no NATS to reach: set SOUK_NATS_URL, or run this next to a running `souk serve` (same data dir)"
-            );
-        }
-        let client = crate::serve::connect(cfg, urls, name.to_owned()).await?;
+        let client = nats(cfg, name).await?;
         // Attach, never provision: a tool's TTLs and replica count must not reconfigure the
         // cluster's buckets.
         let jet = souk_nats::streams::attach(client.clone())
@@ -53,4 +47,16 @@ impl ClusterClient {
         self.client.flush().await?;
         Ok(())
     }
+}
+
+/// A NATS connection through the configured URLs, or the local `nats-server` of a
+/// `souk serve` using the same data dir; for tools that need no provisioned cluster.
+pub async fn nats(cfg: &Config, name: &str) -> anyhow::Result<souk_nats::Client> {
+    let urls = cfg.nats_urls_or_local();
+    if urls.is_empty() {
+        bail!(
+            "no NATS to reach: set SOUK_NATS_URL, or run this next to a running `souk serve` (same data dir)"
+        );
+    }
+    crate::serve::connect(cfg, urls, name.to_owned()).await
 }

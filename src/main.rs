@@ -61,6 +61,18 @@ enum Command {
     /// Load the demo catalog (products, stock, accounts) into a running cluster; existing
     /// products and stock are left as they are.
     Seed,
+    /// Snapshot every stream and bucket of a running cluster into a new folder.
+    Backup {
+        /// The folder to create (it must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a NATS that holds none of Souk's streams, before any node starts.
+    Restore {
+        /// The backup's folder.
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +212,14 @@ async fn main() -> anyhow::Result<()> {
                 DlqCommand::List => souk::notify::list(&cfg).await,
                 DlqCommand::Retry { seqs, all } => souk::notify::retry(&cfg, &seqs, all).await,
             }
+        }
+        Command::Backup { out } => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::backup::backup(&cfg, &out).await
+        }
+        Command::Restore { from } => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            souk::backup::restore(&cfg, &from).await
         }
         Command::Seed => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

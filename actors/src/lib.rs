@@ -74,6 +74,13 @@ pub enum StartError {
     /// Notifications did not start.
     #[error(transparent)]
     Notify(#[from] notify::NotifyError),
+    /// The read models could not be checked against the streams, or emptied.
+    #[error("read models: {0}")]
+    ReadModels(#[from] projector::ProjectorError),
+    /// A shared read-model database is ahead of the streams; other nodes read it too, so
+    /// an operator empties it.
+    #[error("{0}; the shared read-model database must be emptied (or a new one used) before nodes start")]
+    SharedReadModelsAhead(projector::Ahead),
 }
 
 /// A running actor system. Call [`Node::leave`] before dropping it to hand shards off.
@@ -114,6 +121,14 @@ impl Node {
     /// Starts the node supervisor (which takes this node's shards), the projectors, the
     /// catalog follower and the expiry sweeper.
     pub async fn start(settings: ActorSettings, deps: NodeDeps) -> Result<Self, StartError> {
+        if let Some(ahead) = projector::ahead_of_streams(&deps.jet, &deps.read_models).await?.first() {
+            if settings.projector_suffix.is_empty() {
+                return Err(StartError::SharedReadModelsAhead(ahead.clone()));
+            }
+            // This node's own database is a cache of the streams: rebuild it from them.
+            tracing::warn!(%ahead, "emptying this node's read models to rebuild them from the streams");
+            deps.read_models.clear().await.map_err(projector::ProjectorError::Storage)?;
+        }
         let ctx = Arc::new(NodeContext {
             bus: deps.bus.clone(),
             store: deps.store,

@@ -14,8 +14,8 @@ use souk_messages::user::UserEvent;
 use souk_messages::{Sku, UserId};
 use souk_nats::Jet;
 use souk_storage::{
-    CatalogRepo, NotificationEvents, NotificationRepo, OrderEvents, OrderRepo, ProductEvents, StockChange,
-    StockRepo, StorageError, UserEvents, UserRepo, Writers,
+    CatalogRepo, NotificationEvents, NotificationRepo, OrderEvents, OrderRepo, ProductEvents, ReadModels,
+    StockChange, StockRepo, StorageError, UserEvents, UserRepo, Writers,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -84,6 +84,41 @@ pub async fn run<P: Projection>(jet: Jet, projection: P, suffix: String, stop: w
         async move { project(jet, projection, name, own, &mut stop).await }
     })
     .await;
+}
+
+/// A read model that has applied more of its stream than the stream holds.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the {kind} read model has applied its stream up to sequence {checkpoint}, but the stream ends at {last}: NATS was restored from an older backup or replaced"
+)]
+pub struct Ahead {
+    /// The entity kind whose read model it is.
+    pub kind: EntityKind,
+    /// The read model's checkpoint.
+    pub checkpoint: u64,
+    /// The stream's last sequence.
+    pub last: u64,
+}
+
+/// Read models built from a history the streams no longer have. Projecting on from their
+/// checkpoints would skip every new event up to them, so such read models must be rebuilt.
+pub async fn ahead_of_streams(jet: &Jet, models: &ReadModels) -> Result<Vec<Ahead>, ProjectorError> {
+    let mut ahead = Vec::new();
+    ahead.extend(ahead_of_stream(jet, &models.stock).await?);
+    ahead.extend(ahead_of_stream(jet, &models.users).await?);
+    ahead.extend(ahead_of_stream(jet, &models.catalog).await?);
+    ahead.extend(ahead_of_stream(jet, &models.orders).await?);
+    ahead.extend(ahead_of_stream(jet, &models.notifications).await?);
+    Ok(ahead)
+}
+
+async fn ahead_of_stream<P: Projection>(jet: &Jet, projection: &P) -> Result<Option<Ahead>, ProjectorError> {
+    let checkpoint = projection.checkpoint().await?;
+    if checkpoint == 0 {
+        return Ok(None);
+    }
+    let last = jet.events.of(P::KIND).get_info().await.map_err(nats)?.state.last_sequence;
+    Ok((checkpoint > last).then_some(Ahead { kind: P::KIND, checkpoint, last }))
 }
 
 async fn consumer(

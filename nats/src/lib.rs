@@ -16,8 +16,10 @@
 //! - [`metrics`] and [`health`]: what the edge exposes on `/metrics` and `/readyz`.
 //! - [`monitor`]: the connection and consumer-lag gauges.
 //! - [`notify`]: queueing notifications; the webhook endpoint registry.
+//! - [`backup`]: snapshots of every Souk stream into a folder, and their restore.
 
 pub mod accounts;
+pub mod backup;
 pub mod bus;
 pub mod catalog;
 pub mod cluster;

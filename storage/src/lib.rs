@@ -46,6 +46,7 @@ pub struct ReadModels {
     pub notifications: NotificationRepo,
     /// The central log store.
     pub logs: LogRepo,
+    db: std::sync::Arc<Db>,
 }
 
 impl ReadModels {
@@ -59,8 +60,16 @@ impl ReadModels {
             catalog: CatalogRepo::new(db.clone()),
             orders: OrderRepo::new(db.clone()),
             notifications: NotificationRepo::new(db.clone()),
-            logs: LogRepo::new(db),
+            logs: LogRepo::new(db.clone()),
+            db,
         }
+    }
+
+    /// Empties every read model, checkpoints included, so the projectors rebuild them from
+    /// the streams. Only before the projectors and the edge start: repositories remember
+    /// which rows exist.
+    pub async fn clear(&self) -> Result<(), StorageError> {
+        crate::db::clear(&self.db).await
     }
 }
 

@@ -203,6 +203,12 @@ impl SoukNode {
         }
     }
 
+    /// Changes one setting for the next [`restart`](Self::restart): the same node (data dir,
+    /// node id, read models) started differently, as an operator would.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.insert(key.to_owned(), value.to_owned());
+    }
+
     /// Starts the process again with the same data dir and settings.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

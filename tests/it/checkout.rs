@@ -21,15 +21,19 @@ async fn checkout(c: &Client, base: &str, key: Option<&str>, body: &Value) -> Re
     r.send().await.expect("checkout")
 }
 
+/// A checkout body with an address and the sandbox's approving card.
+pub(crate) fn approved_checkout() -> Value {
+    json!({"shipping_address": {"name": "Ada", "line1": "1 Way", "city": "London", "postal_code": "N1", "country": "GB"}, "payment_method": "pm_card_visa"})
+}
+
 /// Adds `qty` of `sku` to the cart, checks out with an approving card under `key`, and waits
 /// for the order to be confirmed; returns its id.
 pub(crate) async fn confirmed_order(c: &Client, base: &str, sku: &str, qty: i64, key: &str) -> String {
     body(add(c, base, None, sku, qty).await, StatusCode::OK).await;
-    let b = json!({"shipping_address": {"name": "Ada", "line1": "1 Way", "city": "London", "postal_code": "N1", "country": "GB"}, "payment_method": "pm_card_visa"});
     let placed = body(
         c.post(format!("{base}/v1/checkout"))
             .header("idempotency-key", key)
-            .json(&b)
+            .json(&approved_checkout())
             .send()
             .await
             .expect("checkout"),
@@ -167,7 +171,7 @@ async fn checkout_confirms_or_cancels_with_stock_given_back_and_retries_make_one
 }
 
 /// A lamp with `stock` units on sale, created through `staff` at `base`, visible at `shop`.
-async fn lamp_on_sale(staff: &Client, base: &str, shop: &str, sku: &str, stock: i64) {
+pub(crate) async fn lamp_on_sale(staff: &Client, base: &str, shop: &str, sku: &str, stock: i64) {
     let slug = sku.to_lowercase();
     let r = create(staff, base, &product(&slug, "Hot lamp", "", sku, 1000, "active")).await;
     assert_eq!(r.status(), StatusCode::CREATED);

@@ -2,6 +2,7 @@
 
 mod asyncapi;
 mod auth;
+mod backup;
 mod cart;
 mod catalog;
 mod checkout;

@@ -631,3 +631,21 @@ mod orders {
         assert_eq!(pages(&repo, Some(customer), None).await, expected, "placed time and order unchanged");
     }
 }
+
+#[tokio::test]
+async fn clear_empties_every_read_model_and_its_checkpoint_and_keeps_the_schema() {
+    let models = read_models().await;
+    models
+        .stock
+        .apply(&[change("A", 1, 10, 0), change("B", 1, 5, 1)], 9, Writers::Sole)
+        .await
+        .expect("apply");
+    models.clear().await.expect("clear");
+    assert_eq!(models.stock.checkpoint().await.expect("checkpoint"), 0);
+    assert!(models.stock.list(None, None, 10).await.expect("list").is_empty());
+    // The schema is still there: rows go in again.
+    models.stock.apply(&[change("C", 1, 7, 0)], 3, Writers::Sole).await.expect("apply again");
+    let items = models.stock.list(None, None, 10).await.expect("list");
+    assert_eq!(items.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>(), ["C"]);
+    assert_eq!(models.stock.checkpoint().await.expect("checkpoint"), 3);
+}
