@@ -269,15 +269,19 @@ pub(crate) fn given(conditions: &[(bool, &'static str)]) -> String {
     if given.is_empty() { "true".to_owned() } else { given.join(" AND ") }
 }
 
-/// Deletes every row of every table but the schema's own, checkpoints included: the read
-/// models start again from an empty database with the current schema.
+/// Tables [`clear`] keeps: the schema's record, and the central log store, which is not
+/// built from entity histories.
+const KEPT: [&str; 2] = ["migration", "logs"];
+
+/// Deletes every row of every table built from entity histories, checkpoints included: those
+/// read models start again from empty with the current schema.
 pub(crate) async fn clear(db: &Db) -> Result<(), StorageError> {
     let mut res = db.query("INFO FOR DB").await?;
     let info: Option<serde_json::Value> = res.take(0)?;
     let tables: Vec<String> = info
         .as_ref()
         .and_then(|i| i["tables"].as_object())
-        .map(|t| t.keys().filter(|name| *name != "migration").cloned().collect())
+        .map(|t| t.keys().filter(|name| !KEPT.contains(&name.as_str())).cloned().collect())
         .unwrap_or_default();
     for table in tables {
         db.query("DELETE type::table($table)").bind(("table", table)).await?.check()?;

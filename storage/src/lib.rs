@@ -65,9 +65,9 @@ impl ReadModels {
         }
     }
 
-    /// Empties every read model, checkpoints included, so the projectors rebuild them from
-    /// the streams. Only before the projectors and the edge start: repositories remember
-    /// which rows exist.
+    /// Empties every read model built from entity histories, checkpoints included, so the
+    /// projectors rebuild them from the streams; the central log store stays. Only before
+    /// the projectors and the edge start: repositories remember which rows exist.
     pub async fn clear(&self) -> Result<(), StorageError> {
         crate::db::clear(&self.db).await
     }

@@ -1,8 +1,9 @@
 //! Read-model tests against embedded SurrealDB.
 
 use souk_messages::Sku;
+use souk_messages::log::LogRecord;
 use souk_messages::stock::Levels;
-use souk_storage::{DbSettings, ReadModels, StockChange, StockRepo, Writers};
+use souk_storage::{DbSettings, LogQuery, ReadModels, StockChange, StockRepo, Writers};
 
 /// A fresh in-memory database.
 async fn db() -> souk_storage::Db {
@@ -633,14 +634,22 @@ mod orders {
 }
 
 #[tokio::test]
-async fn clear_empties_every_read_model_and_its_checkpoint_and_keeps_the_schema() {
+async fn clear_empties_the_read_models_and_their_checkpoints_and_keeps_the_schema_and_the_logs() {
     let models = read_models().await;
     models
         .stock
         .apply(&[change("A", 1, 10, 0), change("B", 1, 5, 1)], 9, Writers::Sole)
         .await
         .expect("apply");
+    let record: LogRecord = serde_json::from_value(serde_json::json!({
+        "timestamp": "2026-11-27T15:00:00Z", "level": "WARN", "node": "n1", "target": "souk",
+        "fields": {"message": "kept across a rebuild"}
+    }))
+    .expect("log record");
+    models.logs.insert(vec![(1, record)]).await.expect("log");
     models.clear().await.expect("clear");
+    let logs = models.logs.search(&LogQuery { limit: 10, ..LogQuery::default() }).await.expect("logs");
+    assert_eq!(logs.len(), 1, "the central log store is not built from entity histories: it stays");
     assert_eq!(models.stock.checkpoint().await.expect("checkpoint"), 0);
     assert!(models.stock.list(None, None, 10).await.expect("list").is_empty());
     // The schema is still there: rows go in again.
