@@ -30,6 +30,11 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
     let node_id = node_id(&cfg)?;
     logs.set_node(&node_id.to_string());
     tracing::info!(node = %node_id, "starting souk node");
+    // Bound before the node joins the cluster: a node that cannot serve must not take shards
+    // only to drop them (a taken port would disturb the cluster on every restart).
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
 
     // No NATS configured: run our own, so one node works with nothing else set up.
     let mut local_nats = None;
@@ -55,7 +60,9 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
     }
 
     // A signal during start-up stops the node there: the process exits 0 and takes its local
-    // nats-server with it, as after a stop at any other time.
+    // nats-server with it, as after a stop at any other time. A node that joined the cluster
+    // before the stop (or a failure) leaves it again, so no shard waits out its lease.
+    let mut joined: Option<Node> = None;
     let startup = async {
         let client = connect(&cfg, urls, format!("souk {node_id}")).await?;
         let readiness = Readiness::new(client.clone());
@@ -119,10 +126,9 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         )
         .await?;
 
+        joined = Some(node);
+
         let auth = auth(&cfg, &jet, bus.clone()).await?;
-        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
         let addr = listener.local_addr()?;
         // The configured admin exists before the first request is served.
         if let (Some(email), Some(password)) = (&cfg.admin_email, &cfg.admin_password) {
@@ -205,17 +211,27 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
             registry: Arc::new(registry),
             http,
         });
-        anyhow::Ok((client, readiness, node, listener, state, stop_feeds))
+        anyhow::Ok((client, readiness, listener, state, stop_feeds))
     };
-    let started = tokio::select! {
-        started = startup => started,
-        () = signals.recv() => {
-            tracing::info!("stopped during start-up");
+    let outcome = tokio::select! {
+        started = startup => Some(started),
+        () = signals.recv() => None,
+    };
+    let (client, readiness, listener, state, stop_feeds) = match outcome {
+        Some(Ok(started)) => started,
+        stopped_or_failed => {
+            if let Some(node) = joined.take() {
+                node.leave().await;
+            }
             stop_local(local_nats, &cfg).await?;
-            return Ok(());
+            let Some(Err(e)) = stopped_or_failed else {
+                tracing::info!("stopped during start-up");
+                return Ok(());
+            };
+            return Err(e);
         }
     };
-    let (client, readiness, node, listener, state, stop_feeds) = started?;
+    let node = joined.take().context("start-up finished without a node")?;
     let draining = readiness.clone();
     let serving = souk_api::serve(listener, state, async move {
         signals.recv().await;

@@ -3,7 +3,7 @@
 use crate::{bin, levels, ready, reserve, restock, stock, with_retry};
 use futures::future::join_all;
 use reqwest::{Client, StatusCode};
-use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http};
+use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http, souk_command};
 use std::time::Duration;
 
 /// Shards of stock this node owns, from its `/metrics`.
@@ -103,4 +103,54 @@ async fn a_node_stopped_gracefully_hands_off_without_errors() {
     for sku in &skus {
         assert_eq!(levels(&stock(&http, a.url(), sku).await), (5, 0, 5));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_listen_exits_without_taking_shards_from_the_cluster() {
+    let nats = NatsServer::start();
+    let a = SoukNode::start(bin(), nats.url(), &[]).expect("node a");
+    let http = http();
+    ready(&http, &a).await;
+    eventually("a to own every shard", Duration::from_secs(30), || async {
+        (shards_owned(&http, a.url()).await? == 16).then_some(())
+    })
+    .await;
+
+    // A second node configured with the address a already listens on.
+    let taken = a.url().trim_start_matches("http://").to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = souk_command(bin(), nats.url(), dir.path(), &["serve"])
+        .env("SOUK_HTTP_ADDR", &taken)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node b");
+    let mut fewest = 16;
+    let exited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            tokio::select! {
+                status = b.wait() => return status.expect("wait"),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    fewest = fewest.min(shards_owned(&http, a.url()).await.unwrap_or(16));
+                }
+            }
+        }
+    })
+    .await
+    .expect("b exits");
+    let mut log = String::new();
+    if let Some(mut err) = b.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut err, &mut log).await.expect("stderr");
+    }
+    assert!(!exited.success() && log.contains("cannot listen"), "{exited}: {log}");
+    // Had b announced itself, a would hand it shards on its next tick (a third of the lease)
+    // and get them back only once b's heartbeat expired: watch for three lease times.
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < watch_until {
+        fewest = fewest.min(shards_owned(&http, a.url()).await.unwrap_or(16));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fewest, 16, "a kept every shard while b failed to start");
+    assert_eq!(shards_owned(&http, a.url()).await, Some(16));
 }
