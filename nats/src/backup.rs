@@ -136,14 +136,10 @@ pub async fn backup(
     dir: &Path,
     mut progress: impl FnMut(&StreamBackup),
 ) -> Result<Manifest, BackupError> {
-    let file_err = |p: &Path| {
-        let p = p.to_owned();
-        move |e| BackupError::File(p, e)
-    };
     // A backup holds password hashes and, unless keys are configured, the token signing key.
-    tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).await.map_err(file_err(dir))?;
-    let mut entries = tokio::fs::read_dir(dir).await.map_err(file_err(dir))?;
-    if entries.next_entry().await.map_err(file_err(dir))?.is_some() {
+    tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).await.map_err(in_file(dir))?;
+    let mut entries = tokio::fs::read_dir(dir).await.map_err(in_file(dir))?;
+    if entries.next_entry().await.map_err(in_file(dir))?.is_some() {
         return Err(BackupError::Manifest(format!(
             "{} is not empty: a backup goes into a new folder, never over another",
             dir.display()
@@ -154,12 +150,7 @@ pub async fn backup(
     for name in souk_streams(&js).await? {
         let file = format!("{name}.snapshot");
         let path = dir.join(&file);
-        let mut out = private_file(&path).await.map_err(file_err(&path))?;
-        let (config, state, bytes) = snapshot(client, &name, &mut out).await.map_err(|e| match e {
-            SnapshotFailure::Write(e) => BackupError::File(path.clone(), e),
-            SnapshotFailure::Backup(e) => e,
-        })?;
-        out.sync_all().await.map_err(file_err(&path))?;
+        let (config, state, bytes) = snapshot(client, &name, &path).await?;
         let stream = StreamBackup { name, file, bytes, config, state };
         progress(&stream);
         streams.push(stream);
@@ -172,10 +163,15 @@ pub async fn backup(
     };
     let path = dir.join("manifest.json");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Manifest(e.to_string()))?;
-    let mut out = private_file(&path).await.map_err(file_err(&path))?;
-    out.write_all(&json).await.map_err(file_err(&path))?;
-    out.sync_all().await.map_err(file_err(&path))?;
+    let mut out = private_file(&path).await.map_err(in_file(&path))?;
+    out.write_all(&json).await.map_err(in_file(&path))?;
+    out.sync_all().await.map_err(in_file(&path))?;
     Ok(manifest)
+}
+
+/// The error of an I/O step on `path`.
+fn in_file(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |e| BackupError::File(path.to_owned(), e)
 }
 
 /// A new file only its owner can read.
@@ -288,24 +284,14 @@ async fn restore_one(
     Ok(())
 }
 
-enum SnapshotFailure {
-    Write(std::io::Error),
-    Backup(BackupError),
-}
-
-impl From<BackupError> for SnapshotFailure {
-    fn from(e: BackupError) -> Self {
-        Self::Backup(e)
-    }
-}
-
-/// Streams the snapshot of `stream` into `out`: its configuration, its state and the bytes
-/// written. Each chunk is acknowledged, which is the server's flow control.
+/// Streams the snapshot of `stream` into the new file `path`: its configuration, its state
+/// and the bytes written. Each chunk is acknowledged, which is the server's flow control.
 async fn snapshot(
     client: &async_nats::Client,
     stream: &str,
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
-) -> Result<(Value, Value, u64), SnapshotFailure> {
+    path: &Path,
+) -> Result<(Value, Value, u64), BackupError> {
+    let mut out = private_file(path).await.map_err(in_file(path))?;
     let inbox = client.new_inbox();
     // Subscribed before asking, so the first chunk has somewhere to go.
     let mut chunks = client.subscribe(inbox.clone()).await.map_err(nats)?;
@@ -316,7 +302,7 @@ async fn snapshot(
     });
     let answer = api(client, &format!("$JS.API.STREAM.SNAPSHOT.{stream}"), &request, STEP).await?;
     if let Some(e) = refusal("snapshot", stream, &answer) {
-        return Err(e.into());
+        return Err(e);
     }
     let mut bytes = 0u64;
     loop {
@@ -328,13 +314,13 @@ async fn snapshot(
         if chunk.payload.is_empty() && chunk.reply.is_none() {
             break;
         }
-        out.write_all(&chunk.payload).await.map_err(SnapshotFailure::Write)?;
+        out.write_all(&chunk.payload).await.map_err(in_file(path))?;
         bytes += chunk.payload.len() as u64;
         if let Some(reply) = chunk.reply {
             client.publish(reply, Bytes::new()).await.map_err(nats)?;
         }
     }
-    out.flush().await.map_err(SnapshotFailure::Write)?;
+    out.sync_all().await.map_err(in_file(path))?;
     Ok((answer["config"].clone(), answer["state"].clone(), bytes))
 }
 
@@ -345,8 +331,7 @@ async fn api(
     body: &Value,
     wait: Duration,
 ) -> Result<Value, BackupError> {
-    let payload = Bytes::from(serde_json::to_vec(body).map_err(|e| BackupError::Manifest(e.to_string()))?);
-    let answer = request_raw(client, subject, payload, wait).await?;
+    let answer = request_raw(client, subject, Bytes::from(body.to_string()), wait).await?;
     serde_json::from_slice(&answer).map_err(|e| protocol("request", subject, &e.to_string()))
 }
 
