@@ -19,31 +19,19 @@ async fn souk(nats: &NatsServer, dir: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// The ids of the customer's orders in `base`'s read model, once it lists exactly `want`.
+/// Waits until `base`'s order read model lists exactly the orders `want` for the customer.
 async fn lists_orders(c: &Client, base: &str, want: &[&str]) {
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let r = c.get(format!("{base}/v1/orders")).send().await.expect("orders");
-            let page = body(r, StatusCode::OK).await;
-            seen = page["items"]
-                .as_array()
-                .expect("items")
-                .iter()
-                .filter_map(|o| o["id"].as_str())
-                .map(str::to_owned)
-                .collect();
-            seen.sort();
-            if seen == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually(&format!("{base} to list the orders {want:?}"), Duration::from_secs(30), || async {
+        let page: serde_json::Value =
+            c.get(format!("{base}/v1/orders")).send().await.ok()?.json().await.ok()?;
+        let mut seen: Vec<String> =
+            page["items"].as_array()?.iter().filter_map(|o| o["id"].as_str()).map(str::to_owned).collect();
+        seen.sort();
+        (seen == want).then_some(())
     })
     .await;
-    assert!(found.is_ok(), "{base} lists {seen:?}, not {want:?}");
 }
 
 /// The on-hand units of `sku` in the stock read model of `base`, once they are `want`.
