@@ -15,6 +15,14 @@ pub(crate) async fn shards_owned(http: &Client, base: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Waits up to `within` for the node at `base` to own all 16 stock shards.
+async fn owns_every_shard(http: &Client, base: &str, within: Duration) {
+    eventually("the node to own every shard", within, || async {
+        (shards_owned(http, base).await? == 16).then_some(())
+    })
+    .await;
+}
+
 async fn both_own_shards(http: &Client, a: &str, b: &str) {
     eventually("both nodes to own shards", Duration::from_secs(30), || async {
         let (x, y) = (shards_owned(http, a).await?, shards_owned(http, b).await?);
@@ -96,10 +104,7 @@ async fn a_node_stopped_gracefully_hands_off_without_errors() {
     }
     assert!(b.stop().expect("stop b"), "graceful stop exits 0");
     // The survivor owns every shard well before b's lease would have expired.
-    eventually("a to own every shard", Duration::from_secs(10), || async {
-        (shards_owned(&http, a.url()).await? == 16).then_some(())
-    })
-    .await;
+    owns_every_shard(&http, a.url(), Duration::from_secs(10)).await;
     for sku in &skus {
         assert_eq!(levels(&stock(&http, a.url(), sku).await), (5, 0, 5));
     }
@@ -111,10 +116,7 @@ async fn a_node_that_cannot_listen_exits_without_taking_shards_from_the_cluster(
     let a = SoukNode::start(bin(), nats.url(), &[]).expect("node a");
     let http = http();
     ready(&http, &a).await;
-    eventually("a to own every shard", Duration::from_secs(30), || async {
-        (shards_owned(&http, a.url()).await? == 16).then_some(())
-    })
-    .await;
+    owns_every_shard(&http, a.url(), Duration::from_secs(30)).await;
 
     // A second node configured with the address a already listens on.
     let taken = a.url().trim_start_matches("http://").to_owned();
@@ -126,31 +128,28 @@ async fn a_node_that_cannot_listen_exits_without_taking_shards_from_the_cluster(
         .kill_on_drop(true)
         .spawn()
         .expect("node b");
-    let mut fewest = 16;
-    let exited = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            tokio::select! {
-                status = b.wait() => return status.expect("wait"),
-                () = tokio::time::sleep(Duration::from_millis(50)) => {
-                    fewest = fewest.min(shards_owned(&http, a.url()).await.unwrap_or(16));
-                }
+    // Had b announced itself, a would hand it shards on its next tick (a third of the lease)
+    // and get them back only once b's heartbeat expired: watch until three lease times after
+    // b is gone.
+    let (mut fewest, mut exited, mut watch_until) = (16, None, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while watch_until.is_none_or(|t| tokio::time::Instant::now() < t) {
+        assert!(tokio::time::Instant::now() < deadline, "b did not exit within 30 s");
+        fewest = fewest.min(shards_owned(&http, a.url()).await.unwrap_or(16));
+        if exited.is_none() {
+            exited = b.try_wait().expect("wait");
+            if exited.is_some() {
+                watch_until = Some(tokio::time::Instant::now() + Duration::from_secs(6));
             }
         }
-    })
-    .await
-    .expect("b exits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = exited.expect("b exited");
     let mut log = String::new();
     if let Some(mut err) = b.stderr.take() {
         tokio::io::AsyncReadExt::read_to_string(&mut err, &mut log).await.expect("stderr");
     }
     assert!(!exited.success() && log.contains("cannot listen"), "{exited}: {log}");
-    // Had b announced itself, a would hand it shards on its next tick (a third of the lease)
-    // and get them back only once b's heartbeat expired: watch for three lease times.
-    let watch_until = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < watch_until {
-        fewest = fewest.min(shards_owned(&http, a.url()).await.unwrap_or(16));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(fewest, 16, "a kept every shard while b failed to start");
     assert_eq!(shards_owned(&http, a.url()).await, Some(16));
 }
