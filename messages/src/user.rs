@@ -286,6 +286,9 @@ pub enum UserCommand {
     Disable,
     /// Enable a disabled account.
     Enable,
+    /// Erase the account's personal data: it ends for good, and its history keeps only the
+    /// record that it was erased. Idempotent.
+    Erase,
     /// Read the account.
     Get,
 }
@@ -367,6 +370,10 @@ pub enum UserEvent {
     /// The account was enabled again.
     #[serde(rename = "user.enabled")]
     Enabled {},
+    /// The account was erased: the user's earlier events are purged and this one, which names
+    /// nobody, is all that stays of its history.
+    #[serde(rename = "user.erased")]
+    Erased {},
     /// A password reset was requested. **Sensitive**: carries the single-use token.
     #[serde(rename = "user.password_reset_requested")]
     PasswordResetRequested {
@@ -391,6 +398,7 @@ impl UserEvent {
             Self::RolesChanged { .. } => "user.roles_changed",
             Self::Disabled {} => "user.disabled",
             Self::Enabled {} => "user.enabled",
+            Self::Erased {} => "user.erased",
             Self::PasswordResetRequested { .. } => "user.password_reset_requested",
         }
     }
@@ -425,6 +433,9 @@ pub struct UserState {
     pub session_epoch: u64,
     /// The open password reset, if any.
     pub reset: Option<PendingReset>,
+    /// The account was erased.
+    #[serde(default, skip_serializing_if = "crate::stock::is_false")]
+    pub erased: bool,
     /// How many events have been applied.
     pub version: u64,
 }
@@ -463,6 +474,9 @@ impl Fold for UserState {
             UserEvent::RolesChanged { roles } => self.roles.clone_from(roles),
             UserEvent::Disabled {} => self.disabled = true,
             UserEvent::Enabled {} => self.disabled = false,
+            UserEvent::Erased {} => {
+                *self = Self { erased: true, disabled: true, version: self.version, ..Self::default() };
+            }
             UserEvent::PasswordResetRequested { token, expires_at, .. } => {
                 self.reset = Some(PendingReset { token: token.clone(), expires_at: *expires_at });
             }
@@ -486,6 +500,13 @@ impl Entity for UserState {
         cmd: &UserCommand,
         now: OffsetDateTime,
     ) -> Result<Vec<UserEvent>, ReplyError> {
+        if self.erased {
+            // An erased account answers as one that never existed, except to a repeated erasure.
+            return match cmd {
+                UserCommand::Erase => Ok(Vec::new()),
+                _ => Err(invalid(ErrorCode::UnknownUser, "no such user")),
+            };
+        }
         if let UserCommand::Register { email, name, phone, roles } = cmd {
             return match &self.email {
                 None => Ok(vec![UserEvent::Registered {
@@ -544,15 +565,18 @@ impl Entity for UserState {
             }
             UserCommand::Disable => Ok(if self.disabled { Vec::new() } else { vec![UserEvent::Disabled {}] }),
             UserCommand::Enable => Ok(if self.disabled { vec![UserEvent::Enabled {}] } else { Vec::new() }),
+            UserCommand::Erase => Ok(vec![UserEvent::Erased {}]),
         }
     }
 
     fn view(&self, id: &UserId) -> UserView {
         UserView {
             id: id.clone(),
-            // Only called after `decide` succeeded, which requires a registered user.
-            email: self.email.clone().unwrap_or_else(|| Email(String::new())),
-            name: self.name.clone().unwrap_or_else(|| Name(String::new())),
+            // Only called after `decide` succeeded, which requires a registered user, except
+            // for the answer to an erasure: that names nobody, in values that still decode
+            // (`.invalid` is a domain that can never exist).
+            email: self.email.clone().unwrap_or_else(|| Email("erased@souk.invalid".to_owned())),
+            name: self.name.clone().unwrap_or_else(|| Name("Erased account".to_owned())),
             phone: self.phone.clone(),
             sms_opt_out: self.sms_opt_out,
             roles: self.roles.clone(),
@@ -650,6 +674,30 @@ mod tests {
             run(&mut nobody, &UserCommand::Disable, OffsetDateTime::now_utc()),
             Err(ErrorCode::UnknownUser)
         );
+    }
+
+    #[test]
+    fn an_erased_account_keeps_nothing_personal_and_refuses_everything_but_erasure() {
+        let now = OffsetDateTime::now_utc();
+        let mut s = registered();
+        assert_eq!(run(&mut s, &UserCommand::Erase, now), Ok(1));
+        let kept = serde_json::to_string(&s).expect("serialize");
+        assert!(!kept.to_lowercase().contains("ada"), "{kept}");
+        assert_eq!(run(&mut s, &UserCommand::Erase, now), Ok(0), "idempotent");
+        let register = UserCommand::Register {
+            email: Email::parse("ada@example.com").expect("email"),
+            name: Name::parse("Ada").expect("name"),
+            phone: None,
+            roles: BTreeSet::from([Role::Customer]),
+        };
+        for cmd in [UserCommand::Get, UserCommand::Enable, UserCommand::RecordPasswordChange, register] {
+            assert_eq!(run(&mut s, &cmd, now), Err(ErrorCode::UnknownUser), "{cmd:?}");
+        }
+        // What stays of the history after the purge folds to the same state.
+        let mut from_tombstone = UserState::default();
+        from_tombstone.apply(&UserEvent::Erased {});
+        assert!(from_tombstone.erased && from_tombstone.email.is_none());
+        assert_eq!(run(&mut from_tombstone, &UserCommand::Get, now), Err(ErrorCode::UnknownUser));
     }
 
     #[test]

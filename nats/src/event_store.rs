@@ -23,6 +23,9 @@ pub enum StoreError {
     /// A stored commit or snapshot does not decode.
     #[error("corrupt record on {0}: {1}")]
     Corrupt(String, #[source] serde_json::Error),
+    /// JetStream did not answer or refused a purge.
+    #[error("event store purge failed for {0}: {1}")]
+    Purge(String, #[source] crate::NatsSource),
 }
 
 /// Why an append failed.
@@ -252,6 +255,26 @@ impl EventStore {
         let info =
             stream.info().await.map_err(|e| StoreError::Read(Subjects.kind_events(kind), Box::new(e)))?;
         Ok(info.state.last_sequence)
+    }
+
+    /// Purges every commit of an entity but its last, and its snapshot: what is left of an
+    /// erased user is the commit recording the erasure, which names nobody. Idempotent.
+    pub async fn forget_all_but_last(&self, kind: EntityKind, id: &str) -> Result<(), StoreError> {
+        let subject = Subjects.entity_events(kind, id);
+        let purge = |e: crate::NatsSource| StoreError::Purge(subject.clone(), e);
+        self.jet
+            .events
+            .of(kind)
+            .purge()
+            .filter(subject.as_str())
+            .keep(1)
+            .await
+            .map_err(|e| purge(Box::new(e)))?;
+        // Last, and as a purge (no earlier revision kept): a snapshot saved just before the
+        // erasure may still be on its way.
+        let key = format!("{kind}.{id}");
+        self.jet.snapshots.purge(&key).await.map_err(|e| purge(Box::new(e)))?;
+        Ok(())
     }
 
     /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs

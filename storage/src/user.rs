@@ -1,6 +1,6 @@
 //! The `users` read model: one row per account, for the admin user list and search. Rows are
 //! folded from user events with the entity's own fold, so the read model and the entity can
-//! never disagree about what an event means.
+//! never disagree about what an event means. An erased account's row is deleted.
 
 use crate::{Db, StorageError};
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,7 @@ impl UserRow {
             disabled: self.disabled,
             session_epoch: self.session_epoch,
             reset: None,
+            erased: false,
             version: self.version,
         })
     }
@@ -123,6 +124,12 @@ impl UserRepo {
             let mut created_at = row.as_ref().map(|r| r.created_at.clone());
             let mut seq = row.as_ref().map_or(0, |r| r.seq);
             let changed = crate::fold_new(&mut state, &mut created_at, &mut seq, &user.events);
+            if state.erased {
+                if exists {
+                    out.delete(user.id.as_str());
+                }
+                continue;
+            }
             let (Some(email), Some(name)) = (&state.email, &state.name) else { continue };
             if !changed {
                 continue;

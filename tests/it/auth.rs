@@ -499,6 +499,127 @@ async fn a_disabled_user_cannot_log_in_or_refresh() {
     assert_eq!(stock(&customer_again).await.expect("stock").status(), StatusCode::FORBIDDEN);
 }
 
+/// Every message of stream `name` still stored, as (subject, payload text).
+async fn stored(nats_url: &str, name: &str) -> Vec<(String, String)> {
+    let client = async_nats::connect(nats_url).await.expect("nats");
+    let mut stream = async_nats::jetstream::new(client).get_stream(name).await.expect("stream");
+    let (first, last) = {
+        let s = &stream.info().await.expect("info").state;
+        (s.first_sequence, s.last_sequence)
+    };
+    let mut out = Vec::new();
+    for seq in first..=last {
+        // Purged and deleted sequences answer "no message".
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push((m.subject.to_string(), String::from_utf8_lossy(&m.payload).into_owned()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_account_keeps_nothing_personal_and_its_email_is_free_again() {
+    let (nats, mut node, http) = one_node(&[]).await;
+    let base = node.url().to_owned();
+    let base = base.as_str();
+    let email = "ursula.erasable@example.com";
+    let r = post(
+        &http,
+        format!("{base}/v1/auth/register"),
+        json!({"email": email, "password": PASSWORD, "name": "Ursula Erasable", "phone": "+44 20 7183 8750"}),
+    )
+    .await;
+    let id = json_of(r, StatusCode::CREATED).await["id"].as_str().expect("id").to_owned();
+    let here = login(base, email, PASSWORD).await;
+    let elsewhere = login(base, email, PASSWORD).await;
+    let admin = admin_http(base).await;
+    let search = |q: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let r = admin.get(format!("{base}/v1/admin/users?q={q}")).send().await.expect("list");
+            let page = json_of(r, StatusCode::OK).await;
+            page["items"].as_array().expect("items").iter().map(|u| u["id"].to_string()).collect::<Vec<_>>()
+        }
+    };
+    souk_testkit::eventually("the account listed", Duration::from_secs(10), || async {
+        (search("erasable").await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Refused without the password, or with a wrong one: nothing changes.
+    let erase = |body: Value| bearer(&here).post(format!("{base}/v1/me/erasure")).json(&body).send();
+    let (status, p) = problem(erase(json!({"password": "not the password"})).await.expect("erase")).await;
+    assert_eq!((status, p["code"].as_str()), (401, Some("invalid_credentials")));
+    let (status, _) = problem(erase(json!({})).await.expect("erase")).await;
+    assert_eq!(status, 422);
+    assert_eq!(bearer(&here).get(format!("{base}/v1/me")).send().await.expect("me").status(), StatusCode::OK);
+
+    assert_eq!(erase(json!({"password": PASSWORD})).await.expect("erase").status(), StatusCode::NO_CONTENT);
+    // Sessions end at once, the account is gone for logins, staff and searches.
+    revoked(base, &here).await;
+    revoked(base, &elsewhere).await;
+    let (status, p) = problem(refresh(&http, base, refresh_token(&elsewhere)).await).await;
+    assert_eq!((status, p["code"].as_str()), (401, Some("invalid_token")));
+    let (status, p) = problem(login_raw(&http, base, email, PASSWORD).await).await;
+    assert_eq!((status, p["code"].as_str()), (401, Some("invalid_credentials")));
+    let r = admin.get(format!("{base}/v1/admin/users/{id}")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    souk_testkit::eventually("the account unlisted", Duration::from_secs(10), || async {
+        search("erasable").await.is_empty().then_some(())
+    })
+    .await;
+
+    // What NATS keeps names nobody: the user's history is the erasure alone, and no event,
+    // snapshot or account record holds the address, the name or the phone.
+    let history: Vec<(String, String)> = stored(nats.url(), "SOUK_EVENTS_USER")
+        .await
+        .into_iter()
+        .filter(|(subject, _)| subject == &format!("souk.evt.user.{id}"))
+        .collect();
+    assert_eq!(history.len(), 1, "{history:?}");
+    let commit: Commit<UserEvent> = serde_json::from_str(&history[0].1).expect("commit");
+    assert!(matches!(commit.into_iter().map(|e| e.body).collect::<Vec<_>>()[..], [UserEvent::Erased {}]));
+    for name in ["SOUK_EVENTS_USER", "KV_souk_snapshots", "KV_souk_emails", "KV_souk_credentials"] {
+        for (subject, payload) in stored(nats.url(), name).await {
+            for personal in ["ursula", "erasable", "7183"] {
+                assert!(!payload.to_lowercase().contains(personal), "{name} {subject}: {payload}");
+            }
+            // A deleted key leaves an empty marker behind.
+            assert!(
+                !subject.ends_with(&id) || name == "SOUK_EVENTS_USER" || payload.is_empty(),
+                "{name} keeps {subject}"
+            );
+        }
+    }
+
+    // A node that rehydrates the user from what is left finds it erased.
+    node.restart().expect("restart");
+    ready(&http, &node).await;
+    let base = node.url();
+    let (status, _) = problem(login_raw(&http, base, email, PASSWORD).await).await;
+    assert_eq!(status, 401);
+    let r = admin_http(base).await.get(format!("{base}/v1/admin/users/{id}")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // The address can open a new account; an admin erases it on request, idempotently, but
+    // not their own account, and not one that never existed.
+    let (again, _) = customer(&http, base, email).await;
+    assert_ne!(again, id);
+    let admin = admin_http(base).await;
+    let erase_as_admin = |user: String| admin.post(format!("{base}/v1/admin/users/{user}/erase")).send();
+    assert_eq!(erase_as_admin(again.clone()).await.expect("erase").status(), StatusCode::NO_CONTENT);
+    assert_eq!(erase_as_admin(again).await.expect("erase").status(), StatusCode::NO_CONTENT);
+    assert_eq!(erase_as_admin(id).await.expect("erase").status(), StatusCode::NO_CONTENT);
+    let (status, p) = problem(erase_as_admin(UserId::generate().to_string()).await.expect("erase")).await;
+    assert_eq!((status, p["code"].as_str()), (404, Some("unknown_user")));
+    let me: Value = admin.get(format!("{base}/v1/me")).send().await.expect("me").json().await.expect("json");
+    let (status, p) =
+        problem(erase_as_admin(me["id"].as_str().expect("id").to_owned()).await.expect("erase")).await;
+    assert_eq!((status, p["code"].as_str()), (403, Some("forbidden")));
+    let (status, _) = problem(login_raw(&http, base, email, PASSWORD).await).await;
+    assert_eq!(status, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_account_input_gets_problem_json_and_creates_nothing() {
     let (_nats, node, http) = one_node(&[]).await;

@@ -14,12 +14,13 @@ use crate::error::ApiError;
 use keys::KeySet;
 use password::Hasher;
 use serde::Serialize;
+use souk_messages::subject::EntityKind;
 use souk_messages::user::{
     Email, Name, Phone, Role, Secret, UserCommand, UserRequest, UserView, check_password,
 };
 use souk_messages::{ErrorCode, ReplyError, UserId};
-use souk_nats::Bus;
 use souk_nats::accounts::{Accounts, Credential, EmailClaim, SPENT_KEPT, Session, email_key};
+use souk_nats::{Bus, EventStore};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -347,7 +348,15 @@ impl Auth {
             if session.expires_at <= now {
                 return Err(invalid_token());
             }
-            let view = self.command(&session.user, UserCommand::Get, correlation).await?;
+            let view = match self.command(&session.user, UserCommand::Get, correlation).await {
+                Ok(view) => view,
+                // The account was erased.
+                Err(ApiError::Rejected(e)) if e.code == ErrorCode::UnknownUser => {
+                    self.revoke(family).await?;
+                    return Err(invalid_token());
+                }
+                Err(e) => return Err(e),
+            };
             if view.disabled {
                 self.revoke(family).await?;
                 return Err(ApiError::invalid(ErrorCode::AccountDisabled, "this account is disabled"));
@@ -441,6 +450,48 @@ impl Auth {
                 return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Erases the caller's own account, once its password is confirmed: a stolen access token
+    /// alone cannot end an account for good.
+    pub async fn erase_own(
+        &self,
+        store: &EventStore,
+        user: &UserId,
+        password: String,
+        correlation: &str,
+    ) -> Result<(), ApiError> {
+        let credential = self.inner.accounts.credentials.get(user.as_str()).await?;
+        if !self.inner.hasher.verify(password, credential.map(|(c, _)| c.password_hash)).await {
+            return Err(ApiError::invalid(ErrorCode::InvalidCredentials, "the password is wrong"));
+        }
+        self.erase(store, user, correlation).await
+    }
+
+    /// Erases an account (see [`UserCommand::Erase`]): the user entity records the erasure,
+    /// then the email claim, the password hash and the history before the erasure go. Every
+    /// step is idempotent, so repeating a failed erasure finishes it.
+    pub async fn erase(&self, store: &EventStore, user: &UserId, correlation: &str) -> Result<(), ApiError> {
+        let email = match self.command(user, UserCommand::Get, correlation).await {
+            Ok(view) => Some(view.email),
+            // Erased already (or never registered, which the erasure itself refuses).
+            Err(ApiError::Rejected(e)) if e.code == ErrorCode::UnknownUser => None,
+            Err(e) => return Err(e),
+        };
+        self.command(user, UserCommand::Erase, correlation).await?;
+        let accounts = &self.inner.accounts;
+        if let Some(email) = email {
+            let key = email_key(&email);
+            if let Some((claim, rev)) = accounts.emails.get(&key).await?
+                && claim.user == *user
+            {
+                accounts.emails.delete(&key, Some(rev)).await?;
+            }
+        }
+        accounts.credentials.delete(user.as_str(), None).await?;
+        store.forget_all_but_last(EntityKind::User, user.as_str()).await?;
+        tracing::info!(%user, "account erased");
         Ok(())
     }
 

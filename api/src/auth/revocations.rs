@@ -60,7 +60,7 @@ impl Revocations {
                 s.roles = Some(roles.clone());
                 s
             }
-            UserEvent::Disabled {} => {
+            UserEvent::Disabled {} | UserEvent::Erased {} => {
                 let s = users.entry(user.to_owned()).or_default();
                 s.disabled = true;
                 s

@@ -8,7 +8,7 @@ use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use souk_messages::user::{Role, UserCommand, UserView};
@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/admin/users/{id}/roles", Access::Admin, post(set_roles)),
         Route::new(Method::POST, "/v1/admin/users/{id}/disable", Access::Admin, post(disable)),
         Route::new(Method::POST, "/v1/admin/users/{id}/enable", Access::Admin, post(enable)),
+        Route::new(Method::POST, "/v1/admin/users/{id}/erase", Access::Admin, post(erase)),
         Route::new(
             Method::POST,
             "/v1/admin/import",
@@ -143,6 +144,27 @@ async fn disable(
         return Err(ApiError::invalid(ErrorCode::Forbidden, "admins cannot disable themselves"));
     }
     Ok(Json(app.auth.command(&id, UserCommand::Disable, &rid.0).await?))
+}
+
+/// Erases an account for good, on its owner's request: profile, email address, password and
+/// sessions. Orders stay, under the customer id, as the shop's records of sale.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/erase", tag = "admin", params(("id" = UserId, Path, description = "User id")),
+    responses((status = 204, description = "erased (also when it already was)"), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn erase(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = user_id(id)?;
+    if id == who.user {
+        return Err(ApiError::invalid(
+            ErrorCode::Forbidden,
+            "admins erase their own account at /v1/me/erasure",
+        ));
+    }
+    app.auth.erase(&app.store, &id, &rid.0).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Enables a disabled account.

@@ -9,7 +9,7 @@ use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use serde::{Deserialize, Deserializer};
 use souk_messages::user::{Name, Phone, UserCommand, UserView};
@@ -19,6 +19,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::GET, "/v1/me", Access::User, get(me)),
         Route::new(Method::PATCH, "/v1/me", Access::User, axum::routing::patch(update)),
         Route::new(Method::POST, "/v1/me/password", Access::User, post(change_password)),
+        Route::new(Method::POST, "/v1/me/erasure", Access::User, post(erase)),
     ]
 }
 
@@ -52,6 +53,15 @@ pub struct PasswordBody {
     /// The new password: 10 to 128 characters, not a common one.
     #[schema(min_length = 10, max_length = 128)]
     pub new_password: String,
+}
+
+/// `POST /v1/me/erasure`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureBody {
+    /// The account's password, confirming the erasure.
+    #[schema(min_length = 1, max_length = 128)]
+    pub password: String,
 }
 
 /// The signed-in user's account.
@@ -93,4 +103,18 @@ async fn change_password(
         .change_password(&who.user, &who.session, body.current_password, body.new_password, &rid.0)
         .await?;
     Ok(Json(view))
+}
+
+/// Erases the caller's account for good: profile, email address, password and sessions.
+/// Orders stay, under the customer id, as the shop's records of sale (docs/api/auth.md).
+#[utoipa::path(post, path = "/v1/me/erasure", tag = "me", request_body = ErasureBody,
+    responses((status = 204, description = "erased"), (status = 401, body = Problem, description = "invalid_credentials: the password is wrong")))]
+async fn erase(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiJson(body): ApiJson<ErasureBody>,
+) -> Result<StatusCode, ApiError> {
+    app.auth.erase_own(&app.store, &who.user, body.password, &rid.0).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -159,6 +159,28 @@ mod users {
     }
 
     #[tokio::test]
+    async fn an_erased_account_leaves_no_row_and_its_tombstone_alone_makes_none() {
+        let repo = repo().await;
+        let (ada, bob) = (UserId::parse("usr-a").expect("id"), UserId::parse("usr-b").expect("id"));
+        let batch = vec![
+            UserEvents { id: ada.clone(), events: vec![(1, registered(&ada, "ada@example.com", "Ada"))] },
+            UserEvents { id: bob.clone(), events: vec![(2, registered(&bob, "bob@example.com", "Bob"))] },
+        ];
+        repo.apply(&batch, 2).await.expect("apply");
+        let erased = UserEvents { id: ada.clone(), events: vec![(3, event(&ada, 2, UserEvent::Erased {}))] };
+        repo.apply(std::slice::from_ref(&erased), 3).await.expect("erase");
+        let ids = |users: Vec<souk_messages::user::UserView>| {
+            users.into_iter().map(|u| u.id.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(repo.list(None, None, 10).await.expect("list")), ["usr-b"]);
+        assert!(repo.list(Some("ada"), None, 10).await.expect("search").is_empty());
+        // A rebuild after the purge sees only the tombstone.
+        let rebuilt = self::repo().await;
+        rebuilt.apply(&[erased], 3).await.expect("rebuild");
+        assert!(rebuilt.list(None, None, 10).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
     async fn the_staff_are_enabled_staff_and_admins() {
         let repo = repo().await;
         let ids: Vec<UserId> =
