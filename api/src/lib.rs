@@ -25,6 +25,7 @@ pub mod body;
 pub mod cart;
 pub mod catalog;
 pub mod checkout;
+pub mod erasure;
 pub mod error;
 pub mod extract;
 pub mod import;

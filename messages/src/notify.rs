@@ -187,8 +187,9 @@ pub enum Outcome {
     DeadLettered,
 }
 
-/// One delivery attempt, recorded on `souk.evt.notification.<id>` (the event's version is the
-/// attempt number). Carries no message body: those can hold reset links.
+/// What happened to a notification, recorded on `souk.evt.notification.<id>`: each delivery
+/// attempt (the event's version is the attempt number), and its redaction when the account
+/// it concerned was erased. Carries no message body: those can hold reset links.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum NotificationEvent {
@@ -217,6 +218,10 @@ pub enum NotificationEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         webhook: Option<WebhookBody>,
     },
+    /// The notification concerned an erased account: its attempts are purged and this, which
+    /// names nobody, is all that stays of its history.
+    #[serde(rename = "notification.redacted")]
+    Redacted {},
 }
 
 /// What a webhook delivery posts.
@@ -417,6 +422,7 @@ impl NotificationEvent {
     pub const fn type_name(&self) -> &'static str {
         match self {
             Self::Attempted { .. } => "notification.attempted",
+            Self::Redacted {} => "notification.redacted",
         }
     }
 }

@@ -260,8 +260,36 @@ impl EventStore {
     /// Purges every commit of an entity but its last, and its snapshot: what is left of an
     /// erased user is the commit recording the erasure, which names nobody. Idempotent.
     pub async fn forget_all_but_last(&self, kind: EntityKind, id: &str) -> Result<(), StoreError> {
+        self.purge_before_last(kind, id).await?;
+        // Last, and as a purge (no earlier revision kept): a snapshot saved just before the
+        // erasure may still be on its way.
+        let key = format!("{kind}.{id}");
+        self.jet.snapshots.purge(&key).await.map_err(|e| StoreError::Purge(key.clone(), Box::new(e)))
+    }
+
+    /// Appends `tombstone` to an entity whose history no single writer guards (no expected
+    /// sequence; its first event's id keeps a resend from landing twice), then purges every
+    /// earlier commit. Idempotent.
+    pub async fn replace_history<E: Serialize>(
+        &self,
+        kind: EntityKind,
+        id: &str,
+        tombstone: &Commit<E>,
+    ) -> Result<(), StoreError> {
         let subject = Subjects.entity_events(kind, id);
         let purge = |e: crate::NatsSource| StoreError::Purge(subject.clone(), e);
+        let payload = serde_json::to_vec(tombstone).map_err(|e| purge(Box::new(e)))?;
+        let mut msg = PublishMessage::build().payload(payload.into());
+        if let Some(first) = tombstone.first() {
+            msg = msg.message_id(first.event_id.to_string());
+        }
+        let ack = self.jet.js.send_publish(subject.clone(), msg).await.map_err(|e| purge(Box::new(e)))?;
+        ack.await.map_err(|e| purge(Box::new(e)))?;
+        self.purge_before_last(kind, id).await
+    }
+
+    async fn purge_before_last(&self, kind: EntityKind, id: &str) -> Result<(), StoreError> {
+        let subject = Subjects.entity_events(kind, id);
         self.jet
             .events
             .of(kind)
@@ -269,11 +297,7 @@ impl EventStore {
             .filter(subject.as_str())
             .keep(1)
             .await
-            .map_err(|e| purge(Box::new(e)))?;
-        // Last, and as a purge (no earlier revision kept): a snapshot saved just before the
-        // erasure may still be on its way.
-        let key = format!("{kind}.{id}");
-        self.jet.snapshots.purge(&key).await.map_err(|e| purge(Box::new(e)))?;
+            .map_err(|e| StoreError::Purge(subject.clone(), Box::new(e)))?;
         Ok(())
     }
 

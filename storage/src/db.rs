@@ -136,6 +136,15 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS notifications_status_created ON notifications FIELDS status, created_ns;
     ",
     ),
+    (
+        9,
+        // An erased account's deliveries are found by customer (rows made before this carried
+        // it only inside the delivery).
+        r"
+    UPDATE notifications SET customer = delivery.customer WHERE customer = NONE AND delivery.customer != NONE;
+    DEFINE INDEX IF NOT EXISTS notifications_customer ON notifications FIELDS customer;
+    ",
+    ),
 ];
 
 /// Who writes a projection's rows, which decides how much each write must guard.

@@ -77,6 +77,8 @@ struct Row {
     seq: u64,
     // Copies of the delivery's fields that lists filter on, at the top for their indexes.
     to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    customer: Option<String>,
     order: Option<String>,
     channel: Channel,
     status: Outcome,
@@ -137,7 +139,7 @@ impl NotificationRepo {
         let mut out = crate::db::Rows::default();
         for n in batch {
             let mut row = rows.remove(n.id.as_str());
-            let exists = row.is_some();
+            let mut exists = row.is_some();
             let mut changed = false;
             for (seq, e) in &n.events {
                 let NotificationEvent::Attempted {
@@ -149,13 +151,22 @@ impl NotificationRepo {
                     outcome,
                     detail,
                     webhook,
-                } = &e.body;
+                } = &e.body
+                else {
+                    // Redacted: the row goes; its history now holds nothing else.
+                    if row.take().is_some() && exists {
+                        out.delete(n.id.as_str());
+                        exists = false;
+                    }
+                    continue;
+                };
                 let at = e.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let row = row.get_or_insert_with(|| Row {
                     nid: n.id.to_string(),
                     created_ns: i64::try_from(e.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
                     seq: 0,
                     to: to.clone(),
+                    customer: customer.as_ref().map(|c| c.to_string()),
                     order: order.as_ref().map(|o| o.to_string()),
                     channel: *channel,
                     status: *outcome,
@@ -202,6 +213,32 @@ impl NotificationRepo {
     /// The last stream sequence the projection has applied; 0 for an empty database.
     pub async fn checkpoint(&self) -> Result<u64, StorageError> {
         crate::db::checkpoint(&self.db, PROJECTION).await
+    }
+
+    /// The notifications that concerned `customer` or went to one of `addresses` (staff
+    /// messages name no customer): what an erasure of the account redacts.
+    pub async fn of_person(
+        &self,
+        customer: &UserId,
+        addresses: &[String],
+    ) -> Result<Vec<NotificationId>, StorageError> {
+        // One indexed lookup each: SurrealDB scans the table for an `OR` or an `IN`.
+        let mut query = self.db.query("SELECT VALUE nid FROM notifications WHERE customer = $customer");
+        for i in 0..addresses.len() {
+            query = query.query(format!("SELECT VALUE nid FROM notifications WHERE `to` = $to{i}"));
+        }
+        let mut binds = serde_json::Map::new();
+        binds.insert("customer".into(), json!(customer.as_str()));
+        for (i, a) in addresses.iter().enumerate() {
+            binds.insert(format!("to{i}"), json!(a));
+        }
+        let mut res = query.bind(serde_json::Value::Object(binds)).await?;
+        let mut ids = std::collections::BTreeSet::new();
+        for i in 0..=addresses.len() {
+            let found: Vec<String> = res.take(i)?;
+            ids.extend(found);
+        }
+        ids.into_iter().map(|id| NotificationId::parse(&id).map_err(corrupt)).collect()
     }
 
     /// One notification and, for a webhook, the body it posts.

@@ -545,6 +545,18 @@ async fn an_erased_account_keeps_nothing_personal_and_its_email_is_free_again() 
         (search("erasable").await.len() == 1).then_some(())
     })
     .await;
+    // A message went to the address: the delivery log names it.
+    let r = post(&http, format!("{base}/v1/auth/password-reset"), json!({"email": email})).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deliveries = |admin: Client, base: String| async move {
+        let r =
+            admin.get(format!("{base}/v1/admin/notifications?recipient={email}")).send().await.expect("log");
+        json_of(r, StatusCode::OK).await["items"].as_array().expect("items").len()
+    };
+    souk_testkit::eventually("the reset email in the delivery log", Duration::from_secs(10), || async {
+        (deliveries(admin.clone(), base.to_owned()).await == 1).then_some(())
+    })
+    .await;
 
     // Refused without the password, or with a wrong one: nothing changes.
     let erase = |body: Value| bearer(&here).post(format!("{base}/v1/me/erasure")).json(&body).send();
@@ -568,9 +580,13 @@ async fn an_erased_account_keeps_nothing_personal_and_its_email_is_free_again() 
         search("erasable").await.is_empty().then_some(())
     })
     .await;
+    souk_testkit::eventually("the delivery log redacted", Duration::from_secs(10), || async {
+        (deliveries(admin.clone(), base.to_owned()).await == 0).then_some(())
+    })
+    .await;
 
     // What NATS keeps names nobody: the user's history is the erasure alone, and no event,
-    // snapshot or account record holds the address, the name or the phone.
+    // snapshot, account record or delivery record holds the address, the name or the phone.
     let history: Vec<(String, String)> = stored(nats.url(), "SOUK_EVENTS_USER")
         .await
         .into_iter()
@@ -579,7 +595,13 @@ async fn an_erased_account_keeps_nothing_personal_and_its_email_is_free_again() 
     assert_eq!(history.len(), 1, "{history:?}");
     let commit: Commit<UserEvent> = serde_json::from_str(&history[0].1).expect("commit");
     assert!(matches!(commit.into_iter().map(|e| e.body).collect::<Vec<_>>()[..], [UserEvent::Erased {}]));
-    for name in ["SOUK_EVENTS_USER", "KV_souk_snapshots", "KV_souk_emails", "KV_souk_credentials"] {
+    for name in [
+        "SOUK_EVENTS_USER",
+        "SOUK_EVENTS_NOTIFICATION",
+        "KV_souk_snapshots",
+        "KV_souk_emails",
+        "KV_souk_credentials",
+    ] {
         for (subject, payload) in stored(nats.url(), name).await {
             for personal in ["ursula", "erasable", "7183"] {
                 assert!(!payload.to_lowercase().contains(personal), "{name} {subject}: {payload}");

@@ -453,36 +453,37 @@ impl Auth {
         Ok(())
     }
 
-    /// Erases the caller's own account, once its password is confirmed: a stolen access token
-    /// alone cannot end an account for good.
-    pub async fn erase_own(
-        &self,
-        store: &EventStore,
-        user: &UserId,
-        password: String,
-        correlation: &str,
-    ) -> Result<(), ApiError> {
+    /// Checks a user's password: what the caller must show, beyond an access token, before
+    /// an act that cannot be undone.
+    pub async fn confirm_password(&self, user: &UserId, password: String) -> Result<(), ApiError> {
         let credential = self.inner.accounts.credentials.get(user.as_str()).await?;
-        if !self.inner.hasher.verify(password, credential.map(|(c, _)| c.password_hash)).await {
-            return Err(ApiError::invalid(ErrorCode::InvalidCredentials, "the password is wrong"));
+        if self.inner.hasher.verify(password, credential.map(|(c, _)| c.password_hash)).await {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(ErrorCode::InvalidCredentials, "the password is wrong"))
         }
-        self.erase(store, user, correlation).await
     }
 
     /// Erases an account (see [`UserCommand::Erase`]): the user entity records the erasure,
     /// then the email claim, the password hash and the history before the erasure go. Every
-    /// step is idempotent, so repeating a failed erasure finishes it.
-    pub async fn erase(&self, store: &EventStore, user: &UserId, correlation: &str) -> Result<(), ApiError> {
-        let email = match self.command(user, UserCommand::Get, correlation).await {
-            Ok(view) => Some(view.email),
+    /// step is idempotent, so repeating a failed erasure finishes it. Returns the account as
+    /// it was, unless it had been erased already.
+    pub async fn erase(
+        &self,
+        store: &EventStore,
+        user: &UserId,
+        correlation: &str,
+    ) -> Result<Option<UserView>, ApiError> {
+        let before = match self.command(user, UserCommand::Get, correlation).await {
+            Ok(view) => Some(view),
             // Erased already (or never registered, which the erasure itself refuses).
             Err(ApiError::Rejected(e)) if e.code == ErrorCode::UnknownUser => None,
             Err(e) => return Err(e),
         };
         self.command(user, UserCommand::Erase, correlation).await?;
         let accounts = &self.inner.accounts;
-        if let Some(email) = email {
-            let key = email_key(&email);
+        if let Some(email) = before.as_ref().map(|v| &v.email) {
+            let key = email_key(email);
             if let Some((claim, rev)) = accounts.emails.get(&key).await?
                 && claim.user == *user
             {
@@ -491,8 +492,7 @@ impl Auth {
         }
         accounts.credentials.delete(user.as_str(), None).await?;
         store.forget_all_but_last(EntityKind::User, user.as_str()).await?;
-        tracing::info!(%user, "account erased");
-        Ok(())
+        Ok(before)
     }
 
     /// Starts a password reset for `email` if it has an account. Runs in the background and

@@ -163,7 +163,7 @@ async fn erase(
             "admins erase their own account at /v1/me/erasure",
         ));
     }
-    app.auth.erase(&app.store, &id, &rid.0).await?;
+    crate::erasure::erase(&app, &id, &rid.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

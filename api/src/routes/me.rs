@@ -115,6 +115,7 @@ async fn erase(
     who: Principal,
     ApiJson(body): ApiJson<ErasureBody>,
 ) -> Result<StatusCode, ApiError> {
-    app.auth.erase_own(&app.store, &who.user, body.password, &rid.0).await?;
+    app.auth.confirm_password(&who.user, body.password).await?;
+    crate::erasure::erase(&app, &who.user, &rid.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -293,6 +293,54 @@ mod notifications {
     }
 
     #[tokio::test]
+    async fn a_person_s_deliveries_are_found_by_customer_or_address_and_redaction_removes_them() {
+        let repo = super::read_models().await.notifications;
+        let ada = souk_messages::UserId::parse("usr-ada").expect("id");
+        let id = |to: &str| NotificationId::of(&uuid::Uuid::new_v4(), Channel::Email, to);
+        let (order_mail, staff_mail, other) = (id("ada@x.test"), id("ada@x.test"), id("bob@x.test"));
+        let mut about_ada = attempt(&order_mail, 1, "ada@x.test", Outcome::Sent);
+        if let NotificationEvent::Attempted { customer, .. } = &mut about_ada.body {
+            *customer = Some(ada.clone());
+        }
+        let batch = vec![
+            NotificationEvents { id: order_mail.clone(), events: vec![(1, about_ada)] },
+            NotificationEvents {
+                id: staff_mail.clone(),
+                events: vec![(2, attempt(&staff_mail, 1, "ada@x.test", Outcome::Sent))],
+            },
+            NotificationEvents {
+                id: other.clone(),
+                events: vec![(3, attempt(&other, 1, "bob@x.test", Outcome::Sent))],
+            },
+        ];
+        repo.apply(&batch, 3).await.expect("apply");
+        let mut expected = vec![order_mail.clone(), staff_mail.clone()];
+        expected.sort();
+        assert_eq!(repo.of_person(&ada, &["ada@x.test".to_owned()]).await.expect("find"), expected);
+        assert_eq!(repo.of_person(&ada, &[]).await.expect("find"), std::slice::from_ref(&order_mail));
+
+        let redacted = |id: &NotificationId, seq: u64| NotificationEvents {
+            id: id.clone(),
+            events: vec![(
+                seq,
+                Event {
+                    event_id: uuid::Uuid::now_v7(),
+                    id: id.to_string(),
+                    version: 2,
+                    time: time::OffsetDateTime::now_utc(),
+                    correlation_id: None,
+                    body: NotificationEvent::Redacted {},
+                },
+            )],
+        };
+        repo.apply(&[redacted(&order_mail, 4), redacted(&staff_mail, 5)], 5).await.expect("redact");
+        assert!(repo.of_person(&ada, &["ada@x.test".to_owned()]).await.expect("find").is_empty());
+        let all = repo.list(&DeliveryQuery { limit: 10, ..DeliveryQuery::default() }).await.expect("list");
+        assert_eq!(all.items.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), [other.to_string()]);
+        assert!(repo.get(&order_mail).await.expect("get").is_none());
+    }
+
+    #[tokio::test]
     async fn the_log_pages_newest_first_and_deliveries_made_in_the_same_nanosecond_come_once_each() {
         let repo = super::read_models().await.notifications;
         let t = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
