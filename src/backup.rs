@@ -11,6 +11,11 @@ pub async fn backup(cfg: &Config, out: &Path) -> anyhow::Result<()> {
     let manifest = souk_nats::backup::backup(&client, out, report("backed up")).await?;
     let messages: u64 = manifest.streams.iter().map(StreamBackup::messages).sum();
     eprintln!("backup of {} streams ({messages} messages) in {}", manifest.streams.len(), out.display());
+    // The backup itself is complete either way; without the record, the cluster's freshness
+    // gauge (and its alert) does not know of it.
+    if let Err(e) = souk_nats::backup::record(&client, &manifest).await {
+        eprintln!("warning: the backup is complete but could not be recorded in the cluster: {e}");
+    }
     Ok(())
 }
 

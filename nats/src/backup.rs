@@ -27,6 +27,22 @@ const UNPACK: Duration = Duration::from_secs(600);
 /// shard leases. Restored, they would name nodes that are gone.
 const EPHEMERAL: [&str; 2] = ["KV_souk_nodes", "KV_souk_leases"];
 
+/// The key, in the cluster bucket, of the record of the last completed backup.
+pub const LAST_BACKUP_KEY: &str = "backup.last";
+
+/// What the cluster remembers of its last completed backup: every node exports its time, so
+/// an alert can tell when backups stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastBackup {
+    /// When it was taken.
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: time::OffsetDateTime,
+    /// Streams in it.
+    pub streams: usize,
+    /// Messages in it.
+    pub messages: u64,
+}
+
 /// What a backup holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -167,6 +183,21 @@ pub async fn backup(
     out.write_all(&json).await.map_err(in_file(&path))?;
     out.sync_all().await.map_err(in_file(&path))?;
     Ok(manifest)
+}
+
+/// Records `manifest` as the cluster's last completed backup (see [`LastBackup`]).
+pub async fn record(client: &async_nats::Client, manifest: &Manifest) -> Result<(), BackupError> {
+    let last = LastBackup {
+        taken_at: manifest.taken_at,
+        streams: manifest.streams.len(),
+        messages: manifest.streams.iter().map(StreamBackup::messages).sum(),
+    };
+    let json = serde_json::to_vec(&last).map_err(|e| BackupError::Manifest(e.to_string()))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket =
+        js.get_key_value(crate::streams::CLUSTER_BUCKET).await.map_err(|e| BackupError::Nats(Box::new(e)))?;
+    bucket.put(LAST_BACKUP_KEY, json.into()).await.map_err(|e| BackupError::Nats(Box::new(e)))?;
+    Ok(())
 }
 
 /// The error of an I/O step on `path`.

@@ -1,6 +1,6 @@
-//! What a node sees of NATS, for `/metrics`: whether it is connected, and how far behind each
+//! What a node sees of NATS, for `/metrics`: whether it is connected, how far behind each
 //! durable consumer on Souk's streams is (messages not yet delivered, and delivered but not yet
-//! acknowledged).
+//! acknowledged), and when the cluster's last backup was taken.
 
 use crate::Jet;
 use futures::StreamExt as _;
@@ -24,6 +24,7 @@ pub struct NatsMetrics {
     pending: Family<ConsumerLabels, Gauge>,
     ack_pending: Family<ConsumerLabels, Gauge>,
     redelivered: Family<ConsumerLabels, Gauge>,
+    last_backup: Gauge,
 }
 
 impl NatsMetrics {
@@ -49,6 +50,11 @@ impl NatsMetrics {
             "souk_consumer_redelivered_messages",
             "Messages a durable consumer is being given again (unacknowledged in time)",
             m.redelivered.clone(),
+        );
+        registry.register(
+            "souk_backup_last_success_timestamp_seconds",
+            "Unix time the cluster's last completed `souk backup` was taken; 0 while none is recorded",
+            m.last_backup.clone(),
         );
         m
     }
@@ -81,6 +87,11 @@ impl NatsMetrics {
                         .get_or_create(&labels)
                         .set(i64::try_from(info.num_redelivered).unwrap_or(i64::MAX));
                 }
+            }
+            if let Ok(Some(bytes)) = jet.cluster.get(crate::backup::LAST_BACKUP_KEY).await
+                && let Ok(last) = serde_json::from_slice::<crate::backup::LastBackup>(&bytes)
+            {
+                self.last_backup.set(last.taken_at.unix_timestamp());
             }
         }
     }

@@ -4,7 +4,7 @@
 use crate::cart::{PASSWORD, customer};
 use crate::catalog::{body, staff_node};
 use crate::checkout::{approved_checkout, confirmed_order, lamp_on_sale};
-use crate::{bin, levels, list_all, ready, stock};
+use crate::{bin, levels, list_all, metric, ready, stock};
 use reqwest::{Client, StatusCode};
 use souk_testkit::{
     NatsServer, SoukNode, access_token, admin_http, eventually, http_with_token, souk_command,
@@ -53,12 +53,21 @@ async fn a_backup_restored_into_a_new_nats_is_the_same_shop_to_new_and_old_nodes
     let backed_up = stock(&staff, &base, "BACKUP-1").await;
     assert_eq!(levels(&backed_up), (8, 0, 8));
 
-    // Taken while the node runs; never written over another backup.
+    // Taken while the node runs; never written over another backup. The cluster records it:
+    // every node reports when the last backup was taken, for the alert on stale backups.
+    const LAST_BACKUP: &str = "souk_backup_last_success_timestamp_seconds";
+    assert_eq!(metric(&http, &base, LAST_BACKUP).await, Some(0), "no backup yet");
     let tools = tempfile::tempdir().expect("tempdir");
     let out = tools.path().join("backup");
     let out_arg = out.to_str().expect("utf-8 path");
+    let started = time::OffsetDateTime::now_utc().unix_timestamp();
     let (ok, log) = souk(&nats, tools.path(), &["backup", "--out", out_arg]).await;
     assert!(ok, "backup: {log}");
+    let finished = time::OffsetDateTime::now_utc().unix_timestamp();
+    eventually("the node to report the backup", Duration::from_secs(15), || async {
+        metric(&http, &base, LAST_BACKUP).await.filter(|t| (started..=finished).contains(t))
+    })
+    .await;
     for file in std::fs::read_dir(&out).expect("backup folder") {
         let mode = file.expect("file").metadata().expect("metadata").permissions().mode();
         assert_eq!(mode & 0o077, 0, "a backup holds password hashes and keys: owner only");

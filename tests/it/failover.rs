@@ -1,6 +1,6 @@
 //! Two nodes on one NATS server: shards spread, a killed node's shards move, nothing is lost.
 
-use crate::{bin, levels, ready, reserve, restock, stock, with_retry};
+use crate::{bin, levels, metric, ready, reserve, restock, stock, with_retry};
 use futures::future::join_all;
 use reqwest::{Client, StatusCode};
 use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http, souk_command};
@@ -8,11 +8,7 @@ use std::time::Duration;
 
 /// Shards of stock this node owns, from its `/metrics`.
 pub(crate) async fn shards_owned(http: &Client, base: &str) -> Option<u64> {
-    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find(|l| l.starts_with("souk_shards_owned{kind=\"stock\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
+    metric(http, base, "souk_shards_owned{kind=\"stock\"}").await.and_then(|n| u64::try_from(n).ok())
 }
 
 /// Waits up to `within` for the node at `base` to own all 16 stock shards.

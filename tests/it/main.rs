@@ -65,6 +65,13 @@ fn levels(v: &Value) -> (u64, u64, u64) {
     (n("on_hand"), n("reserved"), n("available"))
 }
 
+/// The value of one series on the node's `/metrics` (`series` as it is written there, labels
+/// included), if the node answers and exports it.
+async fn metric(http: &Client, base: &str, series: &str) -> Option<i64> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).and_then(|n| n.parse().ok())
+}
+
 /// A page of the read model, every page followed.
 async fn list_all(http: &Client, base: &str) -> Vec<Value> {
     let mut items = Vec::new();
