@@ -215,8 +215,9 @@ impl NotificationRepo {
         crate::db::checkpoint(&self.db, PROJECTION).await
     }
 
-    /// The notifications that concerned `customer` or went to one of `addresses` (staff
-    /// messages name no customer): what an erasure of the account redacts.
+    /// The notifications that concerned `customer` or went to one of `addresses` (every
+    /// message to a person names them; the addresses catch any that does not): what an
+    /// erasure of the account redacts.
     pub async fn of_person(
         &self,
         customer: &UserId,
