@@ -149,7 +149,7 @@ async fn disable(
 /// Erases an account for good, on its owner's request: profile, email address, password,
 /// sessions and the delivery log's record of the messages sent to it. Orders stay, under the
 /// customer id, as the shop's records of sale (docs/security.md).
-#[utoipa::path(post, path = "/v1/admin/users/{id}/erase", tag = "admin", params(("id" = UserId, Path, description = "User id")),
+#[utoipa::path(post, operation_id = "erase_user", path = "/v1/admin/users/{id}/erase", tag = "admin", params(("id" = UserId, Path, description = "User id")),
     responses((status = 204, description = "erased (also when it already was)"), (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 503, body = Problem, description = "unavailable: the delivery log is catching up; nothing was erased")))]
 async fn erase(

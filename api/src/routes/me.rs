@@ -108,7 +108,7 @@ async fn change_password(
 /// Erases the caller's account for good: profile, email address, password, sessions and the
 /// delivery log's record of the messages sent to it. Orders stay, under the customer id, as
 /// the shop's records of sale (docs/security.md).
-#[utoipa::path(post, path = "/v1/me/erasure", tag = "me", request_body = ErasureBody,
+#[utoipa::path(post, operation_id = "erase_me", path = "/v1/me/erasure", tag = "me", request_body = ErasureBody,
     responses((status = 204, description = "erased"), (status = 401, body = Problem, description = "invalid_credentials: the password is wrong"),
         (status = 503, body = Problem, description = "unavailable: the delivery log is catching up; nothing was erased")))]
 async fn erase(
