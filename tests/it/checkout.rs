@@ -564,12 +564,9 @@ async fn live_status_comes_once_in_order_over_websocket_and_sse_and_resumes_afte
     assert_eq!(next(&mut ws).await["type"], "subscribed");
     assert_eq!(next(&mut ws).await["version"], shipped_version);
     // Operators see the subscriptions a node holds, and each one let go of.
-    let watchers = |n: u32| {
+    let watchers = |n: i64| {
         let (http, base) = (http.clone(), base.to_owned());
-        async move {
-            let metrics = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-            metrics.contains(&format!("\nsouk_live_watchers {n}\n")).then_some(())
-        }
+        async move { (crate::metric(&http, &base, "souk_live_watchers").await? == n).then_some(()) }
     };
     eventually("one live subscription", Duration::from_secs(10), || watchers(1)).await;
     send(&mut ws, json!({"type": "unsubscribe", "order": id})).await;

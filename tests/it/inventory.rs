@@ -1,6 +1,6 @@
 //! One node: reservations under concurrency, idempotency, restart, bad input, read model.
 
-use crate::{bin, levels, list_all, ready, reserve, restock, stock};
+use crate::{bin, levels, list_all, metric, ready, reserve, restock, stock};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -41,10 +41,9 @@ async fn a_request_whose_body_never_comes_does_not_hold_a_stopping_node() {
     stuck.write_all(head.as_bytes()).await.expect("half a request");
     // The node has the request in hand (it and the metrics request itself) before it is told
     // to stop.
-    let metrics = format!("{}/metrics", node.url());
+    let base = node.url().to_owned();
     eventually("the request in flight", Duration::from_secs(10), || async {
-        let text = http().get(&metrics).send().await.ok()?.text().await.ok()?;
-        text.contains("\nsouk_http_requests_in_flight 2\n").then_some(())
+        (metric(&http(), &base, "souk_http_requests_in_flight").await? == 2).then_some(())
     })
     .await;
     let stopped = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
