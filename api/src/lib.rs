@@ -13,6 +13,7 @@
 //! - [`cart`]: cart commands checked against the storefront, carts priced now.
 //! - [`checkout`]: the cart becomes an order, once per idempotency key.
 //! - [`import`]: bulk product import (JSON lines, CSV).
+//! - [`erasure`], [`export`]: a person's data erased, or copied out, on their request.
 //! - [`live`]: order status as it changes, for WebSocket and SSE clients.
 //! - [`webhook`]: signed deliveries from the payment provider.
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
@@ -27,6 +28,7 @@ pub mod catalog;
 pub mod checkout;
 pub mod erasure;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod import;
 pub mod live;
@@ -142,12 +144,14 @@ pub struct App {
         routes::me::update,
         routes::me::change_password,
         routes::me::erase,
+        routes::me::export,
         routes::admin::list,
         routes::admin::get_one,
         routes::admin::set_roles,
         routes::admin::disable,
         routes::admin::enable,
         routes::admin::erase,
+        routes::admin::export,
         routes::admin::import,
         routes::products::list,
         routes::products::get_one,

@@ -643,6 +643,103 @@ async fn an_erased_account_keeps_nothing_personal_and_its_email_is_free_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_s_export_holds_their_account_cart_orders_and_messages_and_nobody_else_s() {
+    let (nats, node, http, admin) = crate::catalog::staff_node().await;
+    let base = node.url();
+    crate::checkout::lamp_on_sale(&admin, base, base, "LAMP-EXP", 10).await;
+    let email = "petra.portable@example.com";
+    let r = post(
+        &http,
+        format!("{base}/v1/auth/register"),
+        json!({"email": email, "password": PASSWORD, "name": "Petra Portable", "phone": "+44 20 7183 8751"}),
+    )
+    .await;
+    let id = json_of(r, StatusCode::CREATED).await["id"].as_str().expect("id").to_owned();
+    let petra = bearer(&login(base, email, PASSWORD).await);
+    let r = petra.patch(format!("{base}/v1/me")).json(&json!({"name": "Petra Portable-Smith"})).send().await;
+    assert_eq!(r.expect("profile").status(), StatusCode::OK);
+    let r = post(&http, format!("{base}/v1/auth/password-reset"), json!({"email": email})).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let token = souk_testkit::eventually("the reset event", Duration::from_secs(10), || {
+        reset_token_from_nats(nats.url(), &id)
+    })
+    .await;
+    let order = crate::checkout::confirmed_order(&petra, base, "LAMP-EXP", 2, "export-1").await;
+    let r = crate::cart::add(&petra, base, None, "LAMP-EXP", 1).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let olaf = crate::cart::customer(&http, base, "olaf.other@example.com").await;
+    let theirs = crate::checkout::confirmed_order(&olaf, base, "LAMP-EXP", 1, "export-2").await;
+
+    // The delivery log follows the messages a moment later: wait for the reset email and the
+    // order's confirmation by email and by text message.
+    let (disposition, text) =
+        souk_testkit::eventually("the messages in the export", Duration::from_secs(30), || async {
+            let r = petra.get(format!("{base}/v1/me/export")).send().await.ok()?;
+            assert_eq!(r.status(), StatusCode::OK);
+            let disposition = r.headers().get("content-disposition")?.to_str().ok()?.to_owned();
+            let text = r.text().await.ok()?;
+            let data: Value = serde_json::from_str(&text).ok()?;
+            (data["messages"].as_array()?.len() >= 3).then_some((disposition, text))
+        })
+        .await;
+    assert_eq!(disposition, format!("attachment; filename=\"souk-{id}.json\""));
+    let data: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(data["account"]["id"], id.as_str());
+    assert_eq!(data["account"]["email"], email);
+    assert_eq!(data["account"]["name"], "Petra Portable-Smith");
+    assert_eq!(data["account"]["phone"], "+442071838751");
+    let history = data["account_history"].as_array().expect("history");
+    let types: Vec<&str> = history.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["user.registered", "user.profile_updated", "user.password_reset_requested"]);
+    assert_eq!(history[0]["data"]["name"], "Petra Portable");
+    assert_eq!(history[2]["data"]["email"], email);
+    assert!(
+        history[2]["data"].get("token").is_none() && !text.contains(&token),
+        "the reset token is left out"
+    );
+    assert!(!text.contains("correlation_id"));
+    let lines = data["cart"]["lines"].as_array().expect("lines");
+    assert_eq!((lines.len(), &lines[0]["sku"], &lines[0]["quantity"]), (1, &json!("LAMP-EXP"), &json!(1)));
+    let orders = data["orders"].as_array().expect("orders");
+    assert_eq!(orders.len(), 1);
+    assert_eq!((&orders[0]["id"], &orders[0]["status"]), (&json!(order), &json!("confirmed")));
+    assert_eq!(orders[0]["shipping_address"]["line1"], "1 Way");
+    let messages = data["messages"].as_array().expect("messages");
+    let about = |topic: &str, channel: &str| {
+        messages.iter().filter(|m| m["topic"] == topic && m["channel"] == channel).count()
+    };
+    assert_eq!(about("password_reset", "email"), 1, "{messages:?}");
+    assert_eq!(about("order_confirmed", "email"), 1, "{messages:?}");
+    assert_eq!(about("order_confirmed", "sms"), 1, "{messages:?}");
+    for m in messages {
+        assert!(m["to"] == email || m["to"] == "+442071838751", "{m}");
+        assert!(m["customer"] == id.as_str() || m["customer"].is_null(), "{m}");
+    }
+    // Nothing of anyone else's.
+    assert!(!text.contains(&theirs) && !text.contains("olaf"), "{text}");
+
+    // An admin answering the person's request gets the same document; customers cannot.
+    let r = admin.get(format!("{base}/v1/admin/users/{id}/export")).send().await.expect("export");
+    let by_admin = json_of(r, StatusCode::OK).await;
+    assert_eq!((&by_admin["account"], &by_admin["orders"]), (&data["account"], &data["orders"]));
+    let r = olaf.get(format!("{base}/v1/admin/users/{id}/export")).send().await.expect("export");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http.get(format!("{base}/v1/me/export")).send().await.expect("export");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let unknown = UserId::generate();
+    let (status, p) =
+        problem(admin.get(format!("{base}/v1/admin/users/{unknown}/export")).send().await.expect("export"))
+            .await;
+    assert_eq!((status, p["code"].as_str()), (404, Some("unknown_user")));
+    // Once erased, there is nothing left to export.
+    let r = admin.post(format!("{base}/v1/admin/users/{id}/erase")).send().await.expect("erase");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, p) =
+        problem(admin.get(format!("{base}/v1/admin/users/{id}/export")).send().await.expect("export")).await;
+    assert_eq!((status, p["code"].as_str()), (404, Some("unknown_user")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_account_input_gets_problem_json_and_creates_nothing() {
     let (_nats, node, http) = one_node(&[]).await;
     let base = node.url();

@@ -9,6 +9,7 @@ use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use souk_messages::user::{Role, UserCommand, UserView};
@@ -23,6 +24,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/admin/users/{id}/disable", Access::Admin, post(disable)),
         Route::new(Method::POST, "/v1/admin/users/{id}/enable", Access::Admin, post(enable)),
         Route::new(Method::POST, "/v1/admin/users/{id}/erase", Access::Admin, post(erase)),
+        Route::new(Method::GET, "/v1/admin/users/{id}/export", Access::Admin, get(export)),
         Route::new(
             Method::POST,
             "/v1/admin/import",
@@ -167,6 +169,22 @@ async fn erase(
     }
     crate::erasure::erase(&app, &id, &rid.0).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A copy of everything Souk holds about a person, for an admin answering their request for
+/// it (`GET /v1/me/export` is the same document for a signed-in customer).
+#[utoipa::path(get, operation_id = "export_user", path = "/v1/admin/users/{id}/export", tag = "admin", params(("id" = UserId, Path, description = "User id")),
+    responses((status = 200, body = crate::export::PersonalData, description = "the data, as an attachment"), (status = 404, body = Problem)))]
+async fn export(
+    State(app): State<AppState>,
+    rid: RequestId,
+    who: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let id = user_id(id)?;
+    let data = crate::export::export(&app, &id, &rid.0).await?;
+    tracing::info!(user = %id, by = %who.user, "personal data exported by an admin");
+    Ok(crate::export::attachment(&id, &data))
 }
 
 /// Enables a disabled account.

@@ -10,6 +10,7 @@ use crate::routes::Route;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Deserializer};
 use souk_messages::user::{Name, Phone, UserCommand, UserView};
@@ -20,6 +21,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::PATCH, "/v1/me", Access::User, axum::routing::patch(update)),
         Route::new(Method::POST, "/v1/me/password", Access::User, post(change_password)),
         Route::new(Method::POST, "/v1/me/erasure", Access::User, post(erase)),
+        Route::new(Method::GET, "/v1/me/export", Access::User, get(export)),
     ]
 }
 
@@ -120,4 +122,13 @@ async fn erase(
     app.auth.confirm_password(&who.user, body.password).await?;
     crate::erasure::erase(&app, &who.user, &rid.0).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A copy of everything Souk holds about the caller, as one JSON file to keep or take
+/// elsewhere: the account and its history, the cart, every order and every message sent.
+#[utoipa::path(get, operation_id = "export_me", path = "/v1/me/export", tag = "me",
+    responses((status = 200, body = crate::export::PersonalData, description = "the data, as an attachment"), (status = 401, body = Problem)))]
+async fn export(State(app): State<AppState>, rid: RequestId, who: Principal) -> Result<Response, ApiError> {
+    let data = crate::export::export(&app, &who.user, &rid.0).await?;
+    Ok(crate::export::attachment(&who.user, &data))
 }
