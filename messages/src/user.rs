@@ -441,6 +441,12 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// What an erasure leaves of an account whose erasure is its `version`th event: a
+    /// disabled account naming nobody.
+    pub fn erased(version: u64) -> Self {
+        Self { erased: true, disabled: true, version, ..Self::default() }
+    }
+
     fn require_exists(&self) -> Result<(), ReplyError> {
         if self.email.is_some() { Ok(()) } else { Err(invalid(ErrorCode::UnknownUser, "no such user")) }
     }
@@ -475,7 +481,7 @@ impl Fold for UserState {
             UserEvent::Disabled {} => self.disabled = true,
             UserEvent::Enabled {} => self.disabled = false,
             UserEvent::Erased {} => {
-                *self = Self { erased: true, disabled: true, version: self.version, ..Self::default() };
+                *self = Self::erased(self.version);
             }
             UserEvent::PasswordResetRequested { token, expires_at, .. } => {
                 self.reset = Some(PendingReset { token: token.clone(), expires_at: *expires_at });

@@ -5,10 +5,11 @@
 use crate::metrics::StoreMetrics;
 use crate::streams::Jet;
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use souk_messages::event::{Commit, Event, Fold};
 use souk_messages::subject::{EntityKind, Subjects};
 use std::time::Instant;
@@ -152,8 +153,13 @@ impl EventStore {
         let last_commit: Commit<S::Event> = decode(&subject, &last.payload)?;
         let mut snapshot = self.snapshot::<S>(kind, id).await?;
         if snapshot.as_ref().is_some_and(|s| s.seq > last.sequence) {
-            // A snapshot from a history that no longer exists (stream recreated): ignore it.
+            // A snapshot from a history that no longer exists (stream recreated): ignore it,
+            // and remove it, or it would keep out the new history's snapshots, which are older.
             snapshot = None;
+            let key = format!("{kind}.{id}");
+            if let Err(e) = self.jet.snapshots.purge(&key).await {
+                tracing::warn!(%key, error = %e, "stale snapshot not removed");
+            }
         }
         let (mut state, mut seq) = snapshot.map_or_else(|| (S::default(), 0), |s| (s.state, s.seq));
         let mut replayed = 0;
@@ -257,14 +263,32 @@ impl EventStore {
         Ok(info.state.last_sequence)
     }
 
-    /// Purges every commit of an entity but its last, and its snapshot: what is left of an
-    /// erased user is the commit recording the erasure, which names nobody. Idempotent.
-    pub async fn forget_all_but_last(&self, kind: EntityKind, id: &str) -> Result<(), StoreError> {
+    /// Purges every commit of an entity but its last, and replaces its snapshot with
+    /// `last_state`, the state that commit leaves: what is left of an erased user is the
+    /// commit recording the erasure and the state after it, neither naming anybody.
+    /// Idempotent.
+    pub async fn forget_all_but_last<S: Serialize>(
+        &self,
+        kind: EntityKind,
+        id: &str,
+        last_state: &S,
+    ) -> Result<(), StoreError> {
         self.purge_before_last(kind, id).await?;
-        // Last, and as a purge (no earlier revision kept): a snapshot saved just before the
-        // erasure may still be on its way.
+        let subject = Subjects.entity_events(kind, id);
         let key = format!("{kind}.{id}");
-        self.jet.snapshots.purge(&key).await.map_err(|e| StoreError::Purge(key.clone(), Box::new(e)))
+        let failed = |e: crate::NatsSource| StoreError::Purge(key.clone(), e);
+        let last = match self.jet.events.of(kind).get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(StoreError::Read(subject, Box::new(e))),
+        };
+        let bytes = serde_json::to_vec(&Snapshot { seq: last, state: last_state })
+            .map_err(|e| failed(Box::new(e)))?;
+        // Unchecked: it must replace whatever is stored (the bucket keeps no earlier
+        // revision). A snapshot of the state before, still on its way from an earlier
+        // command, is older than this one, so `save_snapshot` no longer writes it.
+        self.jet.snapshots.put(&key, bytes.into()).await.map_err(|e| failed(Box::new(e)))?;
+        Ok(())
     }
 
     /// Appends `tombstone` to an entity whose history no single writer guards (no expected
@@ -301,15 +325,18 @@ impl EventStore {
         Ok(())
     }
 
-    /// Stores a snapshot of `state` as of stream sequence `seq`. A lost snapshot only costs
-    /// replay time, so failures are counted and logged, not returned.
+    /// Stores a snapshot of `state` as of stream sequence `seq`, unless the one stored is as
+    /// new or newer: snapshots are written from tasks of their own, so an older one can
+    /// arrive after a newer one, or after an erasure replaced the state. A lost snapshot only
+    /// costs replay time, so failures are counted and logged, not returned.
     pub async fn save_snapshot<S: Serialize>(&self, kind: EntityKind, id: &str, seq: u64, state: &S) {
         let key = format!("{kind}.{id}");
         let outcome = match serde_json::to_vec(&Snapshot { seq, state }) {
             // Larger than the server accepts in one message: it would only be refused.
             Ok(bytes) if bytes.len() as u64 > self.max_snapshot_bytes => "too_large",
-            Ok(bytes) => match self.jet.snapshots.put(&key, bytes.into()).await {
-                Ok(_) => "ok",
+            Ok(bytes) => match self.put_if_newer(&key, seq, bytes).await {
+                Ok(true) => "ok",
+                Ok(false) => "superseded",
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "snapshot not saved");
                     "failed"
@@ -321,6 +348,33 @@ impl EventStore {
             }
         };
         self.metrics.record_snapshot(kind, outcome);
+    }
+
+    /// Writes `bytes`, the snapshot as of `seq`, unless the stored one is as new or newer;
+    /// whether it was written. Checked by revision, so a newer one written meanwhile stays.
+    async fn put_if_newer(&self, key: &str, seq: u64, bytes: Vec<u8>) -> Result<bool, crate::NatsSource> {
+        #[derive(Deserialize)]
+        struct Stored {
+            seq: u64,
+        }
+        let snapshots = &self.jet.snapshots;
+        match snapshots.entry(key).await? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                if serde_json::from_slice::<Stored>(&e.value).is_ok_and(|s| s.seq >= seq) {
+                    return Ok(false);
+                }
+                match snapshots.update(key, bytes.into(), e.revision).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                    Err(e) => Err(Box::new(e)),
+                }
+            }
+            _ => match snapshots.create(key, bytes.into()).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(Box::new(e)),
+            },
+        }
     }
 
     async fn snapshot<S: DeserializeOwned>(

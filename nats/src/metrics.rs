@@ -44,7 +44,7 @@ impl StoreMetrics {
         );
         registry.register(
             "souk_snapshots",
-            "Entity snapshots by kind and outcome (ok, too_large, failed)",
+            "Entity snapshots by kind and outcome (ok, superseded, too_large, failed)",
             m.snapshots.clone(),
         );
         m

@@ -16,7 +16,7 @@ use password::Hasher;
 use serde::Serialize;
 use souk_messages::subject::EntityKind;
 use souk_messages::user::{
-    Email, Name, Phone, Role, Secret, UserCommand, UserRequest, UserView, check_password,
+    Email, Name, Phone, Role, Secret, UserCommand, UserRequest, UserState, UserView, check_password,
 };
 use souk_messages::{ErrorCode, ReplyError, UserId};
 use souk_nats::accounts::{Accounts, Credential, EmailClaim, SPENT_KEPT, Session, email_key};
@@ -480,7 +480,7 @@ impl Auth {
             Err(ApiError::Rejected(e)) if e.code == ErrorCode::UnknownUser => None,
             Err(e) => return Err(e),
         };
-        self.command(user, UserCommand::Erase, correlation).await?;
+        let erased = self.command(user, UserCommand::Erase, correlation).await?;
         let accounts = &self.inner.accounts;
         if let Some(email) = before.as_ref().map(|v| &v.email) {
             let key = email_key(email);
@@ -491,7 +491,9 @@ impl Auth {
             }
         }
         accounts.credentials.delete(user.as_str(), None).await?;
-        store.forget_all_but_last(EntityKind::User, user.as_str()).await?;
+        store
+            .forget_all_but_last(EntityKind::User, user.as_str(), &UserState::erased(erased.version))
+            .await?;
         Ok(before)
     }
 

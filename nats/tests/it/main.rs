@@ -149,6 +149,60 @@ async fn a_snapshot_too_large_for_the_server_is_skipped_and_counted() {
     assert!(text.contains("souk_snapshots_total{kind=\"stock\",outcome=\"ok\"} 1"), "{text}");
 }
 
+/// The sequence and state of the snapshot stored for stock item `sku`, read straight from the
+/// bucket.
+async fn stored_snapshot(jet: &Jet, sku: &str) -> Option<(u64, StockState)> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        seq: u64,
+        state: StockState,
+    }
+    let bytes = jet.snapshots.get(format!("stock.{sku}")).await.expect("get")?;
+    let s: Stored = serde_json::from_slice(&bytes).expect("snapshot");
+    Some((s.seq, s.state))
+}
+
+#[tokio::test]
+async fn a_late_snapshot_never_replaces_a_newer_one_or_what_a_purge_left() {
+    let nats = NatsServer::start();
+    let jet = jet(nats.url(), Duration::from_secs(5)).await;
+    let store = EventStore::new(jet.clone(), StoreMetrics::unregistered());
+    let sku = "LATE-1";
+    let mut states = vec![StockState::default()];
+    let mut seq = 0;
+    for n in 1..=3 {
+        let (next, events) = commit(states.last().expect("state"), &restock(n), sku);
+        seq = store.append(EntityKind::Stock, sku, seq, &events).await.expect("append");
+        states.push(next);
+    }
+    // Snapshots are written from tasks of their own: the one after the third commit lands
+    // first, the one after the second late. The newer one stays.
+    store.save_snapshot(EntityKind::Stock, sku, seq, &states[3]).await;
+    store.save_snapshot(EntityKind::Stock, sku, seq - 1, &states[2]).await;
+    assert_eq!(stored_snapshot(&jet, sku).await, Some((seq, states[3].clone())));
+
+    // The history is cut down to its last commit with the state it leaves; a snapshot of the
+    // state before, arriving after that, does not bring the old state back.
+    let left = StockState { on_hand: 99, version: 3, ..StockState::default() };
+    store.forget_all_but_last(EntityKind::Stock, sku, &left).await.expect("forget");
+    store.save_snapshot(EntityKind::Stock, sku, seq, &states[3]).await;
+    store.save_snapshot(EntityKind::Stock, sku, seq - 1, &states[2]).await;
+    assert_eq!(stored_snapshot(&jet, sku).await, Some((seq, left.clone())));
+    let loaded = store.load::<StockState>(EntityKind::Stock, sku).await.expect("load");
+    assert_eq!((loaded.state, loaded.replayed), (left, 0));
+
+    // A snapshot from a history that no longer exists (ahead of it) is dropped at the next
+    // load, so the history's own snapshots are written again.
+    let other = "LATE-2";
+    let (next, events) = commit(&StockState::default(), &restock(5), other);
+    let seq = store.append(EntityKind::Stock, other, 0, &events).await.expect("append");
+    store.save_snapshot(EntityKind::Stock, other, seq + 1000, &StockState::default()).await;
+    let loaded = store.load::<StockState>(EntityKind::Stock, other).await.expect("load");
+    assert_eq!(loaded.state, next);
+    store.save_snapshot(EntityKind::Stock, other, seq, &next).await;
+    assert_eq!(stored_snapshot(&jet, other).await, Some((seq, next)));
+}
+
 #[tokio::test]
 async fn a_lease_has_one_holder_and_expires_when_not_renewed() {
     let nats = NatsServer::start();
