@@ -19,10 +19,11 @@ pub async fn backup(cfg: &Config, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Restores the backup in `from` into a NATS that holds none of Souk's streams.
-pub async fn restore(cfg: &Config, from: &Path) -> anyhow::Result<()> {
+/// Restores the backup in `from` into a NATS that holds none of Souk's streams or, with
+/// `replace`, in place of the ones it holds.
+pub async fn restore(cfg: &Config, from: &Path, replace: bool) -> anyhow::Result<()> {
     let client = crate::client::nats(cfg, "souk restore").await?;
-    let manifest = souk_nats::backup::restore(&client, from, report("restored")).await?;
+    let manifest = souk_nats::backup::restore(&client, from, replace, report("restored")).await?;
     let taken_at = manifest.taken_at.format(&time::format_description::well_known::Rfc3339)?;
     eprintln!(
         "restored {} streams from the backup taken at {taken_at} by Souk {}; nodes rebuild their own read models, a shared read-model database must be emptied before they start",

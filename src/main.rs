@@ -72,6 +72,9 @@ enum Command {
         /// The backup's folder.
         #[arg(long)]
         from: PathBuf,
+        /// Delete Souk's streams already in NATS first (refused while any node runs there).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -217,9 +220,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             souk::backup::backup(&cfg, &out).await
         }
-        Command::Restore { from } => {
+        Command::Restore { from, replace } => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-            souk::backup::restore(&cfg, &from).await
+            souk::backup::restore(&cfg, &from, replace).await
         }
         Command::Seed => {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -115,9 +115,14 @@ pub enum BackupError {
     Manifest(String),
     /// The target already holds Souk's streams.
     #[error(
-        "NATS already holds {0}: restore only into a JetStream account without Souk's streams (a new cluster, or one whose streams were deleted)"
+        "NATS already holds {0}: restore into a JetStream account without Souk's streams (a new cluster, or one whose streams were deleted), or stop every node and restore with --replace"
     )]
     Exists(String),
+    /// `--replace` while nodes are running on the target.
+    #[error(
+        "nodes are running on this NATS ({0}): stop every node first (a node killed rather than stopped counts until its heartbeat expires)"
+    )]
+    Running(String),
     /// A restored stream does not hold what was backed up.
     #[error("restored {stream} holds {restored} messages where the backup has {backed_up}")]
     Mismatch {
@@ -143,6 +148,20 @@ pub async fn souk_streams(js: &async_nats::jetstream::Context) -> Result<Vec<Str
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// The nodes whose heartbeats are in NATS.
+async fn running_nodes(js: &async_nats::jetstream::Context) -> Result<Vec<String>, BackupError> {
+    let bucket = crate::streams::NODES_BUCKET;
+    let exists =
+        js.stream_names().try_collect::<Vec<String>>().await.map_err(nats)?.contains(&format!("KV_{bucket}"));
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let nodes = js.get_key_value(bucket).await.map_err(nats)?;
+    let mut running: Vec<String> = nodes.keys().await.map_err(nats)?.try_collect().await.map_err(nats)?;
+    running.sort();
+    Ok(running)
 }
 
 /// Snapshots every Souk stream into the empty (or new) folder `dir`, calling `progress`
@@ -231,18 +250,35 @@ pub async fn manifest(dir: &Path) -> Result<Manifest, BackupError> {
     Ok(manifest)
 }
 
-/// Restores the backup in `dir` into a JetStream account holding none of its streams, calling
+/// Restores the backup in `dir` into a JetStream account holding none of its streams or,
+/// with `replace` and no node running there, in place of every Souk stream it holds; calls
 /// `progress` after each stream. All or nothing: streams this call restored are deleted again
-/// when a later one fails.
+/// when a later one fails (the replaced ones are gone by then: run it again).
 pub async fn restore(
     client: &async_nats::Client,
     dir: &Path,
+    replace: bool,
     mut progress: impl FnMut(&StreamBackup),
 ) -> Result<Manifest, BackupError> {
     let manifest = manifest(dir).await?;
+    for stream in &manifest.streams {
+        let path = dir.join(&stream.file);
+        tokio::fs::metadata(&path).await.map_err(|e| BackupError::File(path, e))?;
+    }
     let js = async_nats::jetstream::new(client.clone());
     let present = souk_streams(&js).await?;
-    if let Some(name) = manifest.streams.iter().map(|s| &s.name).find(|n| present.contains(n)) {
+    if replace {
+        // Checked first, and only then anything deleted: a running node would go on writing
+        // into the old history, or provision empty streams under the restore.
+        let running = running_nodes(&js).await?;
+        if !running.is_empty() {
+            return Err(BackupError::Running(running.join(", ")));
+        }
+        for name in &present {
+            js.delete_stream(name).await.map_err(nats)?;
+            tracing::info!(stream = %name, "deleted to be replaced by the backup");
+        }
+    } else if let Some(name) = manifest.streams.iter().map(|s| &s.name).find(|n| present.contains(n)) {
         return Err(BackupError::Exists(name.clone()));
     }
     let mut restored = Vec::new();

@@ -97,11 +97,17 @@ async fn a_backup_restored_into_a_new_nats_is_the_same_shop_to_new_and_old_nodes
     let new = SoukNode::start(bin(), fresh.url(), &[]).expect("node");
     ready(&http, &new).await;
     let shop = new.url().to_owned();
+    let staff_old = staff;
     let staff = admin_http(&shop).await;
     assert_eq!(levels(&stock(&staff, &shop, "BACKUP-1").await), levels(&backed_up));
     let ada = http_with_token(&access_token(&shop, "ada@backup.test", PASSWORD).await);
     lists_orders(&ada, &shop, &[&first]).await;
     listed_on_hand(&staff, &shop, "BACKUP-1", 8).await;
+
+    // Restoring in place of a cluster's streams is refused while a node runs there.
+    let (ok, log) = souk(&nats, tools.path(), &["restore", "--from", out_arg, "--replace"]).await;
+    assert!(!ok && log.contains("nodes are running"), "restore --replace beside a node: {log}");
+    assert_eq!(levels(&stock(&staff_old, &base, "BACKUP-1").await), (7, 0, 7), "nothing changed");
 
     // The old node, moved onto the restored NATS with its data dir, finds its read models
     // ahead of the streams and rebuilds them: the order the backup lacks is gone from them.
@@ -127,4 +133,15 @@ async fn a_backup_restored_into_a_new_nats_is_the_same_shop_to_new_and_old_nodes
         .send()
         .await;
     assert_eq!(body(r.expect("checkout"), StatusCode::OK).await["id"], first.as_str());
+
+    // The old NATS, with no node left on it, takes the backup in place of its own streams: the
+    // order the backup lacks is gone there too.
+    let (ok, log) = souk(&nats, tools.path(), &["restore", "--from", out_arg, "--replace"]).await;
+    assert!(ok, "restore --replace: {log}");
+    let back = SoukNode::start(bin(), nats.url(), &[]).expect("node");
+    ready(&http, &back).await;
+    let there = back.url().to_owned();
+    let ada = http_with_token(&access_token(&there, "ada@backup.test", PASSWORD).await);
+    lists_orders(&ada, &there, &[&first]).await;
+    assert_eq!(levels(&stock(&admin_http(&there).await, &there, "BACKUP-1").await), levels(&backed_up));
 }
