@@ -103,8 +103,21 @@ async fn register_login_me_refresh_logout() {
     let (status, p) = problem(register(&http, base, "ada@example.com", "another long password").await).await;
     assert_eq!((status, p["code"].as_str()), (409, Some("email_taken")));
 
-    let tokens = json_of(login_raw(&http, base, "ADA@example.com", PASSWORD).await, StatusCode::OK).await;
+    // Nothing about an account is stored by a browser or a proxy; nothing is sniffed.
+    let headers = |r: &Response| {
+        let h = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (h("cache-control"), h("x-content-type-options"))
+    };
+    let signed_in = login_raw(&http, base, "ADA@example.com", PASSWORD).await;
+    assert_eq!(headers(&signed_in), (Some("no-store".into()), Some("nosniff".into())));
+    let tokens = json_of(signed_in, StatusCode::OK).await;
     assert_eq!(tokens["token_type"], "Bearer");
+    let mine = bearer(&tokens).get(format!("{base}/v1/me")).send().await.expect("me");
+    assert_eq!(headers(&mine), (Some("no-store".into()), Some("nosniff".into())));
+    let refused = http.get(format!("{base}/v1/me")).send().await.expect("me");
+    assert_eq!(headers(&refused), (Some("no-store".into()), Some("nosniff".into())));
+    let catalog = http.get(format!("{base}/v1/products")).send().await.expect("products");
+    assert_eq!(headers(&catalog), (None, Some("nosniff".into())), "the catalog may be cached");
     assert_eq!(tokens["expires_in"], 900);
     let me =
         json_of(bearer(&tokens).get(format!("{base}/v1/me")).send().await.expect("me"), StatusCode::OK).await;

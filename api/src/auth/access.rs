@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use souk_messages::user::Role;
@@ -117,12 +117,28 @@ fn unauthorized(detail: &str) -> ApiError {
 }
 
 /// Checks the caller against the route's access level, and hands the verified caller to the
-/// handler as a [`Principal`]. Routes missing from the table are refused: fail closed.
-pub async fn authorize(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+/// handler as a [`Principal`]. Routes missing from the table are refused: fail closed. Every
+/// answer is marked not to be sniffed, and one about an account not to be stored.
+pub async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let Some(path) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
         return next.run(req).await;
     };
-    let Some(access) = access_of(req.method(), &path) else {
+    let access = access_of(req.method(), &path);
+    // Tokens (sign-in, refresh) and guest cart tokens come from public routes.
+    let private = access.is_none_or(|a| a != Access::Public)
+        || path.starts_with("/v1/auth/")
+        || path.starts_with("/v1/cart");
+    let mut response = check(&app, access, &path, req, next).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if private && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+async fn check(app: &AppState, access: Option<Access>, path: &str, mut req: Request, next: Next) -> Response {
+    let Some(access) = access else {
         tracing::error!(method = %req.method(), path, "route has no access level; refusing");
         return ApiError::invalid(ErrorCode::Forbidden, "this route is not open to anyone").into_response();
     };
