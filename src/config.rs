@@ -136,6 +136,9 @@ pub struct Config {
     pub shop_name: String,
     /// The storefront's address, for links in messages (password reset, order pages).
     pub shop_url: String,
+    /// A folder of the shop's own message templates, each replacing the built-in one of the
+    /// same name (`email/order_confirmed.html`, …).
+    pub templates_dir: Option<PathBuf>,
     /// Email provider: `log` (development: write to the log), `smtp` or `sendgrid`.
     pub email_provider: String,
     /// The sender of emails, e.g. `Shop <orders@shop.example>`.
@@ -279,6 +282,7 @@ impl Default for Config {
             cart_idle_ttl: Duration::from_secs(14 * 24 * 3600),
             shop_name: "Souk".to_owned(),
             shop_url: "http://localhost:8080".to_owned(),
+            templates_dir: None,
             email_provider: "log".to_owned(),
             email_from: "Souk <orders@localhost>".to_owned(),
             smtp_host: "localhost".to_owned(),
@@ -465,6 +469,7 @@ impl Config {
         };
         Ok(souk_actors::notify::NotifySettings {
             shop: Shop { name: self.shop_name.clone(), url: self.shop_url.trim_end_matches('/').to_owned() },
+            templates: self.templates_dir.clone(),
             email,
             sms,
             email_limits: limits(self.email_rate_per_second),

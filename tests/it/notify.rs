@@ -569,3 +569,40 @@ async fn each_order_outcome_mails_its_own_message() {
         .collect();
     assert_eq!(subjects.len(), 7, "{subjects:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shop_s_own_templates_are_what_its_customers_receive() {
+    let smtp = SmtpPeer::start().await;
+    let nats = NatsServer::start();
+    let templates = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(templates.path().join("email")).expect("mkdir");
+    std::fs::write(
+        templates.path().join("email/password_reset.txt"),
+        "{% set subject = \"Neues Passwort, \" ~ shop.name %}Hallo {{ customer.name }},\n\nfür ein neues Passwort hier entlang: {{ reset_url }}\n",
+    )
+    .expect("template");
+    let mut env = smtp_env(&smtp);
+    env.push(("SOUK_TEMPLATES_DIR", templates.path().to_str().expect("path").to_owned()));
+    let node = start(&nats, &env);
+    let http = http();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    register(&http, base, "eigen@notify.test", None).await;
+    let r = http
+        .post(format!("{base}/v1/auth/password-reset"))
+        .json(&json!({"email": "eigen@notify.test"}))
+        .send();
+    assert_eq!(r.await.expect("reset").status(), StatusCode::ACCEPTED);
+    let mail = eventually("the shop's own reset email", Duration::from_secs(20), || async {
+        mails_to(&smtp, "eigen@notify.test", "Neues Passwort, Test Shop").pop()
+    })
+    .await;
+    assert!(
+        mail.contains("Hallo Ada")
+            && mail.contains("für ein neues Passwort hier entlang: https://shop.test/reset-password?token="),
+        "{mail}"
+    );
+    // The text part is the shop's; the HTML part, not replaced, is the built-in one.
+    let (text, html) = mail.split_once("Content-Type: text/html").expect("an HTML part");
+    assert!(!text.contains("someone (we hope you)") && html.contains("someone (we hope you)"), "{mail}");
+}

@@ -38,6 +38,8 @@ use tokio::sync::watch;
 pub struct NotifySettings {
     /// The shop, as messages name it.
     pub shop: Shop,
+    /// The shop's own templates, replacing built-in ones of the same name.
+    pub templates: Option<std::path::PathBuf>,
     /// The email provider.
     pub email: Arc<dyn Provider>,
     /// The SMS provider.
@@ -98,7 +100,7 @@ impl Notifier {
         s: NotifySettings,
         stop: &watch::Receiver<bool>,
     ) -> Result<Self, NotifyError> {
-        let renderer = Arc::new(render::Renderer::new(s.shop.clone())?);
+        let renderer = Arc::new(render::Renderer::new(s.shop.clone(), s.templates.as_deref())?);
         let registry = souk_nats::notify::Endpoints::new(jet);
         let endpoints = registry.live().await?;
         let webhooks = providers::WebhookProvider::new(providers::WebhookSettings {

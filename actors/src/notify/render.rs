@@ -6,6 +6,7 @@ use serde::Serialize;
 use souk_messages::notify::{Channel, Topic};
 use souk_messages::order::{CancelReason, OrderView};
 use souk_messages::product::Currency;
+use std::path::{Path, PathBuf};
 
 /// The shop, as its messages name it.
 #[derive(Debug, Clone, Serialize)]
@@ -27,13 +28,39 @@ pub struct Rendered {
     pub html: Option<String>,
 }
 
-/// Why a message could not be rendered: a defect in a template.
+/// Why the templates could not be loaded or a message rendered.
 #[derive(Debug, thiserror::Error)]
-#[error("template {name}: {source}")]
-pub struct RenderError {
-    name: String,
-    #[source]
-    source: minijinja::Error,
+pub enum RenderError {
+    /// A defect in a template.
+    #[error("template {name}: {source}")]
+    Template {
+        /// The template.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: minijinja::Error,
+    },
+    /// The shop's templates folder could not be read.
+    #[error("templates folder {path}: {source}")]
+    Read {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file in the shop's templates folder that replaces no template: misnamed or misplaced.
+    #[error(
+        "{path} replaces no template; the names are those under actors/templates/ (e.g. email/order_confirmed.html)"
+    )]
+    Unknown {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn template_error(name: &str) -> impl FnOnce(minijinja::Error) -> RenderError + '_ {
+    move |source| RenderError::Template { name: name.to_owned(), source }
 }
 
 macro_rules! templates {
@@ -79,16 +106,35 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// Compiles the templates.
-    pub fn new(shop: Shop) -> Result<Self, RenderError> {
+    /// Compiles the templates, each replaced by the file of the same name under `overrides`
+    /// where the shop has one (`email/order_confirmed.html`, `sms/order_shipped.txt`, …): its
+    /// own words, language and look. A file there that replaces no template is refused, so
+    /// a misnamed one cannot be silently ignored; hidden files (a Kubernetes volume's
+    /// `..data`) are skipped.
+    pub fn new(shop: Shop, overrides: Option<&Path>) -> Result<Self, RenderError> {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html") { AutoEscape::Html } else { AutoEscape::None }
         });
         env.set_keep_trailing_newline(true);
         for (name, source) in TEMPLATES {
-            env.add_template(name, source)
-                .map_err(|source| RenderError { name: (*name).to_owned(), source })?;
+            env.add_template(name, source).map_err(template_error(name))?;
+        }
+        if let Some(dir) = overrides {
+            let replaced = shop_templates(dir)?;
+            for (name, _) in &replaced {
+                let Some(topic) = name.strip_prefix("email/").and_then(|n| n.strip_suffix(".txt")) else {
+                    continue;
+                };
+                let html = format!("email/{topic}.html");
+                if TEMPLATES.iter().any(|(n, _)| *n == html) && !replaced.iter().any(|(n, _)| *n == html) {
+                    tracing::warn!(template = %html, "{name} is the shop's own but {html} is not: those emails' HTML part keeps the built-in words");
+                }
+            }
+            for (name, source) in replaced {
+                let compiled = env.add_template_owned(name.clone(), source);
+                compiled.map_err(template_error(&name))?;
+            }
         }
         Ok(Self { env, shop })
     }
@@ -109,21 +155,52 @@ impl Renderer {
         let ctx = minijinja::context! { shop => self.shop.clone(), ..context.clone() };
         let name = format!("{channel}/{}.txt", topic.as_str());
         let Ok(text) = self.env.get_template(&name) else { return Ok(None) };
-        let err = |source| RenderError { name: name.clone(), source };
-        let captured = text.render_captured(&ctx).map_err(err)?;
+        let captured = text.render_captured(&ctx).map_err(template_error(&name))?;
         let subject = captured.state().lookup("subject").map(|s| s.to_string());
         let text = captured.output().to_owned();
-        let html = match self.env.get_template(&format!("{channel}/{}.html", topic.as_str())) {
-            Ok(t) => {
-                Some(t.render(minijinja::context! { subject => subject.clone(), ..ctx.clone() }).map_err(
-                    |source| RenderError { name: format!("{channel}/{}.html", topic.as_str()), source },
-                )?)
-            }
+        let html_name = format!("{channel}/{}.html", topic.as_str());
+        let html = match self.env.get_template(&html_name) {
+            Ok(t) => Some(
+                t.render(minijinja::context! { subject => subject.clone(), ..ctx.clone() })
+                    .map_err(template_error(&html_name))?,
+            ),
             Err(_) => None,
         };
         let text = if channel == Channel::Sms { text.trim().to_owned() } else { text };
         Ok(Some(Rendered { subject, text, html }))
     }
+}
+
+/// The files under `dir` as (template name, source), every one of them naming a template.
+fn shop_templates(dir: &Path) -> Result<Vec<(String, String)>, RenderError> {
+    let read = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RenderError::Read { path, source }
+    };
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).map_err(read(&folder))? {
+            let path = entry.map_err(read(&folder))?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.')) {
+                continue;
+            }
+            // Followed through symbolic links, as a mounted ConfigMap's files are.
+            if std::fs::metadata(&path).map_err(read(&path))?.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let name = path
+                .strip_prefix(dir)
+                .ok()
+                .and_then(Path::to_str)
+                .map(|n| n.replace(std::path::MAIN_SEPARATOR, "/"))
+                .filter(|n| TEMPLATES.iter().any(|(known, _)| known == n))
+                .ok_or_else(|| RenderError::Unknown { path: path.clone() })?;
+            found.push((name, std::fs::read_to_string(&path).map_err(read(&path))?));
+        }
+    }
+    Ok(found)
 }
 
 /// `amount` minor units of `currency` the way shoppers read it: `€1,234.50`, `¥1,200`,
@@ -218,6 +295,7 @@ pub fn order_context(order: &OrderView) -> Value {
         address => address,
         tracking => order.tracking.clone(),
         reason => reason,
+        reason_code => order.cancel_reason,
         refunded => refunded,
     }
 }
@@ -237,8 +315,63 @@ mod tests {
     }
 
     #[test]
+    fn a_shop_s_templates_replace_the_built_in_ones_and_misnamed_or_broken_ones_are_refused() {
+        let shop = || Shop { name: "Laden".into(), url: "https://laden.test".into() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        write(
+            "email/order_cancelled.txt",
+            "{% set subject = \"Bestellung \" ~ order.number ~ \" storniert\" %}Hallo {{ customer.name }}, \
+             {% if order.reason_code == \"out_of_stock\" %}ein Artikel ist ausverkauft{% endif %}.",
+        );
+        write("sms/order_cancelled.txt", "{{ shop.name }}: Bestellung {{ order.number }} storniert");
+        write("..data/ignored.txt", "a volume's own bookkeeping");
+        write(".hidden", "skipped too");
+        let r = Renderer::new(shop(), Some(dir.path())).expect("templates");
+        let order: OrderView = serde_json::from_value(serde_json::json!({
+            "id": "ord-0123456789abcdef0123456789abcdef", "customer": "usr-0123456789abcdef0123456789abcdef", "status": "cancelled", "lines": [], "total": 0,
+            "currency": "EUR", "payment_authorized": false, "version": 3, "cancel_reason": "out_of_stock",
+            "shipping_address": {"name": "A", "line1": "1", "city": "B", "postal_code": "1", "country": "DE"},
+        }))
+        .expect("order");
+        let ctx = minijinja::context! { customer => minijinja::context! { name => "Ada" }, order => order_context(&order) };
+        let email = r.render(Topic::OrderCancelled, Channel::Email, &ctx).expect("render").expect("email");
+        assert_eq!(
+            email.subject.as_deref(),
+            Some("Bestellung ord-0123456789abcdef0123456789abcdef storniert")
+        );
+        assert_eq!(email.text, "Hallo Ada, ein Artikel ist ausverkauft.");
+        // The HTML part was not replaced: the built-in one, with the shop's subject.
+        assert!(
+            email.html.expect("html").contains("Bestellung ord-0123456789abcdef0123456789abcdef storniert")
+        );
+        let sms = r.render(Topic::OrderCancelled, Channel::Sms, &ctx).expect("render").expect("sms");
+        assert_eq!(sms.text, "Laden: Bestellung ord-0123456789abcdef0123456789abcdef storniert");
+        let shipped = r.render(Topic::OrderShipped, Channel::Sms, &ctx).expect("render").expect("sms");
+        assert!(
+            shipped.text.contains("ord-0123456789abcdef0123456789abcdef")
+                && !shipped.text.contains("Bestellung"),
+            "built in"
+        );
+
+        write("email/order_canceled.txt", "misspelt");
+        let refused = Renderer::new(shop(), Some(dir.path())).expect_err("a misnamed file");
+        assert!(matches!(refused, RenderError::Unknown { .. }), "{refused}");
+        std::fs::remove_file(dir.path().join("email/order_canceled.txt")).expect("rm");
+        write("sms/order_shipped.txt", "{% if %}");
+        let refused = Renderer::new(shop(), Some(dir.path())).expect_err("a broken template");
+        assert!(refused.to_string().contains("sms/order_shipped.txt"), "{refused}");
+        let missing = Renderer::new(shop(), Some(&dir.path().join("nowhere"))).expect_err("no folder");
+        assert!(matches!(missing, RenderError::Read { .. }), "{missing}");
+    }
+
+    #[test]
     fn every_template_compiles_and_email_sets_a_subject() {
-        let r = Renderer::new(Shop { name: "Shop <&>".into(), url: "https://shop.test".into() })
+        let r = Renderer::new(Shop { name: "Shop <&>".into(), url: "https://shop.test".into() }, None)
             .expect("templates");
         let ctx = minijinja::context! {
             customer => minijinja::context! { name => "Ada" },
