@@ -104,6 +104,8 @@ pub struct Config {
     pub admin_password: Option<String>,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_forwarded_for: bool,
+    /// Web origins whose browser pages may call the API (comma-separated; `*` for any).
+    pub cors_origins: Option<String>,
     /// Sustained requests per second one client address may make of this node; 0: no limit.
     pub rate_limit_per_second: f64,
     /// Requests one client address may send at once after being idle.
@@ -268,6 +270,7 @@ impl Default for Config {
             admin_email: None,
             admin_password: None,
             trust_forwarded_for: false,
+            cors_origins: None,
             rate_limit_per_second: 100.0,
             rate_limit_burst: 200.0,
             reservation_ttl: Duration::from_secs(15 * 60),
@@ -388,6 +391,31 @@ impl Config {
             reset_ttl: self.reset_ttl,
             trust_forwarded_for: self.trust_forwarded_for,
         }
+    }
+
+    /// The origins allowed to call the API from a browser: each `scheme://host[:port]`, or
+    /// `*`.
+    pub fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        let origins: Vec<String> = self
+            .cors_origins
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for origin in &origins {
+            let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+            let valid = origin == "*"
+                || host.is_some_and(|h| {
+                    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                });
+            anyhow::ensure!(
+                valid,
+                "cors_origins: {origin:?} is not an origin: write it as a browser sends it, scheme://host[:port] without a path (or * for any)"
+            );
+        }
+        Ok(origins)
     }
 
     /// The per-client request rate limit.
@@ -545,6 +573,19 @@ mod tests {
     fn urls_split_on_commas() {
         let c = Config { nats_url: Some("nats://a:1, nats://b:2".into()), ..Config::default() };
         assert_eq!(c.nats_urls(), vec!["nats://a:1", "nats://b:2"]);
+        let cors =
+            |list: &str| Config { cors_origins: Some(list.into()), ..Config::default() }.cors_origins();
+        assert_eq!(
+            cors("https://shop.example, http://localhost:3000").expect("origins"),
+            vec!["https://shop.example", "http://localhost:3000"]
+        );
+        assert_eq!(cors("*").expect("any"), vec!["*"]);
+        assert!(Config::default().cors_origins().expect("none").is_empty());
+        for bad in
+            ["shop.example", "https://shop.example/", "https://shop.example/path", "ftp://shop.example"]
+        {
+            assert!(cors(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

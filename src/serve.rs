@@ -207,6 +207,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
             storefront,
             auth,
             rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
+            cors_origins: cfg.cors_origins()?,
             readiness: readiness.clone(),
             registry: Arc::new(registry),
             http,

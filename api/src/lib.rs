@@ -108,6 +108,9 @@ pub struct App {
     pub reservation_ttl: std::time::Duration,
     /// Per-client request rate limit.
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// Web origins whose pages may call the API from a browser (`*`: any); none: no
+    /// cross-origin access.
+    pub cors_origins: Vec<String>,
     /// Readiness checks.
     pub readiness: Readiness,
     /// Every metric of the process, for `/metrics`.
@@ -372,7 +375,8 @@ impl utoipa::Modify for Extensible {
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     let http = state.http.clone();
-    routes::router()
+    let cors = cors(&state.cors_origins);
+    let router = routes::router()
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::access::authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -407,7 +411,58 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id::HEADER.clone()))
         .layer(SetRequestIdLayer::new(request_id::HEADER.clone(), request_id::MakeId))
-        .layer(axum::middleware::map_request(request_id::sanitize::<axum::body::Body>))
+        .layer(axum::middleware::map_request(request_id::sanitize::<axum::body::Body>));
+    // Outermost, so that a browser's preflight is answered before routing, which knows no
+    // OPTIONS.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Cross-origin access for browser pages on `origins`: bearer tokens, never cookies, so no
+/// credentials mode.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| axum::http::HeaderValue::from_str(o).ok()))
+    };
+    let name = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                name("idempotency-key"),
+                name("cart-token"),
+                name("last-event-id"),
+                name("traceparent"),
+                request_id::HEADER.clone(),
+            ])
+            .expose_headers([
+                request_id::HEADER.clone(),
+                header::RETRY_AFTER,
+                header::LOCATION,
+                header::CONTENT_DISPOSITION,
+                header::WWW_AUTHENTICATE,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> Response {

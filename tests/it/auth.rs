@@ -118,6 +118,15 @@ async fn register_login_me_refresh_logout() {
     assert_eq!(headers(&refused), (Some("no-store".into()), Some("nosniff".into())));
     let catalog = http.get(format!("{base}/v1/products")).send().await.expect("products");
     assert_eq!(headers(&catalog), (None, Some("nosniff".into())), "the catalog may be cached");
+    // No page of another origin may call the API unless configured (below).
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/me"))
+        .header("origin", "https://shop.test")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.headers().get("access-control-allow-origin").is_none());
     assert_eq!(tokens["expires_in"], 900);
     let me =
         json_of(bearer(&tokens).get(format!("{base}/v1/me")).send().await.expect("me"), StatusCode::OK).await;
@@ -754,6 +763,39 @@ async fn a_customer_s_export_holds_their_account_cart_orders_and_messages_and_no
     let (status, p) =
         problem(admin.get(format!("{base}/v1/admin/users/{id}/export")).send().await.expect("export")).await;
     assert_eq!((status, p["code"].as_str()), (404, Some("unknown_user")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_on_the_configured_origins_may_call_the_api_from_a_browser_and_others_may_not() {
+    let (_nats, node, http) =
+        one_node(&[("SOUK_CORS_ORIGINS", "https://shop.test, https://admin.shop.test")]).await;
+    let base = node.url();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/v1/cart/items"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, cart-token")
+            .send()
+    };
+    let header =
+        |r: &Response, name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let allowed = preflight("https://shop.test").await.expect("preflight");
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(header(&allowed, "access-control-allow-origin").as_deref(), Some("https://shop.test"));
+    assert!(header(&allowed, "access-control-allow-methods").is_some_and(|m| m.contains("POST")));
+    assert!(header(&allowed, "access-control-allow-headers").is_some_and(|h| h.contains("cart-token")));
+    assert!(header(&allowed, "access-control-allow-credentials").is_none(), "bearer tokens, no cookies");
+    let refused = preflight("https://elsewhere.test").await.expect("preflight");
+    assert!(header(&refused, "access-control-allow-origin").is_none());
+
+    // The answer itself names the origin and shows the page the request id.
+    let r = http.get(format!("{base}/v1/products")).header("origin", "https://admin.shop.test").send().await;
+    let r = r.expect("products");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "access-control-allow-origin").as_deref(), Some("https://admin.shop.test"));
+    assert!(header(&r, "access-control-expose-headers").is_some_and(|h| h.contains("x-request-id")));
+    let r = http.get(format!("{base}/v1/products")).header("origin", "https://elsewhere.test").send().await;
+    assert!(header(&r.expect("products"), "access-control-allow-origin").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
