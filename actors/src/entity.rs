@@ -276,6 +276,7 @@ impl<E: Entity> Hosted<E> {
                         version: self.speculative.version(),
                         time: now,
                         correlation_id: request.correlation_id.clone(),
+                        actor: request.actor.clone(),
                         body,
                     });
                 }

@@ -71,7 +71,8 @@ async fn apply(bus: &Bus, product: &ProductId, commit: &Commit<ProductEvent>) ->
             ProductEvent::Archived {} | ProductEvent::Restored { .. } => Vec::new(),
         };
         for (sku, command) in commands {
-            let mut request = StockRequest::new(sku.clone(), command);
+            // Caused by the product change: its request and its actor.
+            let mut request = StockRequest::new(sku.clone(), command).by(event.actor.clone());
             request.correlation_id.clone_from(&event.correlation_id);
             match bus.request(&request).await {
                 Ok(_) | Err(BusError::Rejected(_)) => {}

@@ -2,6 +2,7 @@
 //! priced at what the catalog charges now. Customers' carts are keyed by their user id; a
 //! guest's by the digest of an unguessable cart token that only the guest holds.
 
+use crate::auth::access::caller;
 use crate::auth::tokens;
 use crate::error::ApiError;
 use crate::storefront::Storefront;
@@ -126,7 +127,8 @@ impl Carts {
     }
 
     async fn command(&self, id: CartId, op: CartOp, correlation: &str) -> Result<CartView, ApiError> {
-        let request = CartRequest::new(id, CartCommand { op, rules: self.rules }).correlated(correlation);
+        let request =
+            CartRequest::new(id, CartCommand { op, rules: self.rules }).correlated(correlation).by(caller());
         Ok(self.bus.request(&request).await?)
     }
 

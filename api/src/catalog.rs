@@ -2,6 +2,7 @@
 //! a product first claims any new slug and SKUs cluster-wide (a KV create), then asks the
 //! product entity; a failure releases what was claimed.
 
+use crate::auth::access::caller;
 use crate::error::ApiError;
 use souk_messages::product::{
     ProductCommand, ProductData, ProductId, ProductRequest, ProductStatus, ProductView,
@@ -44,7 +45,10 @@ impl Catalog {
         command: ProductCommand,
         correlation: &str,
     ) -> Result<ProductView, ApiError> {
-        Ok(self.bus.request(&ProductRequest::new(id.clone(), command).correlated(correlation)).await?)
+        Ok(self
+            .bus
+            .request(&ProductRequest::new(id.clone(), command).correlated(correlation).by(caller()))
+            .await?)
     }
 
     /// The product with this id or slug, current (from its entity).

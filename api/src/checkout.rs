@@ -3,7 +3,7 @@
 //! the request, so a retry gets the same order and a different request under the same key is
 //! refused. The order's saga then runs on the nodes (see `souk_actors::saga`).
 
-use crate::auth::access::Principal;
+use crate::auth::access::{Principal, caller};
 use crate::auth::tokens;
 use crate::cart::{Carts, Owner};
 use crate::error::ApiError;
@@ -75,7 +75,10 @@ impl Checkout {
         command: OrderCommand,
         correlation: &str,
     ) -> Result<OrderView, ApiError> {
-        Ok(self.bus.request(&OrderRequest::new(id.clone(), command).correlated(correlation)).await?)
+        Ok(self
+            .bus
+            .request(&OrderRequest::new(id.clone(), command).correlated(correlation).by(caller()))
+            .await?)
     }
 
     /// Places an order for the customer's cart; answers it and whether this call placed it.

@@ -45,6 +45,7 @@ pub async fn erase(app: &App, user: &UserId, correlation: &str) -> Result<(), Ap
             version: 0,
             time: OffsetDateTime::now_utc(),
             correlation_id: Some(correlation.to_owned()),
+            actor: crate::auth::access::caller(),
             body: NotificationEvent::Redacted {},
         }];
         app.store.replace_history(EntityKind::Notification, id.as_str(), &tombstone).await?;

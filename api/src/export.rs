@@ -79,14 +79,14 @@ async fn history(app: &App, user: &UserId) -> Result<Vec<serde_json::Value>, Api
     }
 }
 
-/// An account event as the person may see it: without the correlation id (an internal
-/// reference) and without a reset token (a credential, and spent or expired by now anyway).
-fn without_secrets(mut event: serde_json::Value) -> serde_json::Value {
+/// An account event as the person may see it: without the internal references (the request,
+/// the staff member who acted) and without a reset token (a credential, and spent or expired
+/// by now anyway).
+fn without_secrets(event: serde_json::Value) -> serde_json::Value {
+    let mut event = crate::history::without_token(event);
     if let Some(fields) = event.as_object_mut() {
         fields.remove("correlation_id");
-        if let Some(data) = fields.get_mut("data").and_then(serde_json::Value::as_object_mut) {
-            data.remove("token");
-        }
+        fields.remove("actor");
     }
     event
 }

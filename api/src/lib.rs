@@ -14,6 +14,7 @@
 //! - [`checkout`]: the cart becomes an order, once per idempotency key.
 //! - [`import`]: bulk product import (JSON lines, CSV).
 //! - [`erasure`], [`export`]: a person's data erased, or copied out, on their request.
+//! - [`history`]: entity histories, the audit trail of who changed what.
 //! - [`live`]: order status as it changes, for WebSocket and SSE clients.
 //! - [`webhook`]: signed deliveries from the payment provider.
 //! - [`storefront`]: the shoppers' catalog in memory, fed by product and stock events.
@@ -30,6 +31,7 @@ pub mod erasure;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod history;
 pub mod import;
 pub mod live;
 pub mod metrics;
@@ -155,6 +157,7 @@ pub struct App {
         routes::admin::enable,
         routes::admin::erase,
         routes::admin::export,
+        routes::admin::history,
         routes::admin::import,
         routes::products::list,
         routes::products::get_one,

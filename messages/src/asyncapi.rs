@@ -120,7 +120,8 @@ fn envelope(body_ref: &str) -> Value {
                     "id": { "type": "string", "description": "The entity the event belongs to." },
                     "version": { "type": "integer", "minimum": 1, "description": "The entity's version after this event." },
                     "time": { "type": "string", "format": "date-time", "description": "When the event was decided (UTC)." },
-                    "correlation_id": { "type": "string", "description": "The request (or order) that caused it." }
+                    "correlation_id": { "type": "string", "description": "The request (or order) that caused it." },
+                    "actor": { "type": "string", "description": "The signed-in user whose request caused it (absent for Souk's own steps and anonymous requests)." }
                 }
             },
             { "$ref": body_ref }
@@ -258,7 +259,8 @@ pub fn document() -> Value {
                 "properties": {
                     "id": { "type": "string", "description": "The entity id." },
                     "command": { "type": "object", "description": "`{\"op\": …}` and the operation's fields (see the kind's command type)." },
-                    "correlation_id": { "type": "string" }
+                    "correlation_id": { "type": "string" },
+                    "actor": { "type": "string", "description": "The signed-in user who sent it." }
                 }
             }
         }),

@@ -62,18 +62,28 @@ pub struct Request<E: Entity> {
     /// The originating request's correlation id, copied into the events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// The signed-in user who sent it, copied into the events as their actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<crate::UserId>,
 }
 
 impl<E: Entity> Request<E> {
     /// A request for `id` with no correlation id.
     pub fn new(id: E::Id, command: E::Command) -> Self {
-        Self { id, command, correlation_id: None }
+        Self { id, command, correlation_id: None, actor: None }
     }
 
     /// The same request, correlated with `id`.
     #[must_use]
     pub fn correlated(mut self, id: impl Into<String>) -> Self {
         self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// The same request, sent on behalf of `actor` (`None`: Souk itself, or nobody signed in).
+    #[must_use]
+    pub fn by(mut self, actor: Option<crate::UserId>) -> Self {
+        self.actor = actor;
         self
     }
 }
@@ -84,6 +94,7 @@ impl<E: Entity> Clone for Request<E> {
             id: self.id.clone(),
             command: self.command.clone(),
             correlation_id: self.correlation_id.clone(),
+            actor: self.actor.clone(),
         }
     }
 }
@@ -95,6 +106,7 @@ impl<E: Entity> Debug for Request<E> {
             .field("id", &self.id)
             .field("command", &self.command)
             .field("correlation_id", &self.correlation_id)
+            .field("actor", &self.actor)
             .finish()
     }
 }

@@ -23,6 +23,10 @@ pub struct Event<E> {
     /// Correlates the events caused by one client request across entities and nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// The signed-in user whose request caused it: the audit trail of who did what. Absent
+    /// for Souk's own steps (a checkout's saga, expiries) and for anonymous requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<crate::UserId>,
     /// `type` and `data`.
     #[serde(flatten)]
     pub body: E,
@@ -51,4 +55,25 @@ pub trait Fold: Default {
     type Event;
     /// Applies one event.
     fn apply(&mut self, event: &Self::Event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+    use crate::user::UserEvent;
+
+    #[test]
+    fn the_actor_travels_with_the_event_and_envelope_fields_a_node_does_not_know_are_ignored() {
+        let json = r#"{"event_id":"0190a0a0-0000-7000-8000-000000000000","id":"usr-1","version":2,
+            "time":"2026-11-27T10:00:00Z","actor":"usr-admin","type":"user.disabled","data":{}}"#;
+        let e: Event<UserEvent> = serde_json::from_str(json).expect("decodes");
+        assert_eq!(e.actor.as_ref().map(crate::UserId::as_str), Some("usr-admin"));
+        assert_eq!(e.body, UserEvent::Disabled {});
+        // A field added by a newer node (as `actor` once was) does not stop an older one.
+        let newer = json.replace(r#""actor":"usr-admin","#, r#""actor":"usr-admin","origin":"pos-7","#);
+        assert_eq!(serde_json::from_str::<Event<UserEvent>>(&newer).expect("decodes"), e);
+        // Without an actor the field is left out, as events before it were written.
+        let own = Event { actor: None, ..e };
+        assert!(!serde_json::to_string(&own).expect("encode").contains("actor"));
+    }
 }

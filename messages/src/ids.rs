@@ -17,8 +17,14 @@ pub enum IdError {
     },
 }
 
-fn is_token(s: &str, max: usize) -> bool {
+fn is_token_of(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `s` could be an entity id of any kind: 1 to 64 characters of `A-Z a-z 0-9 _ -`,
+/// one subject token (no `.`, `*` or `>` that would address other subjects).
+pub fn is_token(s: &str) -> bool {
+    is_token_of(s, 64)
 }
 
 /// `s` is all lower-case hex digits (`0-9 a-f`), as the random and hashed parts of ids are.
@@ -75,7 +81,7 @@ macro_rules! token_id {
             /// Validates and wraps `s`.
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                if is_token(&s, $max) {
+                if is_token_of(&s, $max) {
                     Ok(Self(s))
                 } else {
                     Err(IdError::Syntax { kind: $kind, max: $max })

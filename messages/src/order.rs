@@ -799,6 +799,7 @@ mod tests {
             version: 1,
             time: OffsetDateTime::UNIX_EPOCH,
             correlation_id: None,
+            actor: None,
             body,
         };
         let commit = vec![

@@ -907,6 +907,7 @@ mod tests {
                 version,
                 time: OffsetDateTime::now_utc(),
                 correlation_id: None,
+                actor: None,
                 body,
             })
             .collect();

@@ -642,3 +642,74 @@ async fn a_stopping_node_ends_its_live_streams_and_exits_0() {
         assert!(chunk.is_ok(), "the event stream ended cleanly: {chunk:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_records_who_made_it_and_admins_read_the_trail() {
+    let (_nats, node, http, admin) = staff_node().await;
+    let base = node.url();
+    lamp_on_sale(&admin, base, base, "AUDIT-LAMP", 5).await;
+    let ada = customer(&http, base, "audited@checkout.test").await;
+    let id_of = |c: Client| async move {
+        body(c.get(format!("{base}/v1/me")).send().await.expect("me"), StatusCode::OK).await["id"].clone()
+    };
+    let (ada_id, admin_id) = (id_of(ada.clone()).await, id_of(admin.clone()).await);
+    let order = confirmed_order(&ada, base, "AUDIT-LAMP", 1, "audit-1").await;
+    let r = admin
+        .post(format!("{base}/v1/orders/{order}/ship"))
+        .json(&json!({"tracking": "TRACK-1"}))
+        .send()
+        .await;
+    body(r.expect("ship"), StatusCode::OK).await;
+
+    let trail = |kind: &str, id: &str| {
+        let url = format!("{base}/v1/admin/history/{kind}/{id}");
+        let admin = admin.clone();
+        async move {
+            body(admin.get(url).send().await.expect("history"), StatusCode::OK).await["events"]
+                .as_array()
+                .expect("events")
+                .clone()
+        }
+    };
+    let actors: Vec<(String, Value)> = trail("order", &order)
+        .await
+        .iter()
+        .map(|e| {
+            (e["type"].as_str().expect("type").to_owned(), e.get("actor").cloned().unwrap_or(Value::Null))
+        })
+        .collect();
+    // The customer placed it, the saga (Souk itself) took it to confirmed, the admin shipped it.
+    assert_eq!(actors.first(), Some(&("order.placed".to_owned(), ada_id.clone())), "{actors:?}");
+    assert_eq!(actors.last(), Some(&("order.shipped".to_owned(), admin_id.clone())), "{actors:?}");
+    let saga: Vec<_> = actors.iter().filter(|(t, _)| t == "order.confirmed" || t == "order.paid").collect();
+    assert!(!saga.is_empty() && saga.iter().all(|(_, a)| a.is_null()), "{actors:?}");
+    let stock = trail("stock", "AUDIT-LAMP").await;
+    // Tracked because the admin created the product, then restocked by them.
+    let by: Vec<_> = stock.iter().take(2).map(|e| (e["type"].clone(), e["actor"].clone())).collect();
+    assert_eq!(
+        by,
+        [(json!("stock.tracked"), admin_id.clone()), (json!("stock.restocked"), admin_id.clone())]
+    );
+
+    // A reset requested anonymously has no actor, and its token is not shown.
+    let r = http
+        .post(format!("{base}/v1/auth/password-reset"))
+        .json(&json!({"email": "audited@checkout.test"}))
+        .send();
+    assert_eq!(r.await.expect("reset").status(), StatusCode::ACCEPTED);
+    let user = ada_id.as_str().expect("id");
+    let reset = eventually("the reset in the account's history", Duration::from_secs(10), || async {
+        trail("user", user).await.into_iter().find(|e| e["type"] == "user.password_reset_requested")
+    })
+    .await;
+    assert!(reset.get("actor").is_none() && reset["data"].get("token").is_none(), "{reset}");
+    assert_eq!(reset["data"]["email"], "audited@checkout.test");
+
+    // Bad kinds and ids are refused; only admins read the trail.
+    for (kind, id) in [("invoice", "x"), ("order", "a.b"), ("order", "*")] {
+        let r = admin.get(format!("{base}/v1/admin/history/{kind}/{id}")).send().await.expect("history");
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{kind}/{id}");
+    }
+    let r = ada.get(format!("{base}/v1/admin/history/order/{order}")).send().await.expect("history");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}

@@ -257,6 +257,7 @@ impl Worker {
             version: u64::from(attempt),
             time: OffsetDateTime::now_utc(),
             correlation_id: n.order.as_ref().map(|o| o.to_string()),
+            actor: None,
             body: NotificationEvent::Attempted {
                 channel: n.channel,
                 topic: n.topic,

@@ -63,6 +63,17 @@ static TABLE: LazyLock<HashMap<(Method, &'static str), Access>> = LazyLock::new(
     crate::routes::endpoints().into_iter().map(|e| ((e.method, e.path), e.access)).collect()
 });
 
+tokio::task_local! {
+    /// The signed-in caller of the request this task is handling.
+    static CALLER: Option<UserId>;
+}
+
+/// The signed-in caller of the request being handled, if any: the actor of the commands it
+/// sends (every command builder asks for it, so no handler can forget to pass it on).
+pub fn caller() -> Option<UserId> {
+    CALLER.try_with(Clone::clone).ok().flatten()
+}
+
 /// The access level of a route; `None` for a route not in the table.
 pub fn access_of(method: &Method, path: &str) -> Option<Access> {
     let method = if method == Method::HEAD { &Method::GET } else { method };
@@ -151,10 +162,12 @@ async fn check(app: &AppState, access: Option<Access>, path: &str, mut req: Requ
     if access == Access::Public {
         // A public route still learns who a signed-in caller is (staff see more of the
         // catalog); a bad token there is simply ignored.
-        if let Some(who) = bearer.and_then(|t| Principal::from_token(&app.auth, t).ok()) {
+        let who = bearer.and_then(|t| Principal::from_token(&app.auth, t).ok());
+        let actor = who.as_ref().map(|w| w.user.clone());
+        if let Some(who) = who {
             req.extensions_mut().insert(who);
         }
-        return next.run(req).await;
+        return CALLER.scope(actor, next.run(req)).await;
     }
     let Some(token) = bearer else {
         return unauthorized("this route needs a bearer access token").into_response();
@@ -170,8 +183,9 @@ async fn check(app: &AppState, access: Option<Access>, path: &str, mut req: Requ
         )
         .into_response();
     }
+    let actor = Some(who.user.clone());
     req.extensions_mut().insert(who);
-    next.run(req).await
+    CALLER.scope(actor, next.run(req)).await
 }
 
 /// The route × role matrix, as Markdown, for `docs/security.md`.

@@ -179,7 +179,7 @@ impl Auth {
         command: UserCommand,
         correlation: &str,
     ) -> Result<UserView, ApiError> {
-        self.user(UserRequest::new(user.clone(), command).correlated(correlation)).await
+        self.user(UserRequest::new(user.clone(), command).correlated(correlation).by(access::caller())).await
     }
 
     /// Creates an account: claims the email cluster-wide, stores the password hash, then

@@ -4,6 +4,7 @@ use crate::AppState;
 use crate::auth::access::{Access, Principal};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery};
+use crate::history::{HistoryPage, HistoryQuery};
 use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
@@ -12,6 +13,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use souk_messages::subject::EntityKind;
 use souk_messages::user::{Role, UserCommand, UserView};
 use souk_messages::{ErrorCode, UserId};
 use std::collections::BTreeSet;
@@ -25,6 +27,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/admin/users/{id}/enable", Access::Admin, post(enable)),
         Route::new(Method::POST, "/v1/admin/users/{id}/erase", Access::Admin, post(erase)),
         Route::new(Method::GET, "/v1/admin/users/{id}/export", Access::Admin, get(export)),
+        Route::new(Method::GET, "/v1/admin/history/{kind}/{id}", Access::Admin, get(history)),
         Route::new(
             Method::POST,
             "/v1/admin/import",
@@ -185,6 +188,32 @@ async fn export(
     let data = crate::export::export(&app, &id, &rid.0).await?;
     tracing::info!(user = %id, by = %who.user, "personal data exported by an admin");
     Ok(crate::export::attachment(&id, &data))
+}
+
+/// Every recorded change of any entity, oldest first, each with who sent the request that
+/// made it (`actor`, absent for Souk's own steps) and the request (`correlation_id`): the
+/// audit trail of who changed a price, a role or an order.
+#[utoipa::path(get, path = "/v1/admin/history/{kind}/{id}", tag = "admin",
+    params(("kind" = String, Path, description = "stock, user, product, cart, order or notification"), ("id" = String, Path, description = "The entity id: a SKU, usr-…, prd-…, ord-…"), HistoryQuery),
+    responses((status = 200, body = HistoryPage), (status = 422, body = Problem)))]
+async fn history(
+    State(app): State<AppState>,
+    ApiPath((kind, id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let Some(kind) = EntityKind::WITH_HISTORY.into_iter().find(|k| k.as_str() == kind) else {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidInput,
+            "kind must be stock, user, product, cart, order or notification",
+        ));
+    };
+    if !souk_messages::ids::is_token(&id) {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidInput,
+            "an entity id is 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+        ));
+    }
+    Ok(Json(crate::history::page(&app, kind, &id, &q).await?))
 }
 
 /// Enables a disabled account.

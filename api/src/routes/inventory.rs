@@ -2,9 +2,10 @@
 //! stock item's owner over NATS; the list reads the read model.
 
 use crate::AppState;
-use crate::auth::access::Access;
+use crate::auth::access::{Access, caller};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::history::{HistoryPage, HistoryQuery};
 use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
@@ -109,7 +110,7 @@ async fn send(
     command: StockCommand,
     rid: &RequestId,
 ) -> Result<StockView, ApiError> {
-    let request = StockRequest::new(sku, command).correlated(rid.0.clone());
+    let request = StockRequest::new(sku, command).correlated(rid.0.clone()).by(caller());
     Ok(app.bus.request(&request).await?)
 }
 
@@ -232,29 +233,6 @@ pub struct LowStockBody {
     pub threshold: u64,
 }
 
-/// `GET /v1/inventory/{sku}/history` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryQuery {
-    /// The `next` cursor of the previous page.
-    pub after: Option<u64>,
-    /// Page size, 1 to 100; default 50.
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<usize>,
-}
-
-/// A page of a stock item's events, oldest first.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct HistoryPage {
-    /// Events as published on `souk.evt.stock.<sku>` (see docs/events.md).
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<serde_json::Value>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<u64>,
-}
-
 /// Changes on hand, by a difference or to a counted number, for a recorded reason (received,
 /// damaged, count correction). On hand may not drop below what is reserved.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/adjustments", tag = "inventory", request_body = AdjustBody,
@@ -298,15 +276,5 @@ async fn history(
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let sku = sku(s)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid(ErrorCode::InvalidInput, "limit must be between 1 and 100"));
-    }
-    let commits = app
-        .store
-        .page::<serde_json::Value>(EntityKind::Stock, sku.as_str(), q.after.unwrap_or(0), limit)
-        .await?;
-    let next = (commits.len() == limit).then(|| commits.last().map(|(seq, _)| *seq)).flatten();
-    let events = commits.into_iter().flat_map(|(_, events)| events).collect();
-    Ok(Json(HistoryPage { events, next }))
+    Ok(Json(crate::history::page(&app, EntityKind::Stock, sku.as_str(), &q).await?))
 }

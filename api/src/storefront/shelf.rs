@@ -384,6 +384,7 @@ mod tests {
             version,
             time: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(at),
             correlation_id: None,
+            actor: None,
             body,
         }
     }

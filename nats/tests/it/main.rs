@@ -47,6 +47,7 @@ fn commit(state: &StockState, cmd: &StockCommand, sku: &str) -> (StockState, Vec
                 version: next.version,
                 time: time::OffsetDateTime::now_utc(),
                 correlation_id: None,
+                actor: None,
                 body,
             }
         })

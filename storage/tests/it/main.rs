@@ -103,6 +103,7 @@ mod users {
             version,
             time: time::OffsetDateTime::now_utc(),
             correlation_id: None,
+            actor: None,
             body,
         }
     }
@@ -238,6 +239,7 @@ mod notifications {
             version: n,
             time: at,
             correlation_id: None,
+            actor: None,
             body: NotificationEvent::Attempted {
                 channel: Channel::Email,
                 topic: Topic::OrderConfirmed,
@@ -329,6 +331,7 @@ mod notifications {
                     version: 2,
                     time: time::OffsetDateTime::now_utc(),
                     correlation_id: None,
+                    actor: None,
                     body: NotificationEvent::Redacted {},
                 },
             )],
@@ -439,6 +442,7 @@ mod catalog {
             version: 1,
             time: time::OffsetDateTime::now_utc() + time::Duration::milliseconds(seq as i64),
             correlation_id: None,
+            actor: None,
             body: ProductEvent::Created { product: data, status },
         };
         ProductEvents { id: id.clone(), events: vec![(seq, event)] }
@@ -637,6 +641,7 @@ mod orders {
             version: 1,
             time: time::OffsetDateTime::from_unix_timestamp_nanos(at_ns).expect("time"),
             correlation_id: None,
+            actor: None,
             body: OrderEvent::Placed { placement: Box::new(placement) },
         };
         OrderEvents { id: id.clone(), events: vec![(seq, event)] }
