@@ -193,7 +193,7 @@ async fn export(
 /// Every recorded change of any entity, oldest first, each with who sent the request that
 /// made it (`actor`, absent for Souk's own steps) and the request (`correlation_id`): the
 /// audit trail of who changed a price, a role or an order.
-#[utoipa::path(get, path = "/v1/admin/history/{kind}/{id}", tag = "admin",
+#[utoipa::path(get, operation_id = "entity_history", path = "/v1/admin/history/{kind}/{id}", tag = "admin",
     params(("kind" = String, Path, description = "stock, user, product, cart, order or notification"), ("id" = String, Path, description = "The entity id: a SKU, usr-…, prd-…, ord-…"), HistoryQuery),
     responses((status = 200, body = HistoryPage), (status = 422, body = Problem)))]
 async fn history(
