@@ -38,7 +38,8 @@ pub async fn erase(app: &App, user: &UserId, correlation: &str) -> Result<(), Ap
         .map(|v| std::iter::once(v.email.to_string()).chain(v.phone.map(|p| p.as_str().to_owned())).collect())
         .unwrap_or_default();
     let sent = app.notifications.of_person(user, &addresses).await?;
-    for id in &sent {
+    for delivery in &sent {
+        let id = &delivery.id;
         let tombstone = vec![Event {
             event_id: uuid::Uuid::new_v4(),
             id: id.to_string(),
@@ -48,7 +49,7 @@ pub async fn erase(app: &App, user: &UserId, correlation: &str) -> Result<(), Ap
             actor: crate::auth::access::caller(),
             body: NotificationEvent::Redacted {},
         }];
-        app.store.replace_history(EntityKind::Notification, id.as_str(), &tombstone).await?;
+        app.store.replace_history(EntityKind::Notification, id, &tombstone).await?;
     }
     tracing::info!(%user, notifications = sent.len(), "personal data erased");
     Ok(())

@@ -6,6 +6,7 @@
 use crate::App;
 use crate::cart::{Owner, PricedCart};
 use crate::error::ApiError;
+use crate::history::HistoryQuery;
 use axum::Json;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse as _, Response};
@@ -62,28 +63,21 @@ pub async fn export(app: &App, user: &UserId, correlation: &str) -> Result<Perso
 
 async fn history(app: &App, user: &UserId) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut events = Vec::new();
-    let mut after = 0;
+    let mut query = HistoryQuery { after: None, limit: Some(PAGE as usize) };
     loop {
-        let commits = app
-            .store
-            .page::<serde_json::Value>(EntityKind::User, user.as_str(), after, PAGE as usize)
-            .await?;
-        let full = commits.len() == PAGE as usize;
-        for (seq, commit) in commits {
-            after = seq;
-            events.extend(commit.into_iter().map(without_secrets));
-        }
-        if !full {
-            return Ok(events);
+        let page = crate::history::page(app, EntityKind::User, user.as_str(), &query).await?;
+        events.extend(page.events.into_iter().map(without_internals));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return Ok(events),
         }
     }
 }
 
 /// An account event as the person may see it: without the internal references (the request,
-/// the staff member who acted) and without a reset token (a credential, and spent or expired
-/// by now anyway).
-fn without_secrets(event: serde_json::Value) -> serde_json::Value {
-    let mut event = crate::history::without_token(event);
+/// the staff member who acted); the history's pages already leave out a reset token (a
+/// credential, and spent or expired by now anyway).
+fn without_internals(mut event: serde_json::Value) -> serde_json::Value {
     if let Some(fields) = event.as_object_mut() {
         fields.remove("correlation_id");
         fields.remove("actor");
@@ -106,15 +100,9 @@ async fn orders(app: &App, user: &UserId) -> Result<Vec<OrderView>, ApiError> {
 }
 
 async fn messages(app: &App, user: &UserId, addresses: &[String]) -> Result<Vec<Delivery>, ApiError> {
-    let mut sent = Vec::new();
-    for id in app.notifications.of_person(user, addresses).await? {
-        // Webhook deliveries go to the shop's own endpoints, not to the person.
-        if let Some((delivery, _)) = app.notifications.get(&id).await?
-            && delivery.channel != Channel::Webhook
-        {
-            sent.push(delivery);
-        }
-    }
+    let mut sent = app.notifications.of_person(user, addresses).await?;
+    // Webhook deliveries go to the shop's own endpoints, not to the person.
+    sent.retain(|d| d.channel != Channel::Webhook);
     let first = |d: &Delivery| {
         d.attempts
             .first()

@@ -139,23 +139,30 @@ fn nats(e: impl std::error::Error + Send + Sync + 'static) -> BackupError {
     BackupError::Nats(Box::new(e))
 }
 
-/// The streams a backup takes: every Souk stream and bucket but heartbeats and leases.
-pub async fn souk_streams(js: &async_nats::jetstream::Context) -> Result<Vec<String>, BackupError> {
-    let all: Vec<String> = js.stream_names().try_collect().await.map_err(nats)?;
-    let mut names: Vec<String> = all
-        .into_iter()
-        .filter(|n| (n.starts_with("SOUK_") || n.starts_with("KV_souk_")) && !EPHEMERAL.contains(&n.as_str()))
-        .collect();
-    names.sort();
-    Ok(names)
+/// Every stream on the server.
+async fn stream_names(js: &async_nats::jetstream::Context) -> Result<Vec<String>, BackupError> {
+    js.stream_names().try_collect().await.map_err(nats)
 }
 
-/// The nodes whose heartbeats are in NATS.
-async fn running_nodes(js: &async_nats::jetstream::Context) -> Result<Vec<String>, BackupError> {
+/// The streams a backup takes out of `all`: every Souk stream and bucket but heartbeats and
+/// leases.
+fn souk_streams(all: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|n| (n.starts_with("SOUK_") || n.starts_with("KV_souk_")) && !EPHEMERAL.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+/// The nodes whose heartbeats are in NATS, given `all` the server's streams.
+async fn running_nodes(
+    js: &async_nats::jetstream::Context,
+    all: &[String],
+) -> Result<Vec<String>, BackupError> {
     let bucket = crate::streams::NODES_BUCKET;
-    let exists =
-        js.stream_names().try_collect::<Vec<String>>().await.map_err(nats)?.contains(&format!("KV_{bucket}"));
-    if !exists {
+    if !all.contains(&format!("KV_{bucket}")) {
         return Ok(Vec::new());
     }
     let nodes = js.get_key_value(bucket).await.map_err(nats)?;
@@ -182,7 +189,7 @@ pub async fn backup(
     }
     let js = async_nats::jetstream::new(client.clone());
     let mut streams = Vec::new();
-    for name in souk_streams(&js).await? {
+    for name in souk_streams(&stream_names(&js).await?) {
         let file = format!("{name}.snapshot");
         let path = dir.join(&file);
         let (config, state, bytes) = snapshot(client, &name, &path).await?;
@@ -266,11 +273,12 @@ pub async fn restore(
         tokio::fs::metadata(&path).await.map_err(|e| BackupError::File(path, e))?;
     }
     let js = async_nats::jetstream::new(client.clone());
-    let present = souk_streams(&js).await?;
+    let all = stream_names(&js).await?;
+    let present = souk_streams(&all);
     if replace {
         // Checked first, and only then anything deleted: a running node would go on writing
         // into the old history, or provision empty streams under the restore.
-        let running = running_nodes(&js).await?;
+        let running = running_nodes(&js, &all).await?;
         if !running.is_empty() {
             return Err(BackupError::Running(running.join(", ")));
         }

@@ -216,17 +216,17 @@ impl NotificationRepo {
     }
 
     /// The notifications that concerned `customer` or went to one of `addresses` (every
-    /// message to a person names them; the addresses catch any that does not): what an
-    /// erasure of the account redacts.
+    /// message to a person names them; the addresses catch any that does not), by id: what an
+    /// erasure of the account redacts, and what a copy of their data shows.
     pub async fn of_person(
         &self,
         customer: &UserId,
         addresses: &[String],
-    ) -> Result<Vec<NotificationId>, StorageError> {
+    ) -> Result<Vec<Delivery>, StorageError> {
         // One indexed lookup each: SurrealDB scans the table for an `OR` or an `IN`.
-        let mut query = self.db.query("SELECT VALUE nid FROM notifications WHERE customer = $customer");
+        let mut query = self.db.query("SELECT VALUE delivery FROM notifications WHERE customer = $customer");
         for i in 0..addresses.len() {
-            query = query.query(format!("SELECT VALUE nid FROM notifications WHERE `to` = $to{i}"));
+            query = query.query(format!("SELECT VALUE delivery FROM notifications WHERE `to` = $to{i}"));
         }
         let mut binds = serde_json::Map::new();
         binds.insert("customer".into(), json!(customer.as_str()));
@@ -234,12 +234,15 @@ impl NotificationRepo {
             binds.insert(format!("to{i}"), json!(a));
         }
         let mut res = query.bind(serde_json::Value::Object(binds)).await?;
-        let mut ids = std::collections::BTreeSet::new();
+        let mut found = std::collections::BTreeMap::new();
         for i in 0..=addresses.len() {
-            let found: Vec<String> = res.take(i)?;
-            ids.extend(found);
+            let rows: Vec<serde_json::Value> = res.take(i)?;
+            for row in rows {
+                let delivery: Delivery = serde_json::from_value(row).map_err(corrupt)?;
+                found.insert(delivery.id.clone(), delivery);
+            }
         }
-        ids.into_iter().map(|id| NotificationId::parse(&id).map_err(corrupt)).collect()
+        Ok(found.into_values().collect())
     }
 
     /// One notification and, for a webhook, the body it posts.

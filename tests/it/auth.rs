@@ -118,6 +118,9 @@ async fn register_login_me_refresh_logout() {
     assert_eq!(headers(&refused), (Some("no-store".into()), Some("nosniff".into())));
     let catalog = http.get(format!("{base}/v1/products")).send().await.expect("products");
     assert_eq!(headers(&catalog), (None, Some("nosniff".into())), "the catalog may be cached");
+    // Except as answered to someone signed in (staff see drafts there).
+    let catalog = bearer(&tokens).get(format!("{base}/v1/products")).send().await.expect("products");
+    assert_eq!(headers(&catalog), (Some("no-store".into()), Some("nosniff".into())));
     // No page of another origin may call the API unless configured (below).
     let preflight = http
         .request(reqwest::Method::OPTIONS, format!("{base}/v1/me"))
