@@ -227,6 +227,7 @@ pub async fn accounts(auth: &Auth) -> anyhow::Result<()> {
             email: Email::parse(email)?,
             name: Name::parse(name)?,
             phone: None,
+            locale: None,
             password: password.clone(),
             roles: BTreeSet::from([*role]),
         };

@@ -327,6 +327,7 @@ pub async fn ensure_admin(auth: &Auth, email: &str, password: String) -> anyhow:
         email: Email::parse(email)?,
         name: Name::parse("Admin")?,
         phone: None,
+        locale: None,
         password,
         roles: BTreeSet::from([Role::Admin]),
     };

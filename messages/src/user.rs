@@ -143,6 +143,54 @@ impl Phone {
 
 crate::ids::string_newtype!(Phone);
 
+/// A language tag (BCP 47: a language, then optionally a script and a region), in which a
+/// person's messages are written: `fr`, `pt-BR`, `zh-Hant-TW`. Normalised to the usual case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "fr-CA", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?$")]
+#[schemars(with = "String")]
+pub struct Locale(String);
+
+impl Locale {
+    /// Validates and normalises `s` (`FR-ca` → `fr-CA`).
+    pub fn parse(s: &str) -> Result<Self, ReplyError> {
+        let bad = || {
+            invalid(ErrorCode::InvalidInput, "locale must be a language tag such as fr, pt-BR or zh-Hant-TW")
+        };
+        let mut parts = s.split('-');
+        let language =
+            parts.next().filter(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
+        let mut tag = language.ok_or_else(bad)?.to_ascii_lowercase();
+        let mut rest = parts.peekable();
+        if let Some(script) = rest.next_if(|p| p.len() == 4 && p.bytes().all(|b| b.is_ascii_alphabetic())) {
+            tag.push('-');
+            tag.push_str(&script[..1].to_ascii_uppercase());
+            tag.push_str(&script[1..].to_ascii_lowercase());
+        }
+        let region = |p: &&str| {
+            (p.len() == 2 && p.bytes().all(|b| b.is_ascii_alphabetic()))
+                || (p.len() == 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if let Some(region) = rest.next_if(region) {
+            tag.push('-');
+            tag.push_str(&region.to_ascii_uppercase());
+        }
+        if rest.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self(tag))
+    }
+
+    /// The tags to try for this one, most specific first: `zh-Hant-TW`, `zh-Hant`, `zh`.
+    pub fn fallbacks(&self) -> impl Iterator<Item = &str> {
+        let tag = self.0.as_str();
+        let cuts = tag.match_indices('-').map(|(i, _)| i).collect::<Vec<_>>();
+        std::iter::once(tag).chain(cuts.into_iter().rev().map(move |i| &tag[..i]))
+    }
+}
+
+crate::ids::string_newtype!(Locale);
+
 /// Checks a new password against the policy: [`PASSWORD_MIN`] to [`PASSWORD_MAX`]
 /// characters, not one of the 10,000 most common passwords, not the account's email.
 pub fn check_password(password: &str, email: Option<&Email>) -> Result<(), ReplyError> {
@@ -247,10 +295,13 @@ pub enum UserCommand {
         name: Name,
         /// Phone, for SMS.
         phone: Option<Phone>,
+        /// The language of their messages; the shop's default if none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locale: Option<Locale>,
         /// Initial roles.
         roles: BTreeSet<Role>,
     },
-    /// Change name and/or phone.
+    /// Change name, phone, text-message preference and/or language.
     UpdateProfile {
         /// New name, if it changes.
         name: Option<Name>,
@@ -261,6 +312,12 @@ pub enum UserCommand {
         /// Turn text messages off (`true`) or on again (`false`), if it changes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sms_opt_out: Option<bool>,
+        /// The language of their messages, if it changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locale: Option<Locale>,
+        /// Go back to the shop's default language.
+        #[serde(default, skip_serializing_if = "crate::stock::is_false")]
+        clear_locale: bool,
     },
     /// Record that the password changed: every session started before is revoked.
     RecordPasswordChange,
@@ -309,6 +366,9 @@ pub struct UserView {
     /// The user turned text messages off.
     #[serde(default)]
     pub sms_opt_out: bool,
+    /// The language of their messages; absent for the shop's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<Locale>,
     /// Roles.
     pub roles: BTreeSet<Role>,
     /// Whether the account is disabled.
@@ -334,11 +394,14 @@ pub enum UserEvent {
         /// Phone.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         phone: Option<Phone>,
+        /// The language of their messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locale: Option<Locale>,
         /// Initial roles.
         roles: BTreeSet<Role>,
     },
-    /// Name, phone or text-message preference changed; carries the whole profile after the
-    /// change.
+    /// Name, phone, text-message preference or language changed; carries the whole profile
+    /// after the change.
     #[serde(rename = "user.profile_updated")]
     ProfileUpdated {
         /// Display name.
@@ -349,6 +412,9 @@ pub enum UserEvent {
         /// The user turned text messages off.
         #[serde(default, skip_serializing_if = "crate::stock::is_false")]
         sms_opt_out: bool,
+        /// The language of their messages; absent for the shop's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locale: Option<Locale>,
     },
     /// The password changed; sessions from before `session_epoch` are revoked.
     #[serde(rename = "user.password_changed")]
@@ -425,6 +491,9 @@ pub struct UserState {
     pub phone: Option<Phone>,
     /// The user turned text messages off.
     pub sms_opt_out: bool,
+    /// The language of their messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<Locale>,
     /// Roles.
     pub roles: BTreeSet<Role>,
     /// Disabled accounts cannot log in or refresh.
@@ -462,16 +531,18 @@ impl Fold for UserState {
     fn apply(&mut self, event: &UserEvent) {
         self.version += 1;
         match event {
-            UserEvent::Registered { email, name, phone, roles } => {
+            UserEvent::Registered { email, name, phone, locale, roles } => {
                 self.email = Some(email.clone());
                 self.name = Some(name.clone());
                 self.phone.clone_from(phone);
+                self.locale.clone_from(locale);
                 self.roles.clone_from(roles);
             }
-            UserEvent::ProfileUpdated { name, phone, sms_opt_out } => {
+            UserEvent::ProfileUpdated { name, phone, sms_opt_out, locale } => {
                 self.name = Some(name.clone());
                 self.phone.clone_from(phone);
                 self.sms_opt_out = *sms_opt_out;
+                self.locale.clone_from(locale);
             }
             UserEvent::PasswordChanged { session_epoch, .. } => {
                 self.session_epoch = *session_epoch;
@@ -513,12 +584,13 @@ impl Entity for UserState {
                 _ => Err(invalid(ErrorCode::UnknownUser, "no such user")),
             };
         }
-        if let UserCommand::Register { email, name, phone, roles } = cmd {
+        if let UserCommand::Register { email, name, phone, locale, roles } = cmd {
             return match &self.email {
                 None => Ok(vec![UserEvent::Registered {
                     email: email.clone(),
                     name: name.clone(),
                     phone: phone.clone(),
+                    locale: locale.clone(),
                     roles: roles.clone(),
                 }]),
                 Some(existing) if existing == email => Ok(Vec::new()),
@@ -528,17 +600,20 @@ impl Entity for UserState {
         self.require_exists()?;
         match cmd {
             UserCommand::Register { .. } | UserCommand::Get => Ok(Vec::new()),
-            UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out } => {
+            UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out, locale, clear_locale } => {
                 let name = name.clone().or_else(|| self.name.clone());
                 let phone = if *clear_phone { None } else { phone.clone().or_else(|| self.phone.clone()) };
                 let sms_opt_out = sms_opt_out.unwrap_or(self.sms_opt_out);
+                let locale =
+                    if *clear_locale { None } else { locale.clone().or_else(|| self.locale.clone()) };
                 match name {
                     Some(name)
                         if Some(&name) != self.name.as_ref()
                             || phone != self.phone
-                            || sms_opt_out != self.sms_opt_out =>
+                            || sms_opt_out != self.sms_opt_out
+                            || locale != self.locale =>
                     {
-                        Ok(vec![UserEvent::ProfileUpdated { name, phone, sms_opt_out }])
+                        Ok(vec![UserEvent::ProfileUpdated { name, phone, sms_opt_out, locale }])
                     }
                     _ => Ok(Vec::new()),
                 }
@@ -585,6 +660,7 @@ impl Entity for UserState {
             name: self.name.clone().unwrap_or_else(|| Name("Erased account".to_owned())),
             phone: self.phone.clone(),
             sms_opt_out: self.sms_opt_out,
+            locale: self.locale.clone(),
             roles: self.roles.clone(),
             disabled: self.disabled,
             session_epoch: self.session_epoch,
@@ -612,6 +688,7 @@ mod tests {
             email: Email::parse("Ada@Example.COM").expect("email"),
             name: Name::parse("Ada").expect("name"),
             phone: None,
+            locale: None,
             roles: BTreeSet::from([Role::Customer]),
         };
         for e in s.decide(&id, &cmd, OffsetDateTime::now_utc()).expect("register") {
@@ -666,12 +743,52 @@ mod tests {
     }
 
     #[test]
+    fn locales_are_language_tags_in_their_usual_case_and_fall_back_to_the_language() {
+        let tag = |s: &str| Locale::parse(s).map(|l| l.to_string());
+        assert_eq!(tag("FR-ca").as_deref(), Ok("fr-CA"));
+        assert_eq!(tag("zh-hant-tw").as_deref(), Ok("zh-Hant-TW"));
+        assert_eq!(tag("es-419").as_deref(), Ok("es-419"));
+        assert_eq!(tag("ast").as_deref(), Ok("ast"));
+        for bad in ["", "f", "french", "fr_CA", "fr-", "fr-CA-x", "fr-Latn-CA-1", "../fr", "fr/email", "12"] {
+            assert_eq!(Locale::parse(bad).expect_err(bad).code, ErrorCode::InvalidInput, "{bad:?}");
+        }
+        let tw = Locale::parse("zh-Hant-TW").expect("tag");
+        assert_eq!(tw.fallbacks().collect::<Vec<_>>(), ["zh-Hant-TW", "zh-Hant", "zh"]);
+        assert_eq!(Locale::parse("fr").expect("tag").fallbacks().collect::<Vec<_>>(), ["fr"]);
+    }
+
+    #[test]
+    fn a_profile_keeps_its_language_until_it_is_changed_or_cleared() {
+        let mut s = registered();
+        let fr = Locale::parse("fr").expect("tag");
+        let update = |locale, clear_locale| UserCommand::UpdateProfile {
+            name: None,
+            phone: None,
+            clear_phone: false,
+            sms_opt_out: None,
+            locale,
+            clear_locale,
+        };
+        assert_eq!(run(&mut s, &update(Some(fr.clone()), false), OffsetDateTime::now_utc()), Ok(1));
+        assert_eq!(s.locale.as_ref(), Some(&fr));
+        assert_eq!(run(&mut s, &update(Some(fr.clone()), false), OffsetDateTime::now_utc()), Ok(0));
+        assert_eq!(run(&mut s, &update(None, false), OffsetDateTime::now_utc()), Ok(0), "absent leaves it");
+        assert_eq!(s.locale.as_ref(), Some(&fr));
+        // As it travels to the entity.
+        let clear: UserCommand =
+            serde_json::from_value(serde_json::to_value(update(None, true)).expect("json")).expect("command");
+        assert_eq!(run(&mut s, &clear, OffsetDateTime::now_utc()), Ok(1));
+        assert_eq!(s.locale, None);
+    }
+
+    #[test]
     fn register_is_idempotent_and_commands_need_a_user() {
         let mut s = registered();
         let again = UserCommand::Register {
             email: Email::parse("Ada@example.com").expect("email"),
             name: Name::parse("Ada").expect("name"),
             phone: None,
+            locale: None,
             roles: BTreeSet::from([Role::Customer]),
         };
         assert_eq!(run(&mut s, &again, OffsetDateTime::now_utc()), Ok(0));
@@ -694,6 +811,7 @@ mod tests {
             email: Email::parse("ada@example.com").expect("email"),
             name: Name::parse("Ada").expect("name"),
             phone: None,
+            locale: None,
             roles: BTreeSet::from([Role::Customer]),
         };
         for cmd in [UserCommand::Get, UserCommand::Enable, UserCommand::RecordPasswordChange, register] {

@@ -145,6 +145,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS notifications_customer ON notifications FIELDS customer;
     ",
     ),
+    (
+        10,
+        // The language of a person's messages (staff hear about stock in theirs).
+        r"
+    DEFINE FIELD IF NOT EXISTS locale ON users TYPE option<string>;
+    ",
+    ),
 ];
 
 /// Who writes a projection's rows, which decides how much each write must guard.

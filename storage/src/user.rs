@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use souk_messages::UserId;
 use souk_messages::event::Event;
-use souk_messages::user::{Email, Name, Phone, Role, UserEvent, UserState, UserView};
+use souk_messages::user::{Email, Locale, Name, Phone, Role, UserEvent, UserState, UserView};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ const TABLE: crate::db::Table = crate::db::Table {
         "name",
         "phone",
         "sms_opt_out",
+        "locale",
         "roles",
         "disabled",
         "session_epoch",
@@ -53,6 +54,8 @@ struct UserRow {
     phone: Option<String>,
     #[serde(default)]
     sms_opt_out: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    locale: Option<String>,
     roles: BTreeSet<Role>,
     disabled: bool,
     session_epoch: u64,
@@ -71,6 +74,7 @@ impl UserRow {
             name: Some(Name::parse(&self.name).map_err(corrupt)?),
             phone: self.phone.as_deref().map(Phone::parse).transpose().map_err(corrupt)?,
             sms_opt_out: self.sms_opt_out,
+            locale: self.locale.as_deref().map(Locale::parse).transpose().map_err(corrupt)?,
             roles: self.roles.clone(),
             disabled: self.disabled,
             session_epoch: self.session_epoch,
@@ -140,6 +144,7 @@ impl UserRepo {
                 name: name.as_str().to_owned(),
                 phone: state.phone.as_ref().map(|p| p.as_str().to_owned()),
                 sms_opt_out: state.sms_opt_out,
+                locale: state.locale.as_ref().map(ToString::to_string),
                 roles: state.roles.clone(),
                 disabled: state.disabled,
                 session_epoch: state.session_epoch,

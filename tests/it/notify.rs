@@ -575,10 +575,18 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
     let smtp = SmtpPeer::start().await;
     let nats = NatsServer::start();
     let templates = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(templates.path().join("email")).expect("mkdir");
+    for folder in ["email", "fr/email"] {
+        std::fs::create_dir_all(templates.path().join(folder)).expect("mkdir");
+    }
     std::fs::write(
         templates.path().join("email/password_reset.txt"),
         "{% set subject = \"Neues Passwort, \" ~ shop.name %}Hallo {{ customer.name }},\n\nfür ein neues Passwort hier entlang: {{ reset_url }}\n",
+    )
+    .expect("template");
+    // The same message for those who read French.
+    std::fs::write(
+        templates.path().join("fr/email/password_reset.txt"),
+        "{% set subject = \"Nouveau mot de passe, \" ~ shop.name %}Bonjour {{ customer.name }} : {{ reset_url }}\n",
     )
     .expect("template");
     let mut env = smtp_env(&smtp);
@@ -605,4 +613,48 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
     // The text part is the shop's; the HTML part, not replaced, is the built-in one.
     let (text, html) = mail.split_once("Content-Type: text/html").expect("an HTML part");
     assert!(!text.contains("someone (we hope you)") && html.contains("someone (we hope you)"), "{mail}");
+
+    // A customer who chose French when registering reads the shop's French words; the HTML
+    // part, which the shop has not in French, is the default one, in English and marked so.
+    let r = http
+        .post(format!("{base}/v1/auth/register"))
+        .json(&json!({"email": "claire@notify.test", "password": PASSWORD, "name": "Claire", "locale": "FR"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.json::<Value>().await.expect("user")["locale"], "fr", "normalised");
+    let reset = |email: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http.post(format!("{base}/v1/auth/password-reset")).json(&json!({"email": email})).send();
+            assert_eq!(r.await.expect("reset").status(), StatusCode::ACCEPTED);
+        }
+    };
+    reset("claire@notify.test").await;
+    let mail = eventually("the French reset email", Duration::from_secs(20), || async {
+        mails_to(&smtp, "claire@notify.test", "Nouveau mot de passe, Test Shop").pop()
+    })
+    .await;
+    assert!(mail.contains("Bonjour Claire : https://shop.test/reset-password?token="), "{mail}");
+    let (_, html) = mail.split_once("Content-Type: text/html").expect("an HTML part");
+    assert!(html.contains("<html lang=\"en\">") && html.contains("Hello Claire"), "{mail}");
+
+    // A customer switches to French Canadian later (French is what the shop has), and back.
+    let ada = http_with_token(&access_token(base, "eigen@notify.test", PASSWORD).await);
+    let patch = |body: Value| ada.patch(format!("{base}/v1/me")).json(&body).send();
+    let bad = patch(json!({"locale": "français"})).await.expect("patch");
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.json::<Value>().await.expect("problem")["code"], "invalid_input");
+    let me = ada.get(format!("{base}/v1/me")).send().await.expect("me").json::<Value>().await.expect("me");
+    assert!(me.get("locale").is_none(), "a refused change changes nothing: {me}");
+    let me = patch(json!({"locale": "fr-ca"})).await.expect("patch").json::<Value>().await.expect("me");
+    assert_eq!(me["locale"], "fr-CA");
+    reset("eigen@notify.test").await;
+    eventually("the reset email in French", Duration::from_secs(20), || async {
+        mails_to(&smtp, "eigen@notify.test", "Nouveau mot de passe, Test Shop").pop()
+    })
+    .await;
+    let me = patch(json!({"locale": null})).await.expect("patch").json::<Value>().await.expect("me");
+    assert!(me.get("locale").is_none(), "back to the shop's default: {me}");
 }

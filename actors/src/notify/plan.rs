@@ -187,7 +187,7 @@ impl Planner {
             reach.push((Channel::Sms, phone.as_str().to_owned()));
         }
         for (channel, to) in reach {
-            let Some(r) = self.renderer.render(topic, channel, &ctx)? else { continue };
+            let Some(r) = self.renderer.render(topic, channel, user.locale.as_ref(), &ctx)? else { continue };
             out.push(Notification {
                 id: NotificationId::of(&event.event_id, channel, &to),
                 channel,

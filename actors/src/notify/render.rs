@@ -6,6 +6,9 @@ use serde::Serialize;
 use souk_messages::notify::{Channel, Topic};
 use souk_messages::order::{CancelReason, OrderView};
 use souk_messages::product::Currency;
+use souk_messages::user::Locale;
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// The shop, as its messages name it.
@@ -51,7 +54,7 @@ pub enum RenderError {
     },
     /// A file in the shop's templates folder that replaces no template: misnamed or misplaced.
     #[error(
-        "{path} replaces no template; the names are those under actors/templates/ (e.g. email/order_confirmed.html)"
+        "{path} replaces no template; the names are those under actors/templates/ (e.g. email/order_confirmed.html), optionally under a language folder (fr/email/order_confirmed.html)"
     )]
     Unknown {
         /// The file.
@@ -105,36 +108,55 @@ pub struct Renderer {
     shop: Shop,
 }
 
+/// `name` as a template of the language folder `tag`: `fr/email/order_confirmed.html`.
+fn in_language(tag: &str, name: &str) -> String {
+    format!("{tag}/{name}")
+}
+
 impl Renderer {
     /// Compiles the templates, each replaced by the file of the same name under `overrides`
     /// where the shop has one (`email/order_confirmed.html`, `sms/order_shipped.txt`, …): its
-    /// own words, language and look. A file there that replaces no template is refused, so
-    /// a misnamed one cannot be silently ignored; hidden files (a Kubernetes volume's
-    /// `..data`) are skipped.
+    /// own words, language and look. Under a folder named by a language tag
+    /// (`fr/email/order_confirmed.html`, `pt-BR/sms/order_shipped.txt`) are the same
+    /// templates in that language, for the people who chose it. A file there that replaces
+    /// no template is refused, so a misnamed one cannot be silently ignored; hidden files (a
+    /// Kubernetes volume's `..data`) are skipped.
     pub fn new(shop: Shop, overrides: Option<&Path>) -> Result<Self, RenderError> {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html") { AutoEscape::Html } else { AutoEscape::None }
         });
         env.set_keep_trailing_newline(true);
+        let replaced = overrides.map(shop_templates).transpose()?.unwrap_or_default();
+        let names: HashSet<String> = replaced.iter().map(|(n, _)| n.clone()).collect();
+        for (name, _) in &replaced {
+            let (language, template) = split_language(name);
+            let Some(topic) = template.strip_prefix("email/").and_then(|n| n.strip_suffix(".txt")) else {
+                continue;
+            };
+            let html = format!("{language}email/{topic}.html");
+            let built_in = format!("email/{topic}.html");
+            if TEMPLATES.iter().any(|(n, _)| *n == built_in) && !names.contains(&html) {
+                tracing::warn!(template = %html, "{name} is the shop's own but {html} is not: those emails' HTML part keeps the words of the default templates");
+            }
+        }
+        // A template in a language folder extends and includes that language's layout and
+        // parts where the shop has them (`email/layout.html` from `fr/email/…` is
+        // `fr/email/layout.html`), the default ones otherwise.
+        let languages = names.clone();
+        env.set_path_join_callback(move |name, parent| {
+            let tag = parent.split_once('/').map(|(tag, _)| tag).and_then(|t| Locale::parse(t).ok());
+            tag.iter()
+                .flat_map(|t| t.fallbacks().map(|tag| in_language(tag, name)).collect::<Vec<_>>())
+                .find(|candidate| languages.contains(candidate))
+                .map_or(Cow::Borrowed(name), Cow::Owned)
+        });
         for (name, source) in TEMPLATES {
             env.add_template(name, source).map_err(template_error(name))?;
         }
-        if let Some(dir) = overrides {
-            let replaced = shop_templates(dir)?;
-            for (name, _) in &replaced {
-                let Some(topic) = name.strip_prefix("email/").and_then(|n| n.strip_suffix(".txt")) else {
-                    continue;
-                };
-                let html = format!("email/{topic}.html");
-                if TEMPLATES.iter().any(|(n, _)| *n == html) && !replaced.iter().any(|(n, _)| *n == html) {
-                    tracing::warn!(template = %html, "{name} is the shop's own but {html} is not: those emails' HTML part keeps the built-in words");
-                }
-            }
-            for (name, source) in replaced {
-                let compiled = env.add_template_owned(name.clone(), source);
-                compiled.map_err(template_error(&name))?;
-            }
+        for (name, source) in replaced {
+            let compiled = env.add_template_owned(name.clone(), source);
+            compiled.map_err(template_error(&name))?;
         }
         Ok(Self { env, shop })
     }
@@ -144,30 +166,60 @@ impl Renderer {
         self.env.get_template(&format!("{channel}/{}.txt", topic.as_str())).is_ok()
     }
 
-    /// Renders `topic` for `channel` with `context` (plus `shop`), or `None` if the topic
-    /// has no message on that channel.
+    /// The template `name` in the most specific of `locale`'s languages the shop has it in,
+    /// with that language's tag, or the default one.
+    fn find(
+        &self,
+        name: &str,
+        locale: Option<&Locale>,
+    ) -> Option<(minijinja::Template<'_, '_>, Option<String>)> {
+        let localised = locale.into_iter().flat_map(Locale::fallbacks).find_map(|tag| {
+            self.env.get_template(&in_language(tag, name)).ok().map(|t| (t, Some(tag.to_owned())))
+        });
+        localised.or_else(|| self.env.get_template(name).ok().map(|t| (t, None)))
+    }
+
+    /// Renders `topic` for `channel` with `context` (plus `shop`, and `locale`: the language
+    /// tag of the templates used, absent for the default ones), in `locale` where the shop has
+    /// templates in it, or `None` if the topic has no message on that channel.
     pub fn render(
         &self,
         topic: Topic,
         channel: Channel,
+        locale: Option<&Locale>,
         context: &Value,
     ) -> Result<Option<Rendered>, RenderError> {
         let ctx = minijinja::context! { shop => self.shop.clone(), ..context.clone() };
         let name = format!("{channel}/{}.txt", topic.as_str());
-        let Ok(text) = self.env.get_template(&name) else { return Ok(None) };
-        let captured = text.render_captured(&ctx).map_err(template_error(&name))?;
+        let Some((text, language)) = self.find(&name, locale) else { return Ok(None) };
+        let captured = text
+            .render_captured(minijinja::context! { locale => language, ..ctx.clone() })
+            .map_err(template_error(&name))?;
         let subject = captured.state().lookup("subject").map(|s| s.to_string());
         let text = captured.output().to_owned();
         let html_name = format!("{channel}/{}.html", topic.as_str());
-        let html = match self.env.get_template(&html_name) {
-            Ok(t) => Some(
-                t.render(minijinja::context! { subject => subject.clone(), ..ctx.clone() })
-                    .map_err(template_error(&html_name))?,
+        let html = match self.find(&html_name, locale) {
+            Some((t, language)) => Some(
+                t.render(
+                    minijinja::context! { subject => subject.clone(), locale => language, ..ctx.clone() },
+                )
+                .map_err(template_error(&html_name))?,
             ),
-            Err(_) => None,
+            None => None,
         };
         let text = if channel == Channel::Sms { text.trim().to_owned() } else { text };
         Ok(Some(Rendered { subject, text, html }))
+    }
+}
+
+/// A template name as its language folder's prefix (`fr/`, or empty for the default ones)
+/// and the template it replaces.
+fn split_language(name: &str) -> (&str, &str) {
+    match name.split_once('/') {
+        Some((tag, rest)) if Locale::parse(tag).is_ok() && TEMPLATES.iter().any(|(n, _)| *n == rest) => {
+            name.split_at(tag.len() + 1)
+        }
+        _ => ("", name),
     }
 }
 
@@ -195,12 +247,24 @@ fn shop_templates(dir: &Path) -> Result<Vec<(String, String)>, RenderError> {
                 .ok()
                 .and_then(Path::to_str)
                 .map(|n| n.replace(std::path::MAIN_SEPARATOR, "/"))
-                .filter(|n| TEMPLATES.iter().any(|(known, _)| known == n))
+                .and_then(|n| template_name(&n))
                 .ok_or_else(|| RenderError::Unknown { path: path.clone() })?;
             found.push((name, std::fs::read_to_string(&path).map_err(read(&path))?));
         }
     }
     Ok(found)
+}
+
+/// The template a file at `relative` in the shop's folder replaces: a built-in name, or one
+/// under a language folder, its tag in the usual case (`fr-ca/…` is `fr-CA/…`).
+fn template_name(relative: &str) -> Option<String> {
+    let known = |n: &str| TEMPLATES.iter().any(|(known, _)| *known == n);
+    if known(relative) {
+        return Some(relative.to_owned());
+    }
+    let (tag, rest) = relative.split_once('/')?;
+    let locale = Locale::parse(tag).ok()?;
+    known(rest).then(|| in_language(locale.as_str(), rest))
 }
 
 /// `amount` minor units of `currency` the way shoppers read it: `€1,234.50`, `¥1,200`,
@@ -314,15 +378,17 @@ mod tests {
         assert_eq!(money(99, c("SEK")), "0.99 SEK");
     }
 
+    fn write_template(dir: &Path, name: &str, text: &str) {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
     #[test]
     fn a_shop_s_templates_replace_the_built_in_ones_and_misnamed_or_broken_ones_are_refused() {
         let shop = || Shop { name: "Laden".into(), url: "https://laden.test".into() };
         let dir = tempfile::tempdir().expect("tempdir");
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, text).expect("write");
-        };
+        let write = |name: &str, text: &str| write_template(dir.path(), name, text);
         write(
             "email/order_cancelled.txt",
             "{% set subject = \"Bestellung \" ~ order.number ~ \" storniert\" %}Hallo {{ customer.name }}, \
@@ -339,7 +405,8 @@ mod tests {
         }))
         .expect("order");
         let ctx = minijinja::context! { customer => minijinja::context! { name => "Ada" }, order => order_context(&order) };
-        let email = r.render(Topic::OrderCancelled, Channel::Email, &ctx).expect("render").expect("email");
+        let email =
+            r.render(Topic::OrderCancelled, Channel::Email, None, &ctx).expect("render").expect("email");
         assert_eq!(
             email.subject.as_deref(),
             Some("Bestellung ord-0123456789abcdef0123456789abcdef storniert")
@@ -349,9 +416,9 @@ mod tests {
         assert!(
             email.html.expect("html").contains("Bestellung ord-0123456789abcdef0123456789abcdef storniert")
         );
-        let sms = r.render(Topic::OrderCancelled, Channel::Sms, &ctx).expect("render").expect("sms");
+        let sms = r.render(Topic::OrderCancelled, Channel::Sms, None, &ctx).expect("render").expect("sms");
         assert_eq!(sms.text, "Laden: Bestellung ord-0123456789abcdef0123456789abcdef storniert");
-        let shipped = r.render(Topic::OrderShipped, Channel::Sms, &ctx).expect("render").expect("sms");
+        let shipped = r.render(Topic::OrderShipped, Channel::Sms, None, &ctx).expect("render").expect("sms");
         assert!(
             shipped.text.contains("ord-0123456789abcdef0123456789abcdef")
                 && !shipped.text.contains("Bestellung"),
@@ -367,6 +434,58 @@ mod tests {
         assert!(refused.to_string().contains("sms/order_shipped.txt"), "{refused}");
         let missing = Renderer::new(shop(), Some(&dir.path().join("nowhere"))).expect_err("no folder");
         assert!(matches!(missing, RenderError::Read { .. }), "{missing}");
+    }
+
+    #[test]
+    fn people_get_their_language_s_templates_where_the_shop_has_them_and_the_default_otherwise() {
+        let shop = || Shop { name: "Souk".into(), url: "https://souk.test".into() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| write_template(dir.path(), name, text);
+        write(
+            "fr/email/order_delivered.txt",
+            "{% set subject = \"Commande livrée\" %}Bonjour {{ customer.name }}",
+        );
+        write(
+            "fr/email/order_delivered.html",
+            "{% extends \"email/layout.html\" %}{% block body %}<p>Bonjour {{ customer.name }}</p>{% endblock %}",
+        );
+        write(
+            "fr/email/layout.html",
+            "<html lang=\"{{ locale }}\">{% block body %}{% endblock %}<p>À bientôt</p></html>",
+        );
+        write("pt-br/sms/order_delivered.txt", "{{ shop.name }}: pedido entregue ({{ locale }})");
+        let r = Renderer::new(shop(), Some(dir.path())).expect("templates");
+        let ctx = minijinja::context! {
+            customer => minijinja::context! { name => "Ada" },
+            order => minijinja::context! { id => "ord-1", number => "ord-1", lines => Vec::<Value>::new() },
+        };
+        let tag = |t: &str| Locale::parse(t).expect("tag");
+        let render = |channel, locale: Option<&Locale>| {
+            r.render(Topic::OrderDelivered, channel, locale, &ctx).expect("render").expect("message")
+        };
+
+        // A regional tag falls back to its language; the French email uses the French layout.
+        let fr = render(Channel::Email, Some(&tag("fr-CA")));
+        assert_eq!((fr.subject.as_deref(), fr.text.as_str()), (Some("Commande livrée"), "Bonjour Ada"));
+        assert_eq!(fr.html.as_deref(), Some("<html lang=\"fr\"><p>Bonjour Ada</p><p>À bientôt</p></html>"));
+        // The folder's tag is read in its usual case; a language without templates of a topic
+        // (French text messages) or at all (German) gets the default ones.
+        assert_eq!(render(Channel::Sms, Some(&tag("pt-BR"))).text, "Souk: pedido entregue (pt-BR)");
+        let fr_sms = render(Channel::Sms, Some(&tag("fr"))).text;
+        let de = render(Channel::Email, Some(&tag("de")));
+        assert_eq!((render(Channel::Sms, None).text, de.clone()), (fr_sms, render(Channel::Email, None)));
+        assert!(
+            de.html.expect("html").starts_with("<!doctype html>\n<html lang=\"en\">"),
+            "the default layout"
+        );
+
+        write("french/email/order_delivered.txt", "not a language tag");
+        let refused = Renderer::new(shop(), Some(dir.path())).expect_err("a misnamed folder");
+        assert!(matches!(refused, RenderError::Unknown { .. }), "{refused}");
+        std::fs::remove_dir_all(dir.path().join("french")).expect("rm");
+        write("fr/email/order_delivred.txt", "misspelt");
+        let refused = Renderer::new(shop(), Some(dir.path())).expect_err("a misnamed file");
+        assert!(matches!(refused, RenderError::Unknown { .. }), "{refused}");
     }
 
     #[test]
@@ -390,14 +509,14 @@ mod tests {
             Topic::PasswordReset,
             Topic::StockLow,
         ] {
-            let email = r.render(topic, Channel::Email, &ctx).expect("render").expect("email template");
+            let email = r.render(topic, Channel::Email, None, &ctx).expect("render").expect("email template");
             assert!(email.subject.as_deref().is_some_and(|s| !s.is_empty()), "{topic:?} has no subject");
             let html = email.html.expect("html");
             assert!(html.contains("Shop &lt;&amp;&gt;"), "{topic:?}: HTML must escape: {html}");
             assert!(email.text.contains("Shop <&>"), "{topic:?}: text is not escaped");
         }
-        assert!(r.render(Topic::PasswordReset, Channel::Sms, &ctx).expect("render").is_none());
-        let sms = r.render(Topic::OrderConfirmed, Channel::Sms, &ctx).expect("render").expect("sms");
+        assert!(r.render(Topic::PasswordReset, Channel::Sms, None, &ctx).expect("render").is_none());
+        let sms = r.render(Topic::OrderConfirmed, Channel::Sms, None, &ctx).expect("render").expect("sms");
         assert!(sms.text.contains("ord-1") && sms.html.is_none() && sms.subject.is_none());
     }
 }

@@ -16,7 +16,7 @@ use password::Hasher;
 use serde::Serialize;
 use souk_messages::subject::EntityKind;
 use souk_messages::user::{
-    Email, Name, Phone, Role, Secret, UserCommand, UserRequest, UserState, UserView, check_password,
+    Email, Locale, Name, Phone, Role, Secret, UserCommand, UserRequest, UserState, UserView, check_password,
 };
 use souk_messages::{ErrorCode, ReplyError, UserId};
 use souk_nats::accounts::{Accounts, Credential, EmailClaim, SPENT_KEPT, Session, email_key};
@@ -54,6 +54,8 @@ pub struct NewUser {
     pub name: Name,
     /// Phone.
     pub phone: Option<Phone>,
+    /// The language of their messages.
+    pub locale: Option<Locale>,
     /// Password, checked against the policy by [`Auth::register`].
     pub password: String,
     /// Initial roles.
@@ -202,6 +204,7 @@ impl Auth {
                 email: new.email,
                 name: new.name,
                 phone: new.phone,
+                locale: new.locale,
                 roles: new.roles,
             };
             self.command(&id, cmd, correlation).await

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::post;
 use serde::Deserialize;
 use souk_messages::UserId;
-use souk_messages::user::{Email, Name, Phone, Role, UserView};
+use souk_messages::user::{Email, Locale, Name, Phone, Role, UserView};
 use std::collections::BTreeSet;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -43,6 +43,10 @@ pub struct RegisterBody {
     /// Phone in international form, for SMS notifications.
     #[schema(example = "+442071838750", pattern = r"^\+[0-9 ().-]{8,31}$")]
     pub phone: Option<String>,
+    /// The language of the customer's emails and text messages (a language tag: `fr`,
+    /// `pt-BR`); the shop's default if absent or if the shop has no templates in it.
+    #[schema(value_type = Option<String>, example = "fr", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?$")]
+    pub locale: Option<String>,
 }
 
 /// `POST /v1/auth/login`
@@ -113,6 +117,12 @@ async fn register(
         email: email(&body.email)?,
         name: Name::parse(&body.name).map_err(|e| field_error("name", e))?,
         phone: body.phone.as_deref().map(Phone::parse).transpose().map_err(|e| field_error("phone", e))?,
+        locale: body
+            .locale
+            .as_deref()
+            .map(Locale::parse)
+            .transpose()
+            .map_err(|e| field_error("locale", e))?,
         password: body.password,
         roles: BTreeSet::from([Role::Customer]),
     };

@@ -13,7 +13,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Deserializer};
-use souk_messages::user::{Name, Phone, UserCommand, UserView};
+use souk_messages::user::{Locale, Name, Phone, UserCommand, UserView};
 
 pub(crate) fn routes() -> Vec<Route> {
     vec![
@@ -38,6 +38,11 @@ pub struct ProfileBody {
     pub phone: Option<Option<String>>,
     /// `true` turns text messages (order updates by SMS) off; `false` turns them on again.
     pub sms_opt_out: Option<bool>,
+    /// The language of emails and text messages (a language tag: `fr`, `pt-BR`); `null`
+    /// goes back to the shop's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "fr", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?$")]
+    pub locale: Option<Option<String>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -72,7 +77,7 @@ async fn me(State(app): State<AppState>, rid: RequestId, who: Principal) -> Resu
     Ok(Json(app.auth.command(&who.user, UserCommand::Get, &rid.0).await?))
 }
 
-/// Changes name, phone and/or whether order updates come by text message.
+/// Changes name, phone, whether order updates come by text message and/or their language.
 #[utoipa::path(patch, operation_id = "update_profile", path = "/v1/me", tag = "me", request_body = ProfileBody,
     responses((status = 200, body = UserView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem)))]
 async fn update(
@@ -87,7 +92,13 @@ async fn update(
         Some(None) => (None, true),
         Some(Some(p)) => (Some(Phone::parse(&p).map_err(|e| field_error("phone", e))?), false),
     };
-    let cmd = UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out: body.sms_opt_out };
+    let (locale, clear_locale) = match body.locale {
+        None => (None, false),
+        Some(None) => (None, true),
+        Some(Some(l)) => (Some(Locale::parse(&l).map_err(|e| field_error("locale", e))?), false),
+    };
+    let sms_opt_out = body.sms_opt_out;
+    let cmd = UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out, locale, clear_locale };
     Ok(Json(app.auth.command(&who.user, cmd, &rid.0).await?))
 }
 

@@ -116,6 +116,7 @@ mod users {
                 email: Email::parse(email).expect("email"),
                 name: Name::parse(name).expect("name"),
                 phone: None,
+                locale: None,
                 roles: BTreeSet::from([Role::Customer]),
             },
         )
@@ -138,6 +139,19 @@ mod users {
             events: vec![
                 (3, event(&ada, 2, UserEvent::RolesChanged { roles: BTreeSet::from([Role::Staff]) })),
                 (3, event(&ada, 3, UserEvent::Disabled {})),
+                (
+                    3,
+                    event(
+                        &ada,
+                        4,
+                        UserEvent::ProfileUpdated {
+                            name: Name::parse("Ada Lovelace").expect("name"),
+                            phone: None,
+                            sms_opt_out: false,
+                            locale: Some(souk_messages::user::Locale::parse("fr").expect("tag")),
+                        },
+                    ),
+                ),
             ],
         };
         repo.apply(&[later], 3).await.expect("apply");
@@ -148,7 +162,13 @@ mod users {
         let all = repo.list(None, None, 10).await.expect("list");
         assert_eq!(all.len(), 2);
         let a = &all[0];
-        assert_eq!((a.id.as_str(), a.version, a.disabled), ("usr-a", 3, true));
+        assert_eq!((a.id.as_str(), a.version, a.disabled), ("usr-a", 4, true));
+        assert_eq!(
+            a.locale.as_ref().map(|l| l.as_str()),
+            Some("fr"),
+            "staff hear about stock in their language"
+        );
+        assert_eq!(all[1].locale, None);
         assert_eq!(a.roles, BTreeSet::from([Role::Staff]));
         assert_eq!(a.email.as_str(), "Ada@example.com");
         let by_email = repo.list(Some("ADA@EXAMPLE"), None, 10).await.expect("search");
