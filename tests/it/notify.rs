@@ -371,6 +371,8 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
     .await;
     let b: Value = serde_json::from_str(&reset.2).expect("json");
     let text = b["content"][0]["value"].as_str().expect("text");
+    // How long the link works, in words any reader's clock agrees with (30 minutes by default).
+    assert!(text.contains("within 30 minutes"), "{text}");
     let token =
         text.split("reset-password?token=").nth(1).and_then(|t| t.split_whitespace().next()).expect("token");
     let r = http

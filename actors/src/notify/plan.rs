@@ -262,8 +262,12 @@ impl Planner {
             Err(e) => return Err(e.into()),
         };
         let link = format!("{}?token={}", self.reset_url, token.expose());
-        let expires = expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let ctx = minijinja::context! { reset_url => link, expires_at => expires };
+        let expires = expires_at.replace_nanosecond(0).unwrap_or(*expires_at);
+        let expires = expires.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        // How long the link works, in whole minutes rounded up: words for any language, where a
+        // time would need the reader's time zone.
+        let valid_minutes = ((*expires_at - event.time).whole_seconds().max(0) + 59) / 60;
+        let ctx = minijinja::context! { reset_url => link, expires_at => expires, valid_minutes };
         // The link goes to the address the reset was asked for, never by text message.
         let user = UserView { email: email.clone(), phone: None, ..user };
         self.to_user(&event, Topic::PasswordReset, &user, None, &ctx)

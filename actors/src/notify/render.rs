@@ -497,7 +497,7 @@ mod tests {
             order => minijinja::context! { id => "ord-1", number => "ord-1", lines => Vec::<Value>::new(), total => "€1.00", reason => "x", refund => "€1.00" },
             stock => minijinja::context! { sku => "SKU-1", available => 1, on_hand => 1, reserved => 0, threshold => 5 },
             reset_url => "https://shop.test/reset?token=t",
-            expires_at => "soon",
+            expires_at => "soon", valid_minutes => 30,
         };
         for topic in [
             Topic::OrderConfirmed,
