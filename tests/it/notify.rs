@@ -641,6 +641,16 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
     assert!(mail.contains("Bonjour Claire : https://shop.test/reset-password?token="), "{mail}");
     let (_, html) = mail.split_once("Content-Type: text/html").expect("an HTML part");
     assert!(html.contains("<html lang=\"en\">") && html.contains("Hello Claire"), "{mail}");
+    // Her order's confirmation (no French template of it) writes amounts the French way.
+    let staff = admin_http(base).await;
+    on_sale(&http, &staff, base, "lampe", "LAMP-1", 2).await;
+    let claire = http_with_token(&access_token(base, "claire@notify.test", PASSWORD).await);
+    confirmed_order(&claire, base, "LAMP-1", 1, "claire-1").await;
+    let mail = eventually("Claire's confirmation", Duration::from_secs(20), || async {
+        mails_to(&smtp, "claire@notify.test", "is confirmed").pop()
+    })
+    .await;
+    assert!(mail.contains("12,00\u{a0}€") && !mail.contains("€12.00"), "{mail}");
 
     // A customer switches to French Canadian later (French is what the shop has), and back.
     let ada = http_with_token(&access_token(base, "eigen@notify.test", PASSWORD).await);

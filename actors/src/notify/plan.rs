@@ -238,9 +238,9 @@ impl Planner {
             Err(BusError::Rejected(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut octx = order_context(&order);
+        let mut octx = order_context(&order, user.locale.as_ref());
         if let OrderEvent::Refunded { amount, .. } = &event.body {
-            octx = minijinja::context! { refund => money(*amount, order.currency), ..octx };
+            octx = minijinja::context! { refund => money(*amount, order.currency, user.locale.as_ref()), ..octx };
         }
         if let OrderEvent::Shipped { tracking } = &event.body {
             octx = minijinja::context! { tracking => tracking.clone(), ..octx };

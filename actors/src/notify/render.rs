@@ -267,39 +267,72 @@ fn template_name(relative: &str) -> Option<String> {
     known(rest).then(|| in_language(locale.as_str(), rest))
 }
 
-/// `amount` minor units of `currency` the way shoppers read it: `€1,234.50`, `¥1,200`,
-/// `1,234.50 SEK`.
-pub fn money(amount: i64, currency: Currency) -> String {
+/// Where a language puts a currency's symbol.
+#[derive(Clone, Copy)]
+enum Symbol {
+    /// `€1,234.50`
+    Before,
+    /// `€ 1.234,50`
+    BeforeSpaced,
+    /// `1 234,50 €`
+    After,
+}
+
+/// How a language writes amounts: thousands separator, decimal mark, symbol position. Close
+/// to CLDR's for the languages named, English's for the rest.
+fn number_style(locale: Option<&Locale>) -> (&'static str, char, Symbol) {
+    let language = locale.and_then(|l| l.fallbacks().last()).unwrap_or("en");
+    match language {
+        "fr" | "sv" | "nb" | "nn" | "no" | "fi" | "pl" | "cs" | "sk" | "ru" | "uk" | "hu" | "bg" | "lt"
+        | "lv" | "et" => ("\u{202f}", ',', Symbol::After),
+        "de" | "es" | "it" | "pt" | "da" | "el" | "ro" | "hr" | "sl" | "sr" | "id" => {
+            (".", ',', Symbol::After)
+        }
+        "nl" => (".", ',', Symbol::BeforeSpaced),
+        "tr" => (".", ',', Symbol::Before),
+        _ => (",", '.', Symbol::Before),
+    }
+}
+
+/// `amount` minor units of `currency` the way a reader of `locale` (English if none) writes
+/// it: `€1,234.50`, `¥1,200`, `1,234.50 SEK`; in French `1 234,50 €`, in German `1.234,50 €`.
+pub fn money(amount: i64, currency: Currency, locale: Option<&Locale>) -> String {
     let code = currency.as_str();
     let exponent = match code {
         "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" | "XAF" | "XOF" | "PYG" => 0,
         "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "IQD" | "LYD" => 3,
         _ => 2,
     };
+    let (group, decimal, position) = number_style(locale);
     let sign = if amount < 0 { "-" } else { "" };
     let abs = amount.unsigned_abs();
     let unit = 10u64.pow(exponent);
-    let whole = group_thousands(abs / unit);
+    let whole = group_thousands(abs / unit, group);
     let number = if exponent == 0 {
         whole
     } else {
-        format!("{whole}.{:0width$}", abs % unit, width = exponent as usize)
+        format!("{whole}{decimal}{:0width$}", abs % unit, width = exponent as usize)
     };
-    match code {
-        "EUR" => format!("{sign}€{number}"),
-        "USD" => format!("{sign}${number}"),
-        "GBP" => format!("{sign}£{number}"),
-        "JPY" => format!("{sign}¥{number}"),
-        _ => format!("{sign}{number} {code}"),
+    let symbol = match code {
+        "EUR" => "€",
+        "USD" => "$",
+        "GBP" => "£",
+        "JPY" => "¥",
+        _ => return format!("{sign}{number} {code}"),
+    };
+    match position {
+        Symbol::Before => format!("{sign}{symbol}{number}"),
+        Symbol::BeforeSpaced => format!("{symbol}\u{a0}{sign}{number}"),
+        Symbol::After => format!("{sign}{number}\u{a0}{symbol}"),
     }
 }
 
-fn group_thousands(n: u64) -> String {
+fn group_thousands(n: u64, separator: &str) -> String {
     let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 * separator.len());
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
+            out.push_str(separator);
         }
         out.push(c);
     }
@@ -319,8 +352,8 @@ pub fn cancel_reason(reason: CancelReason) -> &'static str {
     }
 }
 
-/// The order as templates see it: money already formatted.
-pub fn order_context(order: &OrderView) -> Value {
+/// The order as templates see it: money already formatted for a reader of `locale`.
+pub fn order_context(order: &OrderView, locale: Option<&Locale>) -> Value {
     let lines: Vec<Value> = order
         .lines
         .iter()
@@ -329,8 +362,8 @@ pub fn order_context(order: &OrderView) -> Value {
                 sku => l.sku.as_str(),
                 title => l.title.clone(),
                 quantity => l.quantity,
-                unit_price => money(l.unit_price.amount, l.unit_price.currency),
-                total => money(l.unit_price.amount.saturating_mul(i64::from(l.quantity)), l.unit_price.currency),
+                unit_price => money(l.unit_price.amount, l.unit_price.currency, locale),
+                total => money(l.unit_price.amount.saturating_mul(i64::from(l.quantity)), l.unit_price.currency, locale),
             }
         })
         .collect();
@@ -350,12 +383,12 @@ pub fn order_context(order: &OrderView) -> Value {
     .collect::<Vec<_>>()
     .join(", ");
     let reason = order.cancel_reason.map(cancel_reason);
-    let refunded = (order.refunded > 0).then(|| money(order.refunded, order.currency));
+    let refunded = (order.refunded > 0).then(|| money(order.refunded, order.currency, locale));
     minijinja::context! {
         id => order.id.as_str(),
         number => order.id.as_str(),
         lines => lines,
-        total => money(order.total, order.currency),
+        total => money(order.total, order.currency, locale),
         address => address,
         tracking => order.tracking.clone(),
         reason => reason,
@@ -371,11 +404,18 @@ mod tests {
     #[test]
     fn money_reads_as_shoppers_expect() {
         let c = |s| Currency::parse(s).expect("currency");
-        assert_eq!(money(123_450, c("EUR")), "€1,234.50");
-        assert_eq!(money(5, c("USD")), "$0.05");
-        assert_eq!(money(1200, c("JPY")), "¥1,200");
-        assert_eq!(money(1_234_567, c("KWD")), "1,234.567 KWD");
-        assert_eq!(money(99, c("SEK")), "0.99 SEK");
+        assert_eq!(money(123_450, c("EUR"), None), "€1,234.50");
+        assert_eq!(money(5, c("USD"), None), "$0.05");
+        assert_eq!(money(1200, c("JPY"), None), "¥1,200");
+        assert_eq!(money(1_234_567, c("KWD"), None), "1,234.567 KWD");
+        assert_eq!(money(99, c("SEK"), None), "0.99 SEK");
+        let tag = |t: &str| Locale::parse(t).expect("tag");
+        assert_eq!(money(123_450, c("EUR"), Some(&tag("fr-CA"))), "1\u{202f}234,50\u{a0}€");
+        assert_eq!(money(-123_450, c("EUR"), Some(&tag("de"))), "-1.234,50\u{a0}€");
+        assert_eq!(money(123_450, c("EUR"), Some(&tag("nl"))), "€\u{a0}1.234,50");
+        assert_eq!(money(1_234_567, c("SEK"), Some(&tag("sv"))), "12\u{202f}345,67 SEK");
+        assert_eq!(money(123_450, c("EUR"), Some(&tag("en-GB"))), "€1,234.50");
+        assert_eq!(money(123_450, c("EUR"), Some(&tag("ja"))), "€1,234.50", "English's where not known");
     }
 
     fn write_template(dir: &Path, name: &str, text: &str) {
@@ -404,7 +444,7 @@ mod tests {
             "shipping_address": {"name": "A", "line1": "1", "city": "B", "postal_code": "1", "country": "DE"},
         }))
         .expect("order");
-        let ctx = minijinja::context! { customer => minijinja::context! { name => "Ada" }, order => order_context(&order) };
+        let ctx = minijinja::context! { customer => minijinja::context! { name => "Ada" }, order => order_context(&order, None) };
         let email =
             r.render(Topic::OrderCancelled, Channel::Email, None, &ctx).expect("render").expect("email");
         assert_eq!(
