@@ -130,20 +130,26 @@ impl Renderer {
         let replaced = overrides.map(shop_templates).transpose()?.unwrap_or_default();
         let names: HashSet<String> = replaced.iter().map(|(n, _)| n.clone()).collect();
         for (name, _) in &replaced {
+            // An email's subject and text come from its `.txt`, its HTML part from its `.html`:
+            // a shop that replaces one and not the other mixes words.
             let (language, template) = split_language(name);
-            let Some(topic) = template.strip_prefix("email/").and_then(|n| n.strip_suffix(".txt")) else {
-                continue;
+            let Some(email) = template.strip_prefix("email/") else { continue };
+            let other = match email.rsplit_once('.') {
+                // Parts other templates include, not emails.
+                Some(("layout" | "lines", _)) => continue,
+                Some((topic, "txt")) => format!("email/{topic}.html"),
+                Some((topic, "html")) => format!("email/{topic}.txt"),
+                _ => continue,
             };
-            let html = format!("{language}email/{topic}.html");
-            let built_in = format!("email/{topic}.html");
-            if TEMPLATES.iter().any(|(n, _)| *n == built_in) && !names.contains(&html) {
-                tracing::warn!(template = %html, "{name} is the shop's own but {html} is not: those emails' HTML part keeps the words of the default templates");
+            let theirs = format!("{language}{other}");
+            if TEMPLATES.iter().any(|(n, _)| *n == other) && !names.contains(&theirs) {
+                tracing::warn!(template = %theirs, "{name} is the shop's own but {theirs} is not: those emails mix its words with the default templates'");
             }
         }
         // A template in a language folder extends and includes that language's layout and
         // parts where the shop has them (`email/layout.html` from `fr/email/…` is
         // `fr/email/layout.html`), the default ones otherwise.
-        let languages = names.clone();
+        let languages = names;
         env.set_path_join_callback(move |name, parent| {
             let tag = parent.split_once('/').map(|(tag, _)| tag).and_then(|t| Locale::parse(t).ok());
             tag.iter()
