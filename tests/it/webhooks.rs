@@ -222,6 +222,59 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     assert_eq!(r.expect("rotate").status(), StatusCode::FORBIDDEN);
 }
 
+/// A receiver that takes each delivery and answers only once `open` is set, counting the
+/// deliveries that have arrived meanwhile.
+async fn held_receiver(open: tokio::sync::watch::Receiver<bool>) -> (String, Arc<Mutex<u32>>) {
+    let arrived: Arc<Mutex<u32>> = Arc::default();
+    let state = (arrived.clone(), open);
+    let take = |State((arrived, mut open)): State<(Arc<Mutex<u32>>, tokio::sync::watch::Receiver<bool>)>| async move {
+        *arrived.lock().expect("lock") += 1;
+        let _ = open.wait_for(|o| *o).await;
+        StatusCode::NO_CONTENT
+    };
+    let app = axum::Router::new().route("/hook", post(take)).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, arrived)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_holds_no_other_up() {
+    let nats = NatsServer::start();
+    // Slow, not failing: within its timeout the slow endpoint is simply waited for.
+    let env = [("SOUK_WEBHOOKS_ALLOW_PRIVATE", "true"), ("SOUK_WEBHOOK_TIMEOUT", "120s")];
+    let node = SoukNode::start(crate::bin(), nats.url(), &env).expect("node");
+    let http = http();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    let admin = admin_http(base).await;
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let (slow_url, arrived) = held_receiver(opened).await;
+    let (quick_url, quick) = receiver(StatusCode::NO_CONTENT).await;
+    register(&admin, base, &slow_url, &["stock.restocked"], true).await;
+    register(&admin, base, &quick_url, &["stock.restocked"], true).await;
+
+    for _ in 0..3 {
+        assert_eq!(crate::restock(&admin, base, "SLOW-1", 1).await.status(), StatusCode::OK);
+    }
+    // Every restock reaches the quick endpoint while the slow one still holds its deliveries.
+    eventually("the quick endpoint's deliveries", Duration::from_secs(20), || async {
+        (types(&quick) == ["stock.restocked"; 3]).then_some(())
+    })
+    .await;
+    eventually("the slow endpoint being waited for", Duration::from_secs(20), || async {
+        (*arrived.lock().expect("lock") >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(types(&quick).len(), 3, "nothing more than once");
+    open.send(true).expect("open");
+    eventually("the slow endpoint's deliveries", Duration::from_secs(20), || async {
+        (*arrived.lock().expect("lock") == 3).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_addresses_and_bad_subscriptions_are_refused_and_nothing_is_stored() {
     let nats = NatsServer::start();

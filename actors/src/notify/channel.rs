@@ -1,10 +1,13 @@
-//! A channel actor per provider kind (email, SMS): it owns its provider, paces sends to the
-//! provider's rate limit and keeps a circuit breaker, so a provider that keeps failing is left
-//! alone for a while instead of being hammered. The channels supervisor restarts a channel
-//! that panics; its breaker starts closed again.
+//! A channel actor per provider kind (email, SMS, webhook): it owns its provider, paces sends
+//! to the provider's rate limit and keeps a circuit breaker, so a provider that keeps failing
+//! is left alone for a while instead of being hammered. The actor only decides; each send runs
+//! in a task of its own (as many at once as the worker hands over), so a slow destination
+//! holds no other up. The channels supervisor restarts a channel that panics; its breaker
+//! starts closed again.
 
 use super::providers::{Provider, SendError};
 use crate::metrics::ActorMetrics;
+use futures::FutureExt as _;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use souk_messages::notify::{Channel, Notification};
 use std::collections::HashMap;
@@ -28,6 +31,13 @@ pub struct ChannelLimits {
 pub enum ChannelMsg {
     /// Send one notification; the reply is the provider's reference or why it failed.
     Send(Box<Notification>, RpcReplyPort<Result<String, SendError>>),
+    /// A send ended: whether its destination looked healthy, for that destination's breaker.
+    Settled {
+        /// The destination's breaker.
+        key: Option<String>,
+        /// `None` for a healthy answer, or why the provider failed.
+        failure: Option<String>,
+    },
     /// A breaker's cool-down is over: report whether any is still open, so the gauge does not
     /// show a breaker open until the next send.
     Recheck,
@@ -54,6 +64,8 @@ pub struct ChannelState {
 struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
+    /// The one send let through after a cool-down is under way: the others wait for it.
+    trial: bool,
 }
 
 /// What a channel actor starts with.
@@ -98,6 +110,10 @@ impl Actor for ChannelActor {
     ) -> Result<(), ActorProcessingErr> {
         let (n, reply) = match msg {
             ChannelMsg::Send(n, reply) => (n, reply),
+            ChannelMsg::Settled { key, failure } => {
+                st.settle(&me, key, failure);
+                return Ok(());
+            }
             ChannelMsg::Recheck => {
                 st.report_breakers();
                 return Ok(());
@@ -107,45 +123,67 @@ impl Actor for ChannelActor {
         let key = st.provider.breaker_key(&n);
         let threshold = st.limits.breaker_failures.max(1);
         let breaker = st.breakers.entry(key.clone()).or_default();
-        if let Some(until) = breaker.open_until {
-            if now < until {
-                let _ = reply.send(Err(SendError::BreakerOpen));
-                return Ok(());
-            }
+        if breaker.trial || breaker.open_until.is_some_and(|until| now < until) {
+            let _ = reply.send(Err(SendError::BreakerOpen));
+            return Ok(());
+        }
+        if breaker.open_until.take().is_some() {
             // Half open: this send is the trial; one more failure opens it again.
             breaker.failures = threshold - 1;
-            breaker.open_until = None;
+            breaker.trial = true;
         }
-        if st.limits.per_second > 0.0 {
+        // The next free slot of the provider's pace is this send's, taken now so that sends
+        // waiting for their slots keep the pace between them.
+        let slot = (st.limits.per_second > 0.0).then(|| {
             let slot = st.next_slot.max(now);
-            tokio::time::sleep_until(slot).await;
             st.next_slot = slot + Duration::from_secs_f64(1.0 / st.limits.per_second);
-        }
-        let outcome = st.provider.send(&n).await;
-        let breaker = st.breakers.entry(key.clone()).or_default();
-        match &outcome {
-            // A refused message says nothing about the provider's health.
-            Ok(_) | Err(SendError::Permanent(_)) => *breaker = Breaker::default(),
-            Err(SendError::Retryable(e)) => {
-                breaker.failures += 1;
-                if breaker.failures >= threshold {
-                    tracing::warn!(channel = %st.channel, provider = st.provider.name(), destination = key.as_deref(),
-                        error = %e, "circuit breaker open: the provider keeps failing");
-                    breaker.open_until = Some(Instant::now() + st.limits.breaker_cooldown);
-                    me.send_after(st.limits.breaker_cooldown, || ChannelMsg::Recheck);
-                }
+            slot
+        });
+        let provider = st.provider.clone();
+        tokio::spawn(async move {
+            if let Some(slot) = slot {
+                tokio::time::sleep_until(slot).await;
             }
-            Err(SendError::BreakerOpen) => {}
-        }
-        // Forget healthy destinations, so the map holds only those with a recent failure.
-        st.breakers.retain(|_, b| b.failures > 0 || b.open_until.is_some());
-        st.report_breakers();
-        let _ = reply.send(outcome);
+            let sent = std::panic::AssertUnwindSafe(provider.send(&n)).catch_unwind().await;
+            let outcome = sent.unwrap_or_else(|_| Err(SendError::Retryable("the provider failed".into())));
+            let failure = match &outcome {
+                // A refused message says nothing about the provider's health.
+                Ok(_) | Err(SendError::Permanent(_) | SendError::BreakerOpen) => None,
+                Err(SendError::Retryable(e)) => Some(e.clone()),
+            };
+            // The breaker learns the outcome before the worker does, so the worker's next send
+            // meets it up to date.
+            let _ = me.cast(ChannelMsg::Settled { key, failure });
+            let _ = reply.send(outcome);
+        });
         Ok(())
     }
 }
 
 impl ChannelState {
+    /// Counts a send's outcome against its destination's breaker.
+    fn settle(&mut self, me: &ActorRef<ChannelMsg>, key: Option<String>, failure: Option<String>) {
+        let threshold = self.limits.breaker_failures.max(1);
+        let destination = key.clone();
+        let breaker = self.breakers.entry(key).or_default();
+        breaker.trial = false;
+        match failure {
+            None => *breaker = Breaker::default(),
+            Some(e) => {
+                breaker.failures += 1;
+                if breaker.failures >= threshold && breaker.open_until.is_none() {
+                    tracing::warn!(channel = %self.channel, provider = self.provider.name(), destination = destination.as_deref(),
+                        error = %e, "circuit breaker open: the provider keeps failing");
+                    breaker.open_until = Some(Instant::now() + self.limits.breaker_cooldown);
+                    me.send_after(self.limits.breaker_cooldown, || ChannelMsg::Recheck);
+                }
+            }
+        }
+        // Forget healthy destinations, so the map holds only those with a recent failure.
+        self.breakers.retain(|_, b| b.failures > 0 || b.open_until.is_some() || b.trial);
+        self.report_breakers();
+    }
+
     /// Sets the breaker gauge: whether any destination's breaker is open now.
     fn report_breakers(&self) {
         let any_open = self.breakers.values().any(|b| b.open_until.is_some_and(|u| u > Instant::now()));
