@@ -20,7 +20,7 @@ use souk_storage::UserRepo;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 /// What planning needs.
 #[derive(Debug)]
@@ -51,6 +51,10 @@ pub(crate) enum PlanError {
     Storage(#[from] souk_storage::StorageError),
 }
 
+/// Commits one node plans at once per kind: planning mostly waits (on the entities it reads
+/// and on the queue), so one at a time would fall behind a busy shop.
+const PARALLEL: usize = 16;
+
 /// Runs the planner of `kind`'s events until `stop` is set.
 pub(crate) async fn run(planner: Arc<Planner>, kind: EntityKind, stop: watch::Receiver<bool>) {
     let what = format!("notification planner ({kind})");
@@ -58,27 +62,48 @@ pub(crate) async fn run(planner: Arc<Planner>, kind: EntityKind, stop: watch::Re
 }
 
 async fn drive(
-    p: &Planner,
+    p: &Arc<Planner>,
     kind: EntityKind,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), souk_nats::NatsSource> {
     let name = format!("souk_notify_plan_{kind}");
     let consumer = crate::restart::shared_consumer(&p.jet, &name, kind, Duration::from_secs(30), 256).await?;
     let mut messages = consumer.messages().await?;
+    let slots = Arc::new(Semaphore::new(PARALLEL));
     loop {
         let Some(msg) = crate::restart::next_or_stop(&mut messages, &mut stop).await else { return Ok(()) };
         let msg = msg?;
+        let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
+        let p = p.clone();
+        tokio::spawn(async move {
+            // Each notification's id comes from its event, so plans made side by side (or
+            // twice) queue each message once, whatever order they finish in.
+            if let Err(e) = p.plan_message(kind, &msg).await {
+                tracing::warn!(subject = %msg.subject, error = %e, "could not acknowledge a planned commit");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Planner {
+    /// Plans one commit of `kind` and acknowledges it, or asks for it again shortly.
+    async fn plan_message(
+        &self,
+        kind: EntityKind,
+        msg: &async_nats::jetstream::Message,
+    ) -> Result<(), souk_nats::NatsSource> {
         let all = |_: &str| true;
         let planned = match kind {
-            EntityKind::Order => p.plan_commit(&msg.payload, all, |e| p.order(&msg.subject, e)).await,
-            EntityKind::User => p.plan_commit(&msg.payload, all, |e| p.user(&msg.subject, e)).await,
+            EntityKind::Order => self.plan_commit(&msg.payload, all, |e| self.order(&msg.subject, e)).await,
+            EntityKind::User => self.plan_commit(&msg.payload, all, |e| self.user(&msg.subject, e)).await,
             EntityKind::Stock => {
                 let low = |t: &str| t == StockEvent::LOW_TYPE;
-                p.plan_commit(&msg.payload, low, |e| p.stock(&msg.subject, e)).await
+                self.plan_commit(&msg.payload, low, |e| self.stock(&msg.subject, e)).await
             }
             EntityKind::Product => {
                 let none = |_: &str| false;
-                p.plan_commit(&msg.payload, none, |_: Event<souk_messages::product::ProductEvent>| async {
+                self.plan_commit(&msg.payload, none, |_: Event<souk_messages::product::ProductEvent>| async {
                     Ok(Vec::new())
                 })
                 .await
@@ -86,16 +111,14 @@ async fn drive(
             _ => Ok(()),
         };
         match planned {
-            Ok(()) => msg.ack().await?,
+            Ok(()) => msg.ack().await,
             Err(e) => {
                 tracing::warn!(subject = %msg.subject, error = %e, "could not plan notifications; retrying");
-                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await?;
+                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
             }
         }
     }
-}
 
-impl Planner {
     /// Plans the notifications of one commit. `news` says which event types `plan` can turn
     /// into messages: a commit with none of those and none an endpoint wants is acknowledged
     /// without decoding it (most stock commits are reservations nobody is told about).
