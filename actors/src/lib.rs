@@ -137,12 +137,14 @@ impl Node {
             idle_after: settings.idle_after,
             owned_shards: std::sync::RwLock::default(),
         });
+        let (members, live_members) = tokio::sync::watch::channel(1);
         let args = NodeArgs {
             cluster: deps.cluster,
             shards: settings.shards,
             tick: settings.tick,
             ctx: ctx.clone(),
             readiness: deps.readiness,
+            members,
         };
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, args).await?;
         let suffix = settings.projector_suffix;
@@ -153,6 +155,7 @@ impl Node {
             deps.read_models.users.clone(),
             ctx.metrics.clone(),
             deps.notify,
+            live_members,
             &stop,
         )
         .await?;

@@ -33,6 +33,7 @@ pub struct ActorMetrics {
     crashes: Family<KindLabel, Counter>,
     notifications: Family<DeliveryLabels, Counter>,
     breakers: Family<ChannelLabel, Gauge>,
+    pace: Family<ChannelLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     mailbox: Family<KindLabel, Gauge>,
     saga_outcomes: Family<SagaLabels, Counter>,
     saga_duration: Family<SagaLabels, Histogram>,
@@ -67,6 +68,7 @@ impl Default for ActorMetrics {
             crashes: Family::default(),
             notifications: Family::default(),
             breakers: Family::default(),
+            pace: Family::default(),
             mailbox: Family::default(),
             saga_outcomes: Family::default(),
             saga_duration: Family::new_with_constructor(|| {
@@ -134,6 +136,11 @@ impl ActorMetrics {
             "1 while a channel's circuit breaker is open on this node",
             m.breakers.clone(),
         );
+        registry.register(
+            "souk_notification_pace_per_second",
+            "Sends per second this node allows itself per channel: its share of the configured rate (0: no limit)",
+            m.pace.clone(),
+        );
         m.touch_all();
         m
     }
@@ -188,6 +195,10 @@ impl ActorMetrics {
 
     pub(crate) fn notification(&self, channel: souk_messages::notify::Channel, outcome: &'static str) {
         self.notifications.get_or_create(&DeliveryLabels { channel: channel.as_str(), outcome }).inc();
+    }
+
+    pub(crate) fn set_pace(&self, channel: souk_messages::notify::Channel, per_second: f64) {
+        self.pace.get_or_create(&ChannelLabel { channel: channel.as_str() }).set(per_second);
     }
 
     pub(crate) fn set_breaker(&self, channel: souk_messages::notify::Channel, open: bool) {

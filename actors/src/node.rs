@@ -42,6 +42,8 @@ pub struct NodeArgs {
     pub ctx: Arc<NodeContext>,
     /// Readiness, updated as leases settle.
     pub readiness: Readiness,
+    /// How many nodes are live, for what they share (the notification providers' pace).
+    pub members: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,7 @@ impl NodeState {
                 return;
             }
         };
+        self.args.members.send_if_modified(|n| std::mem::replace(n, nodes.len()) != nodes.len());
         let me_id = cluster.node();
         let desired: BTreeSet<ShardId> =
             self.args.shards.all().filter(|s| assign(&nodes, *s) == Some(me_id)).collect();

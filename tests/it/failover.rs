@@ -12,6 +12,13 @@ pub(crate) async fn shards_owned(http: &Client, base: &str) -> Option<u64> {
 }
 
 /// Waits up to `within` for the node at `base` to own all 16 stock shards.
+/// The email pace this node allows itself (its share of the cluster's), from its `/metrics`.
+async fn email_pace(http: &Client, base: &str) -> Option<f64> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    let series = "souk_notification_pace_per_second{channel=\"email\"} ";
+    text.lines().find_map(|l| l.strip_prefix(series)).and_then(|n| n.parse().ok())
+}
+
 async fn owns_every_shard(http: &Client, base: &str, within: Duration) {
     eventually("the node to own every shard", within, || async {
         (shards_owned(http, base).await? == 16).then_some(())
@@ -37,6 +44,13 @@ async fn a_killed_node_hands_its_shards_to_the_survivor_and_takes_them_back() {
     ready(&http, &b).await;
     let http = admin_http(a.url()).await;
     both_own_shards(&http, a.url(), b.url()).await;
+    // The providers' pace (20 emails a second by default) is the cluster's: each node takes half.
+    for node in [a.url(), b.url()] {
+        eventually("each node pacing at half the rate", Duration::from_secs(20), || async {
+            (email_pace(&http, node).await? == 10.0).then_some(())
+        })
+        .await;
+    }
 
     // Every SKU works through either node, whichever owns it.
     let skus: Vec<String> = (0..40).map(|i| format!("FO-{i:02}")).collect();
@@ -62,6 +76,10 @@ async fn a_killed_node_hands_its_shards_to_the_survivor_and_takes_them_back() {
     for (sku, was) in skus.iter().zip(&before) {
         assert_eq!(&stock(&http, &b_url, sku).await, was, "{sku} survived the kill unchanged");
     }
+    eventually("the survivor pacing at the whole rate", Duration::from_secs(20), || async {
+        (email_pace(&http, &b_url).await? == 20.0).then_some(())
+    })
+    .await;
     // Writes go on through the survivor.
     for sku in &skus {
         let r = with_retry(|| {

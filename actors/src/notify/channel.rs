@@ -13,12 +13,14 @@ use souk_messages::notify::{Channel, Notification};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How a channel paces and protects its provider.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelLimits {
-    /// Sends per second at most (per node); 0: no limit.
+    /// Sends per second at most for the whole cluster (each live node takes its share); 0: no
+    /// limit.
     pub per_second: f64,
     /// Consecutive failures that open the breaker.
     pub breaker_failures: u32,
@@ -53,6 +55,7 @@ pub struct ChannelState {
     channel: Channel,
     provider: Arc<dyn Provider>,
     limits: ChannelLimits,
+    members: watch::Receiver<usize>,
     next_slot: Instant,
     /// One breaker per destination the provider names (one for the whole channel, or one per
     /// webhook endpoint).
@@ -77,6 +80,8 @@ pub struct ChannelArgs {
     pub provider: Arc<dyn Provider>,
     /// Its limits.
     pub limits: ChannelLimits,
+    /// How many nodes are live: they share the pace.
+    pub members: watch::Receiver<usize>,
     /// Where breaker state is reported.
     pub metrics: ActorMetrics,
 }
@@ -96,6 +101,7 @@ impl Actor for ChannelActor {
             channel: a.channel,
             provider: a.provider,
             limits: a.limits,
+            members: a.members,
             next_slot: Instant::now(),
             breakers: HashMap::new(),
             metrics: a.metrics,
@@ -136,7 +142,7 @@ impl Actor for ChannelActor {
         // waiting for their slots keep the pace between them.
         let slot = (st.limits.per_second > 0.0).then(|| {
             let slot = st.next_slot.max(now);
-            st.next_slot = slot + Duration::from_secs_f64(1.0 / st.limits.per_second);
+            st.next_slot = slot + Duration::from_secs_f64(1.0 / share(st.limits.per_second, &st.members));
             slot
         });
         let provider = st.provider.clone();
@@ -158,6 +164,11 @@ impl Actor for ChannelActor {
         });
         Ok(())
     }
+}
+
+/// This node's share of a pace of `per_second` for the whole cluster.
+pub(crate) fn share(per_second: f64, members: &watch::Receiver<usize>) -> f64 {
+    per_second / (*members.borrow()).max(1) as f64
 }
 
 impl ChannelState {

@@ -90,6 +90,25 @@ pub enum NotifyError {
     Endpoints(#[from] souk_nats::KvError),
 }
 
+/// Keeps `souk_notification_pace_per_second` at this node's share of each channel's pace as
+/// nodes come and go.
+async fn show_paces(
+    paces: Vec<(Channel, f64)>,
+    mut members: watch::Receiver<usize>,
+    metrics: ActorMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        for (channel, per_second) in &paces {
+            metrics.set_pace(*channel, channel::share(*per_second, &members));
+        }
+        tokio::select! {
+            changed = members.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 impl Notifier {
     /// Starts the channel actors, the planners and the workers.
     pub(crate) async fn start(
@@ -98,6 +117,7 @@ impl Notifier {
         users: UserRepo,
         metrics: ActorMetrics,
         s: NotifySettings,
+        members: watch::Receiver<usize>,
         stop: &watch::Receiver<bool>,
     ) -> Result<Self, NotifyError> {
         let renderer = Arc::new(render::Renderer::new(s.shop.clone(), s.templates.as_deref())?);
@@ -115,21 +135,25 @@ impl Notifier {
                 channel: Channel::Email,
                 provider: s.email,
                 limits: s.email_limits,
+                members: members.clone(),
                 metrics: metrics.clone(),
             },
             ChannelArgs {
                 channel: Channel::Sms,
                 provider: s.sms,
                 limits: s.sms_limits,
+                members: members.clone(),
                 metrics: metrics.clone(),
             },
             ChannelArgs {
                 channel: Channel::Webhook,
                 provider: Arc::new(webhooks),
                 limits: s.webhooks.limits,
+                members: members.clone(),
                 metrics: metrics.clone(),
             },
         ];
+        let paces: Vec<(Channel, f64)> = args.iter().map(|a| (a.channel, a.limits.per_second)).collect();
         let (supervisor, _) = Actor::spawn(None, ChannelsSupervisor, (args, refs.clone())).await?;
         let planner = Arc::new(plan::Planner {
             jet: jet.clone(),
@@ -154,6 +178,7 @@ impl Notifier {
         for channel in Channel::ALL {
             tasks.push(tokio::spawn(worker::run(worker.clone(), channel, stop.clone())));
         }
+        tasks.push(tokio::spawn(show_paces(paces, members, worker.metrics.clone(), stop.clone())));
         Ok(Self { supervisor, tasks })
     }
 
