@@ -269,7 +269,7 @@ impl<E: Entity> Hosted<E> {
         let outcome = match self.speculative.decide(&self.id, &request.command, now) {
             Ok(events) => {
                 for body in events {
-                    self.speculative.apply(&body);
+                    self.speculative.apply_at(&body, now);
                     self.next.events.push(Event {
                         event_id: Uuid::now_v7(),
                         id: self.id.to_string(),
@@ -372,7 +372,7 @@ impl<E: Entity> Hosted<E> {
 
     async fn confirm(&mut self, host: &Host<'_>, batch: Batch<E>, seq: u64) {
         for e in &batch.events {
-            self.confirmed.apply(&e.body);
+            self.confirmed.apply_at(&e.body, e.time);
         }
         self.confirmed_seq = seq;
         self.fenced_in_a_row = 0;

@@ -294,7 +294,7 @@ impl OrderWatcher {
             }
             self.version = e.version;
             let Readable(Some(body)) = e.body else { continue };
-            self.state.apply(&body);
+            self.state.apply_at(&body, e.time);
             if e.version > self.after {
                 self.ready.push_back(OrderUpdate {
                     order: self.id.clone(),

@@ -421,8 +421,25 @@ pub struct OrderState {
     /// Cancelled without the provider's answer to the authorisation, not yet voided.
     #[serde(default)]
     pub payment_unsettled: bool,
+    /// Each status it reached, with when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<StatusChange>,
+    /// When its last event happened.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<OffsetDateTime>,
     /// Events applied.
     pub version: u64,
+}
+
+/// A status an order reached, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusChange {
+    /// The status.
+    pub status: OrderStatus,
+    /// When, RFC 3339.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
 }
 
 /// An order as the API shows it.
@@ -476,6 +493,17 @@ pub struct OrderView {
     /// on the card is still to be voided.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub payment_unsettled: bool,
+    /// When it was placed, RFC 3339.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub placed_at: Option<OffsetDateTime>,
+    /// When it last changed, RFC 3339.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub updated_at: Option<OffsetDateTime>,
+    /// Each status it reached, oldest first, with when: placed, confirmed, shipped, ….
+    #[serde(default)]
+    pub timeline: Vec<StatusChange>,
     /// The order's version: one per event.
     pub version: u64,
 }
@@ -495,6 +523,15 @@ fn conflict(status: OrderStatus, what: &str) -> ReplyError {
 
 impl Fold for OrderState {
     type Event = OrderEvent;
+
+    fn apply_at(&mut self, event: &OrderEvent, at: OffsetDateTime) {
+        let before = self.status;
+        self.apply(event);
+        if let Some(status) = self.status.filter(|s| before != Some(*s)) {
+            self.timeline.push(StatusChange { status, at });
+        }
+        self.updated_at = Some(at);
+    }
 
     fn apply(&mut self, event: &OrderEvent) {
         self.version += 1;
@@ -726,6 +763,9 @@ impl Entity for OrderState {
             refund_pending: self.pending_refund.map(|(_, amount)| amount),
             refunds: self.refunds,
             payment_unsettled: self.payment_unsettled,
+            placed_at: self.timeline.first().map(|c| c.at),
+            updated_at: self.updated_at,
+            timeline: self.timeline.clone(),
             version: self.version,
         }
     }

@@ -176,7 +176,7 @@ impl EventStore {
             };
             let commit: Commit<S::Event> = decode(&subject, &msg.payload)?;
             for event in &commit {
-                state.apply(&event.body);
+                state.apply_at(&event.body, event.time);
             }
             seq = msg.sequence;
             replayed += 1;

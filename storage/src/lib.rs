@@ -90,7 +90,7 @@ pub(crate) fn fold_new<S: souk_messages::Entity>(
         if created_at.is_none() {
             *created_at = e.time.format(&time::format_description::well_known::Rfc3339).ok();
         }
-        state.apply(&e.body);
+        state.apply_at(&e.body, e.time);
         *seq = *s;
     }
     state.version() != before

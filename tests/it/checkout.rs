@@ -421,6 +421,35 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
     })
     .await;
     assert_eq!(listed["items"][0]["id"], second.as_str());
+    // Each order says when it reached each status, the same in the list as from the order.
+    let timeline = |o: &Value| -> Vec<String> {
+        o["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .map(|c| c["status"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let refunded = &listed["items"][0];
+    assert_eq!(
+        timeline(refunded),
+        ["pending", "reserved", "paid", "confirmed", "shipped", "delivered", "refunded"]
+    );
+    let at = |c: &Value| {
+        time::OffsetDateTime::parse(
+            c["at"].as_str().expect("at"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("RFC 3339")
+    };
+    let times: Vec<_> = refunded["timeline"].as_array().expect("timeline").iter().map(at).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order: {refunded}");
+    assert_eq!(refunded["placed_at"], refunded["timeline"][0]["at"]);
+    assert_eq!(refunded["updated_at"], refunded["timeline"][6]["at"]);
+    let direct =
+        body(c.get(format!("{base}/v1/orders/{second}")).send().await.expect("order"), StatusCode::OK).await;
+    assert_eq!((&direct["placed_at"], &direct["timeline"]), (&refunded["placed_at"], &refunded["timeline"]));
+    assert_eq!(timeline(&listed["items"][1]), ["pending", "reserved", "paid", "confirmed", "cancelled"]);
     let first_page =
         body(c.get(format!("{base}/v1/orders?limit=1")).send().await.expect("page"), StatusCode::OK).await;
     let next = first_page["next"].as_str().expect("next");
