@@ -89,7 +89,7 @@ async fn orders(app: &App, user: &UserId) -> Result<Vec<OrderView>, ApiError> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
-        let query = OrderQuery { customer: Some(user.clone()), status: None, after, limit: PAGE };
+        let query = OrderQuery { customer: Some(user.clone()), after, limit: PAGE, ..OrderQuery::default() };
         let page = app.orders.list(&query).await?;
         all.extend(page.items);
         match page.next {

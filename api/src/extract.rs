@@ -44,6 +44,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// refused (422), as are trailing characters and values of the wrong type; text that is not
 /// JSON is refused with 400. The types themselves accept unknown fields, because the same
 /// types are decoded from stored events, which a newer Souk version may have extended.
+/// A query parameter `name` that is a time, RFC 3339; `422 invalid_input` otherwise.
+pub fn query_time(name: &str, v: Option<&str>) -> Result<Option<time::OffsetDateTime>, ApiError> {
+    v.map(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            ApiError::invalid(
+                souk_messages::ErrorCode::InvalidInput,
+                format!("{name} must be an RFC 3339 time"),
+            )
+        })
+    })
+    .transpose()
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = strictly(&mut de)?;

@@ -51,6 +51,10 @@ pub struct OrderQuery {
     pub customer: Option<UserId>,
     /// Only orders in this status.
     pub status: Option<OrderStatus>,
+    /// Only orders placed from this time on.
+    pub placed_since: Option<time::OffsetDateTime>,
+    /// Only orders placed before this time.
+    pub placed_until: Option<time::OffsetDateTime>,
     /// Where the previous page ended (its `next`).
     pub after: Option<String>,
     /// Page size.
@@ -134,8 +138,13 @@ impl OrderRepo {
         let conditions = crate::db::given(&[
             (q.customer.is_some(), "customer = $customer"),
             (q.status.is_some(), "status = $status"),
+            (q.placed_since.is_some(), "placed_ns >= $since"),
+            (q.placed_until.is_some(), "placed_ns < $until"),
             (!after_id.is_empty(), "placed_ns <= $after_at AND (placed_ns < $after_at OR oid < $after_id)"),
         ]);
+        let ns = |t: Option<time::OffsetDateTime>| {
+            t.map_or(0, |t| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+        };
         let order = if q.customer.is_some() { "placed_ns DESC, oid DESC" } else { "placed_ns DESC" };
         let query = format!("SELECT * OMIT id FROM orders WHERE {conditions} ORDER BY {order} LIMIT $limit");
         let mut res = self
@@ -144,6 +153,8 @@ impl OrderRepo {
             .bind(json!({
                 "customer": q.customer.as_ref().map_or("", UserId::as_str),
                 "status": q.status.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or(json!("")),
+                "since": ns(q.placed_since),
+                "until": ns(q.placed_until),
                 "after_at": after_at,
                 "after_id": after_id,
                 "limit": q.limit,

@@ -450,6 +450,29 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
         body(c.get(format!("{base}/v1/orders/{second}")).send().await.expect("order"), StatusCode::OK).await;
     assert_eq!((&direct["placed_at"], &direct["timeline"]), (&refunded["placed_at"], &refunded["timeline"]));
     assert_eq!(timeline(&listed["items"][1]), ["pending", "reserved", "paid", "confirmed", "cancelled"]);
+    // Orders placed in a span of time: from the second one's placement on, and before it.
+    let placed = refunded["placed_at"].as_str().expect("placed_at");
+    let ids = |page: Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|o| o["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for (list, client) in [("orders", &c), ("staff/orders", &staff)] {
+        let span = |q: &str| client.get(format!("{base}/v1/{list}")).query(&[(q, placed)]).send();
+        assert_eq!(
+            ids(body(span("since").await.expect("since"), StatusCode::OK).await),
+            std::slice::from_ref(&second)
+        );
+        assert_eq!(
+            ids(body(span("until").await.expect("until"), StatusCode::OK).await),
+            std::slice::from_ref(&first)
+        );
+    }
+    let r = c.get(format!("{base}/v1/orders?since=yesterday")).send().await.expect("since");
+    assert_eq!(body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_input");
     let first_page =
         body(c.get(format!("{base}/v1/orders?limit=1")).send().await.expect("page"), StatusCode::OK).await;
     let next = first_page["next"].as_str().expect("next");

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
 use souk_messages::log::{Level, LogRecord};
 use souk_storage::LogQuery;
-use time::OffsetDateTime;
 
 pub(crate) fn routes() -> Vec<Route> {
     vec![Route::new(Method::GET, "/v1/admin/logs", Access::Admin, get(search))]
@@ -48,15 +47,6 @@ pub struct LogList {
     pub items: Vec<LogRecord>,
 }
 
-fn time_of(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
-    v.map(|s| {
-        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
-            ApiError::invalid(ErrorCode::InvalidInput, format!("{name} must be an RFC 3339 time"))
-        })
-    })
-    .transpose()
-}
-
 /// Searches every node's logs (a moment behind: records travel through NATS first).
 #[utoipa::path(get, path = "/v1/admin/logs", tag = "admin", params(SearchQuery),
     responses((status = 200, body = LogList), (status = 422, body = Problem)))]
@@ -86,8 +76,8 @@ pub(crate) async fn search(
         level,
         node: q.node,
         request_id: q.request_id,
-        since: time_of("since", q.since.as_deref())?,
-        until: time_of("until", q.until.as_deref())?,
+        since: crate::extract::query_time("since", q.since.as_deref())?,
+        until: crate::extract::query_time("until", q.until.as_deref())?,
         limit,
     };
     Ok(Json(LogList { items: app.logs.search(&query).await? }))

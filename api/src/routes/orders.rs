@@ -39,6 +39,10 @@ pub struct ListQuery {
     /// Only this customer's orders (staff list only).
     #[param(value_type = Option<String>)]
     pub customer: Option<UserId>,
+    /// Only orders placed from this time on (RFC 3339).
+    pub since: Option<String>,
+    /// Only orders placed before this time (RFC 3339).
+    pub until: Option<String>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
     /// Page size, 1 to 100; default 20.
@@ -64,7 +68,14 @@ async fn page(app: &AppState, q: ListQuery, customer: Option<UserId>) -> Result<
             "limit must be 1 to 100 and after a cursor from next",
         ));
     }
-    let query = OrderQuery { customer, status: q.status, after: q.after, limit };
+    let query = OrderQuery {
+        customer,
+        status: q.status,
+        placed_since: crate::extract::query_time("since", q.since.as_deref())?,
+        placed_until: crate::extract::query_time("until", q.until.as_deref())?,
+        after: q.after,
+        limit,
+    };
     let page = app.orders.list(&query).await?;
     Ok(Json(OrderList { items: page.items, next: page.next }))
 }

@@ -680,7 +680,8 @@ mod orders {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let q = OrderQuery { customer: customer.clone(), status, after, limit: 1 };
+            let q =
+                OrderQuery { customer: customer.clone(), status, after, limit: 1, ..OrderQuery::default() };
             let page = repo.list(&q).await.expect("list");
             seen.extend(page.items.iter().map(|o| o.id.to_string()));
             match page.next {
@@ -718,7 +719,7 @@ mod orders {
         let pending = pages(&repo, None, Some(OrderStatus::Pending)).await;
         assert_eq!(pending, all, "every order is pending; read through the status index");
         assert!(pages(&repo, None, Some(OrderStatus::Confirmed)).await.is_empty());
-        let q = OrderQuery { customer: None, status: None, after: Some("yesterday|ord-1".into()), limit: 1 };
+        let q = OrderQuery { after: Some("yesterday|ord-1".into()), limit: 1, ..OrderQuery::default() };
         assert!(matches!(repo.list(&q).await, Err(souk_storage::StorageError::BadCursor(_))));
 
         // A later event moves an existing row on; replaying it changes nothing more.
