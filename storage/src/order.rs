@@ -170,7 +170,16 @@ impl OrderRepo {
             .into_iter()
             .filter_map(|r| {
                 let id = OrderId::parse(&r.oid).ok()?;
-                Some(souk_messages::Entity::view(&r.state, &id).public())
+                let mut view = souk_messages::Entity::view(&r.state, &id).public();
+                // Rows folded before orders kept their timeline still know when they were placed.
+                if view.placed_at.is_none() {
+                    view.placed_at = time::OffsetDateTime::parse(
+                        &r.placed_at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok();
+                }
+                Some(view)
             })
             .collect();
         Ok(OrderPage { items, next })
