@@ -138,6 +138,8 @@ pub struct Config {
     pub shop_name: String,
     /// The storefront's address, for links in messages (password reset, order pages).
     pub shop_url: String,
+    /// The language of the shop's default templates (the built-in ones are English).
+    pub shop_locale: String,
     /// A folder of the shop's own message templates, each replacing the built-in one of the
     /// same name (`email/order_confirmed.html`, …).
     pub templates_dir: Option<PathBuf>,
@@ -285,6 +287,7 @@ impl Default for Config {
             cart_idle_ttl: Duration::from_secs(14 * 24 * 3600),
             shop_name: "Souk".to_owned(),
             shop_url: "http://localhost:8080".to_owned(),
+            shop_locale: "en".to_owned(),
             templates_dir: None,
             email_provider: "log".to_owned(),
             email_from: "Souk <orders@localhost>".to_owned(),
@@ -496,7 +499,12 @@ impl Config {
             breaker_cooldown: self.notify_breaker_cooldown,
         };
         Ok(souk_actors::notify::NotifySettings {
-            shop: Shop { name: self.shop_name.clone(), url: self.shop_url.trim_end_matches('/').to_owned() },
+            shop: Shop {
+                name: self.shop_name.clone(),
+                url: self.shop_url.trim_end_matches('/').to_owned(),
+                locale: souk_messages::user::Locale::parse(&self.shop_locale)
+                    .map_err(|e| anyhow::anyhow!("shop_locale = {:?}: {}", self.shop_locale, e.detail))?,
+            },
             templates: self.templates_dir.clone(),
             email,
             sms,
@@ -567,6 +575,14 @@ mod tests {
         let loaded = Config::load(Some(&path));
         let _ = std::fs::remove_file(&path);
         assert!(loaded.is_err(), "a misspelt key must not be silently ignored");
+    }
+
+    #[test]
+    fn the_shop_s_language_is_a_language_tag() {
+        let shop = |tag: &str| Config { shop_locale: tag.into(), ..Config::default() }.notify_settings();
+        assert_eq!(shop("DE").expect("settings").shop.locale.as_str(), "de");
+        let refused = shop("german").expect_err("not a tag").to_string();
+        assert!(refused.contains("shop_locale"), "{refused}");
     }
 
     #[test]

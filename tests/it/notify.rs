@@ -585,6 +585,12 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
         "{% set subject = \"Neues Passwort, \" ~ shop.name %}Hallo {{ customer.name }},\n\nfür ein neues Passwort hier entlang: {{ reset_url }}\n",
     )
     .expect("template");
+    // An order's confirmation in French, with its total written the French way.
+    std::fs::write(
+        templates.path().join("fr/email/order_confirmed.txt"),
+        "{% set subject = \"Votre commande \" ~ order.number %}Total : {{ order.total }}\n",
+    )
+    .expect("template");
     // The same message for those who read French.
     std::fs::write(
         templates.path().join("fr/email/password_reset.txt"),
@@ -593,6 +599,8 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
     .expect("template");
     let mut env = smtp_env(&smtp);
     env.push(("SOUK_TEMPLATES_DIR", templates.path().to_str().expect("path").to_owned()));
+    // Its own default templates are German.
+    env.push(("SOUK_SHOP_LOCALE", "de".to_owned()));
     let node = start(&nats, &env);
     let http = http();
     crate::ready(&http, &node).await;
@@ -617,7 +625,7 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
     assert!(!text.contains("someone (we hope you)") && html.contains("someone (we hope you)"), "{mail}");
 
     // A customer who chose French when registering reads the shop's French words; the HTML
-    // part, which the shop has not in French, is the default one, in English and marked so.
+    // part, which the shop has not in French, is the default one, in the shop's language.
     let r = http
         .post(format!("{base}/v1/auth/register"))
         .json(&json!({"email": "claire@notify.test", "password": PASSWORD, "name": "Claire", "locale": "FR"}))
@@ -640,17 +648,17 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
     .await;
     assert!(mail.contains("Bonjour Claire : https://shop.test/reset-password?token="), "{mail}");
     let (_, html) = mail.split_once("Content-Type: text/html").expect("an HTML part");
-    assert!(html.contains("<html lang=\"en\">") && html.contains("Hello Claire"), "{mail}");
-    // Her order's confirmation (no French template of it) writes amounts the French way.
+    assert!(html.contains("<html lang=\"de\">") && html.contains("Hello Claire"), "{mail}");
+    // Her order's confirmation writes its amounts the French way.
     let staff = admin_http(base).await;
     on_sale(&http, &staff, base, "lampe", "LAMP-1", 2).await;
     let claire = http_with_token(&access_token(base, "claire@notify.test", PASSWORD).await);
     confirmed_order(&claire, base, "LAMP-1", 1, "claire-1").await;
     let mail = eventually("Claire's confirmation", Duration::from_secs(20), || async {
-        mails_to(&smtp, "claire@notify.test", "is confirmed").pop()
+        mails_to(&smtp, "claire@notify.test", "Votre commande").pop()
     })
     .await;
-    assert!(mail.contains("12,00\u{a0}€") && !mail.contains("€12.00"), "{mail}");
+    assert!(mail.contains("Total : 12,00\u{a0}€"), "{mail}");
 
     // A customer switches to French Canadian later (French is what the shop has), and back.
     let ada = http_with_token(&access_token(base, "eigen@notify.test", PASSWORD).await);

@@ -13,7 +13,7 @@ use souk_messages::notify::{Channel, Notification, NotificationId, Topic};
 use souk_messages::order::{CancelReason, OrderCommand, OrderEvent, OrderId, OrderRequest};
 use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
-use souk_messages::user::{UserCommand, UserEvent, UserRequest, UserView};
+use souk_messages::user::{Locale, UserCommand, UserEvent, UserRequest, UserView};
 use souk_messages::{Sku, UserId};
 use souk_nats::{Bus, BusError, Jet};
 use souk_storage::UserRepo;
@@ -194,22 +194,25 @@ impl Planner {
             .map_err(|e| PlanError::Queue(e.to_string()))
     }
 
-    /// The messages of `topic` to `user` over every channel they can be reached on.
+    /// The messages of `topic` to `user` over every channel they can be reached on, each with
+    /// `context` for the language it is written in (amounts are written that language's way).
     fn to_user(
         &self,
         event: &Event<impl Sized>,
         topic: Topic,
         user: &UserView,
         order: Option<&OrderId>,
-        context: &Value,
+        context: impl Fn(&Locale) -> Value,
     ) -> Result<Vec<Notification>, PlanError> {
-        let ctx = minijinja::context! { customer => minijinja::context! { name => user.name.as_str() }, ..context.clone() };
+        let customer = minijinja::context! { name => user.name.as_str() };
         let mut out = Vec::new();
         let mut reach = vec![(Channel::Email, user.email.to_string())];
         if let (Some(phone), false) = (&user.phone, user.sms_opt_out) {
             reach.push((Channel::Sms, phone.as_str().to_owned()));
         }
         for (channel, to) in reach {
+            let language = self.renderer.language(topic, channel, user.locale.as_ref());
+            let ctx = minijinja::context! { customer => customer.clone(), ..context(&language) };
             let Some(r) = self.renderer.render(topic, channel, user.locale.as_ref(), &ctx)? else { continue };
             out.push(Notification {
                 id: NotificationId::of(&event.event_id, channel, &to),
@@ -261,14 +264,18 @@ impl Planner {
             Err(BusError::Rejected(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut octx = order_context(&order, user.locale.as_ref());
-        if let OrderEvent::Refunded { amount, .. } = &event.body {
-            octx = minijinja::context! { refund => money(*amount, order.currency, user.locale.as_ref()), ..octx };
-        }
-        if let OrderEvent::Shipped { tracking } = &event.body {
-            octx = minijinja::context! { tracking => tracking.clone(), ..octx };
-        }
-        self.to_user(&event, topic, &user, Some(&id), &minijinja::context! { order => octx })
+        let context = |language: &Locale| {
+            let mut octx = order_context(&order, Some(language));
+            if let OrderEvent::Refunded { amount, .. } = &event.body {
+                octx =
+                    minijinja::context! { refund => money(*amount, order.currency, Some(language)), ..octx };
+            }
+            if let OrderEvent::Shipped { tracking } = &event.body {
+                octx = minijinja::context! { tracking => tracking.clone(), ..octx };
+            }
+            minijinja::context! { order => octx }
+        };
+        self.to_user(&event, topic, &user, Some(&id), context)
     }
 
     async fn user(&self, subject: &str, event: Event<UserEvent>) -> Result<Vec<Notification>, PlanError> {
@@ -293,7 +300,7 @@ impl Planner {
         let ctx = minijinja::context! { reset_url => link, expires_at => expires, valid_minutes };
         // The link goes to the address the reset was asked for, never by text message.
         let user = UserView { email: email.clone(), phone: None, ..user };
-        self.to_user(&event, Topic::PasswordReset, &user, None, &ctx)
+        self.to_user(&event, Topic::PasswordReset, &user, None, |_: &Locale| ctx.clone())
     }
 
     async fn stock(&self, subject: &str, event: Event<StockEvent>) -> Result<Vec<Notification>, PlanError> {
@@ -314,7 +321,7 @@ impl Planner {
         for staff in self.users.staff().await? {
             // Staff hear about stock by email only.
             let staff = UserView { phone: None, ..staff };
-            out.extend(self.to_user(&event, Topic::StockLow, &staff, None, &ctx)?);
+            out.extend(self.to_user(&event, Topic::StockLow, &staff, None, |_: &Locale| ctx.clone())?);
         }
         Ok(out)
     }

@@ -18,6 +18,8 @@ pub struct Shop {
     pub name: String,
     /// Its storefront's address, without a trailing slash.
     pub url: String,
+    /// The language of its default templates.
+    pub locale: Locale,
 }
 
 /// A rendered message.
@@ -185,9 +187,19 @@ impl Renderer {
         localised.or_else(|| self.env.get_template(name).ok().map(|t| (t, None)))
     }
 
+    /// The language `topic`'s message on `channel` is written in for a reader of `locale`:
+    /// that of the most specific language folder with its text, else the shop's.
+    pub fn language(&self, topic: Topic, channel: Channel, locale: Option<&Locale>) -> Locale {
+        let name = format!("{channel}/{}.txt", topic.as_str());
+        match self.find(&name, locale) {
+            Some((_, Some(tag))) => Locale::parse(&tag).unwrap_or_else(|_| self.shop.locale.clone()),
+            _ => self.shop.locale.clone(),
+        }
+    }
+
     /// Renders `topic` for `channel` with `context` (plus `shop`, and `locale`: the language
-    /// tag of the templates used, absent for the default ones), in `locale` where the shop has
-    /// templates in it, or `None` if the topic has no message on that channel.
+    /// tag of the templates used, the shop's for the default ones), in `locale` where the shop
+    /// has templates in it, or `None` if the topic has no message on that channel.
     pub fn render(
         &self,
         topic: Topic,
@@ -199,16 +211,18 @@ impl Renderer {
         let name = format!("{channel}/{}.txt", topic.as_str());
         let Some((text, language)) = self.find(&name, locale) else { return Ok(None) };
         let captured = text
-            .render_captured(minijinja::context! { locale => language, ..ctx.clone() })
+            .render_captured(minijinja::context! { locale => language.unwrap_or_else(|| self.shop.locale.to_string()), ..ctx.clone() })
             .map_err(template_error(&name))?;
         let subject = captured.state().lookup("subject").map(|s| s.to_string());
         let text = captured.output().to_owned();
         let html_name = format!("{channel}/{}.html", topic.as_str());
         let html = match self.find(&html_name, locale) {
             Some((t, language)) => Some(
-                t.render(
-                    minijinja::context! { subject => subject.clone(), locale => language, ..ctx.clone() },
-                )
+                t.render(minijinja::context! {
+                    subject => subject.clone(),
+                    locale => language.unwrap_or_else(|| self.shop.locale.to_string()),
+                    ..ctx.clone()
+                })
                 .map_err(template_error(&html_name))?,
             ),
             None => None,
@@ -432,7 +446,11 @@ mod tests {
 
     #[test]
     fn a_shop_s_templates_replace_the_built_in_ones_and_misnamed_or_broken_ones_are_refused() {
-        let shop = || Shop { name: "Laden".into(), url: "https://laden.test".into() };
+        let shop = || Shop {
+            name: "Laden".into(),
+            url: "https://laden.test".into(),
+            locale: Locale::parse("de").expect("tag"),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let write = |name: &str, text: &str| write_template(dir.path(), name, text);
         write(
@@ -484,7 +502,11 @@ mod tests {
 
     #[test]
     fn people_get_their_language_s_templates_where_the_shop_has_them_and_the_default_otherwise() {
-        let shop = || Shop { name: "Souk".into(), url: "https://souk.test".into() };
+        let shop = || Shop {
+            name: "Souk".into(),
+            url: "https://souk.test".into(),
+            locale: Locale::parse("en").expect("tag"),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let write = |name: &str, text: &str| write_template(dir.path(), name, text);
         write(
@@ -510,6 +532,14 @@ mod tests {
             r.render(Topic::OrderDelivered, channel, locale, &ctx).expect("render").expect("message")
         };
 
+        // Each message is written in the most specific language the shop has it in, else the
+        // shop's own.
+        let language =
+            |channel, t: &str| r.language(Topic::OrderDelivered, channel, Some(&tag(t))).to_string();
+        assert_eq!(language(Channel::Email, "fr-CA"), "fr");
+        assert_eq!(language(Channel::Sms, "fr-CA"), "en", "no French text messages");
+        assert_eq!(language(Channel::Sms, "pt-BR"), "pt-BR");
+        assert_eq!(r.language(Topic::OrderDelivered, Channel::Email, None).as_str(), "en");
         // A regional tag falls back to its language; the French email uses the French layout.
         let fr = render(Channel::Email, Some(&tag("fr-CA")));
         assert_eq!((fr.subject.as_deref(), fr.text.as_str()), (Some("Commande livrée"), "Bonjour Ada"));
@@ -536,8 +566,15 @@ mod tests {
 
     #[test]
     fn every_template_compiles_and_email_sets_a_subject() {
-        let r = Renderer::new(Shop { name: "Shop <&>".into(), url: "https://shop.test".into() }, None)
-            .expect("templates");
+        let r = Renderer::new(
+            Shop {
+                name: "Shop <&>".into(),
+                url: "https://shop.test".into(),
+                locale: Locale::parse("en").expect("tag"),
+            },
+            None,
+        )
+        .expect("templates");
         let ctx = minijinja::context! {
             customer => minijinja::context! { name => "Ada" },
             order => minijinja::context! { id => "ord-1", number => "ord-1", lines => Vec::<Value>::new(), total => "€1.00", reason => "x", refund => "€1.00" },
