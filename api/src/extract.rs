@@ -44,6 +44,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// refused (422), as are trailing characters and values of the wrong type; text that is not
 /// JSON is refused with 400. The types themselves accept unknown fields, because the same
 /// types are decoded from stored events, which a newer Souk version may have extended.
+/// The language a request's `Accept-Language` prefers most among those that are language tags
+/// (`*`, private and malformed entries are passed over), if any.
+pub fn preferred_locale(headers: &HeaderMap) -> Option<souk_messages::user::Locale> {
+    let header = headers.get(axum::http::header::ACCEPT_LANGUAGE)?.to_str().ok()?;
+    let mut ranked: Vec<(f32, souk_messages::user::Locale)> = header
+        .split(',')
+        .take(20)
+        .filter_map(|entry| {
+            let mut parts = entry.split(';');
+            let tag = souk_messages::user::Locale::parse(parts.next()?.trim()).ok()?;
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok())?;
+            (q > 0.0).then_some((q, tag))
+        })
+        .collect();
+    // Stable: of equal weights the first listed wins.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranked.into_iter().next().map(|(_, tag)| tag)
+}
+
 /// A query parameter `name` that is a time, RFC 3339; `422 invalid_input` otherwise.
 pub fn query_time(name: &str, v: Option<&str>) -> Result<Option<time::OffsetDateTime>, ApiError> {
     v.map(|s| {
@@ -201,6 +222,20 @@ mod tests {
     use super::*;
     use axum::response::IntoResponse as _;
     use souk_messages::order::Address;
+
+    #[test]
+    fn the_preferred_language_is_the_heaviest_tag_and_the_first_of_equals() {
+        let prefer = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(axum::http::header::ACCEPT_LANGUAGE, v.parse().expect("header"));
+            preferred_locale(&h).map(|l| l.to_string())
+        };
+        assert_eq!(prefer("fr-CH, fr;q=0.9, en;q=0.8, *;q=0.5").as_deref(), Some("fr-CH"));
+        assert_eq!(prefer("en;q=0.5, de-de;q=0.9").as_deref(), Some("de-DE"));
+        assert_eq!(prefer("*, x-klingon, pt-BR;q=0.7").as_deref(), Some("pt-BR"));
+        assert_eq!(prefer("fr;q=0, it;q=bad").as_deref(), None);
+        assert_eq!(preferred_locale(&HeaderMap::new()), None);
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

@@ -634,6 +634,15 @@ async fn a_shop_s_own_templates_are_what_its_customers_receive() {
         .expect("register");
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.json::<Value>().await.expect("user")["locale"], "fr", "normalised");
+    // Without one, the browser's preferred language is taken.
+    let r = http
+        .post(format!("{base}/v1/auth/register"))
+        .header("accept-language", "de-CH, de;q=0.9, en;q=0.5")
+        .json(&json!({"email": "ueli@notify.test", "password": PASSWORD, "name": "Ueli"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.json::<Value>().await.expect("user")["locale"], "de-CH");
     let reset = |email: &'static str| {
         let http = http.clone();
         async move {

@@ -44,7 +44,8 @@ pub struct RegisterBody {
     #[schema(example = "+442071838750", pattern = r"^\+[0-9 ().-]{8,31}$")]
     pub phone: Option<String>,
     /// The language of the customer's emails and text messages (a language tag: `fr`,
-    /// `pt-BR`); the shop's default if absent or if the shop has no templates in it.
+    /// `pt-BR`); if absent, the language the request's `Accept-Language` prefers, if any. The
+    /// shop's default where it has no templates in that language.
     #[schema(value_type = Option<String>, example = "fr", pattern = r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?$")]
     pub locale: Option<String>,
 }
@@ -111,18 +112,17 @@ pub(crate) fn email(s: &str) -> Result<Email, ApiError> {
 async fn register(
     State(app): State<AppState>,
     rid: RequestId,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let new = NewUser {
         email: email(&body.email)?,
         name: Name::parse(&body.name).map_err(|e| field_error("name", e))?,
         phone: body.phone.as_deref().map(Phone::parse).transpose().map_err(|e| field_error("phone", e))?,
-        locale: body
-            .locale
-            .as_deref()
-            .map(Locale::parse)
-            .transpose()
-            .map_err(|e| field_error("locale", e))?,
+        locale: match body.locale.as_deref() {
+            Some(tag) => Some(Locale::parse(tag).map_err(|e| field_error("locale", e))?),
+            None => crate::extract::preferred_locale(&headers),
+        },
         password: body.password,
         roles: BTreeSet::from([Role::Customer]),
     };
