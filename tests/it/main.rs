@@ -67,6 +67,30 @@ fn levels(v: &Value) -> (u64, u64, u64) {
 
 /// The value of one series on the node's `/metrics` (`series` as it is written there, labels
 /// included), if the node answers and exports it.
+/// Waits until nothing more can be sent: every planner has planned every event it was given
+/// and the work queue is empty (a message leaves it once its delivery is settled). What was
+/// delivered by then is all that ever will be.
+pub(crate) async fn all_sent(nats: &souk_testkit::NatsServer) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    eventually("every notification planned and settled", Duration::from_secs(20), || async {
+        let mut queue = js.get_stream("SOUK_NOTIFY").await.ok()?;
+        if queue.info().await.ok()?.state.messages != 0 {
+            return None;
+        }
+        for kind in ["order", "user", "stock", "product"] {
+            let stream = js.get_stream(format!("SOUK_EVENTS_{}", kind.to_uppercase())).await.ok()?;
+            let mut planner: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer(&format!("souk_notify_plan_{kind}")).await.ok()?;
+            let info = planner.info().await.ok()?;
+            if info.num_pending != 0 || info.num_ack_pending != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
 async fn metric(http: &Client, base: &str, series: &str) -> Option<i64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).and_then(|n| n.parse().ok())

@@ -251,7 +251,7 @@ async fn order_events_send_each_email_and_sms_once_and_the_log_shows_them_to_adm
     eventually("the duplicate consumed", Duration::from_secs(20), drained).await;
 
     // Exactly one of each, however long we wait for more.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::all_sent(&nats).await;
     assert_eq!(mails_to(&smtp, "ada@notify.test", "is confirmed").len(), 1);
     assert_eq!(mails_to(&smtp, "ada@notify.test", "on its way").len(), 1);
     assert_eq!(mails_to(&smtp, souk_testkit::ADMIN_EMAIL, "Low stock").len(), 1);
@@ -382,7 +382,7 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
         .await;
     assert_eq!(r.expect("confirm").status().as_u16() / 100, 2, "the mailed token resets the password");
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::all_sent(&nats).await;
     assert!(sms.seen().is_empty(), "no text messages: {:?}", sms.seen());
     let resets = mail.seen().iter().filter(|s| s.2.contains("reset-password?token=")).count();
     assert_eq!(resets, 1, "the retried reset email went out once");
@@ -457,7 +457,7 @@ async fn an_outage_is_retried_trips_the_breaker_is_dead_lettered_and_a_retry_del
     })
     .await;
     assert!(dlq(&nats, dir.path(), &["list"]).await.is_empty(), "the dead-letter stream is empty");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::all_sent(&nats).await;
     assert_eq!(mails_to(&smtp, "outage@notify.test", "is confirmed").len(), 1);
     let log = eventually("the log shows it sent", Duration::from_secs(20), || async {
         let log = admin_log(&staff, base, &format!("order={id}&channel=email")).await;
@@ -562,7 +562,7 @@ async fn each_order_outcome_mails_its_own_message() {
     assert!(m.contains("refunded €5.00 of your order") && m.contains("(total €24.00)"), "{m}");
 
     // One message per event: the confirmations, the cancellation, shipping, delivery, refund.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::all_sent(&nats).await;
     let subjects: Vec<String> = smtp
         .mails()
         .iter()

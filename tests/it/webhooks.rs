@@ -154,7 +154,7 @@ async fn endpoints_get_what_they_subscribed_to_once_signed_and_a_failing_one_hol
     assert_eq!(dead["attempts"].as_array().map(Vec::len), Some(3), "{dead}");
     assert_eq!(bad.lock().expect("lock").len(), 3);
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::all_sent(&nats).await;
     let deliveries = good.lock().expect("lock").clone();
     assert_eq!(deliveries.len(), 2, "each event once");
     for d in &deliveries {
