@@ -438,6 +438,12 @@ mod tests {
         assert_eq!(money(123_450, c("EUR"), Some(&tag("ja"))), "€1,234.50", "English's where not known");
     }
 
+    /// A shop named `name` whose default templates are in `locale`.
+    fn shop_in(name: &str, locale: &str) -> Shop {
+        let url = format!("https://{}.test", name.to_lowercase());
+        Shop { name: name.into(), url, locale: Locale::parse(locale).expect("tag") }
+    }
+
     fn write_template(dir: &Path, name: &str, text: &str) {
         let path = dir.join(name);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -446,11 +452,7 @@ mod tests {
 
     #[test]
     fn a_shop_s_templates_replace_the_built_in_ones_and_misnamed_or_broken_ones_are_refused() {
-        let shop = || Shop {
-            name: "Laden".into(),
-            url: "https://laden.test".into(),
-            locale: Locale::parse("de").expect("tag"),
-        };
+        let shop = || shop_in("Laden", "de");
         let dir = tempfile::tempdir().expect("tempdir");
         let write = |name: &str, text: &str| write_template(dir.path(), name, text);
         write(
@@ -502,11 +504,7 @@ mod tests {
 
     #[test]
     fn people_get_their_language_s_templates_where_the_shop_has_them_and_the_default_otherwise() {
-        let shop = || Shop {
-            name: "Souk".into(),
-            url: "https://souk.test".into(),
-            locale: Locale::parse("en").expect("tag"),
-        };
+        let shop = || shop_in("Souk", "en");
         let dir = tempfile::tempdir().expect("tempdir");
         let write = |name: &str, text: &str| write_template(dir.path(), name, text);
         write(

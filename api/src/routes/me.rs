@@ -50,6 +50,20 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// A field `PATCH` sets, clears (`null`) or leaves alone (absent): the new value, and whether
+/// to clear it.
+fn change<T>(
+    field: &str,
+    value: Option<Option<String>>,
+    parse: impl Fn(&str) -> Result<T, souk_messages::ReplyError>,
+) -> Result<(Option<T>, bool), ApiError> {
+    match value {
+        None => Ok((None, false)),
+        Some(None) => Ok((None, true)),
+        Some(Some(v)) => Ok((Some(parse(&v).map_err(|e| field_error(field, e))?), false)),
+    }
+}
+
 /// `POST /v1/me/password`
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -87,16 +101,8 @@ async fn update(
     ApiJson(body): ApiJson<ProfileBody>,
 ) -> Result<Json<UserView>, ApiError> {
     let name = body.name.as_deref().map(Name::parse).transpose().map_err(|e| field_error("name", e))?;
-    let (phone, clear_phone) = match body.phone {
-        None => (None, false),
-        Some(None) => (None, true),
-        Some(Some(p)) => (Some(Phone::parse(&p).map_err(|e| field_error("phone", e))?), false),
-    };
-    let (locale, clear_locale) = match body.locale {
-        None => (None, false),
-        Some(None) => (None, true),
-        Some(Some(l)) => (Some(Locale::parse(&l).map_err(|e| field_error("locale", e))?), false),
-    };
+    let (phone, clear_phone) = change("phone", body.phone, Phone::parse)?;
+    let (locale, clear_locale) = change("locale", body.locale, Locale::parse)?;
     let sms_opt_out = body.sms_opt_out;
     let cmd = UserCommand::UpdateProfile { name, phone, clear_phone, sms_opt_out, locale, clear_locale };
     Ok(Json(app.auth.command(&who.user, cmd, &rid.0).await?))
