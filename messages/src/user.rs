@@ -470,6 +470,10 @@ impl UserEvent {
     }
 }
 
+/// How many password resets an account keeps open at once: asking again does not void the
+/// emails already on their way, but only the newest few stay usable.
+pub const OPEN_RESETS: usize = 3;
+
 /// An open password reset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingReset {
@@ -500,8 +504,13 @@ pub struct UserState {
     pub disabled: bool,
     /// Sessions from an older epoch are revoked.
     pub session_epoch: u64,
-    /// The open password reset, if any.
+    /// The newest open password reset, if any.
     pub reset: Option<PendingReset>,
+    /// Resets asked for before the newest one and still open (at most
+    /// [`OPEN_RESETS`]` - 1`): a customer who asked again because the first email was slow
+    /// may follow whichever arrives first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_resets: Vec<PendingReset>,
     /// The account was erased.
     #[serde(default, skip_serializing_if = "crate::stock::is_false")]
     pub erased: bool,
@@ -518,6 +527,11 @@ impl UserState {
 
     fn require_exists(&self) -> Result<(), ReplyError> {
         if self.email.is_some() { Ok(()) } else { Err(invalid(ErrorCode::UnknownUser, "no such user")) }
+    }
+
+    /// Every open password reset, newest last.
+    fn open_resets(&self) -> impl Iterator<Item = &PendingReset> {
+        self.earlier_resets.iter().chain(&self.reset)
     }
 
     fn password_changed(&self, reason: PasswordChange) -> UserEvent {
@@ -547,6 +561,7 @@ impl Fold for UserState {
             UserEvent::PasswordChanged { session_epoch, .. } => {
                 self.session_epoch = *session_epoch;
                 self.reset = None;
+                self.earlier_resets.clear();
             }
             UserEvent::RolesChanged { roles } => self.roles.clone_from(roles),
             UserEvent::Disabled {} => self.disabled = true,
@@ -555,7 +570,12 @@ impl Fold for UserState {
                 *self = Self::erased(self.version);
             }
             UserEvent::PasswordResetRequested { token, expires_at, .. } => {
-                self.reset = Some(PendingReset { token: token.clone(), expires_at: *expires_at });
+                let newest = PendingReset { token: token.clone(), expires_at: *expires_at };
+                if let Some(previous) = self.reset.replace(newest) {
+                    self.earlier_resets.push(previous);
+                    let over = self.earlier_resets.len().saturating_sub(OPEN_RESETS - 1);
+                    self.earlier_resets.drain(..over);
+                }
             }
         }
     }
@@ -628,12 +648,14 @@ impl Entity for UserState {
                     expires_at: *expires_at,
                 }])
             }
-            UserCommand::ResetPassword { token } => match &self.reset {
-                Some(r) if r.token.matches(&token.0) && r.expires_at > now => {
+            UserCommand::ResetPassword { token } => {
+                // Spending any open token changes the password, which closes all of them.
+                if self.open_resets().any(|r| r.token.matches(&token.0) && r.expires_at > now) {
                     Ok(vec![self.password_changed(PasswordChange::Reset)])
+                } else {
+                    Err(invalid(ErrorCode::InvalidToken, "the reset token is invalid, used or expired"))
                 }
-                _ => Err(invalid(ErrorCode::InvalidToken, "the reset token is invalid, used or expired")),
-            },
+            }
             UserCommand::SetRoles { roles } => {
                 if roles.is_empty() {
                     return Err(invalid(ErrorCode::InvalidInput, "a user needs at least one role"));
@@ -841,6 +863,37 @@ mod tests {
         assert_eq!(run(&mut s, &late, now), Ok(1));
         assert_eq!(s.session_epoch, 1);
         assert_eq!(run(&mut s, &late, now), Err(ErrorCode::InvalidToken), "single use");
+    }
+
+    #[test]
+    fn asking_again_keeps_the_emails_on_their_way_usable_and_spending_one_closes_all() {
+        let now = OffsetDateTime::now_utc();
+        let mut s = registered();
+        let ask = |n: usize| UserCommand::RequestPasswordReset {
+            token: Secret(format!("tok-{n}")),
+            expires_at: now + Duration::minutes(30),
+        };
+        let spend = |n: usize| UserCommand::ResetPassword { token: Secret(format!("tok-{n}")) };
+        for n in 1..=OPEN_RESETS + 1 {
+            run(&mut s, &ask(n), now).expect("request");
+        }
+        // The oldest of four is no longer open; the other three are, whichever comes first.
+        assert_eq!(run(&mut s.clone(), &spend(1), now), Err(ErrorCode::InvalidToken));
+        for n in 2..=OPEN_RESETS + 1 {
+            assert_eq!(run(&mut s.clone(), &spend(n), now), Ok(1), "token {n}");
+        }
+        assert_eq!(run(&mut s, &spend(2), now), Ok(1));
+        for n in 2..=OPEN_RESETS + 1 {
+            assert_eq!(run(&mut s, &spend(n), now), Err(ErrorCode::InvalidToken), "token {n} after a reset");
+        }
+        // A snapshot from before earlier resets were kept still reads, with its one reset.
+        let mut old = serde_json::to_value(registered()).expect("serialize");
+        old["reset"] = serde_json::json!({"token": "tok-old", "expires_at": "2999-01-01T00:00:00Z"});
+        let mut old: UserState = serde_json::from_value(old).expect("old snapshot");
+        assert_eq!(
+            run(&mut old, &UserCommand::ResetPassword { token: Secret("tok-old".into()) }, now),
+            Ok(1)
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl UserRow {
             disabled: self.disabled,
             session_epoch: self.session_epoch,
             reset: None,
+            earlier_resets: Vec::new(),
             erased: false,
             version: self.version,
         })
