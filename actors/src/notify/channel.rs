@@ -33,6 +33,8 @@ pub struct ChannelLimits {
 pub enum ChannelMsg {
     /// Send one notification; the reply is the provider's reference or why it failed.
     Send(Box<Notification>, RpcReplyPort<Result<String, SendError>>),
+    /// A send's slot of the provider's pace has come.
+    Due(Box<Notification>, RpcReplyPort<Result<String, SendError>>),
     /// A send ended: whether its destination looked healthy, for that destination's breaker.
     Settled {
         /// The destination's breaker.
@@ -115,7 +117,23 @@ impl Actor for ChannelActor {
         st: &mut ChannelState,
     ) -> Result<(), ActorProcessingErr> {
         let (n, reply) = match msg {
-            ChannelMsg::Send(n, reply) => (n, reply),
+            ChannelMsg::Send(n, reply) => {
+                let now = Instant::now();
+                // Refused at once while its destination's breaker is open; otherwise it takes
+                // the next free slot of the provider's pace now, so that sends waiting for
+                // their slots keep the pace between them.
+                if st.breakers.get(&st.provider.breaker_key(&n)).is_some_and(|b| b.refuses(now)) {
+                    let _ = reply.send(Err(SendError::BreakerOpen));
+                    return Ok(());
+                }
+                let slot = st.take_slot(now);
+                if slot > now {
+                    me.send_after(slot - now, move || ChannelMsg::Due(n, reply));
+                    return Ok(());
+                }
+                (n, reply)
+            }
+            ChannelMsg::Due(n, reply) => (n, reply),
             ChannelMsg::Settled { key, failure } => {
                 st.settle(&me, key, failure);
                 return Ok(());
@@ -125,11 +143,13 @@ impl Actor for ChannelActor {
                 return Ok(());
             }
         };
+        // The breaker is asked again when the send is due: one that opened while the send
+        // waited for its slot refuses it too.
         let now = Instant::now();
         let key = st.provider.breaker_key(&n);
         let threshold = st.limits.breaker_failures.max(1);
         let breaker = st.breakers.entry(key.clone()).or_default();
-        if breaker.trial || breaker.open_until.is_some_and(|until| now < until) {
+        if breaker.refuses(now) {
             let _ = reply.send(Err(SendError::BreakerOpen));
             return Ok(());
         }
@@ -138,18 +158,8 @@ impl Actor for ChannelActor {
             breaker.failures = threshold - 1;
             breaker.trial = true;
         }
-        // The next free slot of the provider's pace is this send's, taken now so that sends
-        // waiting for their slots keep the pace between them.
-        let slot = (st.limits.per_second > 0.0).then(|| {
-            let slot = st.next_slot.max(now);
-            st.next_slot = slot + Duration::from_secs_f64(1.0 / share(st.limits.per_second, &st.members));
-            slot
-        });
         let provider = st.provider.clone();
         tokio::spawn(async move {
-            if let Some(slot) = slot {
-                tokio::time::sleep_until(slot).await;
-            }
             let sent = std::panic::AssertUnwindSafe(provider.send(&n)).catch_unwind().await;
             let outcome = sent.unwrap_or_else(|_| Err(SendError::Retryable("the provider failed".into())));
             let failure = match &outcome {
@@ -166,12 +176,29 @@ impl Actor for ChannelActor {
     }
 }
 
+impl Breaker {
+    /// Whether a send now is refused: the breaker is open, or its one trial is under way.
+    fn refuses(&self, now: Instant) -> bool {
+        self.trial || self.open_until.is_some_and(|until| now < until)
+    }
+}
+
 /// This node's share of a pace of `per_second` for the whole cluster.
 pub(crate) fn share(per_second: f64, members: &watch::Receiver<usize>) -> f64 {
     per_second / (*members.borrow()).max(1) as f64
 }
 
 impl ChannelState {
+    /// The next free slot of the provider's pace, taken: `now` when there is no limit.
+    fn take_slot(&mut self, now: Instant) -> Instant {
+        if self.limits.per_second <= 0.0 {
+            return now;
+        }
+        let slot = self.next_slot.max(now);
+        self.next_slot = slot + Duration::from_secs_f64(1.0 / share(self.limits.per_second, &self.members));
+        slot
+    }
+
     /// Counts a send's outcome against its destination's breaker.
     fn settle(&mut self, me: &ActorRef<ChannelMsg>, key: Option<String>, failure: Option<String>) {
         let threshold = self.limits.breaker_failures.max(1);
@@ -264,4 +291,79 @@ async fn spawn(me: &ActorRef<()>, st: &ChannelsState, a: ChannelArgs) -> Result<
         m.insert(channel, r);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use prometheus_client::registry::Registry;
+    use souk_messages::notify::{NotificationId, Topic};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A provider that is down: every send fails, and is counted.
+    #[derive(Debug, Default)]
+    struct Down(AtomicUsize);
+
+    impl Provider for Down {
+        fn name(&self) -> &'static str {
+            "down"
+        }
+
+        fn send<'a>(&'a self, _n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(SendError::Retryable("the provider is down".into())) })
+        }
+    }
+
+    fn sms(i: u32) -> Notification {
+        let to = format!("+4479460{i:05}");
+        Notification {
+            id: NotificationId::of(&uuid::Uuid::new_v4(), Channel::Sms, &to),
+            channel: Channel::Sms,
+            topic: Topic::OrderShipped,
+            to,
+            customer: None,
+            order: None,
+            subject: None,
+            text: "Your order is on its way".into(),
+            html: None,
+            caused_at: time::OffsetDateTime::now_utc(),
+            prior_attempts: 0,
+        }
+    }
+
+    // The clock is paused: it moves on only when every task waits, so the first send's
+    // failure has reached the breaker before the next slot comes.
+    #[tokio::test(start_paused = true)]
+    async fn sends_waiting_for_their_slot_are_refused_once_the_breaker_opens() {
+        let provider = Arc::new(Down::default());
+        let (_members, members) = watch::channel(1);
+        let limits = ChannelLimits {
+            per_second: 10.0,
+            breaker_failures: 1,
+            breaker_cooldown: Duration::from_secs(60),
+        };
+        let args = ChannelArgs {
+            channel: Channel::Sms,
+            provider: provider.clone(),
+            limits,
+            members,
+            metrics: ActorMetrics::register(&mut Registry::default()),
+        };
+        let (actor, _) = Actor::spawn(None, ChannelActor, args).await.expect("spawn");
+        let sends = (0..4).map(|i| actor.call(move |r| ChannelMsg::Send(Box::new(sms(i)), r), None));
+        let outcomes: Vec<_> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|r| match r.expect("call") {
+                ractor::rpc::CallResult::Success(outcome) => outcome,
+                other => panic!("no answer: {other:?}"),
+            })
+            .collect();
+        assert!(matches!(outcomes[0], Err(SendError::Retryable(_))), "{outcomes:?}");
+        assert!(outcomes[1..].iter().all(|o| *o == Err(SendError::BreakerOpen)), "{outcomes:?}");
+        assert_eq!(provider.0.load(Ordering::SeqCst), 1, "the provider was called once");
+        actor.stop(None);
+    }
 }
