@@ -397,6 +397,47 @@ async fn dlq(nats: &NatsServer, dir: &std::path::Path, args: &[&str]) -> String 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_being_retried_when_its_person_is_erased_never_goes_out() {
+    let smtp = SmtpPeer::start().await;
+    smtp.set_failing(true);
+    let nats = NatsServer::start();
+    let mut env = smtp_env(&smtp);
+    env.extend([
+        ("SOUK_NOTIFY_MAX_ATTEMPTS", "1000".into()),
+        ("SOUK_NOTIFY_RETRY_BASE", "200ms".into()),
+        ("SOUK_NOTIFY_RETRY_MAX", "400ms".into()),
+        ("SOUK_NOTIFY_BREAKER_FAILURES", "1000".into()),
+    ]);
+    let node = start(&nats, &env);
+    let http = http();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+    let who = "leaving@notify.test";
+    let leaving = register(&http, base, who, None).await;
+    let r = http.post(format!("{base}/v1/auth/password-reset")).json(&json!({"email": who})).send().await;
+    assert_eq!(r.expect("reset").status(), StatusCode::ACCEPTED);
+    let log = format!("{base}/v1/admin/notifications?recipient={who}");
+    eventually("a failed attempt at the reset email", Duration::from_secs(20), || async {
+        let log = body(staff.get(&log).send().await.ok()?, StatusCode::OK).await;
+        log["items"].as_array()?.iter().any(|d| d["topic"] == "password_reset").then_some(())
+    })
+    .await;
+
+    // The customer erases their account while the email is still being retried; then the
+    // mail server recovers.
+    let r = leaving.post(format!("{base}/v1/me/erasure")).json(&json!({"password": PASSWORD})).send().await;
+    assert_eq!(r.expect("erase").status(), StatusCode::NO_CONTENT);
+    smtp.set_failing(false);
+    crate::all_sent(&nats).await;
+    assert!(smtp.mails().iter().all(|m| !m.to.iter().any(|t| t == who)), "nothing was mailed to {who}");
+    let withdrawn = "souk_notifications_total{channel=\"email\",outcome=\"withdrawn\"}";
+    assert!(crate::metric(&http, base, withdrawn).await >= Some(1), "the email was withdrawn");
+    let log = body(staff.get(&log).send().await.expect("log"), StatusCode::OK).await;
+    assert_eq!(log["items"], json!([]), "nothing about them is in the delivery log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_retried_trips_the_breaker_is_dead_lettered_and_a_retry_delivers_once() {
     let smtp = SmtpPeer::start().await;
     smtp.set_failing(true);

@@ -166,6 +166,7 @@ impl Notifier {
         });
         let worker = worker::Worker {
             jet: jet.clone(),
+            bus: bus.clone(),
             channels: refs,
             retry: s.retry,
             webhook_retry: s.webhooks.retry,

@@ -3,7 +3,9 @@
 //! out at most once: `sending` before the provider is called, `sent` after. A notification
 //! found `sending` was cut off mid-send by a dying node; whether it left is unknown, so it is
 //! dead-lettered for an operator rather than risk sending it twice. Failures are retried with
-//! exponential back-off and jitter until the last attempt, then dead-lettered.
+//! exponential back-off and jitter until the last attempt, then dead-lettered. A message to a
+//! person whose account was erased after it was planned is withdrawn: it does not go out, and
+//! nothing about them is recorded.
 
 use super::channel::{ChannelMsg, ChannelRefs};
 use super::providers::SendError;
@@ -11,10 +13,12 @@ use crate::metrics::ActorMetrics;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::kv;
+use souk_messages::ErrorCode;
 use souk_messages::event::Event;
 use souk_messages::notify::{Channel, DeadLetter, Notification, NotificationEvent, Outcome, WebhookBody};
 use souk_messages::subject::{EntityKind, Subjects};
-use souk_nats::Jet;
+use souk_messages::user::{UserCommand, UserRequest};
+use souk_nats::{Bus, BusError, Jet};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -54,6 +58,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone)]
 pub(crate) struct Worker {
     pub(crate) jet: Jet,
+    pub(crate) bus: Bus,
     pub(crate) channels: ChannelRefs,
     pub(crate) retry: RetryPolicy,
     pub(crate) webhook_retry: RetryPolicy,
@@ -120,6 +125,11 @@ impl Worker {
                 return Ok(());
             }
         };
+        if self.to_someone_erased(&n).await? {
+            self.metrics.notification(n.channel, "withdrawn");
+            msg.ack().await?;
+            return Ok(());
+        }
         let info = msg.info()?;
         let delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX);
         let attempt = n.prior_attempts.saturating_add(delivered);
@@ -162,6 +172,14 @@ impl Worker {
         }
         let outcome = self.send(msg, &n).await;
         let revision = claims.entry(key).await?.map_or(0, |e| e.revision);
+        // Erased while it was being sent: the erasure has looked for its record already, so
+        // none is made. Not knowing (the account cannot be asked now) records it as before.
+        if self.to_someone_erased(&n).await.unwrap_or(false) {
+            claims.update(key, if outcome.is_ok() { SENT } else { DEAD }.into(), revision).await?;
+            self.metrics.notification(n.channel, "withdrawn");
+            msg.ack().await?;
+            return Ok(());
+        }
         match outcome {
             Ok(reference) => {
                 claims.update(key, SENT.into(), revision).await?;
@@ -187,6 +205,16 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Whether `n` is to a person whose account has been erased since it was planned.
+    async fn to_someone_erased(&self, n: &Notification) -> Result<bool, BusError> {
+        let Some(user) = &n.customer else { return Ok(false) };
+        match self.bus.request(&UserRequest::new(user.clone(), UserCommand::Get)).await {
+            Ok(_) => Ok(false),
+            Err(BusError::Rejected(e)) if e.code == ErrorCode::UnknownUser => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Hands `n` to the channel actor, keeping the message claimed while the provider works.
