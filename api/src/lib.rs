@@ -388,6 +388,9 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state, body::limit))
         .layer(axum::middleware::from_fn_with_state(http, metrics::track))
+        // Outside every layer that answers on its own (unknown routes, limits), so that every
+        // answer has it.
+        .layer(axum::middleware::map_response(no_sniffing))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<_>| {
@@ -421,6 +424,13 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// Marks an answer not to be sniffed: a browser takes its content type as given.
+async fn no_sniffing(mut response: axum::response::Response) -> axum::response::Response {
+    let nosniff = axum::http::HeaderValue::from_static("nosniff");
+    response.headers_mut().insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, nosniff);
+    response
 }
 
 /// Cross-origin access for browser pages on `origins`: bearer tokens, never cookies, so no

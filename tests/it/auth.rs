@@ -121,6 +121,14 @@ async fn register_login_me_refresh_logout() {
     // Except as answered to someone signed in (staff see drafts there).
     let catalog = bearer(&tokens).get(format!("{base}/v1/products")).send().await.expect("products");
     assert_eq!(headers(&catalog), (Some("no-store".into()), Some("nosniff".into())));
+    // Answers made before any route is reached are not sniffed either.
+    let unknown = http.get(format!("{base}/v1/no-such-route")).send().await.expect("unknown");
+    assert_eq!((unknown.status(), headers(&unknown).1), (StatusCode::NOT_FOUND, Some("nosniff".into())));
+    let unallowed = http.delete(format!("{base}/v1/products")).send().await.expect("unallowed");
+    assert_eq!(
+        (unallowed.status(), headers(&unallowed).1),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("nosniff".into()))
+    );
     // No page of another origin may call the API unless configured (below).
     let preflight = http
         .request(reqwest::Method::OPTIONS, format!("{base}/v1/me"))

@@ -128,8 +128,8 @@ fn unauthorized(detail: &str) -> ApiError {
 }
 
 /// Checks the caller against the route's access level, and hands the verified caller to the
-/// handler as a [`Principal`]. Routes missing from the table are refused: fail closed. Every
-/// answer is marked not to be sniffed, and one about an account not to be stored.
+/// handler as a [`Principal`]. Routes missing from the table are refused: fail closed. An
+/// answer about an account is marked not to be stored.
 pub async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let Some(path) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
         return next.run(req).await;
@@ -143,7 +143,6 @@ pub async fn authorize(State(app): State<AppState>, req: Request, next: Next) ->
         || req.headers().contains_key(header::AUTHORIZATION);
     let mut response = check(&app, access, &path, req, next).await;
     let headers = response.headers_mut();
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if private && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
