@@ -4,7 +4,7 @@
 use crate::kv::{JsonKv, KvError};
 use crate::{Jet, NatsSource};
 use futures::StreamExt as _;
-use souk_messages::notify::{EndpointId, Notification, WebhookEndpoint, WebhookTarget};
+use souk_messages::notify::{DeadLetter, EndpointId, Notification, WebhookEndpoint, WebhookTarget};
 use souk_messages::subject::Subjects;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -24,6 +24,26 @@ pub async fn queue(jet: &Jet, n: &Notification, msg_id: &str) -> Result<(), Nats
 pub async fn resend(jet: &Jet, n: &Notification, msg_id: &str) -> Result<(), NatsSource> {
     jet.notify_claims.delete(n.id.as_str()).await?;
     queue(jet, n, msg_id).await
+}
+
+/// The dead letters, oldest first, each with its stream sequence (what a retry or a removal
+/// names); one that does not decode comes with why.
+pub async fn dead_letters(
+    jet: &Jet,
+) -> Result<Vec<(u64, Result<DeadLetter, serde_json::Error>)>, NatsSource> {
+    let mut stream = jet.dead_letters.clone();
+    let info = stream.info().await?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in first..=last {
+        // Retried and erased letters are deleted, leaving gaps.
+        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
+        out.push((seq, serde_json::from_slice(&msg.payload)));
+    }
+    Ok(out)
 }
 
 /// Resolves `target` and returns the address to connect to, refusing any name that resolves

@@ -21,21 +21,11 @@ fn nats<E: std::error::Error + Send + Sync + 'static>(e: E) -> DlqError {
 
 /// The dead letters, oldest first, each with its stream sequence (what `retry` takes).
 pub async fn list(jet: &Jet) -> Result<Vec<(u64, DeadLetter)>, DlqError> {
-    let mut stream = jet.dead_letters.clone();
-    let info = stream.info().await.map_err(nats)?;
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let mut out = Vec::new();
-    if info.state.messages == 0 {
-        return Ok(out);
-    }
-    for seq in first..=last {
-        // Retried letters are deleted, leaving gaps.
-        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
-        let letter: DeadLetter =
-            serde_json::from_slice(&msg.payload).map_err(|e| DlqError::Corrupt(seq, e.to_string()))?;
-        out.push((seq, letter));
-    }
-    Ok(out)
+    souk_nats::notify::dead_letters(jet)
+        .await?
+        .into_iter()
+        .map(|(seq, letter)| letter.map(|l| (seq, l)).map_err(|e| DlqError::Corrupt(seq, e.to_string())))
+        .collect()
 }
 
 /// Queues the dead letters `seqs` (all of them when `None`) again, each with a fresh claim so
