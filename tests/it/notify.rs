@@ -103,6 +103,20 @@ fn smtp_env(smtp: &SmtpPeer) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A node mailing through an SMTP peer that refuses every message for now, with `settings`
+/// added to its environment; ready to serve.
+async fn refusing_mail_node(settings: &[(&'static str, &str)]) -> (SmtpPeer, NatsServer, SoukNode, Client) {
+    let smtp = SmtpPeer::start().await;
+    smtp.set_failing(true);
+    let nats = NatsServer::start();
+    let mut env = smtp_env(&smtp);
+    env.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let node = start(&nats, &env);
+    let http = http();
+    crate::ready(&http, &node).await;
+    (smtp, nats, node, http)
+}
+
 fn start(nats: &NatsServer, env: &[(&'static str, String)]) -> SoukNode {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     SoukNode::start(crate::bin(), nats.url(), &env).expect("node")
@@ -398,19 +412,13 @@ async fn dlq(nats: &NatsServer, dir: &std::path::Path, args: &[&str]) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_still_being_retried_when_its_person_is_erased_never_goes_out() {
-    let smtp = SmtpPeer::start().await;
-    smtp.set_failing(true);
-    let nats = NatsServer::start();
-    let mut env = smtp_env(&smtp);
-    env.extend([
-        ("SOUK_NOTIFY_MAX_ATTEMPTS", "1000".into()),
-        ("SOUK_NOTIFY_RETRY_BASE", "200ms".into()),
-        ("SOUK_NOTIFY_RETRY_MAX", "400ms".into()),
-        ("SOUK_NOTIFY_BREAKER_FAILURES", "1000".into()),
-    ]);
-    let node = start(&nats, &env);
-    let http = http();
-    crate::ready(&http, &node).await;
+    let (smtp, nats, node, http) = refusing_mail_node(&[
+        ("SOUK_NOTIFY_MAX_ATTEMPTS", "1000"),
+        ("SOUK_NOTIFY_RETRY_BASE", "200ms"),
+        ("SOUK_NOTIFY_RETRY_MAX", "400ms"),
+        ("SOUK_NOTIFY_BREAKER_FAILURES", "1000"),
+    ])
+    .await;
     let base = node.url();
     let staff = admin_http(base).await;
     let who = "leaving@notify.test";
@@ -447,14 +455,8 @@ async fn a_message_still_being_retried_when_its_person_is_erased_never_goes_out(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_takes_the_person_s_dead_letters_and_leaves_everyone_else_s() {
-    let smtp = SmtpPeer::start().await;
-    smtp.set_failing(true);
-    let nats = NatsServer::start();
-    let mut env = smtp_env(&smtp);
-    env.extend([("SOUK_NOTIFY_MAX_ATTEMPTS", "2".into()), ("SOUK_NOTIFY_RETRY_BASE", "200ms".into())]);
-    let node = start(&nats, &env);
-    let http = http();
-    crate::ready(&http, &node).await;
+    let (_smtp, nats, node, http) =
+        refusing_mail_node(&[("SOUK_NOTIFY_MAX_ATTEMPTS", "2"), ("SOUK_NOTIFY_RETRY_BASE", "200ms")]).await;
     let base = node.url();
     let dir = tempfile::tempdir().expect("dir");
     let letters_to = |listed: String| -> Vec<String> {
@@ -483,19 +485,13 @@ async fn an_erasure_takes_the_person_s_dead_letters_and_leaves_everyone_else_s()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_retried_trips_the_breaker_is_dead_lettered_and_a_retry_delivers_once() {
-    let smtp = SmtpPeer::start().await;
-    smtp.set_failing(true);
-    let nats = NatsServer::start();
-    let mut env = smtp_env(&smtp);
-    env.extend([
-        ("SOUK_NOTIFY_MAX_ATTEMPTS", "4".into()),
-        ("SOUK_NOTIFY_RETRY_BASE", "200ms".into()),
-        ("SOUK_NOTIFY_BREAKER_FAILURES", "2".into()),
-        ("SOUK_NOTIFY_BREAKER_COOLDOWN", "4s".into()),
-    ]);
-    let node = start(&nats, &env);
-    let http = http();
-    crate::ready(&http, &node).await;
+    let (smtp, nats, node, http) = refusing_mail_node(&[
+        ("SOUK_NOTIFY_MAX_ATTEMPTS", "4"),
+        ("SOUK_NOTIFY_RETRY_BASE", "200ms"),
+        ("SOUK_NOTIFY_BREAKER_FAILURES", "2"),
+        ("SOUK_NOTIFY_BREAKER_COOLDOWN", "4s"),
+    ])
+    .await;
     let base = node.url();
     let staff = admin_http(base).await;
     on_sale(&http, &staff, base, "cup", "CUP-1", 5).await;
