@@ -40,6 +40,7 @@ pub struct ActorMetrics {
     saga_failures: Counter,
     sagas_running: Gauge,
     voids_abandoned: Counter,
+    refunds_refused: Counter,
 }
 
 /// What a delivery attempt can come to.
@@ -77,6 +78,7 @@ impl Default for ActorMetrics {
             saga_failures: Counter::default(),
             sagas_running: Gauge::default(),
             voids_abandoned: Counter::default(),
+            refunds_refused: Counter::default(),
         }
     }
 }
@@ -125,6 +127,11 @@ impl ActorMetrics {
             "souk_payment_voids_abandoned",
             "Unanswered authorisations the saga stopped trying to void (their orders stay payment_unsettled)",
             m.voids_abandoned.clone(),
+        );
+        registry.register(
+            "souk_payment_refunds_refused",
+            "Refunds the payment provider refused, a cancellation's included (nothing was given back)",
+            m.refunds_refused.clone(),
         );
         registry.register(
             "souk_sagas_running",
@@ -185,6 +192,10 @@ impl ActorMetrics {
 
     pub(crate) fn void_abandoned(&self) {
         self.voids_abandoned.inc();
+    }
+
+    pub(crate) fn refund_refused(&self) {
+        self.refunds_refused.inc();
     }
 
     pub(crate) fn saga_ended(&self, outcome: &'static str, took: std::time::Duration) {

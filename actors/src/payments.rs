@@ -72,6 +72,11 @@ pub const CARD_SLOW: &str = "pm_card_slow";
 /// Approved after three seconds: within the default payment deadline, but after a hold with a
 /// shorter `reservation_ttl` has lapsed.
 pub const CARD_SLOW_APPROVE: &str = "pm_card_slowApprove";
+/// Approved; every refund of it is refused (a payment already refunded at the provider).
+pub const CARD_REFUND_FAIL: &str = "pm_card_refundFail";
+/// How the sandbox's references of [`CARD_REFUND_FAIL`] payments begin.
+const NO_REFUNDS: &str = "sbx_norefund_";
+
 /// Approved after a minute the first time a key is asked (on a node), at once when it is asked
 /// again: the authorisation the checkout gave up waiting for happened after all.
 pub const CARD_SLOW_ONCE: &str = "pm_card_slowOnce";
@@ -85,7 +90,7 @@ impl PaymentGateway for Sandbox {
     ) -> BoxFuture<'a, Result<String, PaymentError>> {
         Box::pin(async move {
             match method {
-                CARD_APPROVE => {}
+                CARD_APPROVE | CARD_REFUND_FAIL => {}
                 CARD_SLOW => tokio::time::sleep(LATE_ANSWER).await,
                 CARD_SLOW_APPROVE => tokio::time::sleep(Duration::from_secs(3)).await,
                 CARD_SLOW_ONCE => {
@@ -103,7 +108,8 @@ impl PaymentGateway for Sandbox {
                 _ => return Err(PaymentError::Declined),
             }
             // The same key gives the same reference on any node: authorising twice is once.
-            Ok(format!("sbx_{:016x}", stable_hash(&[b"authorize", key.as_bytes()])))
+            let prefix = if method == CARD_REFUND_FAIL { NO_REFUNDS } else { "sbx_" };
+            Ok(format!("{prefix}{:016x}", stable_hash(&[b"authorize", key.as_bytes()])))
         })
     }
 
@@ -122,11 +128,13 @@ impl PaymentGateway for Sandbox {
 
     fn refund<'a>(
         &'a self,
-        _payment: &'a str,
+        payment: &'a str,
         _amount: Money,
         _key: &'a str,
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(
+            async move { if payment.starts_with(NO_REFUNDS) { Err(PaymentError::Declined) } else { Ok(()) } },
+        )
     }
 }
 

@@ -439,11 +439,22 @@ impl Saga {
         let left = order.total - order.refunded;
         if left > 0 {
             let payment = order.payment.clone().unwrap_or_default();
-            let key = format!("{}-cancel-refund", order.id);
+            // A cancellation asked for again after a refusal is a new refund: a provider answers
+            // a key it has seen with its first answer (Stripe, for a day), the refusal too.
+            let key = match order.cancels_refused {
+                0 => format!("{}-cancel-refund", order.id),
+                n => format!("{}-cancel-refund-{}", order.id, n + 1),
+            };
             let amount = Money { amount: left, currency: order.currency };
-            self.with_deadline(|| self.gateway.refund(&payment, amount, &key))
-                .await
-                .map_err(StepError::Payment)?;
+            if let Err(e) = self.give_back(&payment, amount, &key).await? {
+                // Refunding comes first, so a refusal leaves the sale and its stock as they were.
+                tracing::error!(
+                    order = %order.id,
+                    reason = %e,
+                    "the provider refused the refund a cancellation needs; the order stays confirmed"
+                );
+                return Ok(Some(self.order(&order.id, OrderCommand::RecordCancelRefused).await?));
+            }
         }
         let reservation = Self::reservation(&order.id);
         let back = self.each_line(order, |line| Self::return_of(&reservation, line)).await;
@@ -465,10 +476,37 @@ impl Saga {
         let payment = order.payment.clone().unwrap_or_default();
         let key = format!("{}-refund-{}", order.id, order.refunds);
         let amount = Money { amount, currency: order.currency };
-        self.with_deadline(|| self.gateway.refund(&payment, amount, &key))
-            .await
-            .map_err(StepError::Payment)?;
-        Ok(Some(self.order(&order.id, OrderCommand::RecordRefunded { refund: order.refunds }).await?))
+        let record = match self.give_back(&payment, amount, &key).await? {
+            Ok(()) => OrderCommand::RecordRefunded { refund: order.refunds },
+            Err(e) => {
+                tracing::error!(
+                    order = %order.id,
+                    reason = %e,
+                    "the provider refused a refund; nothing was given back"
+                );
+                OrderCommand::RecordRefundRefused { refund: order.refunds }
+            }
+        };
+        Ok(Some(self.order(&order.id, record).await?))
+    }
+
+    /// Refunds `amount` under `key`: `Ok(Err(_))` when the provider refuses it for good (a
+    /// refund it will never make, such as one of a payment already refunded at the provider),
+    /// so the order records the refusal instead of asking again forever.
+    async fn give_back(
+        &self,
+        payment: &str,
+        amount: Money,
+        key: &str,
+    ) -> Result<Result<(), PaymentError>, StepError> {
+        match self.with_deadline(|| self.gateway.refund(payment, amount, key)).await {
+            Ok(()) => Ok(Ok(())),
+            Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
+            Err(refused) => {
+                self.metrics.refund_refused();
+                Ok(Err(refused))
+            }
+        }
     }
 
     async fn void(&self, order: &OrderView, payment: &str) -> Result<(), StepError> {

@@ -240,7 +240,8 @@ pub enum OrderCommand {
         payment: Option<String>,
     },
     /// Ask for a confirmed, unshipped order to be cancelled (the saga refunds the payment and
-    /// puts the stock back, then records `Cancel`).
+    /// puts the stock back, then records `Cancel`; `RecordCancelRefused` if the provider
+    /// refuses the refund).
     RequestCancel {
         /// `customer_request` or `staff_request`.
         reason: CancelReason,
@@ -252,7 +253,8 @@ pub enum OrderCommand {
     },
     /// Mark it delivered.
     Deliver,
-    /// Ask for money back (the saga asks the provider, then records `RecordRefunded`).
+    /// Ask for money back (the saga asks the provider, then records `RecordRefunded` or
+    /// `RecordRefundRefused`).
     RequestRefund {
         /// Minor units; the whole remainder when absent.
         amount: Option<i64>,
@@ -262,6 +264,14 @@ pub enum OrderCommand {
         /// Which refund (its number).
         refund: u32,
     },
+    /// The provider refused the pending refund: nothing was given back.
+    RecordRefundRefused {
+        /// Which refund (its number).
+        refund: u32,
+    },
+    /// The provider refused the refund the cancellation under way needs: the order stays as
+    /// it was.
+    RecordCancelRefused,
     /// Read it.
     Get,
 }
@@ -346,6 +356,18 @@ pub enum OrderEvent {
         /// Minor units.
         amount: i64,
     },
+    /// The provider refused the refund: nothing was given back, and another may be asked for.
+    #[serde(rename = "order.refund_refused")]
+    RefundRefused {
+        /// Its number.
+        refund: u32,
+        /// Minor units.
+        amount: i64,
+    },
+    /// The provider refused to give the payment back, so the cancellation asked for did not
+    /// happen: the order stays confirmed with its stock sold.
+    #[serde(rename = "order.cancel_refused")]
+    CancelRefused {},
 }
 
 impl OrderEvent {
@@ -364,7 +386,9 @@ impl OrderEvent {
             | Self::PaymentVoided { .. }
             | Self::CancelRequested { .. }
             | Self::RefundRequested { .. }
-            | Self::Refunded { .. } => None,
+            | Self::Refunded { .. }
+            | Self::RefundRefused { .. }
+            | Self::CancelRefused {} => None,
         }
     }
 
@@ -388,6 +412,8 @@ impl OrderEvent {
             Self::Delivered {} => "order.delivered",
             Self::RefundRequested { .. } => Self::CALLS_FOR_WORK[2],
             Self::Refunded { .. } => "order.refunded",
+            Self::RefundRefused { .. } => "order.refund_refused",
+            Self::CancelRefused {} => "order.cancel_refused",
         }
     }
 }
@@ -418,6 +444,12 @@ pub struct OrderState {
     /// Refunds asked for so far.
     #[serde(default)]
     pub refunds: u32,
+    /// Refunds the provider refused.
+    #[serde(default)]
+    pub refunds_refused: u32,
+    /// Cancellations that did not happen because the provider refused their refund.
+    #[serde(default)]
+    pub cancels_refused: u32,
     /// Cancelled without the provider's answer to the authorisation, not yet voided.
     #[serde(default)]
     pub payment_unsettled: bool,
@@ -489,6 +521,13 @@ pub struct OrderView {
     /// Refunds asked for so far (the one under way is the last).
     #[serde(default)]
     pub refunds: u32,
+    /// Refunds the provider refused (`order.refund_refused`): they gave nothing back.
+    #[serde(default)]
+    pub refunds_refused: u32,
+    /// Cancellations that did not happen because the provider refused their refund
+    /// (`order.cancel_refused`): the order stayed as it was.
+    #[serde(default)]
+    pub cancels_refused: u32,
     /// Cancelled without the provider's answer to the authorisation: a hold it may have left
     /// on the card is still to be voided.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -569,6 +608,14 @@ impl Fold for OrderState {
                 if self.refunded >= total && self.status != Some(OrderStatus::Cancelled) {
                     self.status = Some(OrderStatus::Refunded);
                 }
+            }
+            OrderEvent::RefundRefused { .. } => {
+                self.pending_refund = None;
+                self.refunds_refused += 1;
+            }
+            OrderEvent::CancelRefused {} => {
+                self.cancel_requested = None;
+                self.cancels_refused += 1;
             }
         }
     }
@@ -732,6 +779,15 @@ impl Entity for OrderState {
                 _ if *refund <= self.refunds => Vec::new(),
                 _ => return Err(ReplyError::new(ErrorCode::OrderConflict, "no such refund under way")),
             },
+            OrderCommand::RecordRefundRefused { refund } => match self.pending_refund {
+                Some((n, amount)) if n == *refund => vec![OrderEvent::RefundRefused { refund: n, amount }],
+                _ if *refund <= self.refunds => Vec::new(),
+                _ => return Err(ReplyError::new(ErrorCode::OrderConflict, "no such refund under way")),
+            },
+            OrderCommand::RecordCancelRefused => match (status, self.cancel_requested) {
+                (S::Confirmed, Some(_)) => vec![OrderEvent::CancelRefused {}],
+                _ => Vec::new(),
+            },
         };
         Ok(events)
     }
@@ -762,6 +818,8 @@ impl Entity for OrderState {
             refunded: self.refunded,
             refund_pending: self.pending_refund.map(|(_, amount)| amount),
             refunds: self.refunds,
+            refunds_refused: self.refunds_refused,
+            cancels_refused: self.cancels_refused,
             payment_unsettled: self.payment_unsettled,
             placed_at: self.timeline.first().map(|c| c.at),
             updated_at: self.updated_at,
@@ -878,6 +936,46 @@ mod tests {
         let other = run(&mut authorized, &sold("pay_2")).expect_err("another payment");
         assert_eq!(other.code, ErrorCode::OrderConflict);
         assert_eq!(authorized.status, Some(OrderStatus::Reserved));
+    }
+
+    #[test]
+    fn a_refused_refund_gives_nothing_back_and_leaves_the_order_refundable() {
+        let mut order = reserved();
+        run(&mut order, &sold("pay_1")).expect("sold");
+        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200) }).expect("asked");
+        let events = run(&mut order, &OrderCommand::RecordRefundRefused { refund: 1 }).expect("refused");
+        assert_eq!(events, [OrderEvent::RefundRefused { refund: 1, amount: 200 }]);
+        assert_eq!((order.pending_refund, order.refunded, order.refunds_refused), (None, 0, 1));
+        assert_eq!(order.status, Some(OrderStatus::Confirmed));
+        // Recorded again after a lost answer, or with the refund's outcome already known: nothing.
+        assert!(run(&mut order, &OrderCommand::RecordRefundRefused { refund: 1 }).expect("again").is_empty());
+        assert!(run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("late").is_empty());
+        // Staff may ask again: the next refund has the next number.
+        let again = run(&mut order, &OrderCommand::RequestRefund { amount: None }).expect("asked again");
+        assert_eq!(again, [OrderEvent::RefundRequested { refund: 2, amount: 500 }]);
+    }
+
+    #[test]
+    fn a_refused_cancellation_leaves_the_order_confirmed_and_cancellable() {
+        let mut order = reserved();
+        run(&mut order, &sold("pay_1")).expect("sold");
+        run(&mut order, &OrderCommand::RequestCancel { reason: CancelReason::CustomerRequest })
+            .expect("asked");
+        let events = run(&mut order, &OrderCommand::RecordCancelRefused).expect("refused");
+        assert_eq!(events, [OrderEvent::CancelRefused {}]);
+        assert_eq!((order.status, order.cancel_requested), (Some(OrderStatus::Confirmed), None));
+        assert_eq!(order.cancels_refused, 1);
+        assert!(run(&mut order, &OrderCommand::RecordCancelRefused).expect("again").is_empty());
+        // Without a request, a cancellation is refused as before; with a new one it goes on.
+        let cancel = OrderCommand::Cancel {
+            reason: CancelReason::CustomerRequest,
+            refunded: 500,
+            payment_unsettled: false,
+        };
+        assert_eq!(run(&mut order, &cancel).expect_err("no request").code, ErrorCode::OrderConflict);
+        run(&mut order, &OrderCommand::RequestCancel { reason: CancelReason::StaffRequest })
+            .expect("asked again");
+        assert_eq!(order.cancel_requested, Some(CancelReason::StaffRequest));
     }
 
     /// A newer release may add fields to an order's address: an older node still reads the

@@ -309,6 +309,79 @@ async fn an_authorisation_that_answers_too_late_is_voided_after_the_order_is_can
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was() {
+    let (_nats, node, http, staff) = staff_node().await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "STUCK-LAMP", 10).await;
+    let c = customer(&http, base, "refused@checkout.test").await;
+    body(add(&c, base, None, "STUCK-LAMP", 2).await, StatusCode::OK).await;
+    // The sandbox approves this card and refuses every refund of it.
+    let b = json!({"shipping_address": address(), "payment_method": "pm_card_refundFail"});
+    let placed = body(checkout(&c, base, Some("refused-1"), &b).await, StatusCode::CREATED).await;
+    let id = placed["id"].as_str().expect("id").to_owned();
+    assert_eq!(settled(&c, base, &id).await["status"], "confirmed");
+    let order = || async {
+        body(c.get(format!("{base}/v1/orders/{id}")).send().await.expect("order"), StatusCode::OK).await
+    };
+    let events = || async {
+        let r = staff.get(format!("{base}/v1/admin/history/order/{id}")).send().await.expect("history");
+        body(r, StatusCode::OK).await["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["type"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+
+    // The customer's cancellation needs the money back; the provider refuses, so the order
+    // stays confirmed with its lamps sold, and the customer can see why it did not happen.
+    let r = c.post(format!("{base}/v1/orders/{id}/cancel")).send().await.expect("cancel");
+    assert_eq!(body(r, StatusCode::ACCEPTED).await["cancel_requested"], "customer_request");
+    eventually("the cancellation refused", Duration::from_secs(20), || async {
+        events().await.contains(&"order.cancel_refused".to_owned()).then_some(())
+    })
+    .await;
+    let o = order().await;
+    assert_eq!(
+        (o["status"].as_str(), o.get("cancel_requested"), o["refunded"].as_i64()),
+        (Some("confirmed"), None, Some(0))
+    );
+    assert_eq!(o["cancels_refused"], 1);
+    assert_eq!(on_hand_and_reserved(&staff, base, "STUCK-LAMP").await, (Some(8), Some(0)));
+
+    // A refund refused is recorded once, gives nothing back, and leaves the order refundable.
+    let refund = || staff.post(format!("{base}/v1/orders/{id}/refund")).json(&json!({})).send();
+    assert_eq!(body(refund().await.expect("refund"), StatusCode::ACCEPTED).await["refund_pending"], 2000);
+    eventually("the refund refused", Duration::from_secs(20), || async {
+        events().await.contains(&"order.refund_refused".to_owned()).then_some(())
+    })
+    .await;
+    let o = order().await;
+    assert_eq!(
+        (o["status"].as_str(), o.get("refund_pending"), o["refunded"].as_i64()),
+        (Some("confirmed"), None, Some(0))
+    );
+    assert_eq!(body(refund().await.expect("refund again"), StatusCode::ACCEPTED).await["refunds"], 2);
+    eventually("the second refund refused", Duration::from_secs(20), || async {
+        let refused = events().await.into_iter().filter(|t| t == "order.refund_refused").count();
+        (refused == 2).then_some(())
+    })
+    .await;
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("souk_payment_refunds_refused_total 3"), "{metrics}");
+    assert_eq!(
+        (order().await["refunds_refused"].as_u64(), order().await["refunds"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let history = events().await;
+    assert_eq!(history.iter().filter(|t| *t == "order.cancel_refused").count(), 1, "{history:?}");
+    assert!(
+        !history.contains(&"order.refunded".to_owned()) && !history.contains(&"order.cancelled".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_that_lapses_during_the_payment_cancels_the_order_refunds_it_and_sells_nothing() {
     // Holds lapse after a second; the sandbox approves this card after three.
     let (_nats, node, http, staff) =
