@@ -46,6 +46,9 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_visa" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_123", "status": "requires_capture"})))
             }
+            "pm_card_refundFail" => {
+                (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
+            }
             "pm_card_chargeDeclinedInsufficientFunds" => declined("insufficient_funds"),
             "pm_card_gatewayError" => {
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error"}})))
@@ -63,8 +66,14 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
     let refunds = |State(seen): State<Arc<Mutex<Vec<Seen>>>>,
                    headers: HeaderMap,
                    Form(form): Form<Vec<(String, String)>>| async move {
+        // What Stripe answers for a payment refunded in its dashboard already.
+        let refunded = field(&form, "payment_intent") == "pi_refunded";
         record(State(seen), "/v1/refunds".into(), headers, form).await;
-        axum::Json(json!({"id": "re_1"}))
+        if refunded {
+            let error = json!({"error": {"type": "invalid_request_error", "code": "charge_already_refunded", "message": "Charge ch_1 has already been refunded."}});
+            return (StatusCode::BAD_REQUEST, axum::Json(error));
+        }
+        (StatusCode::OK, axum::Json(json!({"id": "re_1"})))
     };
     let app = axum::Router::new()
         .route("/v1/payment_intents", post(intents))
@@ -175,6 +184,49 @@ async fn a_checkout_through_stripe_authorises_and_captures_once_by_key() {
         ]
     );
     assert_eq!(field(&seen[0].3, "amount"), "2400");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_stripe_refuses_to_refund_is_recorded_and_asked_again_under_a_new_key() {
+    let (url, seen) = stripe_peer().await;
+    let (_nats, node, http, staff) = crate::catalog::staff_node_with(&[
+        ("SOUK_PAYMENTS", "stripe"),
+        ("SOUK_STRIPE_BASE_URL", url.as_str()),
+        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
+    ])
+    .await;
+    let base = node.url();
+    crate::checkout::lamp_on_sale(&staff, base, base, "DONE-LAMP", 5).await;
+    let c = customer(&http, base, "refunded@payments.test").await;
+    crate::cart::add(&c, base, None, "DONE-LAMP", 1).await;
+    let mut checkout = crate::checkout::approved_checkout();
+    checkout["payment_method"] = json!("pm_card_refundFail");
+    let r = c.post(format!("{base}/v1/checkout")).header("idempotency-key", "d-1").json(&checkout).send();
+    let placed: serde_json::Value = r.await.expect("checkout").json().await.expect("order");
+    let id = placed["id"].as_str().expect("id").to_owned();
+    let order = || async {
+        let r = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    };
+    eventually("the order confirmed", Duration::from_secs(30), || async {
+        (order().await?["status"] == "confirmed").then_some(())
+    })
+    .await;
+
+    // Twice the customer cancels and Stripe refuses the refund; the second time is a new
+    // refund, not the first one's remembered answer.
+    for refusals in 1..=2 {
+        let r = c.post(format!("{base}/v1/orders/{id}/cancel")).send().await.expect("cancel");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let o = eventually("the cancellation refused", Duration::from_secs(20), || async {
+            order().await.filter(|o| o["cancels_refused"] == refusals)
+        })
+        .await;
+        assert_eq!((o["status"].as_str(), o.get("cancel_requested")), (Some("confirmed"), None), "{o}");
+    }
+    let keys: Vec<String> =
+        seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/refunds").map(|s| s.2.clone()).collect();
+    assert_eq!(keys, [format!("{id}-cancel-refund"), format!("{id}-cancel-refund-2")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
