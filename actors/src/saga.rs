@@ -509,9 +509,19 @@ impl Saga {
         }
     }
 
+    /// Releases an authorisation. A provider that refuses for good holds nothing it can release
+    /// (the authorisation expired or was cancelled already), so that ends the void too; only a
+    /// provider that fails or does not answer makes the step run again.
     async fn void(&self, order: &OrderView, payment: &str) -> Result<(), StepError> {
         let key = format!("{}-void", order.id);
-        self.with_deadline(|| self.gateway.void(payment, &key)).await.map_err(StepError::Payment)
+        match self.with_deadline(|| self.gateway.void(payment, &key)).await {
+            Ok(()) => Ok(()),
+            Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
+            Err(e) => {
+                tracing::warn!(order = %order.id, reason = %e, "the provider refused a void: nothing left to release");
+                Ok(())
+            }
+        }
     }
 
     /// Voids the hold an unanswered authorisation may have left. Asking again under the same

@@ -49,6 +49,9 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_refundFail" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
             }
+            "pm_card_expiring" => {
+                (StatusCode::OK, axum::Json(json!({"id": "pi_expired", "status": "requires_capture"})))
+            }
             "pm_card_chargeDeclinedInsufficientFunds" => declined("insufficient_funds"),
             "pm_card_gatewayError" => {
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error"}})))
@@ -61,7 +64,19 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
                      headers: HeaderMap,
                      Form(form): Form<Vec<(String, String)>>| async move {
         record(State(seen), format!("/v1/payment_intents/{id}/{action}"), headers, form).await;
-        axum::Json(json!({"id": id}))
+        // What Stripe answers for an authorisation that expired before its capture.
+        let error = match (id.as_str(), action.as_str()) {
+            ("pi_expired", "capture") => Some("charge_expired_for_capture"),
+            ("pi_expired", "cancel") => Some("payment_intent_unexpected_state"),
+            _ => None,
+        };
+        match error {
+            Some(code) => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"type": "invalid_request_error", "code": code}})),
+            ),
+            None => (StatusCode::OK, axum::Json(json!({"id": id}))),
+        }
     };
     let refunds = |State(seen): State<Arc<Mutex<Vec<Seen>>>>,
                    headers: HeaderMap,
@@ -227,6 +242,47 @@ async fn a_cancellation_stripe_refuses_to_refund_is_recorded_and_asked_again_und
     let keys: Vec<String> =
         seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/refunds").map(|s| s.2.clone()).collect();
     assert_eq!(keys, [format!("{id}-cancel-refund"), format!("{id}-cancel-refund-2")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorisation_stripe_will_neither_capture_nor_cancel_ends_the_checkout_declined() {
+    let (url, seen) = stripe_peer().await;
+    let (_nats, node, http, staff) = crate::catalog::staff_node_with(&[
+        ("SOUK_PAYMENTS", "stripe"),
+        ("SOUK_STRIPE_BASE_URL", url.as_str()),
+        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
+    ])
+    .await;
+    let base = node.url();
+    crate::checkout::lamp_on_sale(&staff, base, base, "GONE-LAMP", 5).await;
+    let c = customer(&http, base, "expired@payments.test").await;
+    crate::cart::add(&c, base, None, "GONE-LAMP", 2).await;
+    let mut checkout = crate::checkout::approved_checkout();
+    checkout["payment_method"] = json!("pm_card_expiring");
+    let r = c.post(format!("{base}/v1/checkout")).header("idempotency-key", "e-1").json(&checkout).send();
+    let placed: serde_json::Value = r.await.expect("checkout").json().await.expect("order");
+    let id = placed["id"].as_str().expect("id").to_owned();
+    // The capture is refused, and so is the void of an authorisation that is gone: the order
+    // is cancelled with its stock given back rather than voided again and again.
+    let o = eventually("the order cancelled", Duration::from_secs(30), || async {
+        let o: serde_json::Value =
+            c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        (o["status"] == "cancelled").then_some(o)
+    })
+    .await;
+    assert_eq!(o["cancel_reason"], "payment_declined", "{o}");
+    let stock: serde_json::Value = staff
+        .get(format!("{base}/v1/inventory/GONE-LAMP"))
+        .send()
+        .await
+        .expect("stock")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((stock["on_hand"].as_u64(), stock["reserved"].as_u64()), (Some(5), Some(0)));
+    let cancels =
+        seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/payment_intents/pi_expired/cancel").count();
+    assert_eq!(cancels, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
