@@ -421,14 +421,24 @@ impl Saga {
             tracing::warn!(order = %order.id, %sku, reason = %e, "held stock lapsed before the sale");
             let payment = order.payment.clone().unwrap_or_default();
             let key = format!("{}-refund", order.id);
-            self.with_deadline(|| self.gateway.refund(&payment, Self::total(order), &key))
-                .await
-                .map_err(StepError::Payment)?;
+            // The order cannot be filled either way; a refund refused is cancelled without it
+            // (`refunded` 0), for staff to settle with the provider.
+            let refunded = match self.give_back(&payment, Self::total(order), &key).await? {
+                Ok(()) => order.total,
+                Err(e) => {
+                    tracing::error!(
+                        order = %order.id,
+                        reason = %e,
+                        "the provider refused the refund of an order whose held stock lapsed; cancelled without it"
+                    );
+                    0
+                }
+            };
             // Only the lines sold go back on hand, as after a cancellation: a lapsed line was
             // never sold, and returning it with its quantity would add units never taken out.
             let back = self.each_line(&sold, |line| Self::return_of(&reservation, line)).await;
             Self::rejection(back)?;
-            return self.cancel(order, CancelReason::ReservationLapsed, order.total).await;
+            return self.cancel(order, CancelReason::ReservationLapsed, refunded).await;
         }
         Ok(Some(self.order(&order.id, OrderCommand::Confirm).await?))
     }

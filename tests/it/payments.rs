@@ -49,6 +49,11 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_refundFail" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
             }
+            "pm_card_slowRefundFail" => {
+                // Approved after three seconds, and its refunds refused.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
+            }
             "pm_card_expiring" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_expired", "status": "requires_capture"})))
             }
@@ -283,6 +288,59 @@ async fn an_authorisation_stripe_will_neither_capture_nor_cancel_ends_the_checko
     let cancels =
         seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/payment_intents/pi_expired/cancel").count();
     assert_eq!(cancels, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_order_whose_refund_stripe_refuses_is_cancelled_without_it_and_sells_nothing() {
+    let (url, seen) = stripe_peer().await;
+    // Holds lapse after a second; this card's authorisation answers after three.
+    let (_nats, node, http, staff) = crate::catalog::staff_node_with(&[
+        ("SOUK_PAYMENTS", "stripe"),
+        ("SOUK_STRIPE_BASE_URL", url.as_str()),
+        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
+        ("SOUK_RESERVATION_TTL", "1s"),
+        ("SOUK_PAYMENT_TIMEOUT", "10s"),
+    ])
+    .await;
+    let base = node.url();
+    crate::checkout::lamp_on_sale(&staff, base, base, "LATE-A", 5).await;
+    crate::checkout::lamp_on_sale(&staff, base, base, "LATE-B", 5).await;
+    let c = customer(&http, base, "lapsed@payments.test").await;
+    crate::cart::add(&c, base, None, "LATE-A", 2).await;
+    crate::cart::add(&c, base, None, "LATE-B", 1).await;
+    let mut checkout = crate::checkout::approved_checkout();
+    checkout["payment_method"] = json!("pm_card_slowRefundFail");
+    let r = c.post(format!("{base}/v1/checkout")).header("idempotency-key", "l-1").json(&checkout).send();
+    let placed: serde_json::Value = r.await.expect("checkout").json().await.expect("order");
+    let id = placed["id"].as_str().expect("id").to_owned();
+    let o = eventually("the order cancelled", Duration::from_secs(30), || async {
+        let o: serde_json::Value =
+            c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        (o["status"] == "cancelled").then_some(o)
+    })
+    .await;
+    assert_eq!(
+        (o["cancel_reason"].as_str(), o["refunded"].as_i64()),
+        (Some("reservation_lapsed"), Some(0)),
+        "{o}"
+    );
+    // Nothing sold, nothing held, and the refund was asked for once.
+    for sku in ["LATE-A", "LATE-B"] {
+        let s: serde_json::Value = staff
+            .get(format!("{base}/v1/inventory/{sku}"))
+            .send()
+            .await
+            .expect("stock")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)), "{sku}");
+    }
+    let refunds = seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/refunds").count();
+    assert_eq!(refunds, 1);
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("souk_payment_refunds_refused_total 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
