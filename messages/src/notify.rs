@@ -90,6 +90,19 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// Every topic.
+    pub const ALL: [Self; 9] = [
+        Self::OrderConfirmed,
+        Self::OrderShipped,
+        Self::OrderDelivered,
+        Self::OrderCancelled,
+        Self::OrderRefunded,
+        Self::PaymentFailed,
+        Self::PasswordReset,
+        Self::StockLow,
+        Self::Event,
+    ];
+
     /// The topic's wire name, which is also its templates' file stem.
     pub const fn as_str(self) -> &'static str {
         match self {

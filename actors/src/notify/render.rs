@@ -4,9 +4,10 @@
 use minijinja::{AutoEscape, Environment, Value};
 use serde::Serialize;
 use souk_messages::notify::{Channel, Topic};
-use souk_messages::order::{CancelReason, OrderView};
-use souk_messages::product::Currency;
+use souk_messages::order::{Address, CancelReason, OrderId, OrderLine, OrderStatus, OrderView};
+use souk_messages::product::{Currency, Money, ProductId};
 use souk_messages::user::Locale;
+use souk_messages::{Sku, UserId};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,14 @@ impl Renderer {
         env.set_keep_trailing_newline(true);
         let replaced = overrides.map(shop_templates).transpose()?.unwrap_or_default();
         let names: HashSet<String> = replaced.iter().map(|(n, _)| n.clone()).collect();
+        // The default templates, then each language folder the shop has.
+        let mut folders: Vec<Option<Locale>> = vec![None];
+        for name in &names {
+            let tag = split_language(name).0.trim_end_matches('/');
+            if let Some(locale) = Locale::parse(tag).ok().filter(|l| !folders.contains(&Some(l.clone()))) {
+                folders.push(Some(locale));
+            }
+        }
         for (name, _) in &replaced {
             // An email's subject and text come from its `.txt`, its HTML part from its `.html`:
             // a shop that replaces one and not the other mixes words.
@@ -166,7 +175,42 @@ impl Renderer {
             let compiled = env.add_template_owned(name.clone(), source);
             compiled.map_err(template_error(&name))?;
         }
-        Ok(Self { env, shop })
+        let renderer = Self { env, shop };
+        renderer.check(&folders)?;
+        Ok(renderer)
+    }
+
+    /// Renders every message in each of `languages` with a sample of everything the planner
+    /// gives templates, so a template that cannot render (an unknown filter, a field misspelt
+    /// and read through) stops the node at start-up, as a syntax error does, rather than
+    /// holding back every message of its topic once the node runs.
+    fn check(&self, languages: &[Option<Locale>]) -> Result<(), RenderError> {
+        let order = sample_order();
+        for locale in languages {
+            let language = locale.as_ref().unwrap_or(&self.shop.locale);
+            let ctx = minijinja::context! {
+                customer => minijinja::context! { name => "Ada Lovelace" },
+                order => minijinja::context! {
+                    refund => money(500, order.currency, Some(language)),
+                    ..order_context(&order, Some(language))
+                },
+                stock => minijinja::context! { sku => "SAMPLE-1", available => 2, on_hand => 5, reserved => 3, threshold => 3 },
+                reset_url => format!("{}/reset-password?token=sample", self.shop.url),
+                expires_at => "2026-01-01T00:00:00Z",
+                valid_minutes => 30,
+            };
+            for topic in Topic::ALL {
+                for channel in [Channel::Email, Channel::Sms] {
+                    self.render(topic, channel, locale.as_ref(), &ctx).map_err(|e| match (e, locale) {
+                        (RenderError::Template { name, source }, Some(l)) => {
+                            RenderError::Template { name: format!("{name} (for {l})"), source }
+                        }
+                        (e, _) => e,
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `topic` has a message for `channel`.
@@ -372,6 +416,55 @@ pub fn cancel_reason(reason: CancelReason) -> &'static str {
     }
 }
 
+/// An order with every field a message can show, for [`Renderer::check`].
+fn sample_order() -> OrderView {
+    let currency = Currency::parse("EUR").unwrap_or(Currency::NONE);
+    let line = |sku: &str, title: &str, quantity, amount| {
+        Sku::parse(sku).ok().map(|sku| OrderLine {
+            sku,
+            product: ProductId::generate(),
+            title: title.into(),
+            quantity,
+            unit_price: Money { amount, currency },
+        })
+    };
+    OrderView {
+        id: OrderId::generate(),
+        customer: UserId::generate(),
+        status: OrderStatus::Cancelled,
+        lines: [line("SAMPLE-1", "Brass lamp", 2, 2500), line("SAMPLE-2", "Linen shade", 1, 1250)]
+            .into_iter()
+            .flatten()
+            .collect(),
+        total: 6250,
+        currency,
+        shipping_address: Address {
+            name: "Ada Lovelace".into(),
+            line1: "12 St James's Square".into(),
+            line2: Some("Flat 2".into()),
+            city: "London".into(),
+            postal_code: "SW1Y 4JH".into(),
+            country: "GB".into(),
+        },
+        payment_authorized: true,
+        payment_method: None,
+        payment: None,
+        cancel_reason: Some(CancelReason::CustomerRequest),
+        cancel_requested: None,
+        tracking: Some("1Z999AA10123456784".into()),
+        refunded: 500,
+        refund_pending: None,
+        refunds: 1,
+        refunds_refused: 0,
+        cancels_refused: 0,
+        payment_unsettled: false,
+        placed_at: None,
+        updated_at: None,
+        timeline: Vec::new(),
+        version: 1,
+    }
+}
+
 /// The order as templates see it: money already formatted for a reader of `locale`.
 pub fn order_context(order: &OrderView, locale: Option<&Locale>) -> Value {
     let lines: Vec<Value> = order
@@ -560,6 +653,30 @@ mod tests {
         write("fr/email/order_delivred.txt", "misspelt");
         let refused = Renderer::new(shop(), Some(dir.path())).expect_err("a misnamed file");
         assert!(matches!(refused, RenderError::Unknown { .. }), "{refused}");
+    }
+
+    #[test]
+    fn templates_that_cannot_render_stop_the_node_at_start_up() {
+        let shop = || shop_in("Souk", "en");
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, text: &str| write_template(dir.path(), name, text);
+        // Every field a message is given reads, in the default templates and a language's.
+        write(
+            "email/order_refunded.txt",
+            "{% set subject = \"Refund \" ~ order.number %}{{ order.refund }} of {{ order.total }}: {% for l in order.lines %}{{ l.title | upper }}{% endfor %}",
+        );
+        write("fr/sms/order_shipped.txt", "{{ shop.name }} : suivi {{ order.tracking | lower }}");
+        Renderer::new(shop(), Some(dir.path())).expect("templates that render");
+
+        // A filter that does not exist, or a misspelt field read through, is found at start.
+        write("email/order_shipped.txt", "{% set subject = \"Shipped\" %}{{ order.tracking | track }}");
+        let refused = Renderer::new(shop(), Some(dir.path())).expect_err("an unknown filter");
+        assert!(refused.to_string().contains("email/order_shipped.txt"), "{refused}");
+        assert!(refused.to_string().contains("unknown filter"), "{refused}");
+        std::fs::remove_file(dir.path().join("email/order_shipped.txt")).expect("rm");
+        write("fr/sms/order_delivered.txt", "Livré à {{ order.shiping.city }}");
+        let refused = Renderer::new(shop(), Some(dir.path())).expect_err("a misspelt field");
+        assert!(refused.to_string().contains("sms/order_delivered.txt (for fr)"), "{refused}");
     }
 
     #[test]
