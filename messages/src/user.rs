@@ -471,7 +471,8 @@ impl UserEvent {
 }
 
 /// How many password resets an account keeps open at once: asking again does not void the
-/// emails already on their way, but only the newest few stay usable.
+/// emails already on their way, and while this many are open asking again sends nothing, so
+/// nobody can flood an address with reset emails (at most this many per reset lifetime).
 pub const OPEN_RESETS: usize = 3;
 
 /// An open password reset.
@@ -642,6 +643,11 @@ impl Entity for UserState {
             UserCommand::RequestPasswordReset { token, expires_at } => {
                 let email =
                     self.email.clone().ok_or_else(|| invalid(ErrorCode::UnknownUser, "no such user"))?;
+                // Answered like any other request (the caller never learns whether an address
+                // has an account), but no new link and no email.
+                if self.open_resets().filter(|r| r.expires_at > now).count() >= OPEN_RESETS {
+                    return Ok(Vec::new());
+                }
                 Ok(vec![UserEvent::PasswordResetRequested {
                     email,
                     token: token.clone(),
@@ -871,21 +877,34 @@ mod tests {
         let mut s = registered();
         let ask = |n: usize| UserCommand::RequestPasswordReset {
             token: Secret(format!("tok-{n}")),
-            expires_at: now + Duration::minutes(30),
+            expires_at: now + Duration::minutes(30) + Duration::minutes(n as i64),
         };
         let spend = |n: usize| UserCommand::ResetPassword { token: Secret(format!("tok-{n}")) };
-        for n in 1..=OPEN_RESETS + 1 {
-            run(&mut s, &ask(n), now).expect("request");
+        for n in 1..=OPEN_RESETS {
+            assert_eq!(run(&mut s, &ask(n), now), Ok(1), "request {n}");
         }
-        // The oldest of four is no longer open; the other three are, whichever comes first.
+        // While three are open, asking again sends nothing: no flood of emails to one address.
+        let next = OPEN_RESETS + 1;
+        assert_eq!(run(&mut s, &ask(next), now), Ok(0));
+        assert_eq!(run(&mut s.clone(), &spend(next), now), Err(ErrorCode::InvalidToken));
+        // Once the oldest has expired a new one is sent, and the oldest is no longer kept.
+        let later = now + Duration::minutes(31) + Duration::seconds(30);
+        assert_eq!(run(&mut s, &ask(next), later), Ok(1));
         assert_eq!(run(&mut s.clone(), &spend(1), now), Err(ErrorCode::InvalidToken));
-        for n in 2..=OPEN_RESETS + 1 {
-            assert_eq!(run(&mut s.clone(), &spend(n), now), Ok(1), "token {n}");
+        // The three open are each usable, whichever email comes first.
+        for n in 2..=next {
+            assert_eq!(run(&mut s.clone(), &spend(n), later), Ok(1), "token {n}");
         }
-        assert_eq!(run(&mut s, &spend(2), now), Ok(1));
-        for n in 2..=OPEN_RESETS + 1 {
-            assert_eq!(run(&mut s, &spend(n), now), Err(ErrorCode::InvalidToken), "token {n} after a reset");
+        assert_eq!(run(&mut s, &spend(2), later), Ok(1));
+        for n in 2..=next {
+            assert_eq!(
+                run(&mut s, &spend(n), later),
+                Err(ErrorCode::InvalidToken),
+                "token {n} after a reset"
+            );
         }
+        // A password change closes them all, so asking again sends a link at once.
+        assert_eq!(run(&mut s, &ask(next + 1), later), Ok(1));
         // A snapshot from before earlier resets were kept still reads, with its one reset.
         let mut old = serde_json::to_value(registered()).expect("serialize");
         old["reset"] = serde_json::json!({"token": "tok-old", "expires_at": "2999-01-01T00:00:00Z"});
