@@ -161,6 +161,15 @@ fn retry_after(tries: i64) -> Duration {
     Duration::from_secs(1 << tries.saturating_sub(1).clamp(0, 6))
 }
 
+/// A payment call's answer, yes or no, which is final; a provider that failed or did not answer
+/// is a step to run again.
+fn answered<T>(outcome: Result<T, PaymentError>) -> Result<Result<T, PaymentError>, StepError> {
+    match outcome {
+        Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
+        answer => Ok(answer),
+    }
+}
+
 /// How a checkout ended, for metrics: `confirmed`, or `cancelled_<reason>`.
 fn outcome(order: &OrderView) -> &'static str {
     match (order.status, order.cancel_reason) {
@@ -400,9 +409,9 @@ impl Saga {
     async fn capture(&self, order: &OrderView) -> Result<Next, StepError> {
         let Some(payment) = order.payment.clone() else { return Ok(None) };
         let key = format!("{}-capture", order.id);
-        match self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await {
+        match answered(self.with_deadline(|| self.gateway.capture(&payment, Self::total(order), &key)).await)?
+        {
             Ok(()) => Ok(Some(self.order(&order.id, OrderCommand::RecordCaptured).await?)),
-            Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
             Err(e) => {
                 self.void(order, &payment).await?;
                 self.cancel(order, Self::declined(&e), 0).await
@@ -509,14 +518,11 @@ impl Saga {
         amount: Money,
         key: &str,
     ) -> Result<Result<(), PaymentError>, StepError> {
-        match self.with_deadline(|| self.gateway.refund(payment, amount, key)).await {
-            Ok(()) => Ok(Ok(())),
-            Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
-            Err(refused) => {
-                self.metrics.refund_refused();
-                Ok(Err(refused))
-            }
+        let given = answered(self.with_deadline(|| self.gateway.refund(payment, amount, key)).await)?;
+        if given.is_err() {
+            self.metrics.refund_refused();
         }
+        Ok(given)
     }
 
     /// Releases an authorisation. A provider that refuses for good holds nothing it can release
@@ -524,14 +530,10 @@ impl Saga {
     /// provider that fails or does not answer makes the step run again.
     async fn void(&self, order: &OrderView, payment: &str) -> Result<(), StepError> {
         let key = format!("{}-void", order.id);
-        match self.with_deadline(|| self.gateway.void(payment, &key)).await {
-            Ok(()) => Ok(()),
-            Err(PaymentError::Unavailable(e)) => Err(StepError::Payment(PaymentError::Unavailable(e))),
-            Err(e) => {
-                tracing::warn!(order = %order.id, reason = %e, "the provider refused a void: nothing left to release");
-                Ok(())
-            }
+        if let Err(e) = answered(self.with_deadline(|| self.gateway.void(payment, &key)).await)? {
+            tracing::warn!(order = %order.id, reason = %e, "the provider refused a void: nothing left to release");
         }
+        Ok(())
     }
 
     /// Voids the hold an unanswered authorisation may have left. Asking again under the same
@@ -551,13 +553,10 @@ impl Saga {
         let payment = match order.payment_method.as_deref() {
             None => None,
             Some(method) => {
-                match self.authorization(order, method).await {
+                match answered(self.authorization(order, method).await)? {
                     Ok(payment) => {
                         self.void(order, &payment).await?;
                         Some(payment)
-                    }
-                    Err(PaymentError::Unavailable(e)) => {
-                        return Err(StepError::Payment(PaymentError::Unavailable(e)));
                     }
                     // Declined: nothing is held.
                     Err(_) => None,
