@@ -3,7 +3,7 @@
 //! queue's message id is the notification id, so an event planned twice (redelivered, or
 //! planned by two nodes) is queued once; the delivery claim covers anything later.
 
-use super::render::{Renderer, money, order_context};
+use super::render::{Renderer, customer_context, order_message, reset_message, stock_message};
 use async_nats::jetstream::AckKind;
 use minijinja::Value;
 use serde::Deserialize as _;
@@ -204,7 +204,7 @@ impl Planner {
         order: Option<&OrderId>,
         context: impl Fn(&Locale) -> Value,
     ) -> Result<Vec<Notification>, PlanError> {
-        let customer = minijinja::context! { name => user.name.as_str() };
+        let customer = customer_context(user.name.as_str());
         let mut out = Vec::new();
         let mut reach = vec![(Channel::Email, user.email.to_string())];
         if let (Some(phone), false) = (&user.phone, user.sms_opt_out) {
@@ -264,17 +264,12 @@ impl Planner {
             Err(BusError::Rejected(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let context = |language: &Locale| {
-            let mut octx = order_context(&order, Some(language));
-            if let OrderEvent::Refunded { amount, .. } = &event.body {
-                octx =
-                    minijinja::context! { refund => money(*amount, order.currency, Some(language)), ..octx };
-            }
-            if let OrderEvent::Shipped { tracking } = &event.body {
-                octx = minijinja::context! { tracking => tracking.clone(), ..octx };
-            }
-            minijinja::context! { order => octx }
+        let (refund, tracking) = match &event.body {
+            OrderEvent::Refunded { amount, .. } => (Some(*amount), None),
+            OrderEvent::Shipped { tracking } => (None, Some(tracking.as_str())),
+            _ => (None, None),
         };
+        let context = |language: &Locale| order_message(&order, refund, tracking, language);
         self.to_user(&event, topic, &user, Some(&id), context)
     }
 
@@ -297,7 +292,7 @@ impl Planner {
         // How long the link works, in whole minutes rounded up: words for any language, where a
         // time would need the reader's time zone.
         let valid_minutes = ((*expires_at - event.time).whole_seconds().max(0) + 59) / 60;
-        let ctx = minijinja::context! { reset_url => link, expires_at => expires, valid_minutes };
+        let ctx = reset_message(&link, &expires, valid_minutes);
         // The link goes to the address the reset was asked for, never by text message.
         let user = UserView { email: email.clone(), phone: None, ..user };
         self.to_user(&event, Topic::PasswordReset, &user, None, |_: &Locale| ctx.clone())
@@ -310,13 +305,7 @@ impl Planner {
         else {
             return Ok(Vec::new());
         };
-        let ctx = minijinja::context! { stock => minijinja::context! {
-            sku => sku.as_str(),
-            available => levels.available(),
-            on_hand => levels.on_hand,
-            reserved => levels.reserved,
-            threshold => levels.low_stock,
-        }};
+        let ctx = stock_message(sku.as_str(), levels);
         let mut out = Vec::new();
         for staff in self.users.staff().await? {
             // Staff hear about stock by email only.

@@ -6,6 +6,7 @@ use serde::Serialize;
 use souk_messages::notify::{Channel, Topic};
 use souk_messages::order::{Address, CancelReason, OrderId, OrderLine, OrderStatus, OrderView};
 use souk_messages::product::{Currency, Money, ProductId};
+use souk_messages::stock::Levels;
 use souk_messages::user::Locale;
 use souk_messages::{Sku, UserId};
 use std::borrow::Cow;
@@ -186,18 +187,15 @@ impl Renderer {
     /// holding back every message of its topic once the node runs.
     fn check(&self, languages: &[Option<Locale>]) -> Result<(), RenderError> {
         let order = sample_order();
+        let levels = Levels { on_hand: 5, reserved: 3, low_stock: 3, ..Levels::default() };
         for locale in languages {
             let language = locale.as_ref().unwrap_or(&self.shop.locale);
+            let reset_url = format!("{}/reset-password?token=sample", self.shop.url);
             let ctx = minijinja::context! {
-                customer => minijinja::context! { name => "Ada Lovelace" },
-                order => minijinja::context! {
-                    refund => money(500, order.currency, Some(language)),
-                    ..order_context(&order, Some(language))
-                },
-                stock => minijinja::context! { sku => "SAMPLE-1", available => 2, on_hand => 5, reserved => 3, threshold => 3 },
-                reset_url => format!("{}/reset-password?token=sample", self.shop.url),
-                expires_at => "2026-01-01T00:00:00Z",
-                valid_minutes => 30,
+                ..minijinja::context! { customer => customer_context("Ada Lovelace") },
+                ..order_message(&order, Some(500), order.tracking.as_deref(), language),
+                ..reset_message(&reset_url, "2026-01-01T00:00:00Z", 30),
+                ..stock_message("SAMPLE-1", &levels),
             };
             for topic in Topic::ALL {
                 for channel in [Channel::Email, Channel::Sms] {
@@ -463,6 +461,46 @@ fn sample_order() -> OrderView {
         timeline: Vec::new(),
         version: 1,
     }
+}
+
+/// The customer as templates see them.
+pub fn customer_context(name: &str) -> Value {
+    minijinja::context! { name => name }
+}
+
+/// What an order message's templates see besides `customer`: the order, with the amount of the
+/// refund a refund message is about and the tracking number a shipping message gives.
+pub fn order_message(
+    order: &OrderView,
+    refund: Option<i64>,
+    tracking: Option<&str>,
+    language: &Locale,
+) -> Value {
+    let mut octx = order_context(order, Some(language));
+    if let Some(amount) = refund {
+        octx = minijinja::context! { refund => money(amount, order.currency, Some(language)), ..octx };
+    }
+    if let Some(tracking) = tracking {
+        octx = minijinja::context! { tracking => tracking, ..octx };
+    }
+    minijinja::context! { order => octx }
+}
+
+/// What a password reset's templates see: the link, when it stops working (RFC 3339) and how
+/// many minutes it works for.
+pub fn reset_message(reset_url: &str, expires_at: &str, valid_minutes: i64) -> Value {
+    minijinja::context! { reset_url => reset_url, expires_at => expires_at, valid_minutes => valid_minutes }
+}
+
+/// What a low-stock message's templates see.
+pub fn stock_message(sku: &str, levels: &Levels) -> Value {
+    minijinja::context! { stock => minijinja::context! {
+        sku => sku,
+        available => levels.available(),
+        on_hand => levels.on_hand,
+        reserved => levels.reserved,
+        threshold => levels.low_stock,
+    }}
 }
 
 /// The order as templates see it: money already formatted for a reader of `locale`.
