@@ -3,9 +3,11 @@
 
 use crate::cart::customer;
 use crate::catalog::{create, product};
+use crate::checkout::{lamp_on_sale, on_hand_and_reserved, order_when, place};
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use reqwest::Client;
 use serde_json::json;
 use souk_actors::payments::{PaymentError, PaymentGateway, Stripe, StripeSettings};
 use souk_messages::product::{Currency, Money};
@@ -104,6 +106,25 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
+}
+
+/// A node paying through the Stripe stand-in, with `env` besides: its servers, a client, a staff
+/// client and what the stand-in was sent.
+async fn stripe_node(env: &[(&str, &str)]) -> (NatsServer, SoukNode, Client, Client, Arc<Mutex<Vec<Seen>>>) {
+    let (url, seen) = stripe_peer().await;
+    let mut all = vec![
+        ("SOUK_PAYMENTS", "stripe"),
+        ("SOUK_STRIPE_BASE_URL", url.as_str()),
+        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
+    ];
+    all.extend_from_slice(env);
+    let (nats, node, http, staff) = crate::catalog::staff_node_with(&all).await;
+    (nats, node, http, staff, seen)
+}
+
+/// The idempotency keys of the requests to `path` the Stripe stand-in was sent.
+fn keys_sent(seen: &Mutex<Vec<Seen>>, path: &str) -> Vec<String> {
+    seen.lock().expect("lock").iter().filter(|s| s.0 == path).map(|s| s.2.clone()).collect()
 }
 
 fn field(form: &[(String, String)], name: &str) -> String {
@@ -208,117 +229,54 @@ async fn a_checkout_through_stripe_authorises_and_captures_once_by_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_stripe_refuses_to_refund_is_recorded_and_asked_again_under_a_new_key() {
-    let (url, seen) = stripe_peer().await;
-    let (_nats, node, http, staff) = crate::catalog::staff_node_with(&[
-        ("SOUK_PAYMENTS", "stripe"),
-        ("SOUK_STRIPE_BASE_URL", url.as_str()),
-        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
-    ])
-    .await;
+    let (_nats, node, http, staff, seen) = stripe_node(&[]).await;
     let base = node.url();
-    crate::checkout::lamp_on_sale(&staff, base, base, "DONE-LAMP", 5).await;
+    lamp_on_sale(&staff, base, base, "DONE-LAMP", 5).await;
     let c = customer(&http, base, "refunded@payments.test").await;
-    crate::cart::add(&c, base, None, "DONE-LAMP", 1).await;
-    let mut checkout = crate::checkout::approved_checkout();
-    checkout["payment_method"] = json!("pm_card_refundFail");
-    let r = c.post(format!("{base}/v1/checkout")).header("idempotency-key", "d-1").json(&checkout).send();
-    let placed: serde_json::Value = r.await.expect("checkout").json().await.expect("order");
-    let id = placed["id"].as_str().expect("id").to_owned();
-    let order = || async {
-        let r = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?;
-        r.json::<serde_json::Value>().await.ok()
-    };
-    eventually("the order confirmed", Duration::from_secs(30), || async {
-        (order().await?["status"] == "confirmed").then_some(())
-    })
-    .await;
+    let id = place(&c, base, &[("DONE-LAMP", 1)], "pm_card_refundFail", "d-1").await;
+    order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
 
     // Twice the customer cancels and Stripe refuses the refund; the second time is a new
     // refund, not the first one's remembered answer.
     for refusals in 1..=2 {
         let r = c.post(format!("{base}/v1/orders/{id}/cancel")).send().await.expect("cancel");
         assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let o = eventually("the cancellation refused", Duration::from_secs(20), || async {
-            order().await.filter(|o| o["cancels_refused"] == refusals)
-        })
-        .await;
+        let o =
+            order_when(&c, base, &id, "the cancellation refused", |o| o["cancels_refused"] == refusals).await;
         assert_eq!((o["status"].as_str(), o.get("cancel_requested")), (Some("confirmed"), None), "{o}");
     }
-    let keys: Vec<String> =
-        seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/refunds").map(|s| s.2.clone()).collect();
-    assert_eq!(keys, [format!("{id}-cancel-refund"), format!("{id}-cancel-refund-2")]);
+    assert_eq!(
+        keys_sent(&seen, "/v1/refunds"),
+        [format!("{id}-cancel-refund"), format!("{id}-cancel-refund-2")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorisation_stripe_will_neither_capture_nor_cancel_ends_the_checkout_declined() {
-    let (url, seen) = stripe_peer().await;
-    let (_nats, node, http, staff) = crate::catalog::staff_node_with(&[
-        ("SOUK_PAYMENTS", "stripe"),
-        ("SOUK_STRIPE_BASE_URL", url.as_str()),
-        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
-    ])
-    .await;
+    let (_nats, node, http, staff, seen) = stripe_node(&[]).await;
     let base = node.url();
-    crate::checkout::lamp_on_sale(&staff, base, base, "GONE-LAMP", 5).await;
+    lamp_on_sale(&staff, base, base, "GONE-LAMP", 5).await;
     let c = customer(&http, base, "expired@payments.test").await;
-    crate::cart::add(&c, base, None, "GONE-LAMP", 2).await;
-    let mut checkout = crate::checkout::approved_checkout();
-    checkout["payment_method"] = json!("pm_card_expiring");
-    let r = c.post(format!("{base}/v1/checkout")).header("idempotency-key", "e-1").json(&checkout).send();
-    let placed: serde_json::Value = r.await.expect("checkout").json().await.expect("order");
-    let id = placed["id"].as_str().expect("id").to_owned();
+    let id = place(&c, base, &[("GONE-LAMP", 2)], "pm_card_expiring", "e-1").await;
     // The capture is refused, and so is the void of an authorisation that is gone: the order
     // is cancelled with its stock given back rather than voided again and again.
-    let o = eventually("the order cancelled", Duration::from_secs(30), || async {
-        let o: serde_json::Value =
-            c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
-        (o["status"] == "cancelled").then_some(o)
-    })
-    .await;
+    let o = order_when(&c, base, &id, "the order cancelled", |o| o["status"] == "cancelled").await;
     assert_eq!(o["cancel_reason"], "payment_declined", "{o}");
-    let stock: serde_json::Value = staff
-        .get(format!("{base}/v1/inventory/GONE-LAMP"))
-        .send()
-        .await
-        .expect("stock")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!((stock["on_hand"].as_u64(), stock["reserved"].as_u64()), (Some(5), Some(0)));
-    let cancels =
-        seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/payment_intents/pi_expired/cancel").count();
-    assert_eq!(cancels, 1);
+    assert_eq!(on_hand_and_reserved(&staff, base, "GONE-LAMP").await, (Some(5), Some(0)));
+    assert_eq!(keys_sent(&seen, "/v1/payment_intents/pi_expired/cancel").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_order_whose_refund_stripe_refuses_is_cancelled_without_it_and_sells_nothing() {
-    let (url, seen) = stripe_peer().await;
     // Holds lapse after a second; this card's authorisation answers after three.
-    let (_nats, node, http, staff) = crate::catalog::staff_node_with(&[
-        ("SOUK_PAYMENTS", "stripe"),
-        ("SOUK_STRIPE_BASE_URL", url.as_str()),
-        ("SOUK_STRIPE_API_KEY", "sk_test_9"),
-        ("SOUK_RESERVATION_TTL", "1s"),
-        ("SOUK_PAYMENT_TIMEOUT", "10s"),
-    ])
-    .await;
+    let (_nats, node, http, staff, seen) =
+        stripe_node(&[("SOUK_RESERVATION_TTL", "1s"), ("SOUK_PAYMENT_TIMEOUT", "10s")]).await;
     let base = node.url();
-    crate::checkout::lamp_on_sale(&staff, base, base, "LATE-A", 5).await;
-    crate::checkout::lamp_on_sale(&staff, base, base, "LATE-B", 5).await;
+    lamp_on_sale(&staff, base, base, "LATE-A", 5).await;
+    lamp_on_sale(&staff, base, base, "LATE-B", 5).await;
     let c = customer(&http, base, "lapsed@payments.test").await;
-    crate::cart::add(&c, base, None, "LATE-A", 2).await;
-    crate::cart::add(&c, base, None, "LATE-B", 1).await;
-    let mut checkout = crate::checkout::approved_checkout();
-    checkout["payment_method"] = json!("pm_card_slowRefundFail");
-    let r = c.post(format!("{base}/v1/checkout")).header("idempotency-key", "l-1").json(&checkout).send();
-    let placed: serde_json::Value = r.await.expect("checkout").json().await.expect("order");
-    let id = placed["id"].as_str().expect("id").to_owned();
-    let o = eventually("the order cancelled", Duration::from_secs(30), || async {
-        let o: serde_json::Value =
-            c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
-        (o["status"] == "cancelled").then_some(o)
-    })
-    .await;
+    let id = place(&c, base, &[("LATE-A", 2), ("LATE-B", 1)], "pm_card_slowRefundFail", "l-1").await;
+    let o = order_when(&c, base, &id, "the order cancelled", |o| o["status"] == "cancelled").await;
     assert_eq!(
         (o["cancel_reason"].as_str(), o["refunded"].as_i64()),
         (Some("reservation_lapsed"), Some(0)),
@@ -326,18 +284,9 @@ async fn a_lapsed_order_whose_refund_stripe_refuses_is_cancelled_without_it_and_
     );
     // Nothing sold, nothing held, and the refund was asked for once.
     for sku in ["LATE-A", "LATE-B"] {
-        let s: serde_json::Value = staff
-            .get(format!("{base}/v1/inventory/{sku}"))
-            .send()
-            .await
-            .expect("stock")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!((s["on_hand"].as_u64(), s["reserved"].as_u64()), (Some(5), Some(0)), "{sku}");
+        assert_eq!(on_hand_and_reserved(&staff, base, sku).await, (Some(5), Some(0)), "{sku}");
     }
-    let refunds = seen.lock().expect("lock").iter().filter(|s| s.0 == "/v1/refunds").count();
-    assert_eq!(refunds, 1);
+    assert_eq!(keys_sent(&seen, "/v1/refunds").len(), 1);
     let metrics =
         http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("souk_payment_refunds_refused_total 1"), "{metrics}");
