@@ -303,6 +303,61 @@ async fn order_events_send_each_email_and_sms_once_and_the_log_shows_them_to_adm
 }
 
 /// The fields of an `application/x-www-form-urlencoded` body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_template_fails_on_its_data_is_skipped_and_the_others_go_out() {
+    let smtp = SmtpPeer::start().await;
+    let (twilio, sms) = Peer::start().await;
+    let nats = NatsServer::start();
+    // The shop's confirmation email renders the sample order (two lines) at start, and
+    // divides by zero for an order of one line.
+    let templates = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(templates.path().join("email")).expect("mkdir");
+    std::fs::write(
+        templates.path().join("email/order_confirmed.txt"),
+        "{% set subject = \"Order \" ~ order.number ~ \" is in\" %}{{ 100 // (order.lines | length - 1) }} per line\n",
+    )
+    .expect("template");
+    let mut env = smtp_env(&smtp);
+    env.extend([
+        ("SOUK_SMS_PROVIDER", "twilio".into()),
+        ("SOUK_TWILIO_BASE_URL", twilio.clone()),
+        ("SOUK_TWILIO_ACCOUNT_SID", "AC123".into()),
+        ("SOUK_TWILIO_AUTH_TOKEN", "tw-secret".into()),
+        ("SOUK_TWILIO_FROM", "+15550001111".into()),
+        ("SOUK_TEMPLATES_DIR", templates.path().to_str().expect("path").to_owned()),
+    ]);
+    let node = start(&nats, &env);
+    let http = http();
+    crate::ready(&http, &node).await;
+    let base = node.url();
+    let staff = admin_http(base).await;
+    on_sale(&http, &staff, base, "teapot", "POT-1", 5).await;
+    on_sale(&http, &staff, base, "teacup", "CUP-1", 5).await;
+    let ada = register(&http, base, "odd@notify.test", Some("+44 20 7946 0001")).await;
+
+    // One line: the email cannot be rendered and is not sent; the text message still is.
+    let one = confirmed_order(&ada, base, "POT-1", 1, "u-1").await;
+    eventually("the confirmation SMS", Duration::from_secs(20), || async {
+        sms.seen().into_iter().find(|s| s.2.contains(&one))
+    })
+    .await;
+    let skipped = "souk_notifications_total{channel=\"email\",outcome=\"unrenderable\"} 1";
+    eventually("the email counted as unrenderable", Duration::from_secs(20), || async {
+        let metrics = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+        metrics.contains(skipped).then_some(())
+    })
+    .await;
+
+    // Two lines: the same template renders, and the email goes out.
+    let two = crate::checkout::place(&ada, base, &[("POT-1", 1), ("CUP-1", 1)], "pm_card_visa", "u-2").await;
+    let mail = eventually("the second order's email", Duration::from_secs(30), || async {
+        mails_to(&smtp, "odd@notify.test", &format!("Order {two} is in")).pop()
+    })
+    .await;
+    assert!(mail.contains("100 per line"), "{mail}");
+    assert!(mails_to(&smtp, "odd@notify.test", &format!("Order {one} is in")).is_empty());
+}
+
 fn form_pairs(body: &str) -> Vec<(String, String)> {
     let decode = |s: &str| unescape(&s.replace('+', " "), b'%');
     body.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()

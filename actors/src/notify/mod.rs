@@ -163,6 +163,7 @@ impl Notifier {
             endpoints,
             max_event_age: s.max_event_age,
             reset_url: format!("{}/reset-password", s.shop.url.trim_end_matches('/')),
+            metrics: metrics.clone(),
         });
         let worker = worker::Worker {
             jet: jet.clone(),

@@ -29,6 +29,8 @@ pub(crate) struct Planner {
     pub(crate) bus: Bus,
     pub(crate) users: UserRepo,
     pub(crate) renderer: Arc<Renderer>,
+    /// Where messages that cannot be rendered are counted.
+    pub(crate) metrics: crate::metrics::ActorMetrics,
     /// The webhook endpoints.
     pub(crate) endpoints: souk_nats::notify::LiveEndpoints,
     /// Events older than this are history, not news: nobody is told about them (a cluster
@@ -43,8 +45,6 @@ pub(crate) struct Planner {
 pub(crate) enum PlanError {
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error(transparent)]
-    Render(#[from] super::render::RenderError),
     #[error("cannot queue a notification: {0}")]
     Queue(String),
     #[error("cannot read the staff list: {0}")]
@@ -203,7 +203,7 @@ impl Planner {
         user: &UserView,
         order: Option<&OrderId>,
         context: impl Fn(&Locale) -> Value,
-    ) -> Result<Vec<Notification>, PlanError> {
+    ) -> Vec<Notification> {
         let customer = customer_context(user.name.as_str());
         let mut out = Vec::new();
         let mut reach = vec![(Channel::Email, user.email.to_string())];
@@ -213,7 +213,19 @@ impl Planner {
         for (channel, to) in reach {
             let language = self.renderer.language(topic, channel, user.locale.as_ref());
             let ctx = minijinja::context! { customer => customer.clone(), ..context(&language) };
-            let Some(r) = self.renderer.render(topic, channel, user.locale.as_ref(), &ctx)? else { continue };
+            let r = match self.renderer.render(topic, channel, user.locale.as_ref(), &ctx) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                // The same template fails the same way however often it is tried: this message
+                // is not sent, and the person's others (and everyone else's) still are. The
+                // start-up check finds most such templates; this is one that fails on this
+                // event's data alone.
+                Err(e) => {
+                    tracing::error!(%channel, topic = topic.as_str(), error = %e, "a message could not be rendered and is not sent");
+                    self.metrics.notification(channel, "unrenderable");
+                    continue;
+                }
+            };
             out.push(Notification {
                 id: NotificationId::of(&event.event_id, channel, &to),
                 channel,
@@ -228,7 +240,7 @@ impl Planner {
                 prior_attempts: 0,
             });
         }
-        Ok(out)
+        out
     }
 
     async fn user_view(&self, id: UserId) -> Result<UserView, BusError> {
@@ -270,7 +282,7 @@ impl Planner {
             _ => (None, None),
         };
         let context = |language: &Locale| order_message(&order, refund, tracking, language);
-        self.to_user(&event, topic, &user, Some(&id), context)
+        Ok(self.to_user(&event, topic, &user, Some(&id), context))
     }
 
     async fn user(&self, subject: &str, event: Event<UserEvent>) -> Result<Vec<Notification>, PlanError> {
@@ -295,7 +307,7 @@ impl Planner {
         let ctx = reset_message(&link, &expires, valid_minutes);
         // The link goes to the address the reset was asked for, never by text message.
         let user = UserView { email: email.clone(), phone: None, ..user };
-        self.to_user(&event, Topic::PasswordReset, &user, None, |_: &Locale| ctx.clone())
+        Ok(self.to_user(&event, Topic::PasswordReset, &user, None, |_: &Locale| ctx.clone()))
     }
 
     async fn stock(&self, subject: &str, event: Event<StockEvent>) -> Result<Vec<Notification>, PlanError> {
@@ -310,7 +322,7 @@ impl Planner {
         for staff in self.users.staff().await? {
             // Staff hear about stock by email only.
             let staff = UserView { phone: None, ..staff };
-            out.extend(self.to_user(&event, Topic::StockLow, &staff, None, |_: &Locale| ctx.clone())?);
+            out.extend(self.to_user(&event, Topic::StockLow, &staff, None, |_: &Locale| ctx.clone()));
         }
         Ok(out)
     }
