@@ -103,6 +103,17 @@ fn smtp_env(smtp: &SmtpPeer) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Text messages through Twilio's API at `url` (a [`Peer`]).
+fn twilio_env(url: &str) -> [(&'static str, String); 5] {
+    [
+        ("SOUK_SMS_PROVIDER", "twilio".into()),
+        ("SOUK_TWILIO_BASE_URL", url.to_owned()),
+        ("SOUK_TWILIO_ACCOUNT_SID", "AC123".into()),
+        ("SOUK_TWILIO_AUTH_TOKEN", "tw-secret".into()),
+        ("SOUK_TWILIO_FROM", "+15550001111".into()),
+    ]
+}
+
 /// A node mailing through an SMTP peer that refuses every message for now, with `settings`
 /// added to its environment; ready to serve.
 async fn refusing_mail_node(settings: &[(&'static str, &str)]) -> (SmtpPeer, NatsServer, SoukNode, Client) {
@@ -161,13 +172,7 @@ async fn order_events_send_each_email_and_sms_once_and_the_log_shows_them_to_adm
     let (twilio, sms) = Peer::start().await;
     let nats = NatsServer::start();
     let mut env = smtp_env(&smtp);
-    env.extend([
-        ("SOUK_SMS_PROVIDER", "twilio".into()),
-        ("SOUK_TWILIO_BASE_URL", twilio.clone()),
-        ("SOUK_TWILIO_ACCOUNT_SID", "AC123".into()),
-        ("SOUK_TWILIO_AUTH_TOKEN", "tw-secret".into()),
-        ("SOUK_TWILIO_FROM", "+15550001111".into()),
-    ]);
+    env.extend(twilio_env(&twilio));
     let node = start(&nats, &env);
     let http = http();
     crate::ready(&http, &node).await;
@@ -318,14 +323,8 @@ async fn a_message_whose_template_fails_on_its_data_is_skipped_and_the_others_go
     )
     .expect("template");
     let mut env = smtp_env(&smtp);
-    env.extend([
-        ("SOUK_SMS_PROVIDER", "twilio".into()),
-        ("SOUK_TWILIO_BASE_URL", twilio.clone()),
-        ("SOUK_TWILIO_ACCOUNT_SID", "AC123".into()),
-        ("SOUK_TWILIO_AUTH_TOKEN", "tw-secret".into()),
-        ("SOUK_TWILIO_FROM", "+15550001111".into()),
-        ("SOUK_TEMPLATES_DIR", templates.path().to_str().expect("path").to_owned()),
-    ]);
+    env.extend(twilio_env(&twilio));
+    env.push(("SOUK_TEMPLATES_DIR", templates.path().to_str().expect("path").to_owned()));
     let node = start(&nats, &env);
     let http = http();
     crate::ready(&http, &node).await;
@@ -374,19 +373,15 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
     let (sendgrid, mail) = Peer::start().await;
     let (twilio, sms) = Peer::start().await;
     let nats = NatsServer::start();
-    let env = vec![
+    let mut env = vec![
         ("SOUK_EMAIL_PROVIDER", "sendgrid".to_owned()),
         ("SOUK_SENDGRID_BASE_URL", sendgrid.clone()),
         ("SOUK_SENDGRID_API_KEY", "SG.test-key".to_owned()),
         ("SOUK_EMAIL_FROM", "Test Shop <orders@shop.test>".to_owned()),
         ("SOUK_SHOP_URL", "https://shop.test".to_owned()),
-        ("SOUK_SMS_PROVIDER", "twilio".to_owned()),
-        ("SOUK_TWILIO_BASE_URL", twilio.clone()),
-        ("SOUK_TWILIO_ACCOUNT_SID", "AC9".to_owned()),
-        ("SOUK_TWILIO_AUTH_TOKEN", "t".to_owned()),
-        ("SOUK_TWILIO_FROM", "+15550002222".to_owned()),
         ("SOUK_NOTIFY_RETRY_BASE", "200ms".to_owned()),
     ];
+    env.extend(twilio_env(&twilio));
     let node = start(&nats, &env);
     let http = http();
     crate::ready(&http, &node).await;
