@@ -504,7 +504,7 @@ pub fn stock_message(sku: &str, levels: &Levels) -> Value {
 }
 
 /// The order as templates see it: money already formatted for a reader of `locale`.
-pub fn order_context(order: &OrderView, locale: Option<&Locale>) -> Value {
+fn order_context(order: &OrderView, locale: Option<&Locale>) -> Value {
     let lines: Vec<Value> = order
         .lines
         .iter()
