@@ -39,7 +39,7 @@ pub trait PaymentGateway: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), PaymentError>>;
     /// Releases an authorisation that will not be captured.
     fn void<'a>(&'a self, payment: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), PaymentError>>;
-    /// Gives back captured money.
+    /// Gives back captured money; succeeds when the provider has given all of it back already.
     fn refund<'a>(
         &'a self,
         payment: &'a str,
@@ -72,7 +72,7 @@ pub const CARD_SLOW: &str = "pm_card_slow";
 /// Approved after three seconds: within the default payment deadline, but after a hold with a
 /// shorter `reservation_ttl` has lapsed.
 pub const CARD_SLOW_APPROVE: &str = "pm_card_slowApprove";
-/// Approved; every refund of it is refused (a payment already refunded at the provider).
+/// Approved; every refund of it is refused (as a provider refuses to refund a disputed payment).
 pub const CARD_REFUND_FAIL: &str = "pm_card_refundFail";
 /// How the sandbox's references of [`CARD_REFUND_FAIL`] payments begin.
 const NO_REFUNDS: &str = "sbx_norefund_";
@@ -158,6 +158,9 @@ pub struct Stripe {
     settings: StripeSettings,
 }
 
+/// Stripe's error code for a refund of a payment refunded in full already.
+const ALREADY_REFUNDED: &str = "charge_already_refunded";
+
 /// Stripe's answer: a PaymentIntent or refund (its id), or an error.
 #[derive(Debug, serde::Deserialize)]
 struct StripeReply {
@@ -184,7 +187,15 @@ impl Stripe {
         Ok(Self { http, settings })
     }
 
-    async fn post(&self, path: &str, form: &[(&str, String)], key: &str) -> Result<String, PaymentError> {
+    /// Posts `form` to `path` under `key`. `done` names the error codes that mean what was
+    /// asked has happened already, outside this request: those answer as a success.
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, String)],
+        key: &str,
+        done: &[&str],
+    ) -> Result<String, PaymentError> {
         let url = format!("{}{path}", self.settings.base_url.trim_end_matches('/'));
         let res = self
             .http
@@ -202,6 +213,13 @@ impl Stripe {
             .map_err(|e| PaymentError::Unavailable(format!("{status}: {}", e.without_url())))?;
         match (status.is_success(), reply.id, reply.error) {
             (true, Some(id), _) => Ok(id),
+            (_, _, Some(e))
+                if status.is_client_error() && e.code.as_deref().is_some_and(|c| done.contains(&c)) =>
+            {
+                let code = e.code.unwrap_or_default();
+                tracing::warn!(%status, code, path, "Stripe says this was done already, outside Souk; taken as done");
+                Ok(String::new())
+            }
             (_, _, Some(e)) if status.is_client_error() && e.kind.as_deref() == Some("card_error") => {
                 if e.decline_code.as_deref() == Some("insufficient_funds")
                     || e.code.as_deref() == Some("insufficient_funds")
@@ -237,7 +255,7 @@ impl PaymentGateway for Stripe {
                 ("capture_method", "manual".to_owned()),
                 ("payment_method_types[]", "card".to_owned()),
             ];
-            self.post("/v1/payment_intents", &form, key).await
+            self.post("/v1/payment_intents", &form, key, &[]).await
         })
     }
 
@@ -249,13 +267,13 @@ impl PaymentGateway for Stripe {
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
             let form = [("amount_to_capture", amount.amount.to_string())];
-            self.post(&format!("/v1/payment_intents/{payment}/capture"), &form, key).await.map(drop)
+            self.post(&format!("/v1/payment_intents/{payment}/capture"), &form, key, &[]).await.map(drop)
         })
     }
 
     fn void<'a>(&'a self, payment: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
-            self.post(&format!("/v1/payment_intents/{payment}/cancel"), &[], key).await.map(drop)
+            self.post(&format!("/v1/payment_intents/{payment}/cancel"), &[], key, &[]).await.map(drop)
         })
     }
 
@@ -267,7 +285,10 @@ impl PaymentGateway for Stripe {
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
             let form = [("payment_intent", payment.to_owned()), ("amount", amount.amount.to_string())];
-            self.post("/v1/refunds", &form, key).await.map(drop)
+            // A payment refunded in full already (in Stripe's dashboard, say) has given the
+            // money back: a cancellation goes on to put the stock back rather than leave an
+            // order the customer has been repaid for to ship.
+            self.post("/v1/refunds", &form, key, &[ALREADY_REFUNDED]).await.map(drop)
         })
     }
 }

@@ -77,6 +77,8 @@ pub enum Topic {
     OrderDelivered,
     /// The order was cancelled (by the customer, staff or a lapse).
     OrderCancelled,
+    /// The customer's cancellation did not happen: the provider refused the refund.
+    OrderCancelRefused,
     /// Money was given back.
     OrderRefunded,
     /// The payment failed, so the order was cancelled.
@@ -91,11 +93,12 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::OrderConfirmed,
         Self::OrderShipped,
         Self::OrderDelivered,
         Self::OrderCancelled,
+        Self::OrderCancelRefused,
         Self::OrderRefunded,
         Self::PaymentFailed,
         Self::PasswordReset,
@@ -110,6 +113,7 @@ impl Topic {
             Self::OrderShipped => "order_shipped",
             Self::OrderDelivered => "order_delivered",
             Self::OrderCancelled => "order_cancelled",
+            Self::OrderCancelRefused => "order_cancel_refused",
             Self::OrderRefunded => "order_refunded",
             Self::PaymentFailed => "payment_failed",
             Self::PasswordReset => "password_reset",

@@ -367,7 +367,10 @@ pub enum OrderEvent {
     /// The provider refused to give the payment back, so the cancellation asked for did not
     /// happen: the order stays confirmed with its stock sold.
     #[serde(rename = "order.cancel_refused")]
-    CancelRefused {},
+    CancelRefused {
+        /// Who asked for the cancellation (the customer is told when it was them).
+        reason: CancelReason,
+    },
 }
 
 impl OrderEvent {
@@ -388,7 +391,7 @@ impl OrderEvent {
             | Self::RefundRequested { .. }
             | Self::Refunded { .. }
             | Self::RefundRefused { .. }
-            | Self::CancelRefused {} => None,
+            | Self::CancelRefused { .. } => None,
         }
     }
 
@@ -413,7 +416,7 @@ impl OrderEvent {
             Self::RefundRequested { .. } => Self::CALLS_FOR_WORK[2],
             Self::Refunded { .. } => "order.refunded",
             Self::RefundRefused { .. } => "order.refund_refused",
-            Self::CancelRefused {} => "order.cancel_refused",
+            Self::CancelRefused { .. } => "order.cancel_refused",
         }
     }
 }
@@ -613,7 +616,7 @@ impl Fold for OrderState {
                 self.pending_refund = None;
                 self.refunds_refused += 1;
             }
-            OrderEvent::CancelRefused {} => {
+            OrderEvent::CancelRefused { .. } => {
                 self.cancel_requested = None;
                 self.cancels_refused += 1;
             }
@@ -785,7 +788,7 @@ impl Entity for OrderState {
                 _ => return Err(ReplyError::new(ErrorCode::OrderConflict, "no such refund under way")),
             },
             OrderCommand::RecordCancelRefused => match (status, self.cancel_requested) {
-                (S::Confirmed, Some(_)) => vec![OrderEvent::CancelRefused {}],
+                (S::Confirmed, Some(reason)) => vec![OrderEvent::CancelRefused { reason }],
                 _ => Vec::new(),
             },
         };
@@ -962,7 +965,7 @@ mod tests {
         run(&mut order, &OrderCommand::RequestCancel { reason: CancelReason::CustomerRequest })
             .expect("asked");
         let events = run(&mut order, &OrderCommand::RecordCancelRefused).expect("refused");
-        assert_eq!(events, [OrderEvent::CancelRefused {}]);
+        assert_eq!(events, [OrderEvent::CancelRefused { reason: CancelReason::CustomerRequest }]);
         assert_eq!((order.status, order.cancel_requested), (Some(OrderStatus::Confirmed), None));
         assert_eq!(order.cancels_refused, 1);
         assert!(run(&mut order, &OrderCommand::RecordCancelRefused).expect("again").is_empty());

@@ -49,11 +49,14 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_123", "status": "requires_capture"})))
             }
             "pm_card_refundFail" => {
-                (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
+                (StatusCode::OK, axum::Json(json!({"id": "pi_disputed", "status": "requires_capture"})))
             }
             "pm_card_slowRefundFail" => {
                 // Approved after three seconds, and its refunds refused.
                 tokio::time::sleep(Duration::from_secs(3)).await;
+                (StatusCode::OK, axum::Json(json!({"id": "pi_disputed", "status": "requires_capture"})))
+            }
+            "pm_card_refundedInDashboard" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
             }
             "pm_card_expiring" => {
@@ -88,11 +91,17 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
     let refunds = |State(seen): State<Arc<Mutex<Vec<Seen>>>>,
                    headers: HeaderMap,
                    Form(form): Form<Vec<(String, String)>>| async move {
-        // What Stripe answers for a payment refunded in its dashboard already.
-        let refunded = field(&form, "payment_intent") == "pi_refunded";
+        // What Stripe answers for a disputed payment, and for one refunded in its dashboard.
+        let refused = match field(&form, "payment_intent").as_str() {
+            "pi_disputed" => {
+                Some(("charge_disputed", "Charge ch_1 has been charged back; cannot issue a refund."))
+            }
+            "pi_refunded" => Some(("charge_already_refunded", "Charge ch_1 has already been refunded.")),
+            _ => None,
+        };
         record(State(seen), "/v1/refunds".into(), headers, form).await;
-        if refunded {
-            let error = json!({"error": {"type": "invalid_request_error", "code": "charge_already_refunded", "message": "Charge ch_1 has already been refunded."}});
+        if let Some((code, message)) = refused {
+            let error = json!({"error": {"type": "invalid_request_error", "code": code, "message": message}});
             return (StatusCode::BAD_REQUEST, axum::Json(error));
         }
         (StatusCode::OK, axum::Json(json!({"id": "re_1"})))
@@ -146,6 +155,10 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
     stripe.capture("pi_123", eur(4500), "ord-1-capture").await.expect("capture");
     stripe.refund("pi_123", eur(500), "ord-1-refund-1").await.expect("refund");
     stripe.void("pi_123", "ord-1-void").await.expect("void");
+    // Refunded in Stripe's dashboard already: the money is back, so the refund is done; a
+    // disputed payment's refund is refused.
+    stripe.refund("pi_refunded", eur(500), "ord-2-refund-1").await.expect("refunded already");
+    assert_eq!(stripe.refund("pi_disputed", eur(500), "ord-3-refund-1").await, Err(PaymentError::Declined));
     assert_eq!(stripe.authorize("pm_card_chargeDeclined", eur(1), "k2").await, Err(PaymentError::Declined));
     assert_eq!(
         stripe.authorize("pm_card_chargeDeclinedInsufficientFunds", eur(1), "k3").await,
@@ -232,7 +245,7 @@ async fn a_cancellation_stripe_refuses_to_refund_is_recorded_and_asked_again_und
     let (_nats, node, http, staff, seen) = stripe_node(&[]).await;
     let base = node.url();
     lamp_on_sale(&staff, base, base, "DONE-LAMP", 5).await;
-    let c = customer(&http, base, "refunded@payments.test").await;
+    let c = customer(&http, base, "disputed@payments.test").await;
     let id = place(&c, base, &[("DONE-LAMP", 1)], "pm_card_refundFail", "d-1").await;
     order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
 
@@ -249,6 +262,30 @@ async fn a_cancellation_stripe_refuses_to_refund_is_recorded_and_asked_again_und
         keys_sent(&seen, "/v1/refunds"),
         [format!("{id}-cancel-refund"), format!("{id}-cancel-refund-2")]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_of_a_payment_refunded_in_stripe_s_dashboard_cancels_the_order() {
+    let (_nats, node, http, staff, seen) = stripe_node(&[]).await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "BACK-LAMP", 5).await;
+    let c = customer(&http, base, "dashboard@payments.test").await;
+    let id = place(&c, base, &[("BACK-LAMP", 2)], "pm_card_refundedInDashboard", "b-1").await;
+    let o = order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
+    assert_eq!(on_hand_and_reserved(&staff, base, "BACK-LAMP").await, (Some(3), Some(0)));
+
+    // The shop refunded it in Stripe's dashboard; the customer's cancellation then finds the
+    // money back already, so the order is cancelled with its lamps back rather than shipped.
+    let r = c.post(format!("{base}/v1/orders/{id}/cancel")).send().await.expect("cancel");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let done = order_when(&c, base, &id, "the order cancelled", |o| o["status"] == "cancelled").await;
+    assert_eq!(
+        (done["cancel_reason"].as_str(), done["refunded"].as_i64(), done["cancels_refused"].as_i64()),
+        (Some("customer_request"), o["total"].as_i64(), Some(0)),
+        "{done}"
+    );
+    assert_eq!(on_hand_and_reserved(&staff, base, "BACK-LAMP").await, (Some(5), Some(0)));
+    assert_eq!(keys_sent(&seen, "/v1/refunds"), [format!("{id}-cancel-refund")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

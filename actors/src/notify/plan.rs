@@ -258,6 +258,9 @@ impl Planner {
                 ..
             } => Topic::PaymentFailed,
             OrderEvent::Cancelled { .. } => Topic::OrderCancelled,
+            // Staff whose cancellation was refused have the alert; the customer, who asked for
+            // nothing, is not told of a cancellation that did not happen.
+            OrderEvent::CancelRefused { reason: CancelReason::CustomerRequest } => Topic::OrderCancelRefused,
             OrderEvent::Refunded { .. } => Topic::OrderRefunded,
             _ => return Ok(Vec::new()),
         };

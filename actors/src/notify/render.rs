@@ -89,6 +89,8 @@ const TEMPLATES: &[(&str, &str)] = &templates![
     "email/order_delivered.html",
     "email/order_cancelled.txt",
     "email/order_cancelled.html",
+    "email/order_cancel_refused.txt",
+    "email/order_cancel_refused.html",
     "email/order_refunded.txt",
     "email/order_refunded.html",
     "email/payment_failed.txt",
@@ -101,6 +103,7 @@ const TEMPLATES: &[(&str, &str)] = &templates![
     "sms/order_shipped.txt",
     "sms/order_delivered.txt",
     "sms/order_cancelled.txt",
+    "sms/order_cancel_refused.txt",
     "sms/order_refunded.txt",
     "sms/payment_failed.txt",
 ];
@@ -735,16 +738,8 @@ mod tests {
             reset_url => "https://shop.test/reset?token=t",
             expires_at => "soon", valid_minutes => 30,
         };
-        for topic in [
-            Topic::OrderConfirmed,
-            Topic::OrderShipped,
-            Topic::OrderDelivered,
-            Topic::OrderCancelled,
-            Topic::OrderRefunded,
-            Topic::PaymentFailed,
-            Topic::PasswordReset,
-            Topic::StockLow,
-        ] {
+        // Every topic but webhooks' (their body is the event) is an email.
+        for topic in Topic::ALL.into_iter().filter(|t| *t != Topic::Event) {
             let email = r.render(topic, Channel::Email, None, &ctx).expect("render").expect("email template");
             assert!(email.subject.as_deref().is_some_and(|s| !s.is_empty()), "{topic:?} has no subject");
             let html = email.html.expect("html");
