@@ -31,19 +31,24 @@ pub async fn resend(jet: &Jet, n: &Notification, msg_id: &str) -> Result<(), Nat
 pub async fn dead_letters(
     jet: &Jet,
 ) -> Result<Vec<(u64, Result<DeadLetter, serde_json::Error>)>, NatsSource> {
-    let mut stream = jet.dead_letters.clone();
-    let info = stream.info().await?;
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    use async_nats::jetstream::stream::RawMessageErrorKind;
     let mut out = Vec::new();
-    if info.state.messages == 0 {
-        return Ok(out);
+    let mut next = 1;
+    loop {
+        // Each read is of the next letter at or after `next`: the gaps retried and erased
+        // letters leave (after an outage, most of the sequence) cost nothing.
+        let msg = match jet
+            .dead_letters
+            .get_first_raw_message_by_subject(Subjects.dead_letters_all(), next)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(out),
+            Err(e) => return Err(Box::new(e)),
+        };
+        out.push((msg.sequence, serde_json::from_slice(&msg.payload)));
+        next = msg.sequence + 1;
     }
-    for seq in first..=last {
-        // Retried and erased letters are deleted, leaving gaps.
-        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
-        out.push((seq, serde_json::from_slice(&msg.payload)));
-    }
-    Ok(out)
 }
 
 /// Resolves `target` and returns the address to connect to, refusing any name that resolves
