@@ -452,10 +452,11 @@ impl Saga {
         Ok(Some(self.order(&order.id, OrderCommand::Confirm).await?))
     }
 
-    /// Cancels a confirmed order: the money back, the sold units back on hand.
+    /// Cancels a confirmed order: the money back (unless staff settle it outside Souk), the
+    /// sold units back on hand.
     async fn undo_sale(&self, order: &OrderView) -> Result<Next, StepError> {
         let Some(reason) = order.cancel_requested else { return Ok(None) };
-        let left = order.total - order.refunded;
+        let left = if order.cancel_without_refund { 0 } else { order.total - order.refunded };
         if left > 0 {
             let payment = order.payment.clone().unwrap_or_default();
             // A cancellation asked for again after a refusal is a new refund: a provider answers

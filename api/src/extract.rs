@@ -17,27 +17,51 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-            .is_some_and(|m| {
-                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-            });
-        if !is_json {
-            return Err(ApiError::invalid(
-                ErrorCode::UnsupportedMediaType,
-                "expected a request with `Content-Type: application/json`",
-            ));
-        }
+        let is_json = is_json(req.headers());
         let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
-        // Every body Souk takes is an object, but serde would also fill a struct from an array.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
-            return Err(ApiError::invalid(ErrorCode::InvalidInput, "the body must be a JSON object"));
-        }
-        decode(&bytes).map(Self)
+        json_object(is_json, &bytes).map(Self)
     }
+}
+
+/// A JSON body that may be left out: a request with no body, or with `null`, is
+/// `T::default()`; one with a body is read as [`ApiJson`] reads it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = is_json(req.headers());
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        json_object::<Option<T>>(is_json, &bytes).map(|t| Self(t.unwrap_or_default()))
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json` or `application/…+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")))
+}
+
+/// Decodes `bytes`, which a request declared JSON (`is_json`) or not, as a JSON object.
+fn json_object<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError> {
+    if !is_json {
+        return Err(ApiError::invalid(
+            ErrorCode::UnsupportedMediaType,
+            "expected a request with `Content-Type: application/json`",
+        ));
+    }
+    // Every body Souk takes is an object, but serde would also fill a struct from an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
+        return Err(ApiError::invalid(ErrorCode::InvalidInput, "the body must be a JSON object"));
+    }
+    decode(bytes)
 }
 
 /// Decodes a JSON body strictly: a field the target type does not know, at any depth, is

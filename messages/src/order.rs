@@ -245,6 +245,10 @@ pub enum OrderCommand {
     RequestCancel {
         /// `customer_request` or `staff_request`.
         reason: CancelReason,
+        /// Staff settle the money outside Souk (a dispute, a refund made at the provider): the
+        /// order is cancelled and its stock put back without asking the provider for a refund.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        without_refund: bool,
     },
     /// Mark it shipped.
     Ship {
@@ -330,6 +334,9 @@ pub enum OrderEvent {
     CancelRequested {
         /// Who asked.
         reason: CancelReason,
+        /// Present and `true` when staff settle the money outside Souk: nothing is refunded.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        without_refund: bool,
     },
     /// The order left the warehouse (status `shipped`).
     #[serde(rename = "order.shipped")]
@@ -435,6 +442,9 @@ pub struct OrderState {
     /// A cancellation asked for and not yet done.
     #[serde(default)]
     pub cancel_requested: Option<CancelReason>,
+    /// The cancellation asked for gives nothing back: staff settle the money outside Souk.
+    #[serde(default)]
+    pub cancel_without_refund: bool,
     /// The carrier's tracking number, once shipped.
     #[serde(default)]
     pub tracking: Option<String>,
@@ -512,6 +522,10 @@ pub struct OrderView {
     /// A cancellation under way (the order is still `confirmed` until it is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested: Option<CancelReason>,
+    /// Present and `true` when the cancellation under way refunds nothing (staff settle the
+    /// money outside Souk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_without_refund: bool,
     /// The carrier's tracking number, once shipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<String>,
@@ -591,10 +605,14 @@ impl Fold for OrderState {
                 self.cancel_reason = Some(*reason);
                 self.refunded += refunded;
                 self.cancel_requested = None;
+                self.cancel_without_refund = false;
                 self.payment_unsettled = *payment_unsettled;
             }
             OrderEvent::PaymentVoided { .. } => self.payment_unsettled = false,
-            OrderEvent::CancelRequested { reason } => self.cancel_requested = Some(*reason),
+            OrderEvent::CancelRequested { reason, without_refund } => {
+                self.cancel_requested = Some(*reason);
+                self.cancel_without_refund = *without_refund;
+            }
             OrderEvent::Shipped { tracking } => {
                 self.status = Some(OrderStatus::Shipped);
                 self.tracking = Some(tracking.clone());
@@ -618,6 +636,7 @@ impl Fold for OrderState {
             }
             OrderEvent::CancelRefused { .. } => {
                 self.cancel_requested = None;
+                self.cancel_without_refund = false;
                 self.cancels_refused += 1;
             }
         }
@@ -714,12 +733,22 @@ impl Entity for OrderState {
                 S::Cancelled => Vec::new(),
                 _ => return Err(conflict(status, "be cancelled without a request")),
             },
-            OrderCommand::RequestCancel { reason } => match status {
+            // Only staff settle money outside Souk.
+            OrderCommand::RequestCancel { reason, without_refund: true }
+                if *reason != CancelReason::StaffRequest =>
+            {
+                return Err(ReplyError::new(ErrorCode::Forbidden, "only staff may cancel without a refund"));
+            }
+            OrderCommand::RequestCancel { reason, without_refund } => match status {
                 S::Confirmed if self.cancel_requested.is_some() => Vec::new(),
-                S::Confirmed if self.pending_refund.is_some() || self.refunded > 0 => {
+                // A refund under way must end first; one given already stays given, and staff
+                // may still cancel without refunding the rest.
+                S::Confirmed if self.pending_refund.is_some() || (self.refunded > 0 && !without_refund) => {
                     return Err(conflict(status, "be cancelled while it is being refunded"));
                 }
-                S::Confirmed => vec![OrderEvent::CancelRequested { reason: *reason }],
+                S::Confirmed => {
+                    vec![OrderEvent::CancelRequested { reason: *reason, without_refund: *without_refund }]
+                }
                 S::Cancelled => Vec::new(),
                 S::Pending | S::Reserved | S::Paid => {
                     return Err(ReplyError::new(
@@ -817,6 +846,7 @@ impl Entity for OrderState {
             payment: self.payment.clone(),
             cancel_reason: self.cancel_reason,
             cancel_requested: self.cancel_requested,
+            cancel_without_refund: self.cancel_without_refund,
             tracking: self.tracking.clone(),
             refunded: self.refunded,
             refund_pending: self.pending_refund.map(|(_, amount)| amount),
@@ -905,7 +935,10 @@ mod tests {
         };
         let commit = vec![
             event(OrderEvent::Reserved {}),
-            event(OrderEvent::CancelRequested { reason: CancelReason::CustomerRequest }),
+            event(OrderEvent::CancelRequested {
+                reason: CancelReason::CustomerRequest,
+                without_refund: false,
+            }),
         ];
         let payload = serde_json::to_vec(&commit).expect("encode");
         let types = crate::event::commit_types(&payload).expect("a commit");
@@ -962,8 +995,8 @@ mod tests {
     fn a_refused_cancellation_leaves_the_order_confirmed_and_cancellable() {
         let mut order = reserved();
         run(&mut order, &sold("pay_1")).expect("sold");
-        run(&mut order, &OrderCommand::RequestCancel { reason: CancelReason::CustomerRequest })
-            .expect("asked");
+        let ask = |reason, without_refund| OrderCommand::RequestCancel { reason, without_refund };
+        run(&mut order, &ask(CancelReason::CustomerRequest, false)).expect("asked");
         let events = run(&mut order, &OrderCommand::RecordCancelRefused).expect("refused");
         assert_eq!(events, [OrderEvent::CancelRefused { reason: CancelReason::CustomerRequest }]);
         assert_eq!((order.status, order.cancel_requested), (Some(OrderStatus::Confirmed), None));
@@ -976,9 +1009,46 @@ mod tests {
             payment_unsettled: false,
         };
         assert_eq!(run(&mut order, &cancel).expect_err("no request").code, ErrorCode::OrderConflict);
-        run(&mut order, &OrderCommand::RequestCancel { reason: CancelReason::StaffRequest })
-            .expect("asked again");
+        run(&mut order, &ask(CancelReason::StaffRequest, false)).expect("asked again");
         assert_eq!(order.cancel_requested, Some(CancelReason::StaffRequest));
+    }
+
+    #[test]
+    fn only_staff_cancel_without_a_refund_and_may_after_part_was_refunded() {
+        let ask = |reason, without_refund| OrderCommand::RequestCancel { reason, without_refund };
+        let mut order = reserved();
+        run(&mut order, &sold("pay_1")).expect("sold");
+        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200) }).expect("refund asked");
+        run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("refunded");
+        let refused = run(&mut order, &ask(CancelReason::CustomerRequest, true)).expect_err("customer");
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+        // Part was given back: a cancellation refunding the rest is refused, one without is not.
+        let refused = run(&mut order, &ask(CancelReason::StaffRequest, false)).expect_err("with a refund");
+        assert_eq!(refused.code, ErrorCode::OrderConflict);
+        let events = run(&mut order, &ask(CancelReason::StaffRequest, true)).expect("without");
+        assert_eq!(
+            events,
+            [OrderEvent::CancelRequested { reason: CancelReason::StaffRequest, without_refund: true }]
+        );
+        assert!(order.cancel_without_refund);
+        let cancel = OrderCommand::Cancel {
+            reason: CancelReason::StaffRequest,
+            refunded: 0,
+            payment_unsettled: false,
+        };
+        run(&mut order, &cancel).expect("cancelled");
+        assert_eq!(
+            (order.status, order.refunded, order.cancel_without_refund),
+            (Some(OrderStatus::Cancelled), 200, false)
+        );
+        // A request from a release before the field reads as one with a refund.
+        let old: OrderEvent =
+            serde_json::from_str(r#"{"type":"order.cancel_requested","data":{"reason":"customer_request"}}"#)
+                .expect("decodes");
+        assert_eq!(
+            old,
+            OrderEvent::CancelRequested { reason: CancelReason::CustomerRequest, without_refund: false }
+        );
     }
 
     /// A newer release may add fields to an order's address: an older node still reads the

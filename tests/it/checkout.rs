@@ -395,6 +395,29 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
         [1, 2, 0, 0],
         "{history:?}"
     );
+
+    // Staff settle it outside Souk (the customer disputed the payment, say): cancelled with
+    // the lamps back, and the provider not asked again. A customer may not do that.
+    let cancel = |who: &Client, b: Value| who.post(format!("{base}/v1/orders/{id}/cancel")).json(&b).send();
+    let r = cancel(&c, json!({"without_refund": true})).await.expect("customer");
+    assert_eq!(body(r, StatusCode::FORBIDDEN).await["code"], "forbidden");
+    let r =
+        cancel(&staff, json!({"without_refund": true, "reason": "dispute"})).await.expect("unknown field");
+    assert_eq!(body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_body");
+    let unchanged = order_when(&c, base, &id, "the order as it was", |_| true).await;
+    assert_eq!((unchanged["status"].as_str(), unchanged.get("cancel_requested")), (Some("confirmed"), None));
+    let r = cancel(&staff, json!({"without_refund": true})).await.expect("staff");
+    assert_eq!(body(r, StatusCode::ACCEPTED).await["cancel_without_refund"], true);
+    let o = order_when(&c, base, &id, "the order cancelled", |o| o["status"] == "cancelled").await;
+    assert_eq!(
+        (o["cancel_reason"].as_str(), o["refunded"].as_i64(), o.get("cancel_without_refund")),
+        (Some("staff_request"), Some(0), None),
+        "{o}"
+    );
+    assert_eq!(on_hand_and_reserved(&staff, base, "STUCK-LAMP").await, (Some(10), Some(0)));
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("souk_payment_refunds_refused_total 3"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -452,6 +452,7 @@ fn sample_order() -> OrderView {
         payment: None,
         cancel_reason: Some(CancelReason::CustomerRequest),
         cancel_requested: None,
+        cancel_without_refund: false,
         tracking: Some("1Z999AA10123456784".into()),
         refunded: 500,
         refund_pending: None,

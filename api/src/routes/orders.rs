@@ -4,7 +4,7 @@ use crate::AppState;
 use crate::auth::access::{Access, Principal};
 use crate::checkout::{CheckoutBody, valid_key};
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::request_id::RequestId;
 use crate::routes::Route;
 use axum::Json;
@@ -114,6 +114,16 @@ pub struct ShipBody {
     pub tracking: String,
 }
 
+/// `POST /v1/orders/{id}/cancel`; the body may be left out.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Staff only: cancel and put the stock back without asking the provider for a refund,
+    /// because the money is settled outside Souk (a dispute, a refund made at the provider).
+    #[serde(default)]
+    pub without_refund: bool,
+}
+
 /// `POST /v1/orders/{id}/refund`
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -162,18 +172,21 @@ async fn get_one(
     Ok(Json(app.checkout.get(&who, &id, &rid.0).await?))
 }
 
-/// Cancels a confirmed order that has not shipped: the saga refunds the payment and puts the
-/// stock back, then the order is `cancelled` (`cancel_requested` shows it under way).
-#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path, description = "Order id")),
-    responses((status = 202, body = OrderView, description = "cancellation under way"), (status = 404, body = Problem), (status = 409, body = Problem, description = "order_conflict: shipped, or the checkout still running")))]
+/// Cancels a confirmed order that has not shipped: the saga refunds the payment (unless staff
+/// ask `without_refund`) and puts the stock back, then the order is `cancelled`
+/// (`cancel_requested` shows it under way).
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body(content = Option<CancelBody>, description = "optional"), params(("id" = String, Path, description = "Order id")),
+    responses((status = 202, body = OrderView, description = "cancellation under way"), (status = 403, body = Problem, description = "forbidden: `without_refund` from a customer"), (status = 404, body = Problem), (status = 409, body = Problem, description = "order_conflict: shipped, being refunded, or the checkout still running")))]
 async fn cancel(
     State(app): State<AppState>,
     rid: RequestId,
     who: Principal,
     ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let reason = if who.is_staff() { CancelReason::StaffRequest } else { CancelReason::CustomerRequest };
-    let order = app.checkout.command(&who, &id, OrderCommand::RequestCancel { reason }, &rid.0).await?;
+    let command = OrderCommand::RequestCancel { reason, without_refund: body.without_refund };
+    let order = app.checkout.command(&who, &id, command, &rid.0).await?;
     Ok((StatusCode::ACCEPTED, Json(order)))
 }
 
