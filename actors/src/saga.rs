@@ -432,22 +432,22 @@ impl Saga {
             let key = format!("{}-refund", order.id);
             // The order cannot be filled either way; a refund refused is cancelled without it
             // (`refunded` 0), for staff to settle with the provider.
-            let refunded = match self.give_back(&payment, Self::total(order), &key).await? {
-                Ok(()) => order.total,
-                Err(e) => {
-                    tracing::error!(
-                        order = %order.id,
-                        reason = %e,
-                        "the provider refused the refund of an order whose held stock lapsed; cancelled without it"
-                    );
-                    0
-                }
-            };
+            let given = self.give_back(&payment, Self::total(order), &key).await?;
+            if let Err(e) = &given {
+                tracing::error!(
+                    order = %order.id,
+                    reason = %e,
+                    "the provider refused the refund of an order whose held stock lapsed; cancelled without it"
+                );
+            }
+            let refunded = if given.is_ok() { order.total } else { 0 };
             // Only the lines sold go back on hand, as after a cancellation: a lapsed line was
             // never sold, and returning it with its quantity would add units never taken out.
             let back = self.each_line(&sold, |line| Self::return_of(&reservation, line)).await;
             Self::rejection(back)?;
-            return self.cancel(order, CancelReason::ReservationLapsed, refunded).await;
+            let cancelled = self.cancel(order, CancelReason::ReservationLapsed, refunded).await?;
+            self.count_refusal(&given);
+            return Ok(cancelled);
         }
         Ok(Some(self.order(&order.id, OrderCommand::Confirm).await?))
     }
@@ -473,7 +473,9 @@ impl Saga {
                     reason = %e,
                     "the provider refused the refund a cancellation needs; the order stays confirmed"
                 );
-                return Ok(Some(self.order(&order.id, OrderCommand::RecordCancelRefused).await?));
+                let recorded = self.order(&order.id, OrderCommand::RecordCancelRefused).await?;
+                self.metrics.refund_refused();
+                return Ok(Some(recorded));
             }
         }
         let reservation = Self::reservation(&order.id);
@@ -496,7 +498,8 @@ impl Saga {
         let payment = order.payment.clone().unwrap_or_default();
         let key = format!("{}-refund-{}", order.id, order.refunds);
         let amount = Money { amount, currency: order.currency };
-        let record = match self.give_back(&payment, amount, &key).await? {
+        let given = self.give_back(&payment, amount, &key).await?;
+        let record = match &given {
             Ok(()) => OrderCommand::RecordRefunded { refund: order.refunds },
             Err(e) => {
                 tracing::error!(
@@ -507,23 +510,29 @@ impl Saga {
                 OrderCommand::RecordRefundRefused { refund: order.refunds }
             }
         };
-        Ok(Some(self.order(&order.id, record).await?))
+        let recorded = self.order(&order.id, record).await?;
+        self.count_refusal(&given);
+        Ok(Some(recorded))
     }
 
     /// Refunds `amount` under `key`: `Ok(Err(_))` when the provider refuses it for good (a
-    /// refund it will never make, such as one of a payment already refunded at the provider),
-    /// so the order records the refusal instead of asking again forever.
+    /// refund it will never make, such as one of a disputed payment), so the order records the
+    /// refusal instead of asking again forever.
     async fn give_back(
         &self,
         payment: &str,
         amount: Money,
         key: &str,
     ) -> Result<Result<(), PaymentError>, StepError> {
-        let given = answered(self.with_deadline(|| self.gateway.refund(payment, amount, key)).await)?;
+        answered(self.with_deadline(|| self.gateway.refund(payment, amount, key)).await)
+    }
+
+    /// Counts a refusal `give_back` answered, once its record is made: a step that fails to
+    /// record it runs again, and the provider (asked under the same key) refuses again.
+    fn count_refusal(&self, given: &Result<(), PaymentError>) {
         if given.is_err() {
             self.metrics.refund_refused();
         }
-        Ok(given)
     }
 
     /// Releases an authorisation. A provider that refuses for good holds nothing it can release
