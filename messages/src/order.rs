@@ -258,10 +258,14 @@ pub enum OrderCommand {
     /// Mark it delivered.
     Deliver,
     /// Ask for money back (the saga asks the provider, then records `RecordRefunded` or
-    /// `RecordRefundRefused`).
+    /// `RecordRefundRefused`), or record money given back outside Souk.
     RequestRefund {
         /// Minor units; the whole remainder when absent.
         amount: Option<i64>,
+        /// The money was given back outside Souk (in the provider's dashboard, by a
+        /// chargeback): recorded as refunded at once, the provider not asked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        outside_souk: bool,
     },
     /// The provider gave back the pending refund.
     RecordRefunded {
@@ -362,6 +366,9 @@ pub enum OrderEvent {
         refund: u32,
         /// Minor units.
         amount: i64,
+        /// Present and `true` when it was given back outside Souk and recorded by staff.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        outside_souk: bool,
     },
     /// The provider refused the refund: nothing was given back, and another may be asked for.
     #[serde(rename = "order.refund_refused")]
@@ -778,7 +785,7 @@ impl Entity for OrderState {
                 S::Delivered => Vec::new(),
                 _ => return Err(conflict(status, "be delivered")),
             },
-            OrderCommand::RequestRefund { amount } => {
+            OrderCommand::RequestRefund { amount, outside_souk } => {
                 let (placement, _) = self.placed()?;
                 let left = placement.total - self.refunded;
                 let amount = amount.unwrap_or(left);
@@ -797,7 +804,13 @@ impl Entity for OrderState {
                         "a refund must be 1 to {left} minor units (what is left to refund)"
                     )));
                 }
-                vec![OrderEvent::RefundRequested { refund: self.refunds + 1, amount }]
+                let refund = self.refunds + 1;
+                let mut events = vec![OrderEvent::RefundRequested { refund, amount }];
+                if *outside_souk {
+                    // Asked for and given in one commit: the saga finds nothing under way.
+                    events.push(OrderEvent::Refunded { refund, amount, outside_souk: true });
+                }
+                events
             }
             OrderCommand::RecordVoided { payment } => {
                 if self.payment_unsettled {
@@ -807,7 +820,9 @@ impl Entity for OrderState {
                 }
             }
             OrderCommand::RecordRefunded { refund } => match self.pending_refund {
-                Some((n, amount)) if n == *refund => vec![OrderEvent::Refunded { refund: n, amount }],
+                Some((n, amount)) if n == *refund => {
+                    vec![OrderEvent::Refunded { refund: n, amount, outside_souk: false }]
+                }
                 _ if *refund <= self.refunds => Vec::new(),
                 _ => return Err(ReplyError::new(ErrorCode::OrderConflict, "no such refund under way")),
             },
@@ -978,7 +993,8 @@ mod tests {
     fn a_refused_refund_gives_nothing_back_and_leaves_the_order_refundable() {
         let mut order = reserved();
         run(&mut order, &sold("pay_1")).expect("sold");
-        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200) }).expect("asked");
+        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200), outside_souk: false })
+            .expect("asked");
         let events = run(&mut order, &OrderCommand::RecordRefundRefused { refund: 1 }).expect("refused");
         assert_eq!(events, [OrderEvent::RefundRefused { refund: 1, amount: 200 }]);
         assert_eq!((order.pending_refund, order.refunded, order.refunds_refused), (None, 0, 1));
@@ -987,7 +1003,8 @@ mod tests {
         assert!(run(&mut order, &OrderCommand::RecordRefundRefused { refund: 1 }).expect("again").is_empty());
         assert!(run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("late").is_empty());
         // Staff may ask again: the next refund has the next number.
-        let again = run(&mut order, &OrderCommand::RequestRefund { amount: None }).expect("asked again");
+        let again = run(&mut order, &OrderCommand::RequestRefund { amount: None, outside_souk: false })
+            .expect("asked again");
         assert_eq!(again, [OrderEvent::RefundRequested { refund: 2, amount: 500 }]);
     }
 
@@ -1014,11 +1031,35 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_made_outside_souk_is_recorded_at_once_within_what_is_left() {
+        let outside = |amount| OrderCommand::RequestRefund { amount: Some(amount), outside_souk: true };
+        let mut order = reserved();
+        run(&mut order, &sold("pay_1")).expect("sold");
+        let events = run(&mut order, &outside(200)).expect("recorded");
+        assert_eq!(
+            events,
+            [
+                OrderEvent::RefundRequested { refund: 1, amount: 200 },
+                OrderEvent::Refunded { refund: 1, amount: 200, outside_souk: true }
+            ]
+        );
+        assert_eq!((order.refunded, order.pending_refund, order.refunds), (200, None, 1));
+        assert_eq!(run(&mut order, &outside(301)).expect_err("beyond").code, ErrorCode::InvalidInput);
+        let ask = OrderCommand::RequestRefund { amount: None, outside_souk: false };
+        assert_eq!(
+            run(&mut order, &ask).expect("the rest"),
+            [OrderEvent::RefundRequested { refund: 2, amount: 300 }]
+        );
+        assert_eq!(run(&mut order, &outside(100)).expect_err("under way").code, ErrorCode::OrderConflict);
+    }
+
+    #[test]
     fn only_staff_cancel_without_a_refund_and_may_after_part_was_refunded() {
         let ask = |reason, without_refund| OrderCommand::RequestCancel { reason, without_refund };
         let mut order = reserved();
         run(&mut order, &sold("pay_1")).expect("sold");
-        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200) }).expect("refund asked");
+        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200), outside_souk: false })
+            .expect("refund asked");
         run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("refunded");
         let refused = run(&mut order, &ask(CancelReason::CustomerRequest, true)).expect_err("customer");
         assert_eq!(refused.code, ErrorCode::Forbidden);

@@ -406,12 +406,24 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
     assert_eq!(body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_body");
     let unchanged = order_when(&c, base, &id, "the order as it was", |_| true).await;
     assert_eq!((unchanged["status"].as_str(), unchanged.get("cancel_requested")), (Some("confirmed"), None));
+    // Part was given back in the provider's dashboard: staff record it, and it is done.
+    let r = staff
+        .post(format!("{base}/v1/orders/{id}/refund"))
+        .json(&json!({"amount": 500, "outside_souk": true}))
+        .send()
+        .await
+        .expect("recorded refund");
+    let recorded = body(r, StatusCode::OK).await;
+    assert_eq!(
+        (recorded["status"].as_str(), recorded["refunded"].as_i64(), recorded.get("refund_pending")),
+        (Some("confirmed"), Some(500), None)
+    );
     let r = cancel(&staff, json!({"without_refund": true})).await.expect("staff");
     assert_eq!(body(r, StatusCode::ACCEPTED).await["cancel_without_refund"], true);
     let o = order_when(&c, base, &id, "the order cancelled", |o| o["status"] == "cancelled").await;
     assert_eq!(
         (o["cancel_reason"].as_str(), o["refunded"].as_i64(), o.get("cancel_without_refund")),
-        (Some("staff_request"), Some(0), None),
+        (Some("staff_request"), Some(500), None),
         "{o}"
     );
     assert_eq!(on_hand_and_reserved(&staff, base, "STUCK-LAMP").await, (Some(10), Some(0)));

@@ -131,6 +131,10 @@ pub struct RefundBody {
     /// Minor units to give back; everything not yet refunded when absent.
     #[schema(minimum = 1)]
     pub amount: Option<i64>,
+    /// The money was given back outside Souk (in the provider's dashboard, by a chargeback):
+    /// record it as refunded at once, without asking the provider.
+    #[serde(default)]
+    pub outside_souk: bool,
 }
 
 /// Places an order for the signed-in customer's cart and starts its checkout saga; answers at
@@ -216,9 +220,10 @@ async fn deliver(
 }
 
 /// Gives money back, all or part, never more than was paid; the provider is asked by the
-/// saga (`refund_pending` shows it under way, `refunded` the total given back).
+/// saga (`refund_pending` shows it under way, `refunded` the total given back). With
+/// `outside_souk`, records money given back elsewhere instead, at once.
 #[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders", request_body = RefundBody, params(("id" = String, Path, description = "Order id")),
-    responses((status = 202, body = OrderView, description = "refund under way"), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem, description = "an amount beyond what is left to refund")))]
+    responses((status = 202, body = OrderView, description = "refund under way"), (status = 200, body = OrderView, description = "`outside_souk`: recorded"), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem, description = "an amount beyond what is left to refund")))]
 async fn refund(
     State(app): State<AppState>,
     rid: RequestId,
@@ -226,7 +231,8 @@ async fn refund(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
-    let order =
-        app.checkout.command(&who, &id, OrderCommand::RequestRefund { amount: body.amount }, &rid.0).await?;
-    Ok((StatusCode::ACCEPTED, Json(order)))
+    let command = OrderCommand::RequestRefund { amount: body.amount, outside_souk: body.outside_souk };
+    let order = app.checkout.command(&who, &id, command, &rid.0).await?;
+    let status = if body.outside_souk { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(order)))
 }
