@@ -23,9 +23,10 @@ pub enum PaymentError {
 
 /// A payment provider.
 pub trait PaymentGateway: Send + Sync + std::fmt::Debug + 'static {
-    /// Authorises `amount` on `method`; answers the provider's payment reference.
+    /// Authorises `amount` on `method` for `order`; answers the provider's payment reference.
     fn authorize<'a>(
         &'a self,
+        order: &'a str,
         method: &'a str,
         amount: Money,
         key: &'a str,
@@ -84,6 +85,7 @@ pub const CARD_SLOW_ONCE: &str = "pm_card_slowOnce";
 impl PaymentGateway for Sandbox {
     fn authorize<'a>(
         &'a self,
+        _order: &'a str,
         method: &'a str,
         _amount: Money,
         key: &'a str,
@@ -242,11 +244,14 @@ impl Stripe {
 impl PaymentGateway for Stripe {
     fn authorize<'a>(
         &'a self,
+        order: &'a str,
         method: &'a str,
         amount: Money,
         key: &'a str,
     ) -> BoxFuture<'a, Result<String, PaymentError>> {
         Box::pin(async move {
+            // The order id rides along, so the shop's staff find the order from the payment in
+            // Stripe's dashboard, and its webhooks name it.
             let form = [
                 ("amount", amount.amount.to_string()),
                 ("currency", amount.currency.as_str().to_lowercase()),
@@ -254,6 +259,7 @@ impl PaymentGateway for Stripe {
                 ("confirm", "true".to_owned()),
                 ("capture_method", "manual".to_owned()),
                 ("payment_method_types[]", "card".to_owned()),
+                ("metadata[souk_order]", order.to_owned()),
             ];
             self.post("/v1/payment_intents", &form, key, &[]).await
         })

@@ -395,7 +395,8 @@ impl Saga {
     /// the first authorisation rather than making a second.
     async fn authorization(&self, order: &OrderView, method: &str) -> Result<String, PaymentError> {
         let key = format!("{}-authorize", order.id);
-        self.with_deadline(|| self.gateway.authorize(method, Self::total(order), &key)).await
+        self.with_deadline(|| self.gateway.authorize(order.id.as_str(), method, Self::total(order), &key))
+            .await
     }
 
     fn declined(e: &PaymentError) -> CancelReason {

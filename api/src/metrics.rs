@@ -32,6 +32,8 @@ pub struct HttpMetrics {
     in_flight: Gauge,
     /// Live order-status subscriptions held on this node.
     pub(crate) live_watchers: Gauge,
+    /// Disputes the payment provider reported (chargebacks opened by customers' banks).
+    pub(crate) payment_disputes: Counter,
 }
 
 impl HttpMetrics {
@@ -42,6 +44,7 @@ impl HttpMetrics {
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16))),
             in_flight: Gauge::default(),
             live_watchers: Gauge::default(),
+            payment_disputes: Counter::default(),
         };
         registry.register(
             "souk_http_requests",
@@ -62,6 +65,11 @@ impl HttpMetrics {
             "souk_live_watchers",
             "Live order-status subscriptions (WebSocket and SSE) held on this node",
             m.live_watchers.clone(),
+        );
+        registry.register(
+            "souk_payment_disputes",
+            "Disputes (chargebacks) the payment provider reported through its webhook",
+            m.payment_disputes.clone(),
         );
         m
     }

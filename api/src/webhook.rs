@@ -35,7 +35,36 @@ pub struct ProviderEvent {
     /// Its type, e.g. `payment_intent.succeeded`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// What it is about, read only as far as Souk acts on it: other events' objects may be
+    /// anything.
+    #[serde(default)]
+    data: serde_json::Value,
 }
+
+impl ProviderEvent {
+    /// The dispute a customer's bank opened, for a `charge.dispute.created` event.
+    pub fn dispute_created(&self) -> Option<Dispute> {
+        (self.kind == DISPUTE_CREATED)
+            .then(|| serde_json::from_value(self.data["object"].clone()).unwrap_or_default())
+    }
+}
+
+/// What Souk reads of a dispute (`charge.dispute.*`); absent fields stay empty.
+#[derive(Debug, Default, Deserialize)]
+pub struct Dispute {
+    /// The disputed payment's reference.
+    #[serde(default)]
+    pub payment_intent: Option<String>,
+    /// Minor units disputed.
+    #[serde(default)]
+    pub amount: Option<i64>,
+    /// The bank's reason, e.g. `fraudulent`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Stripe's event type for a dispute a customer's bank opened.
+const DISPUTE_CREATED: &str = "charge.dispute.created";
 
 fn refused(detail: &str) -> ApiError {
     ApiError::invalid(ErrorCode::Unauthorized, detail)

@@ -151,7 +151,10 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
     .expect("client");
     let eur = |amount| Money::new(amount, Currency::parse("EUR").expect("eur")).expect("money");
 
-    assert_eq!(stripe.authorize("pm_card_visa", eur(4500), "ord-1-authorize").await, Ok("pi_123".to_owned()));
+    assert_eq!(
+        stripe.authorize("ord-1", "pm_card_visa", eur(4500), "ord-1-authorize").await,
+        Ok("pi_123".to_owned())
+    );
     stripe.capture("pi_123", eur(4500), "ord-1-capture").await.expect("capture");
     stripe.refund("pi_123", eur(500), "ord-1-refund-1").await.expect("refund");
     stripe.void("pi_123", "ord-1-void").await.expect("void");
@@ -159,13 +162,16 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
     // disputed payment's refund is refused.
     stripe.refund("pi_refunded", eur(500), "ord-2-refund-1").await.expect("refunded already");
     assert_eq!(stripe.refund("pi_disputed", eur(500), "ord-3-refund-1").await, Err(PaymentError::Declined));
-    assert_eq!(stripe.authorize("pm_card_chargeDeclined", eur(1), "k2").await, Err(PaymentError::Declined));
     assert_eq!(
-        stripe.authorize("pm_card_chargeDeclinedInsufficientFunds", eur(1), "k3").await,
+        stripe.authorize("ord-2", "pm_card_chargeDeclined", eur(1), "k2").await,
+        Err(PaymentError::Declined)
+    );
+    assert_eq!(
+        stripe.authorize("ord-3", "pm_card_chargeDeclinedInsufficientFunds", eur(1), "k3").await,
         Err(PaymentError::InsufficientFunds)
     );
     assert!(matches!(
-        stripe.authorize("pm_card_gatewayError", eur(1), "k4").await,
+        stripe.authorize("ord-4", "pm_card_gatewayError", eur(1), "k4").await,
         Err(PaymentError::Unavailable(_))
     ));
 
@@ -182,6 +188,7 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
         ("confirm", "true"),
         ("capture_method", "manual"),
         ("payment_method_types[]", "card"),
+        ("metadata[souk_order]", "ord-1"),
     ] {
         assert_eq!(field(form, name), value, "{name}");
     }
@@ -377,4 +384,21 @@ async fn webhooks_need_a_fresh_valid_signature_and_are_taken_once() {
     let replay = deliver(Some(good), event.clone()).await.expect("post");
     assert_eq!(replay.status(), StatusCode::UNAUTHORIZED, "replayed");
     assert_eq!(replay.headers()["content-type"], "application/problem+json");
+
+    // A dispute is counted (for its alert); other events, whatever their objects, are not.
+    let disputes = "souk_payment_disputes_total";
+    assert_eq!(crate::metric(&http, node.url(), disputes).await, Some(0));
+    for (id, kind, object) in [
+        (
+            "evt_2",
+            "charge.dispute.created",
+            json!({"payment_intent": "pi_123", "amount": 4500, "reason": "fraudulent"}),
+        ),
+        ("evt_3", "charge.refunded", json!({"amount": "a string here", "refunds": []})),
+    ] {
+        let body = json!({"id": id, "type": kind, "data": {"object": object}}).to_string();
+        let signature = format!("t={now},v1={}", souk_api::webhook::sign("whsec_test", now, body.as_bytes()));
+        assert_eq!(deliver(Some(signature), body).await.expect("post").status(), StatusCode::OK, "{kind}");
+    }
+    assert_eq!(crate::metric(&http, node.url(), disputes).await, Some(1));
 }

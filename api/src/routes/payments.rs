@@ -28,6 +28,19 @@ async fn webhook(
 ) -> Result<Json<Value>, ApiError> {
     let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let event = app.webhooks.verify(signature, &body, time::OffsetDateTime::now_utc()).await?;
-    tracing::info!(event = %event.id, kind = %event.kind, "payment provider event received");
+    if let Some(dispute) = event.dispute_created() {
+        // The money is on its way back to the customer's bank unless the shop answers the
+        // dispute; the payment names its order (`metadata.souk_order` in Stripe's dashboard).
+        app.http.payment_disputes.inc();
+        tracing::warn!(
+            event = %event.id,
+            payment = dispute.payment_intent.as_deref().unwrap_or("?"),
+            amount = dispute.amount,
+            reason = dispute.reason.as_deref().unwrap_or("?"),
+            "a customer's bank disputed a payment"
+        );
+    } else {
+        tracing::info!(event = %event.id, kind = %event.kind, "payment provider event received");
+    }
     Ok(Json(json!({"received": true})))
 }
