@@ -231,7 +231,13 @@ impl Stripe {
                     Err(PaymentError::Declined)
                 }
             }
-            (_, _, e) if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS => {
+            // 409: another request under the same key is still being processed (a retry that
+            // overtook the call it retries); 429: too many requests. Both are to be asked again.
+            (_, _, e)
+                if status.is_client_error()
+                    && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+                    && status != reqwest::StatusCode::CONFLICT =>
+            {
                 let detail = e.and_then(|e| e.message).unwrap_or_default();
                 tracing::warn!(%status, detail, "Stripe refused a request");
                 Err(PaymentError::Declined)

@@ -66,6 +66,11 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_gatewayError" => {
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error"}})))
             }
+            // What Stripe answers a retry that arrives while the first request is in progress.
+            "pm_card_inFlight" => (
+                StatusCode::CONFLICT,
+                axum::Json(json!({"error": {"type": "idempotency_error", "code": "idempotency_key_in_use"}})),
+            ),
             _ => declined("generic_decline"),
         }
     };
@@ -170,10 +175,13 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
         stripe.authorize("ord-3", "pm_card_chargeDeclinedInsufficientFunds", eur(1), "k3").await,
         Err(PaymentError::InsufficientFunds)
     );
-    assert!(matches!(
-        stripe.authorize("ord-4", "pm_card_gatewayError", eur(1), "k4").await,
-        Err(PaymentError::Unavailable(_))
-    ));
+    // A failing provider, and one still working on the same key, are asked again.
+    for (method, key) in [("pm_card_gatewayError", "k4"), ("pm_card_inFlight", "k5")] {
+        assert!(
+            matches!(stripe.authorize("ord-4", method, eur(1), key).await, Err(PaymentError::Unavailable(_))),
+            "{method}"
+        );
+    }
 
     let seen = seen.lock().expect("lock").clone();
     let (path, auth, key, form) = &seen[0];
