@@ -163,11 +163,20 @@ pub struct Stripe {
 /// Stripe's error code for a refund of a payment refunded in full already.
 const ALREADY_REFUNDED: &str = "charge_already_refunded";
 
-/// Stripe's answer: a PaymentIntent or refund (its id), or an error.
+/// Stripe's answer: a PaymentIntent or refund (its id and status), or an error.
 #[derive(Debug, serde::Deserialize)]
 struct StripeReply {
     id: Option<String>,
+    status: Option<String>,
     error: Option<StripeError>,
+}
+
+/// The PaymentIntent or refund a request made or acted on.
+#[derive(Debug, Default)]
+struct StripeObject {
+    id: String,
+    /// E.g. `requires_capture`; absent when the request was done already, outside Souk.
+    status: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -197,7 +206,7 @@ impl Stripe {
         form: &[(&str, String)],
         key: &str,
         done: &[&str],
-    ) -> Result<String, PaymentError> {
+    ) -> Result<StripeObject, PaymentError> {
         let url = format!("{}{path}", self.settings.base_url.trim_end_matches('/'));
         let res = self
             .http
@@ -214,13 +223,13 @@ impl Stripe {
             .await
             .map_err(|e| PaymentError::Unavailable(format!("{status}: {}", e.without_url())))?;
         match (status.is_success(), reply.id, reply.error) {
-            (true, Some(id), _) => Ok(id),
+            (true, Some(id), _) => Ok(StripeObject { id, status: reply.status }),
             (_, _, Some(e))
                 if status.is_client_error() && e.code.as_deref().is_some_and(|c| done.contains(&c)) =>
             {
                 let code = e.code.unwrap_or_default();
                 tracing::warn!(%status, code, path, "Stripe says this was done already, outside Souk; taken as done");
-                Ok(String::new())
+                Ok(StripeObject::default())
             }
             (_, _, Some(e)) if status.is_client_error() && e.kind.as_deref() == Some("card_error") => {
                 if e.decline_code.as_deref() == Some("insufficient_funds")
@@ -267,7 +276,16 @@ impl PaymentGateway for Stripe {
                 ("payment_method_types[]", "card".to_owned()),
                 ("metadata[souk_order]", order.to_owned()),
             ];
-            self.post("/v1/payment_intents", &form, key, &[]).await
+            let intent = self.post("/v1/payment_intents", &form, key, &[]).await?;
+            match intent.status.as_deref() {
+                Some("requires_capture") | None => Ok(intent.id),
+                // `requires_action`: the card wants the customer to authenticate (3-D Secure),
+                // which a checkout answered by the server cannot ask for; nothing is held.
+                Some(other) => {
+                    tracing::warn!(payment = %intent.id, status = other, "Stripe did not authorise the payment");
+                    Err(PaymentError::Declined)
+                }
+            }
         })
     }
 

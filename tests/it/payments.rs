@@ -66,6 +66,10 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_gatewayError" => {
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error"}})))
             }
+            // A card that asks its holder to authenticate (3-D Secure): nothing is authorised.
+            "pm_card_authenticationRequired" => {
+                (StatusCode::OK, axum::Json(json!({"id": "pi_3ds", "status": "requires_action"})))
+            }
             // What Stripe answers a retry that arrives while the first request is in progress.
             "pm_card_inFlight" => (
                 StatusCode::CONFLICT,
@@ -169,6 +173,10 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
     assert_eq!(stripe.refund("pi_disputed", eur(500), "ord-3-refund-1").await, Err(PaymentError::Declined));
     assert_eq!(
         stripe.authorize("ord-2", "pm_card_chargeDeclined", eur(1), "k2").await,
+        Err(PaymentError::Declined)
+    );
+    assert_eq!(
+        stripe.authorize("ord-3", "pm_card_authenticationRequired", eur(1), "k3ds").await,
         Err(PaymentError::Declined)
     );
     assert_eq!(
