@@ -17,9 +17,9 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = is_json(req.headers());
+        json_declared(is_json(req.headers()))?;
         let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
-        json_object(is_json, &bytes).map(Self)
+        json_object(&bytes).map(Self)
     }
 }
 
@@ -36,7 +36,8 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
-        json_object::<Option<T>>(is_json, &bytes).map(|t| Self(t.unwrap_or_default()))
+        json_declared(is_json)?;
+        json_object::<Option<T>>(&bytes).map(|t| Self(t.unwrap_or_default()))
     }
 }
 
@@ -49,14 +50,19 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")))
 }
 
-/// Decodes `bytes`, which a request declared JSON (`is_json`) or not, as a JSON object.
-fn json_object<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError> {
-    if !is_json {
-        return Err(ApiError::invalid(
-            ErrorCode::UnsupportedMediaType,
-            "expected a request with `Content-Type: application/json`",
-        ));
+/// Refuses a body its request did not declare JSON.
+fn json_declared(is_json: bool) -> Result<(), ApiError> {
+    if is_json {
+        return Ok(());
     }
+    Err(ApiError::invalid(
+        ErrorCode::UnsupportedMediaType,
+        "expected a request with `Content-Type: application/json`",
+    ))
+}
+
+/// Decodes `bytes` as a JSON object.
+fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every body Souk takes is an object, but serde would also fill a struct from an array.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
         return Err(ApiError::invalid(ErrorCode::InvalidInput, "the body must be a JSON object"));
