@@ -231,6 +231,13 @@ impl Stripe {
                 tracing::warn!(%status, code, path, "Stripe says this was done already, outside Souk; taken as done");
                 Ok(StripeObject::default())
             }
+            // The key was first used with other parameters (a node of an older release asked
+            // first, with fewer fields): what the provider did then is unknown here, so the
+            // step is asked again and, failing that, ends unsettled for staff, never declined.
+            (_, _, Some(e)) if e.kind.as_deref() == Some("idempotency_error") => {
+                tracing::warn!(%status, path, detail = e.message.as_deref().unwrap_or(""), "Stripe refused the idempotency key");
+                Err(PaymentError::Unavailable(format!("Stripe answered {status}: idempotency error")))
+            }
             (_, _, Some(e)) if status.is_client_error() && e.kind.as_deref() == Some("card_error") => {
                 if e.decline_code.as_deref() == Some("insufficient_funds")
                     || e.code.as_deref() == Some("insufficient_funds")
