@@ -152,6 +152,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE FIELD IF NOT EXISTS locale ON users TYPE option<string>;
     ",
     ),
+    (
+        11,
+        // Staff find an order from its payment (a dispute, the provider's dashboard).
+        r"
+    DEFINE INDEX IF NOT EXISTS orders_payment ON orders FIELDS state.payment;
+    ",
+    ),
 ];
 
 /// Who writes a projection's rows, which decides how much each write must guard.

@@ -55,6 +55,8 @@ pub struct OrderQuery {
     pub placed_since: Option<time::OffsetDateTime>,
     /// Only orders placed before this time.
     pub placed_until: Option<time::OffsetDateTime>,
+    /// Only the order paid with this provider's payment reference.
+    pub payment: Option<String>,
     /// Where the previous page ended (its `next`).
     pub after: Option<String>,
     /// Page size.
@@ -140,6 +142,7 @@ impl OrderRepo {
             (q.status.is_some(), "status = $status"),
             (q.placed_since.is_some(), "placed_ns >= $since"),
             (q.placed_until.is_some(), "placed_ns < $until"),
+            (q.payment.is_some(), "state.payment = $payment"),
             (!after_id.is_empty(), "placed_ns <= $after_at AND (placed_ns < $after_at OR oid < $after_id)"),
         ]);
         let ns = |t: Option<time::OffsetDateTime>| {
@@ -155,6 +158,7 @@ impl OrderRepo {
                 "status": q.status.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or(json!("")),
                 "since": ns(q.placed_since),
                 "until": ns(q.placed_until),
+                "payment": q.payment.as_deref().unwrap_or(""),
                 "after_at": after_at,
                 "after_id": after_id,
                 "limit": q.limit,

@@ -271,6 +271,26 @@ async fn a_checkout_through_stripe_authorises_and_captures_once_by_key() {
         ]
     );
     assert_eq!(field(&seen[0].3, "amount"), "2400");
+
+    // Staff find the order from its payment (a dispute names only the payment); customers
+    // cannot search by it.
+    let found = eventually("the order found by its payment", Duration::from_secs(10), || async {
+        let page: serde_json::Value = staff
+            .get(format!("{base}/v1/staff/orders?payment=pi_123"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        page["items"].as_array().filter(|items| !items.is_empty()).cloned()
+    })
+    .await;
+    assert_eq!(found.iter().map(|o| o["id"].as_str()).collect::<Vec<_>>(), [Some(id.as_str())]);
+    let none = staff.get(format!("{base}/v1/staff/orders?payment=pi_other")).send().await.expect("search");
+    assert_eq!(crate::catalog::body(none, StatusCode::OK).await["items"], json!([]));
+    let r = c.get(format!("{base}/v1/orders?payment=pi_123")).send().await.expect("customer search");
+    assert_eq!(crate::catalog::body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_input");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

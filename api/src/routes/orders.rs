@@ -43,6 +43,9 @@ pub struct ListQuery {
     pub since: Option<String>,
     /// Only orders placed before this time (RFC 3339).
     pub until: Option<String>,
+    /// Only the order paid with this provider's payment reference, e.g. a Stripe
+    /// PaymentIntent id from a dispute (staff list only).
+    pub payment: Option<String>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
     /// Page size, 1 to 100; default 20.
@@ -62,10 +65,13 @@ pub struct OrderList {
 
 async fn page(app: &AppState, q: ListQuery, customer: Option<UserId>) -> Result<Json<OrderList>, ApiError> {
     let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) || q.after.as_ref().is_some_and(|a| a.len() > 100) {
+    if !(1..=100).contains(&limit)
+        || q.after.as_ref().is_some_and(|a| a.len() > 100)
+        || q.payment.as_ref().is_some_and(|p| p.len() > 255)
+    {
         return Err(ApiError::invalid(
             ErrorCode::InvalidInput,
-            "limit must be 1 to 100 and after a cursor from next",
+            "limit must be 1 to 100, after a cursor from next, and payment a payment reference",
         ));
     }
     let query = OrderQuery {
@@ -73,6 +79,7 @@ async fn page(app: &AppState, q: ListQuery, customer: Option<UserId>) -> Result<
         status: q.status,
         placed_since: crate::extract::query_time("since", q.since.as_deref())?,
         placed_until: crate::extract::query_time("until", q.until.as_deref())?,
+        payment: q.payment,
         after: q.after,
         limit,
     };
@@ -89,8 +96,11 @@ async fn list_own(
     who: Principal,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<OrderList>, ApiError> {
-    if q.customer.is_some() {
-        return Err(ApiError::invalid(ErrorCode::InvalidInput, "customer is a filter of /v1/staff/orders"));
+    if q.customer.is_some() || q.payment.is_some() {
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidInput,
+            "customer and payment are filters of /v1/staff/orders",
+        ));
     }
     page(&app, q, Some(who.user)).await
 }

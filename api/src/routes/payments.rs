@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use serde_json::{Value, json};
+use souk_storage::OrderQuery;
 
 pub(crate) fn routes() -> Vec<Route> {
     // Public: the provider signs the body instead of sending a token.
@@ -30,10 +31,19 @@ async fn webhook(
     let event = app.webhooks.verify(signature, &body, time::OffsetDateTime::now_utc()).await?;
     if let Some(dispute) = event.dispute_created() {
         // The money is on its way back to the customer's bank unless the shop answers the
-        // dispute; the payment names its order (`metadata.souk_order` in Stripe's dashboard).
+        // dispute. The warning names the order for staff; a delivery is answered whether or
+        // not the order can be found, or the provider would send it again and again.
         app.http.payment_disputes.inc();
+        let order = match &dispute.payment_intent {
+            Some(payment) => {
+                let query = OrderQuery { payment: Some(payment.clone()), limit: 1, ..OrderQuery::default() };
+                app.orders.list(&query).await.ok().and_then(|page| page.items.into_iter().next())
+            }
+            None => None,
+        };
         tracing::warn!(
             event = %event.id,
+            order = order.as_ref().map_or("unknown", |o| o.id.as_str()),
             payment = dispute.payment_intent.as_deref().unwrap_or("?"),
             amount = dispute.amount,
             reason = dispute.reason.as_deref().unwrap_or("?"),
