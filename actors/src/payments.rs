@@ -231,6 +231,17 @@ impl Stripe {
                 tracing::warn!(%status, code, path, "Stripe says this was done already, outside Souk; taken as done");
                 Ok(StripeObject::default())
             }
+            // Souk's API key is wrong, revoked or lacks a permission: the shop's set-up, not the
+            // customer's card. Asked again (and, failing that, `payment_failed`, which the
+            // failure alert watches) rather than declining every checkout in silence.
+            (_, _, e)
+                if status == reqwest::StatusCode::UNAUTHORIZED
+                    || status == reqwest::StatusCode::FORBIDDEN =>
+            {
+                let detail = e.and_then(|e| e.message).unwrap_or_default();
+                tracing::error!(%status, path, detail, "Stripe refused Souk's API key: check stripe_api_key");
+                Err(PaymentError::Unavailable(format!("Stripe answered {status}: the API key was refused")))
+            }
             // The key was first used with other parameters (a node of an older release asked
             // first, with fewer fields): what the provider did then is unknown here, so the
             // step is asked again and, failing that, ends unsettled for staff, never declined.

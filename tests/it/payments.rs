@@ -70,6 +70,13 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_authenticationRequired" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_3ds", "status": "requires_action"})))
             }
+            // What Stripe answers a request signed with a revoked API key.
+            "pm_card_revokedApiKey" => (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(
+                    json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_***"}}),
+                ),
+            ),
             // What Stripe answers a key first used with other parameters.
             "pm_card_otherParameters" => (
                 StatusCode::BAD_REQUEST,
@@ -190,11 +197,14 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
         stripe.authorize("ord-3", "pm_card_chargeDeclinedInsufficientFunds", eur(1), "k3").await,
         Err(PaymentError::InsufficientFunds)
     );
-    // A failing provider, one still working on the same key, and a key it knows with other
-    // parameters are asked again.
-    for (method, key) in
-        [("pm_card_gatewayError", "k4"), ("pm_card_inFlight", "k5"), ("pm_card_otherParameters", "k6")]
-    {
+    // A failing provider, one still working on the same key, a key it knows with other
+    // parameters, and a refused API key are asked again: none is the card's fault.
+    for (method, key) in [
+        ("pm_card_gatewayError", "k4"),
+        ("pm_card_inFlight", "k5"),
+        ("pm_card_otherParameters", "k6"),
+        ("pm_card_revokedApiKey", "k7"),
+    ] {
         assert!(
             matches!(stripe.authorize("ord-4", method, eur(1), key).await, Err(PaymentError::Unavailable(_))),
             "{method}"
