@@ -327,6 +327,11 @@ pub async fn access_token(base: &str, email: &str, password: &str) -> String {
     login(base, email, password).await["access_token"].as_str().expect("access_token").to_owned()
 }
 
+/// GETs `url` and reads its JSON body; `None` when either fails, for [`eventually`]'s checks.
+pub async fn json_at(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Option<serde_json::Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

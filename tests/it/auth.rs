@@ -267,14 +267,8 @@ async fn two_nodes_registering_one_email_at_once_create_one_account() {
     for base in [a.url(), b.url()] {
         let users =
             souk_testkit::eventually("the account in the read model", Duration::from_secs(20), || async {
-                let page: Value = admin
-                    .get(format!("{base}/v1/admin/users?q=race@"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let page: Value =
+                    souk_testkit::json_at(&admin, format!("{base}/v1/admin/users?q=race@")).await?;
                 let items = page["items"].as_array()?.clone();
                 (!items.is_empty()).then_some(items)
             })
@@ -870,8 +864,7 @@ async fn bad_account_input_gets_problem_json_and_creates_nothing() {
     }
     let admin = admin_http(base).await;
     let page = souk_testkit::eventually("the users in the read model", Duration::from_secs(20), || async {
-        let page: Value =
-            admin.get(format!("{base}/v1/admin/users?q=bad-")).send().await.ok()?.json().await.ok()?;
+        let page: Value = souk_testkit::json_at(&admin, format!("{base}/v1/admin/users?q=bad-")).await?;
         (page["items"].as_array()?.len() == 8).then_some(page)
     })
     .await;

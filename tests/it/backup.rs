@@ -24,8 +24,7 @@ async fn lists_orders(c: &Client, base: &str, want: &[&str]) {
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
     eventually(&format!("{base} to list the orders {want:?}"), Duration::from_secs(30), || async {
-        let page: serde_json::Value =
-            c.get(format!("{base}/v1/orders")).send().await.ok()?.json().await.ok()?;
+        let page: serde_json::Value = souk_testkit::json_at(c, format!("{base}/v1/orders")).await?;
         let mut seen: Vec<String> =
             page["items"].as_array()?.iter().filter_map(|o| o["id"].as_str()).map(str::to_owned).collect();
         seen.sort();

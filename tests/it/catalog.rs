@@ -129,7 +129,7 @@ async fn staff_manage_products_and_shoppers_see_only_active_ones() {
     let seen = staff.get(format!("{base}/v1/products/secret-coat")).send().await.expect("get");
     assert_eq!(seen.status(), StatusCode::OK);
     eventually("the catalog to list both for staff", Duration::from_secs(10), || async {
-        let page: Value = staff.get(format!("{base}/v1/products")).send().await.ok()?.json().await.ok()?;
+        let page: Value = souk_testkit::json_at(&staff, format!("{base}/v1/products")).await?;
         (page["items"].as_array()?.len() == 2).then_some(())
     })
     .await;
@@ -197,8 +197,7 @@ async fn staff_manage_products_and_shoppers_see_only_active_ones() {
         staff.post(format!("{base}/v1/inventory/LINEN-M/restock")).json(&json!({"quantity": 4})).send().await;
     assert_eq!(r.expect("restock").status(), StatusCode::OK);
     eventually("availability in the catalog", Duration::from_secs(10), || async {
-        let v: Value =
-            http.get(format!("{base}/v1/products/linen-shirt")).send().await.ok()?.json().await.ok()?;
+        let v: Value = souk_testkit::json_at(&http, format!("{base}/v1/products/linen-shirt")).await?;
         (v["available"]["LINEN-M"] == 4).then_some(())
     })
     .await;
@@ -264,14 +263,9 @@ async fn search_ranks_titles_first_and_pages_walk_a_growing_catalog_without_gaps
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     eventually("all products in the catalog", Duration::from_secs(60), || async {
-        let page: Value = http
-            .get(format!("{base}/v1/products?limit=1&sort=price_asc&min_price=999"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let page: Value =
+            souk_testkit::json_at(&http, format!("{base}/v1/products?limit=1&sort=price_asc&min_price=999"))
+                .await?;
         (page["items"].as_array()?.len() == 1).then_some(())
     })
     .await;
@@ -430,7 +424,7 @@ async fn stock_follows_variants_and_low_stock_fires_once_per_crossing() {
 
     // The catalog shows availability; removing the variant retires its stock item.
     eventually("availability in the catalog", Duration::from_secs(10), || async {
-        let v: Value = http.get(format!("{base}/v1/products/tee")).send().await.ok()?.json().await.ok()?;
+        let v: Value = souk_testkit::json_at(&http, format!("{base}/v1/products/tee")).await?;
         (v["available"]["TEE-M"] == 3).then_some(())
     })
     .await;
@@ -496,8 +490,7 @@ async fn an_unsettled_reservation_lapses_once_even_across_a_restart() {
     ready(&http, &node).await;
     let base = node.url().to_owned();
     let item = eventually("the short hold to lapse", Duration::from_secs(20), || async {
-        let v: Value =
-            staff.get(format!("{base}/v1/inventory/LAPSE-1")).send().await.ok()?.json().await.ok()?;
+        let v: Value = souk_testkit::json_at(&staff, format!("{base}/v1/inventory/LAPSE-1")).await?;
         (v["reserved"] == 2).then_some(v)
     })
     .await;

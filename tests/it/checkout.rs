@@ -42,7 +42,7 @@ pub(crate) async fn confirmed_order(c: &Client, base: &str, sku: &str, qty: i64,
     .await;
     let id = placed["id"].as_str().expect("id").to_owned();
     eventually("the order confirmed", Duration::from_secs(30), || async {
-        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        let o: Value = souk_testkit::json_at(c, format!("{base}/v1/orders/{id}")).await?;
         (o["status"] == "confirmed").then_some(())
     })
     .await;
@@ -69,7 +69,7 @@ pub(crate) async fn order_when(
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     eventually(what, Duration::from_secs(30), || async {
-        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        let o: Value = souk_testkit::json_at(c, format!("{base}/v1/orders/{id}")).await?;
         done(&o).then_some(o)
     })
     .await
@@ -77,7 +77,7 @@ pub(crate) async fn order_when(
 
 async fn settled(c: &Client, base: &str, id: &str) -> Value {
     eventually("the order to settle", Duration::from_secs(30), || async {
-        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        let o: Value = souk_testkit::json_at(c, format!("{base}/v1/orders/{id}")).await?;
         matches!(o["status"].as_str(), Some("confirmed" | "cancelled")).then_some(o)
     })
     .await
@@ -283,8 +283,7 @@ async fn a_saga_whose_node_is_killed_mid_payment_finishes_on_the_other_node_once
     }
     for id in &ids {
         eventually("the stock held and the payment under way", Duration::from_secs(20), || async {
-            let o: Value =
-                c.get(format!("{}/v1/orders/{id}", a.url())).send().await.ok()?.json().await.ok()?;
+            let o: Value = souk_testkit::json_at(&c, format!("{}/v1/orders/{id}", a.url())).await?;
             (o["status"] == "reserved").then_some(())
         })
         .await;
@@ -297,8 +296,7 @@ async fn a_saga_whose_node_is_killed_mid_payment_finishes_on_the_other_node_once
     // each saga cancelled, once (placed, reserved, cancelled: version 3), stock given back.
     for id in &ids {
         let o = eventually("the saga to finish on the survivor", Duration::from_secs(60), || async {
-            let o: Value =
-                c.get(format!("{}/v1/orders/{id}", b.url())).send().await.ok()?.json().await.ok()?;
+            let o: Value = souk_testkit::json_at(&c, format!("{}/v1/orders/{id}", b.url())).await?;
             (o["status"] == "cancelled").then_some(o)
         })
         .await;
@@ -326,7 +324,7 @@ async fn an_authorisation_that_answers_too_late_is_voided_after_the_order_is_can
     // Cancelled for the missing answer, then the hold the late authorisation left is voided:
     // placed, reserved, cancelled, payment_voided.
     let o = eventually("the late authorisation voided", Duration::from_secs(30), || async {
-        let o: Value = c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+        let o: Value = souk_testkit::json_at(&c, format!("{base}/v1/orders/{id}")).await?;
         (o["version"] == 4).then_some(o)
     })
     .await;
@@ -478,8 +476,7 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
         let c = c.clone();
         async move {
             eventually(what, Duration::from_secs(20), || async {
-                let o: Value =
-                    c.get(format!("{base}/v1/orders/{id}")).send().await.ok()?.json().await.ok()?;
+                let o: Value = souk_testkit::json_at(&c, format!("{base}/v1/orders/{id}")).await?;
                 check(&o).then_some(o)
             })
             .await
@@ -538,7 +535,7 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
 
     // The customer's order list (from the read model), newest first, in pages.
     let listed = eventually("both orders listed as they are now", Duration::from_secs(20), || async {
-        let page: Value = c.get(format!("{base}/v1/orders")).send().await.ok()?.json().await.ok()?;
+        let page: Value = souk_testkit::json_at(&c, format!("{base}/v1/orders")).await?;
         let statuses: Vec<&str> =
             page["items"].as_array()?.iter().filter_map(|o| o["status"].as_str()).collect();
         (statuses == ["refunded", "cancelled"]).then_some(page)

@@ -72,7 +72,7 @@ async fn a_real_prometheus_scrapes_the_request_counter_of_a_running_node() {
     let series = eventually("Prometheus to have scraped the node", Duration::from_secs(60), || async {
         // Requests keep the counter moving while Prometheus starts.
         let _ = http.get(format!("{}/healthz", node.url())).send().await;
-        let v: Value = http.get(&query).send().await.ok()?.json().await.ok()?;
+        let v: Value = souk_testkit::json_at(&http, &query).await?;
         let result = v["data"]["result"].as_array()?.clone();
         (!result.is_empty()).then_some(result)
     })

@@ -285,14 +285,8 @@ async fn a_checkout_through_stripe_authorises_and_captures_once_by_key() {
     // Staff find the order from its payment (a dispute names only the payment); customers
     // cannot search by it.
     let found = eventually("the order found by its payment", Duration::from_secs(10), || async {
-        let page: serde_json::Value = staff
-            .get(format!("{base}/v1/staff/orders?payment=pi_123"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let page: serde_json::Value =
+            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_123")).await?;
         page["items"].as_array().filter(|items| !items.is_empty()).cloned()
     })
     .await;
