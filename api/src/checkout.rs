@@ -46,11 +46,6 @@ fn invalid(detail: impl Into<String>) -> ApiError {
     ApiError::invalid(ErrorCode::InvalidInput, detail)
 }
 
-/// An `Idempotency-Key` as accepted: 1 to 255 visible ASCII characters.
-pub fn valid_key(key: &str) -> bool {
-    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-}
-
 fn check_payment_method(method: &str) -> Result<(), ApiError> {
     let digits = method.bytes().filter(u8::is_ascii_digit).count();
     if digits >= 12 && method.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-') {

@@ -51,6 +51,11 @@ impl OrderId {
 
 crate::ids::string_newtype!(OrderId);
 
+/// An `Idempotency-Key` as accepted: 1 to 255 visible ASCII characters.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
 fn is_zero(n: &i64) -> bool {
     *n == 0
@@ -266,6 +271,10 @@ pub enum OrderCommand {
         /// chargeback): recorded as refunded at once, the provider not asked.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         outside_souk: bool,
+        /// The client's `Idempotency-Key` (or the provider's refund id): the same key again
+        /// answers the refund it asked for instead of giving more back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// The provider gave back the pending refund.
     RecordRefunded {
@@ -358,6 +367,9 @@ pub enum OrderEvent {
         refund: u32,
         /// Minor units.
         amount: i64,
+        /// The key it was asked with, if any: asking again with it gives nothing more back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// The provider gave the money back (status `refunded` once all of it is).
     #[serde(rename = "order.refunded")]
@@ -473,6 +485,9 @@ pub struct OrderState {
     /// Cancelled without the provider's answer to the authorisation, not yet voided.
     #[serde(default)]
     pub payment_unsettled: bool,
+    /// The keys refunds were asked with, so a repeated request gives nothing more back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refund_keys: Vec<RefundKey>,
     /// Each status it reached, with when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<StatusChange>,
@@ -481,6 +496,20 @@ pub struct OrderState {
     pub updated_at: Option<OffsetDateTime>,
     /// Events applied.
     pub version: u64,
+}
+
+/// A refund asked for with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundKey {
+    /// The key.
+    pub key: String,
+    /// The refund's number.
+    pub refund: u32,
+    /// Minor units it asked for.
+    pub amount: i64,
+    /// It recorded money given back outside Souk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_souk: bool,
 }
 
 /// A status an order reached, and when.
@@ -625,11 +654,23 @@ impl Fold for OrderState {
                 self.tracking = Some(tracking.clone());
             }
             OrderEvent::Delivered {} => self.status = Some(OrderStatus::Delivered),
-            OrderEvent::RefundRequested { refund, amount } => {
+            OrderEvent::RefundRequested { refund, amount, key } => {
                 self.refunds = *refund;
                 self.pending_refund = Some((*refund, *amount));
+                if let Some(key) = key {
+                    let (refund, amount) = (*refund, *amount);
+                    self.refund_keys.push(RefundKey {
+                        key: key.clone(),
+                        refund,
+                        amount,
+                        outside_souk: false,
+                    });
+                }
             }
-            OrderEvent::Refunded { amount, .. } => {
+            OrderEvent::Refunded { refund, amount, outside_souk } => {
+                if *outside_souk && let Some(k) = self.refund_keys.iter_mut().find(|k| k.refund == *refund) {
+                    k.outside_souk = true;
+                }
                 self.pending_refund = None;
                 self.refunded += amount;
                 let total = self.placement.as_ref().map_or(0, |p| p.total);
@@ -785,7 +826,21 @@ impl Entity for OrderState {
                 S::Delivered => Vec::new(),
                 _ => return Err(conflict(status, "be delivered")),
             },
-            OrderCommand::RequestRefund { amount, outside_souk } => {
+            OrderCommand::RequestRefund { amount, outside_souk, key } => {
+                if let Some(asked) = key.as_ref().and_then(|k| self.refund_keys.iter().find(|r| &r.key == k))
+                {
+                    // Asked before: the same request answers that refund; another is refused.
+                    if asked.outside_souk != *outside_souk || amount.is_some_and(|a| a != asked.amount) {
+                        return Err(ReplyError::new(
+                            ErrorCode::IdempotencyKeyReused,
+                            "this Idempotency-Key was used with a different refund",
+                        ));
+                    }
+                    return Ok(Vec::new());
+                }
+                if key.as_ref().is_some_and(|k| !valid_idempotency_key(k)) {
+                    return Err(invalid("an Idempotency-Key is 1 to 255 visible ASCII characters"));
+                }
                 let (placement, _) = self.placed()?;
                 let left = placement.total - self.refunded;
                 let amount = amount.unwrap_or(left);
@@ -805,7 +860,7 @@ impl Entity for OrderState {
                     )));
                 }
                 let refund = self.refunds + 1;
-                let mut events = vec![OrderEvent::RefundRequested { refund, amount }];
+                let mut events = vec![OrderEvent::RefundRequested { refund, amount, key: key.clone() }];
                 if *outside_souk {
                     // Asked for and given in one commit: the saga finds nothing under way.
                     events.push(OrderEvent::Refunded { refund, amount, outside_souk: true });
@@ -993,7 +1048,7 @@ mod tests {
     fn a_refused_refund_gives_nothing_back_and_leaves_the_order_refundable() {
         let mut order = reserved();
         run(&mut order, &sold("pay_1")).expect("sold");
-        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200), outside_souk: false })
+        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200), outside_souk: false, key: None })
             .expect("asked");
         let events = run(&mut order, &OrderCommand::RecordRefundRefused { refund: 1 }).expect("refused");
         assert_eq!(events, [OrderEvent::RefundRefused { refund: 1, amount: 200 }]);
@@ -1003,9 +1058,10 @@ mod tests {
         assert!(run(&mut order, &OrderCommand::RecordRefundRefused { refund: 1 }).expect("again").is_empty());
         assert!(run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("late").is_empty());
         // Staff may ask again: the next refund has the next number.
-        let again = run(&mut order, &OrderCommand::RequestRefund { amount: None, outside_souk: false })
-            .expect("asked again");
-        assert_eq!(again, [OrderEvent::RefundRequested { refund: 2, amount: 500 }]);
+        let again =
+            run(&mut order, &OrderCommand::RequestRefund { amount: None, outside_souk: false, key: None })
+                .expect("asked again");
+        assert_eq!(again, [OrderEvent::RefundRequested { refund: 2, amount: 500, key: None }]);
     }
 
     #[test]
@@ -1032,25 +1088,60 @@ mod tests {
 
     #[test]
     fn a_refund_made_outside_souk_is_recorded_at_once_within_what_is_left() {
-        let outside = |amount| OrderCommand::RequestRefund { amount: Some(amount), outside_souk: true };
+        let outside =
+            |amount| OrderCommand::RequestRefund { amount: Some(amount), outside_souk: true, key: None };
         let mut order = reserved();
         run(&mut order, &sold("pay_1")).expect("sold");
         let events = run(&mut order, &outside(200)).expect("recorded");
         assert_eq!(
             events,
             [
-                OrderEvent::RefundRequested { refund: 1, amount: 200 },
+                OrderEvent::RefundRequested { refund: 1, amount: 200, key: None },
                 OrderEvent::Refunded { refund: 1, amount: 200, outside_souk: true }
             ]
         );
         assert_eq!((order.refunded, order.pending_refund, order.refunds), (200, None, 1));
         assert_eq!(run(&mut order, &outside(301)).expect_err("beyond").code, ErrorCode::InvalidInput);
-        let ask = OrderCommand::RequestRefund { amount: None, outside_souk: false };
+        let ask = OrderCommand::RequestRefund { amount: None, outside_souk: false, key: None };
         assert_eq!(
             run(&mut order, &ask).expect("the rest"),
-            [OrderEvent::RefundRequested { refund: 2, amount: 300 }]
+            [OrderEvent::RefundRequested { refund: 2, amount: 300, key: None }]
         );
         assert_eq!(run(&mut order, &outside(100)).expect_err("under way").code, ErrorCode::OrderConflict);
+    }
+
+    #[test]
+    fn a_refund_asked_again_with_its_key_gives_nothing_more_back() {
+        let ask = |amount, outside_souk, key: &str| OrderCommand::RequestRefund {
+            amount,
+            outside_souk,
+            key: Some(key.to_owned()),
+        };
+        let mut order = reserved();
+        run(&mut order, &sold("pay_1")).expect("sold");
+        let events = run(&mut order, &ask(Some(200), true, "k1")).expect("recorded");
+        assert_eq!(events.len(), 2);
+        // A double click, before and after the refund completed: nothing more is given back.
+        assert!(run(&mut order, &ask(Some(200), true, "k1")).expect("again").is_empty());
+        let events = run(&mut order, &ask(None, false, "k2")).expect("the rest");
+        assert_eq!(events, [OrderEvent::RefundRequested { refund: 2, amount: 300, key: Some("k2".into()) }]);
+        assert!(run(&mut order, &ask(None, false, "k2")).expect("while under way").is_empty());
+        run(&mut order, &OrderCommand::RecordRefunded { refund: 2 }).expect("refunded");
+        assert_eq!(order.status, Some(OrderStatus::Refunded));
+        assert!(run(&mut order, &ask(Some(300), false, "k2")).expect("once refunded").is_empty());
+        // The key with another request is refused, whatever the order's state.
+        for other in [ask(Some(100), false, "k2"), ask(None, true, "k2"), ask(Some(200), false, "k1")] {
+            assert_eq!(run(&mut order, &other).expect_err("reused").code, ErrorCode::IdempotencyKeyReused);
+        }
+        assert_eq!((order.refunded, order.refunds), (500, 2));
+        let bad = ask(Some(1), false, "two words");
+        let mut fresh = reserved();
+        run(&mut fresh, &sold("pay_1")).expect("sold");
+        assert_eq!(run(&mut fresh, &bad).expect_err("malformed").code, ErrorCode::InvalidInput);
+        // The keys survive a snapshot.
+        let copy: OrderState =
+            serde_json::from_value(serde_json::to_value(&order).expect("json")).expect("back");
+        assert_eq!(copy.refund_keys, order.refund_keys);
     }
 
     #[test]
@@ -1058,7 +1149,7 @@ mod tests {
         let ask = |reason, without_refund| OrderCommand::RequestCancel { reason, without_refund };
         let mut order = reserved();
         run(&mut order, &sold("pay_1")).expect("sold");
-        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200), outside_souk: false })
+        run(&mut order, &OrderCommand::RequestRefund { amount: Some(200), outside_souk: false, key: None })
             .expect("refund asked");
         run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("refunded");
         let refused = run(&mut order, &ask(CancelReason::CustomerRequest, true)).expect_err("customer");

@@ -404,18 +404,22 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
     assert_eq!(body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_body");
     let unchanged = order_when(&c, base, &id, "the order as it was", |_| true).await;
     assert_eq!((unchanged["status"].as_str(), unchanged.get("cancel_requested")), (Some("confirmed"), None));
-    // Part was given back in the provider's dashboard: staff record it, and it is done.
-    let r = staff
-        .post(format!("{base}/v1/orders/{id}/refund"))
-        .json(&json!({"amount": 500, "outside_souk": true}))
-        .send()
-        .await
-        .expect("recorded refund");
-    let recorded = body(r, StatusCode::OK).await;
-    assert_eq!(
-        (recorded["status"].as_str(), recorded["refunded"].as_i64(), recorded.get("refund_pending")),
-        (Some("confirmed"), Some(500), None)
-    );
+    // Part was given back in the provider's dashboard: staff record it, and it is done; the
+    // form sent twice records it once.
+    for _ in 0..2 {
+        let r = staff
+            .post(format!("{base}/v1/orders/{id}/refund"))
+            .header("Idempotency-Key", "dashboard-500")
+            .json(&json!({"amount": 500, "outside_souk": true}))
+            .send()
+            .await
+            .expect("recorded refund");
+        let recorded = body(r, StatusCode::OK).await;
+        assert_eq!(
+            (recorded["status"].as_str(), recorded["refunded"].as_i64(), recorded.get("refund_pending")),
+            (Some("confirmed"), Some(500), None)
+        );
+    }
     let r = cancel(&staff, json!({"without_refund": true})).await.expect("staff");
     assert_eq!(body(r, StatusCode::ACCEPTED).await["cancel_without_refund"], true);
     let o = order_when(&c, base, &id, "the order cancelled", |o| o["status"] == "cancelled").await;
@@ -521,12 +525,29 @@ async fn orders_ship_deliver_refund_and_cancel_with_money_and_stock_given_back()
         refund(json!({"amount": 0})).await.expect("refund").status(),
         StatusCode::UNPROCESSABLE_ENTITY
     );
-    assert_eq!(refund(json!({"amount": 500})).await.expect("refund").status(), StatusCode::ACCEPTED);
+    // With an Idempotency-Key, the same refund sent again (a double click, a retry after a
+    // lost answer) gives nothing more back, while under way and after.
+    let keyed = |key: &'static str, b: Value| {
+        staff.post(format!("{base}/v1/orders/{second}/refund")).header("Idempotency-Key", key).json(&b).send()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            keyed("part-1", json!({"amount": 500})).await.expect("refund").status(),
+            StatusCode::ACCEPTED
+        );
+    }
     let o = wait_for(second.clone(), "the partial refund", |o| {
         o["refunded"] == 500 && o.get("refund_pending").is_none()
     })
     .await;
     assert_eq!(o["status"], "delivered");
+    let again =
+        body(keyed("part-1", json!({"amount": 500})).await.expect("refund"), StatusCode::ACCEPTED).await;
+    assert_eq!((again["refunded"].as_i64(), again["refunds"].as_i64()), (Some(500), Some(1)), "{again}");
+    let r = keyed("part-1", json!({"amount": 400})).await.expect("refund");
+    assert_eq!(body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "idempotency_key_reused");
+    let r = keyed("two words", json!({"amount": 400})).await.expect("refund");
+    assert_eq!(body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_input");
     assert_eq!(refund(json!({})).await.expect("refund").status(), StatusCode::ACCEPTED);
     let o = wait_for(second.clone(), "the full refund", |o| o["status"] == "refunded").await;
     assert_eq!(o["refunded"], 2000);

@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use crate::auth::access::{Access, Principal};
-use crate::checkout::{CheckoutBody, valid_key};
+use crate::checkout::CheckoutBody;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::request_id::RequestId;
@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use souk_messages::order::{CancelReason, OrderCommand, OrderStatus, OrderView};
+use souk_messages::order::{CancelReason, OrderCommand, OrderStatus, OrderView, valid_idempotency_key};
 use souk_messages::{ErrorCode, UserId};
 use souk_storage::OrderQuery;
 
@@ -161,17 +161,26 @@ async fn checkout(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CheckoutBody>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
-    let key =
-        headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| valid_key(k)).ok_or_else(
-            || {
-                ApiError::invalid(
-                    ErrorCode::InvalidInput,
-                    "send an Idempotency-Key header (1–255 visible ASCII characters)",
-                )
-            },
-        )?;
+    let key = idempotency_key(&headers)?.ok_or_else(|| bad_key("send an Idempotency-Key header"))?;
     let (order, placed) = app.checkout.checkout(&who, key, body, &rid.0).await?;
     Ok((if placed { StatusCode::CREATED } else { StatusCode::OK }, Json(order)))
+}
+
+/// The request's `Idempotency-Key`, if it sent one; one it sent malformed is refused.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|k| valid_idempotency_key(k))
+            .map(Some)
+            .ok_or_else(|| bad_key("the Idempotency-Key header is malformed")),
+    }
+}
+
+fn bad_key(what: &str) -> ApiError {
+    ApiError::invalid(ErrorCode::InvalidInput, format!("{what} (1–255 visible ASCII characters)"))
 }
 
 /// One of the customer's orders (staff see any), current.
@@ -231,17 +240,23 @@ async fn deliver(
 
 /// Gives money back, all or part, never more than was paid; the provider is asked by the
 /// saga (`refund_pending` shows it under way, `refunded` the total given back). With
-/// `outside_souk`, records money given back elsewhere instead, at once.
-#[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders", request_body = RefundBody, params(("id" = String, Path, description = "Order id")),
-    responses((status = 202, body = OrderView, description = "refund under way"), (status = 200, body = OrderView, description = "`outside_souk`: recorded"), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem, description = "an amount beyond what is left to refund")))]
+/// `outside_souk`, records money given back elsewhere instead, at once. With an
+/// `Idempotency-Key`, the same request again (a double click, a retry after a lost answer)
+/// answers the order without giving anything more back.
+#[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders", request_body = RefundBody,
+    params(("id" = String, Path, description = "Order id"), ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters, unique per refund of the order")),
+    responses((status = 202, body = OrderView, description = "refund under way"), (status = 200, body = OrderView, description = "`outside_souk`: recorded"), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem, description = "invalid_input (an amount beyond what is left to refund, a malformed key) or idempotency_key_reused")))]
 async fn refund(
     State(app): State<AppState>,
     rid: RequestId,
     who: Principal,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
-    let command = OrderCommand::RequestRefund { amount: body.amount, outside_souk: body.outside_souk };
+    let key = idempotency_key(&headers)?.map(str::to_owned);
+    let command = OrderCommand::RequestRefund { amount: body.amount, outside_souk: body.outside_souk, key };
     let order = app.checkout.command(&who, &id, command, &rid.0).await?;
     let status = if body.outside_souk { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(order)))
