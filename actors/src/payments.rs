@@ -3,6 +3,7 @@
 //! a step repeated after a crash never charges twice.
 
 use futures::future::BoxFuture;
+use souk_messages::order::PROVIDER_REFUND_MARK;
 use souk_messages::product::Money;
 use souk_messages::subject::stable_hash;
 use std::time::Duration;
@@ -332,7 +333,13 @@ impl PaymentGateway for Stripe {
         key: &'a str,
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
-            let form = [("payment_intent", payment.to_owned()), ("amount", amount.amount.to_string())];
+            // Marked as Souk's, so its webhook does not take it for one made in the dashboard.
+            let mark = format!("metadata[{PROVIDER_REFUND_MARK}]");
+            let form = [
+                ("payment_intent", payment.to_owned()),
+                ("amount", amount.amount.to_string()),
+                (mark.as_str(), key.to_owned()),
+            ];
             // A payment refunded in full already (in Stripe's dashboard, say) has given the
             // money back: a cancellation goes on to put the stock back rather than leave an
             // order the customer has been repaid for to ship.

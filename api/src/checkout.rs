@@ -9,7 +9,9 @@ use crate::cart::{Carts, Owner};
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
-use souk_messages::order::{Address, OrderCommand, OrderId, OrderLine, OrderRequest, OrderView, Placement};
+use souk_messages::order::{
+    Address, OrderCommand, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView, Placement,
+};
 use souk_messages::product::Currency;
 use souk_nats::{Bus, JsonKv};
 
@@ -177,6 +179,38 @@ impl Checkout {
             return Err(unknown());
         }
         Ok(view.public())
+    }
+
+    /// Records money the provider gave back outside Souk (a refund made in its dashboard) on
+    /// `order`, once per provider refund id. While the order's own refund, cancellation or
+    /// checkout is under way the record waits: `Unavailable`, so the provider delivers the
+    /// event again later.
+    pub async fn record_provider_refund(
+        &self,
+        order: &OrderId,
+        refund: &str,
+        amount: i64,
+        correlation: &str,
+    ) -> Result<OrderView, ApiError> {
+        let command = OrderCommand::RequestRefund {
+            amount: Some(amount),
+            outside_souk: true,
+            key: Some(refund.to_owned()),
+        };
+        match self.order(order, command, correlation).await {
+            Err(ApiError::Rejected(e)) if e.code == ErrorCode::OrderConflict => {
+                let now = self.order(order, OrderCommand::Get, correlation).await?;
+                let busy = now.refund_pending.is_some()
+                    || now.cancel_requested.is_some()
+                    || matches!(now.status, OrderStatus::Pending | OrderStatus::Reserved | OrderStatus::Paid);
+                Err(if busy {
+                    ApiError::invalid(ErrorCode::Unavailable, "the order is busy; deliver it again")
+                } else {
+                    e.into()
+                })
+            }
+            answer => answer,
+        }
     }
 
     /// Sends `command` to an order the caller may see; answers the order after it.

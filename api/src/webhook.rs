@@ -1,11 +1,14 @@
 //! Payment-provider webhooks: signed the Stripe way (`Stripe-Signature: t=<unix>,v1=<hex>`,
 //! HMAC-SHA256 over `<t>.<body>` with the endpoint's secret). Unsigned, wrongly signed, stale
 //! (beyond [`TOLERANCE`]) and replayed deliveries are refused. The checkout saga confirms
-//! payments synchronously, so a verified event is recorded in the log and acknowledged.
+//! payments synchronously, so most verified events are only logged and acknowledged; a
+//! dispute is counted for its alert, and a refund made in the provider's dashboard is
+//! recorded on its order.
 
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
+use souk_messages::order::PROVIDER_REFUND_MARK;
 use souk_nats::JsonKv;
 use time::OffsetDateTime;
 
@@ -47,7 +50,41 @@ impl ProviderEvent {
         (self.kind == DISPUTE_CREATED)
             .then(|| serde_json::from_value(self.data["object"].clone()).unwrap_or_default())
     }
+
+    /// A refund given back at the provider that Souk did not ask for (one made in its
+    /// dashboard), once it has succeeded; Souk's own refunds carry its mark.
+    pub fn refund_made_elsewhere(&self) -> Option<ProviderRefund> {
+        if !REFUND_EVENTS.contains(&self.kind.as_str()) {
+            return None;
+        }
+        let refund: ProviderRefund = serde_json::from_value(self.data["object"].clone()).ok()?;
+        (refund.status.as_deref() == Some("succeeded")
+            && refund.amount > 0
+            && !refund.metadata.contains_key(PROVIDER_REFUND_MARK))
+        .then_some(refund)
+    }
 }
+
+/// What Souk reads of a refund (`refund.*`).
+#[derive(Debug, Deserialize)]
+pub struct ProviderRefund {
+    /// The provider's refund id (`re_…`).
+    pub id: String,
+    /// Minor units given back.
+    pub amount: i64,
+    /// The refunded payment's reference.
+    #[serde(default)]
+    pub payment_intent: Option<String>,
+    /// E.g. `pending`, `succeeded`, `failed`.
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Stripe's event types that carry a refund: one is sent when it is made and when its status
+/// changes.
+const REFUND_EVENTS: [&str; 2] = ["refund.created", "refund.updated"];
 
 /// What Souk reads of a dispute (`charge.dispute.*`); absent fields stay empty.
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,10 @@ impl OrderId {
 
 crate::ids::string_newtype!(OrderId);
 
+/// The metadata key Souk's refunds carry at the payment provider (its value the refund's own
+/// idempotency key), so the provider's webhooks tell them from refunds made elsewhere.
+pub const PROVIDER_REFUND_MARK: &str = "souk_refund";
+
 /// An `Idempotency-Key` as accepted: 1 to 255 visible ASCII characters.
 pub fn valid_idempotency_key(key: &str) -> bool {
     (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())

@@ -59,6 +59,9 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pm_card_refundedInDashboard" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_refunded", "status": "requires_capture"})))
             }
+            "pm_card_slowRefund" => {
+                (StatusCode::OK, axum::Json(json!({"id": "pi_slowrefund", "status": "requires_capture"})))
+            }
             "pm_card_expiring" => {
                 (StatusCode::OK, axum::Json(json!({"id": "pi_expired", "status": "requires_capture"})))
             }
@@ -122,7 +125,11 @@ async fn stripe_peer() -> (String, Arc<Mutex<Vec<Seen>>>) {
             "pi_refunded" => Some(("charge_already_refunded", "Charge ch_1 has already been refunded.")),
             _ => None,
         };
+        let slow = field(&form, "payment_intent") == "pi_slowrefund";
         record(State(seen), "/v1/refunds".into(), headers, form).await;
+        if slow {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         if let Some((code, message)) = refused {
             let error = json!({"error": {"type": "invalid_request_error", "code": code, "message": message}});
             return (StatusCode::BAD_REQUEST, axum::Json(error));
@@ -235,8 +242,12 @@ async fn the_stripe_client_sends_exactly_the_payment_intents_requests() {
     assert_eq!(field(&seen[1].3, "amount_to_capture"), "4500");
     assert_eq!((seen[2].0.as_str(), seen[2].2.as_str()), ("/v1/refunds", "ord-1-refund-1"));
     assert_eq!(
-        (field(&seen[2].3, "payment_intent"), field(&seen[2].3, "amount")),
-        ("pi_123".into(), "500".into())
+        (
+            field(&seen[2].3, "payment_intent"),
+            field(&seen[2].3, "amount"),
+            field(&seen[2].3, "metadata[souk_refund]")
+        ),
+        ("pi_123".into(), "500".into(), "ord-1-refund-1".into())
     );
     assert_eq!((seen[3].0.as_str(), seen[3].2.as_str()), ("/v1/payment_intents/pi_123/cancel", "ord-1-void"));
     assert!(seen.iter().all(|s| s.1 == "Bearer sk_test_123"));
@@ -446,9 +457,101 @@ async fn webhooks_need_a_fresh_valid_signature_and_are_taken_once() {
         ),
         ("evt_3", "charge.refunded", json!({"amount": "a string here", "refunds": []})),
     ] {
-        let body = json!({"id": id, "type": kind, "data": {"object": object}}).to_string();
-        let signature = format!("t={now},v1={}", souk_api::webhook::sign("whsec_test", now, body.as_bytes()));
-        assert_eq!(deliver(Some(signature), body).await.expect("post").status(), StatusCode::OK, "{kind}");
+        let r = deliver_event(&http, node.url(), "whsec_test", id, kind, object).await;
+        assert_eq!(r.status(), StatusCode::OK, "{kind}");
     }
     assert_eq!(crate::metric(&http, node.url(), disputes).await, Some(1));
+}
+
+/// Delivers a provider event signed with `secret` to the node at `base`.
+async fn deliver_event(
+    http: &Client,
+    base: &str,
+    secret: &str,
+    id: &str,
+    kind: &str,
+    object: serde_json::Value,
+) -> reqwest::Response {
+    let body = json!({"id": id, "type": kind, "data": {"object": object}}).to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = format!("t={now},v1={}", souk_api::webhook::sign(secret, now, body.as_bytes()));
+    http.post(format!("{base}/v1/payments/webhook"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("deliver")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_made_in_stripe_s_dashboard_is_recorded_on_its_order_once() {
+    let secret = "whsec_dash";
+    // This card's refunds take three seconds, so one is under way while the test acts.
+    let (_nats, node, http, staff, seen) =
+        stripe_node(&[("SOUK_PAYMENTS_WEBHOOK_SECRET", secret), ("SOUK_PAYMENT_TIMEOUT", "10s")]).await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "DASH-LAMP", 5).await;
+    let c = customer(&http, base, "dashboard-refund@payments.test").await;
+    let id = place(&c, base, &[("DASH-LAMP", 2)], "pm_card_slowRefund", "dr-1").await;
+    order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
+    eventually("the order found by its payment", Duration::from_secs(10), || async {
+        let page: serde_json::Value =
+            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_slowrefund")).await?;
+        page["items"].as_array().filter(|items| !items.is_empty()).map(drop)
+    })
+    .await;
+    let refund = |id: &str, amount: i64, status: &str, metadata: serde_json::Value| json!({"id": id, "object": "refund", "amount": amount, "currency": "eur", "payment_intent": "pi_slowrefund", "status": status, "metadata": metadata});
+    let deliver = |id: &'static str, kind: &'static str, object: serde_json::Value| {
+        let http = http.clone();
+        async move { deliver_event(&http, base, secret, id, kind, object).await.status() }
+    };
+    let refunded = || async {
+        let o = order_when(&c, base, &id, "the order", |_| true).await;
+        (o["refunded"].as_i64(), o["refunds"].as_i64())
+    };
+
+    // The shop gives 500 back in the dashboard: recorded once it succeeded, whichever of the
+    // provider's events tells it and however often.
+    let pending = refund("re_dash_1", 500, "pending", json!({}));
+    assert_eq!(deliver("evt_d1", "refund.created", pending).await, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(0), Some(0)));
+    let succeeded = refund("re_dash_1", 500, "succeeded", json!({}));
+    assert_eq!(deliver("evt_d2", "refund.updated", succeeded.clone()).await, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(500), Some(1)));
+    assert_eq!(deliver("evt_d3", "refund.updated", succeeded).await, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(500), Some(1)));
+    let r = staff.get(format!("{base}/v1/admin/history/order/{id}")).send().await.expect("history");
+    let history = crate::catalog::body(r, StatusCode::OK).await;
+    let outside: Vec<_> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "order.refunded")
+        .map(|e| (e["data"]["amount"].as_i64(), e["data"]["outside_souk"].as_bool()))
+        .collect();
+    assert_eq!(outside, [(Some(500), Some(true))], "{history}");
+    // Stripe tells of Souk's own refunds too: those carry Souk's mark and are not counted again.
+    // While one is under way, a refund made in the dashboard waits: the provider is answered
+    // an error and delivers it again.
+    let r = staff.post(format!("{base}/v1/orders/{id}/refund")).json(&json!({"amount": 300})).send().await;
+    assert_eq!(r.expect("refund").status(), StatusCode::ACCEPTED);
+    let mark = format!("{id}-refund-2");
+    let busy = deliver("evt_d4", "refund.created", refund("re_dash_2", 100, "succeeded", json!({}))).await;
+    assert_eq!(busy, StatusCode::SERVICE_UNAVAILABLE);
+    order_when(&c, base, &id, "Souk's refund given", |o| o["refunded"] == 800).await;
+    assert_eq!(keys_sent(&seen, "/v1/refunds"), [mark.as_str()]);
+    let own = refund("re_souk_2", 300, "succeeded", json!({"souk_refund": mark}));
+    assert_eq!(deliver("evt_d5", "refund.created", own).await, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(800), Some(2)));
+    let again = deliver("evt_d6", "refund.created", refund("re_dash_2", 100, "succeeded", json!({}))).await;
+    assert_eq!(again, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(900), Some(3)));
+    // More than is left, or a payment that is no order's: answered, and nothing changes.
+    let beyond = deliver("evt_d7", "refund.created", refund("re_dash_3", 5000, "succeeded", json!({}))).await;
+    assert_eq!(beyond, StatusCode::OK);
+    let mut other = refund("re_dash_4", 100, "succeeded", json!({}));
+    other["payment_intent"] = json!("pi_not_souk");
+    assert_eq!(deliver("evt_d8", "refund.created", other).await, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(900), Some(3)));
 }

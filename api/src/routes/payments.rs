@@ -4,12 +4,16 @@ use crate::AppState;
 use crate::auth::access::Access;
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiBytes;
+use crate::request_id::RequestId;
 use crate::routes::Route;
+use crate::webhook::ProviderRefund;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use serde_json::{Value, json};
+use souk_messages::ErrorCode;
+use souk_messages::order::OrderView;
 use souk_storage::OrderQuery;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -21,9 +25,11 @@ pub(crate) fn routes() -> Vec<Route> {
 #[utoipa::path(post, path = "/v1/payments/webhook", tag = "orders",
     params(("Stripe-Signature" = String, Header, description = "t=<unix time>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">")),
     request_body(content = String, content_type = "application/json"),
-    responses((status = 200, description = "received"), (status = 401, body = Problem, description = "unsigned, wrongly signed, stale or replayed")))]
+    responses((status = 200, description = "received"), (status = 401, body = Problem, description = "unsigned, wrongly signed, stale or replayed"),
+        (status = 503, body = Problem, description = "unavailable: the order of a refund made in the dashboard is busy with its own refund or cancellation; delivered again later")))]
 async fn webhook(
     State(app): State<AppState>,
+    rid: RequestId,
     headers: HeaderMap,
     ApiBytes(body): ApiBytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -34,13 +40,7 @@ async fn webhook(
         // dispute. The warning names the order for staff; a delivery is answered whether or
         // not the order can be found, or the provider would send it again and again.
         app.http.payment_disputes.inc();
-        let order = match &dispute.payment_intent {
-            Some(payment) => {
-                let query = OrderQuery { payment: Some(payment.clone()), limit: 1, ..OrderQuery::default() };
-                app.orders.list(&query).await.ok().and_then(|page| page.items.into_iter().next())
-            }
-            None => None,
-        };
+        let order = order_of(&app, dispute.payment_intent.as_deref()).await.ok().flatten();
         tracing::warn!(
             event = %event.id,
             order = order.as_ref().map_or("unknown", |o| o.id.as_str()),
@@ -49,8 +49,47 @@ async fn webhook(
             reason = dispute.reason.as_deref().unwrap_or("?"),
             "a customer's bank disputed a payment"
         );
+    } else if let Some(refund) = event.refund_made_elsewhere() {
+        refunded_elsewhere(&app, &event.id, &refund, &rid.0).await?;
     } else {
         tracing::info!(event = %event.id, kind = %event.kind, "payment provider event received");
     }
     Ok(Json(json!({"received": true})))
+}
+
+/// The order paid by `payment`, from the read model.
+async fn order_of(app: &AppState, payment: Option<&str>) -> Result<Option<OrderView>, ApiError> {
+    let Some(payment) = payment else { return Ok(None) };
+    let query = OrderQuery { payment: Some(payment.to_owned()), limit: 1, ..OrderQuery::default() };
+    Ok(app.orders.list(&query).await?.items.into_iter().next())
+}
+
+/// Records on its order a refund the shop made in the provider's dashboard, so the order
+/// shows what was given back (and its customer is told, as for any refund). What cannot be
+/// recorded (an unknown payment, an order cancelled, more than is left) is answered and left
+/// to staff with a warning; an order busy with its own refund is answered with an error, so
+/// the provider delivers the event again later.
+async fn refunded_elsewhere(
+    app: &AppState,
+    event: &str,
+    refund: &ProviderRefund,
+    correlation: &str,
+) -> Result<(), ApiError> {
+    let payment = refund.payment_intent.as_deref();
+    // A read model that fails answers an error: the provider delivers the event again.
+    let Some(order) = order_of(app, payment).await? else {
+        tracing::info!(event, refund = %refund.id, payment, "a refund of a payment that is not an order's");
+        return Ok(());
+    };
+    match app.checkout.record_provider_refund(&order.id, &refund.id, refund.amount, correlation).await {
+        Ok(now) => {
+            tracing::info!(event, order = %order.id, refund = %refund.id, amount = refund.amount, refunded = now.refunded, "a refund made at the provider is recorded on its order");
+            Ok(())
+        }
+        Err(ApiError::Rejected(e)) if e.code != ErrorCode::Unavailable => {
+            tracing::warn!(event, order = %order.id, refund = %refund.id, amount = refund.amount, reason = %e.detail, "a refund made at the provider could not be recorded on its order");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
