@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
 use souk_messages::order::{
-    Address, OrderCommand, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView, Placement,
+    Address, OrderCommand, OrderDispute, OrderId, OrderLine, OrderRequest, OrderStatus, OrderView, Placement,
 };
 use souk_messages::product::Currency;
 use souk_nats::{Bus, JsonKv};
@@ -211,6 +211,20 @@ impl Checkout {
             }
             answer => answer,
         }
+    }
+
+    /// Records on `order` a dispute of its payment the provider reported, or how it ended;
+    /// answers whether the order did not know of the dispute before.
+    pub async fn record_dispute(
+        &self,
+        order: &OrderId,
+        dispute: OrderDispute,
+        correlation: &str,
+    ) -> Result<bool, ApiError> {
+        let before = self.order(order, OrderCommand::Get, correlation).await?;
+        let new = before.dispute.is_none_or(|d| d.id != dispute.id);
+        self.order(order, OrderCommand::RecordDispute { dispute }, correlation).await?;
+        Ok(new)
     }
 
     /// Sends `command` to an order the caller may see; answers the order after it.

@@ -2,13 +2,13 @@
 //! HMAC-SHA256 over `<t>.<body>` with the endpoint's secret). Unsigned, wrongly signed, stale
 //! (beyond [`TOLERANCE`]) and replayed deliveries are refused. The checkout saga confirms
 //! payments synchronously, so most verified events are only logged and acknowledged; a
-//! dispute is counted for its alert, and a refund made in the provider's dashboard is
-//! recorded on its order.
+//! dispute is recorded on its order and counted for its alert, and a refund made in the
+//! provider's dashboard is recorded on its order.
 
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
-use souk_messages::order::PROVIDER_REFUND_MARK;
+use souk_messages::order::{DisputeStatus, OrderDispute, PROVIDER_REFUND_MARK};
 use souk_nats::JsonKv;
 use time::OffsetDateTime;
 
@@ -45,10 +45,17 @@ pub struct ProviderEvent {
 }
 
 impl ProviderEvent {
-    /// The dispute a customer's bank opened, for a `charge.dispute.created` event.
-    pub fn dispute_created(&self) -> Option<Dispute> {
-        (self.kind == DISPUTE_CREATED)
-            .then(|| serde_json::from_value(self.data["object"].clone()).unwrap_or_default())
+    /// A dispute a customer's bank opened (`charge.dispute.created`) or that ended
+    /// (`charge.dispute.closed`).
+    pub fn dispute(&self) -> Option<Dispute> {
+        let closed = match self.kind.as_str() {
+            DISPUTE_CREATED => false,
+            DISPUTE_CLOSED => true,
+            _ => return None,
+        };
+        let mut dispute: Dispute = serde_json::from_value(self.data["object"].clone()).unwrap_or_default();
+        dispute.closed = closed;
+        Some(dispute)
     }
 
     /// A refund given back at the provider that Souk did not ask for (one made in its
@@ -89,6 +96,15 @@ const REFUND_EVENTS: [&str; 2] = ["refund.created", "refund.updated"];
 /// What Souk reads of a dispute (`charge.dispute.*`); absent fields stay empty.
 #[derive(Debug, Default, Deserialize)]
 pub struct Dispute {
+    /// The provider's dispute id (`dp_…`).
+    #[serde(default)]
+    pub id: String,
+    /// The provider's status, e.g. `needs_response`, `won`, `lost`.
+    #[serde(default)]
+    status: Option<String>,
+    /// Whether the event tells that it ended.
+    #[serde(skip)]
+    closed: bool,
     /// The disputed payment's reference.
     #[serde(default)]
     pub payment_intent: Option<String>,
@@ -102,6 +118,30 @@ pub struct Dispute {
 
 /// Stripe's event type for a dispute a customer's bank opened.
 const DISPUTE_CREATED: &str = "charge.dispute.created";
+/// Stripe's event type for a dispute that ended.
+const DISPUTE_CLOSED: &str = "charge.dispute.closed";
+
+impl Dispute {
+    /// Where it stands: open until it closed, then `lost` or, for any other ending (`won`, an
+    /// inquiry closed without a chargeback), `won`.
+    pub fn status(&self) -> DisputeStatus {
+        match (self.closed, self.status.as_deref()) {
+            (false, _) => DisputeStatus::Open,
+            (true, Some("lost")) => DisputeStatus::Lost,
+            (true, _) => DisputeStatus::Won,
+        }
+    }
+
+    /// The dispute as an order records it, when the event names it.
+    pub fn on_order(&self) -> Option<OrderDispute> {
+        (!self.id.is_empty()).then(|| OrderDispute {
+            id: self.id.clone(),
+            amount: self.amount.unwrap_or(0),
+            reason: self.reason.clone().unwrap_or_default(),
+            status: self.status(),
+        })
+    }
+}
 
 fn refused(detail: &str) -> ApiError {
     ApiError::invalid(ErrorCode::Unauthorized, detail)

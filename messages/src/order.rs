@@ -293,6 +293,11 @@ pub enum OrderCommand {
     /// The provider refused the refund the cancellation under way needs: the order stays as
     /// it was.
     RecordCancelRefused,
+    /// The provider reported a dispute of the order's payment, or how one ended.
+    RecordDispute {
+        /// The dispute as the provider reports it now.
+        dispute: OrderDispute,
+    },
     /// Read it.
     Get,
 }
@@ -401,6 +406,25 @@ pub enum OrderEvent {
         /// Who asked for the cancellation (the customer is told when it was them).
         reason: CancelReason,
     },
+    /// The customer's bank disputed the payment (a chargeback): the money goes back to the
+    /// customer unless the shop answers the dispute at the provider and wins.
+    #[serde(rename = "order.disputed")]
+    Disputed {
+        /// The provider's dispute id.
+        dispute: String,
+        /// Minor units disputed.
+        amount: i64,
+        /// The bank's reason.
+        reason: String,
+    },
+    /// The dispute ended (`won`: the shop keeps the money; `lost`: the customer got it back).
+    #[serde(rename = "order.dispute_closed")]
+    DisputeClosed {
+        /// The provider's dispute id.
+        dispute: String,
+        /// `won` or `lost`.
+        status: DisputeStatus,
+    },
 }
 
 impl OrderEvent {
@@ -421,7 +445,9 @@ impl OrderEvent {
             | Self::RefundRequested { .. }
             | Self::Refunded { .. }
             | Self::RefundRefused { .. }
-            | Self::CancelRefused { .. } => None,
+            | Self::CancelRefused { .. }
+            | Self::Disputed { .. }
+            | Self::DisputeClosed { .. } => None,
         }
     }
 
@@ -447,6 +473,8 @@ impl OrderEvent {
             Self::Refunded { .. } => "order.refunded",
             Self::RefundRefused { .. } => "order.refund_refused",
             Self::CancelRefused { .. } => "order.cancel_refused",
+            Self::Disputed { .. } => "order.disputed",
+            Self::DisputeClosed { .. } => "order.dispute_closed",
         }
     }
 }
@@ -489,6 +517,9 @@ pub struct OrderState {
     /// Cancelled without the provider's answer to the authorisation, not yet voided.
     #[serde(default)]
     pub payment_unsettled: bool,
+    /// The payment's dispute, if the customer's bank opened one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispute: Option<OrderDispute>,
     /// The keys refunds were asked with, so a repeated request gives nothing more back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refund_keys: Vec<RefundKey>,
@@ -514,6 +545,33 @@ pub struct RefundKey {
     /// It recorded money given back outside Souk.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outside_souk: bool,
+}
+
+/// Where a dispute (a chargeback the customer's bank opened) stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeStatus {
+    /// The bank is taking the money back unless the shop answers and wins.
+    Open,
+    /// Closed in the shop's favour (or an inquiry closed without a chargeback): the money stays.
+    Won,
+    /// Closed in the customer's favour: the bank gave the money back to them.
+    Lost,
+}
+
+/// A dispute of an order's payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderDispute {
+    /// The provider's dispute id (`dp_…`).
+    pub id: String,
+    /// Minor units disputed.
+    pub amount: i64,
+    /// The bank's reason, e.g. `fraudulent`, `product_not_received`.
+    pub reason: String,
+    /// Where it stands.
+    pub status: DisputeStatus,
 }
 
 /// A status an order reached, and when.
@@ -589,6 +647,10 @@ pub struct OrderView {
     /// on the card is still to be voided.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub payment_unsettled: bool,
+    /// The payment's dispute (a chargeback), if the customer's bank opened one: staff answer it
+    /// at the provider, and think twice before shipping an order whose dispute is `open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispute: Option<OrderDispute>,
     /// When it was placed, RFC 3339.
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -690,6 +752,19 @@ impl Fold for OrderState {
                 self.cancel_requested = None;
                 self.cancel_without_refund = false;
                 self.cancels_refused += 1;
+            }
+            OrderEvent::Disputed { dispute, amount, reason } => {
+                self.dispute = Some(OrderDispute {
+                    id: dispute.clone(),
+                    amount: *amount,
+                    reason: reason.clone(),
+                    status: DisputeStatus::Open,
+                });
+            }
+            OrderEvent::DisputeClosed { dispute, status } => {
+                if let Some(d) = self.dispute.as_mut().filter(|d| &d.id == dispute) {
+                    d.status = *status;
+                }
             }
         }
     }
@@ -894,6 +969,28 @@ impl Entity for OrderState {
                 (S::Confirmed, Some(reason)) => vec![OrderEvent::CancelRefused { reason }],
                 _ => Vec::new(),
             },
+            OrderCommand::RecordDispute { dispute } => {
+                // The provider's events may come again, and out of order: each is recorded once,
+                // and a dispute closed is not opened again.
+                let mut events = Vec::new();
+                let known = self.dispute.as_ref().filter(|d| d.id == dispute.id);
+                if known.is_none() {
+                    events.push(OrderEvent::Disputed {
+                        dispute: dispute.id.clone(),
+                        amount: dispute.amount,
+                        reason: dispute.reason.clone(),
+                    });
+                }
+                if dispute.status != DisputeStatus::Open
+                    && known.is_none_or(|d| d.status == DisputeStatus::Open)
+                {
+                    events.push(OrderEvent::DisputeClosed {
+                        dispute: dispute.id.clone(),
+                        status: dispute.status,
+                    });
+                }
+                events
+            }
         };
         Ok(events)
     }
@@ -928,6 +1025,7 @@ impl Entity for OrderState {
             refunds_refused: self.refunds_refused,
             cancels_refused: self.cancels_refused,
             payment_unsettled: self.payment_unsettled,
+            dispute: self.dispute.clone(),
             placed_at: self.timeline.first().map(|c| c.at),
             updated_at: self.updated_at,
             timeline: self.timeline.clone(),
@@ -1146,6 +1244,37 @@ mod tests {
         let copy: OrderState =
             serde_json::from_value(serde_json::to_value(&order).expect("json")).expect("back");
         assert_eq!(copy.refund_keys, order.refund_keys);
+    }
+
+    #[test]
+    fn a_dispute_is_recorded_once_and_its_ending_once_in_whatever_order_they_come() {
+        let dispute = |id: &str, status| OrderCommand::RecordDispute {
+            dispute: OrderDispute { id: id.into(), amount: 500, reason: "fraudulent".into(), status },
+        };
+        let types = |events: Vec<OrderEvent>| events.iter().map(OrderEvent::type_name).collect::<Vec<_>>();
+        let mut order = reserved();
+        run(&mut order, &sold("pay_1")).expect("sold");
+        assert_eq!(
+            types(run(&mut order, &dispute("dp_1", DisputeStatus::Open)).expect("opened")),
+            ["order.disputed"]
+        );
+        assert!(run(&mut order, &dispute("dp_1", DisputeStatus::Open)).expect("again").is_empty());
+        assert_eq!(order.view(&OrderId::generate()).dispute.map(|d| d.status), Some(DisputeStatus::Open));
+        assert_eq!(
+            types(run(&mut order, &dispute("dp_1", DisputeStatus::Lost)).expect("lost")),
+            ["order.dispute_closed"]
+        );
+        assert!(run(&mut order, &dispute("dp_1", DisputeStatus::Lost)).expect("again").is_empty());
+        assert!(run(&mut order, &dispute("dp_1", DisputeStatus::Open)).expect("late").is_empty());
+        assert_eq!(order.dispute.as_ref().map(|d| d.status), Some(DisputeStatus::Lost));
+        // Its ending told first: both at once, and the opening told after changes nothing.
+        let mut other = reserved();
+        run(&mut other, &sold("pay_2")).expect("sold");
+        let events = run(&mut other, &dispute("dp_2", DisputeStatus::Won)).expect("won");
+        assert_eq!(types(events), ["order.disputed", "order.dispute_closed"]);
+        assert!(run(&mut other, &dispute("dp_2", DisputeStatus::Open)).expect("late").is_empty());
+        assert_eq!(other.dispute.map(|d| (d.id, d.status)), Some(("dp_2".into(), DisputeStatus::Won)));
+        assert_eq!(other.status, Some(OrderStatus::Confirmed));
     }
 
     #[test]

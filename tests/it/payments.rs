@@ -555,3 +555,62 @@ async fn a_refund_made_in_stripe_s_dashboard_is_recorded_on_its_order_once() {
     assert_eq!(deliver("evt_d8", "refund.created", other).await, StatusCode::OK);
     assert_eq!(refunded().await, (Some(900), Some(3)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
+    let secret = "whsec_dispute";
+    let (_nats, node, http, staff, _seen) = stripe_node(&[("SOUK_PAYMENTS_WEBHOOK_SECRET", secret)]).await;
+    let base = node.url();
+    lamp_on_sale(&staff, base, base, "DISP-LAMP", 5).await;
+    let c = customer(&http, base, "chargeback@payments.test").await;
+    let id = place(&c, base, &[("DISP-LAMP", 1)], "pm_card_visa", "dp-1").await;
+    order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
+    eventually("the order found by its payment", Duration::from_secs(10), || async {
+        let page: serde_json::Value =
+            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_123")).await?;
+        page["items"].as_array().filter(|items| !items.is_empty()).map(drop)
+    })
+    .await;
+    let dispute = |status: &str| json!({"id": "dp_1", "object": "dispute", "amount": 1000, "currency": "eur", "payment_intent": "pi_123", "reason": "product_not_received", "status": status});
+    let deliver = |id: &'static str, kind: &'static str, object: serde_json::Value| {
+        let http = http.clone();
+        async move { deliver_event(&http, base, secret, id, kind, object).await.status() }
+    };
+    let shown = || async { order_when(&staff, base, &id, "the order", |_| true).await["dispute"].clone() };
+    assert_eq!(shown().await, serde_json::Value::Null, "no dispute yet");
+
+    // The bank opens a dispute: the order shows it to staff, and it is counted for the alert,
+    // once however often the provider tells it.
+    for evt in ["evt_o1", "evt_o2"] {
+        assert_eq!(deliver(evt, "charge.dispute.created", dispute("needs_response")).await, StatusCode::OK);
+    }
+    assert_eq!(
+        shown().await,
+        json!({"id": "dp_1", "amount": 1000, "reason": "product_not_received", "status": "open"})
+    );
+    assert_eq!(crate::metric(&http, base, "souk_payment_disputes_total").await, Some(1));
+    // The shop loses it: the order says so, and a late or repeated event changes nothing.
+    assert_eq!(deliver("evt_c1", "charge.dispute.closed", dispute("lost")).await, StatusCode::OK);
+    assert_eq!(deliver("evt_c2", "charge.dispute.closed", dispute("lost")).await, StatusCode::OK);
+    assert_eq!(deliver("evt_o3", "charge.dispute.created", dispute("needs_response")).await, StatusCode::OK);
+    assert_eq!(shown().await["status"], "lost");
+    let r = staff.get(format!("{base}/v1/admin/history/order/{id}")).send().await.expect("history");
+    let history = crate::catalog::body(r, StatusCode::OK).await;
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("order.dispute"))
+        .collect();
+    assert_eq!(types, ["order.disputed", "order.dispute_closed"], "{history}");
+    // The staff list (the read model) shows it too; the order is otherwise as it was.
+    let listed = eventually("the dispute in the order list", Duration::from_secs(10), || async {
+        let page: serde_json::Value =
+            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_123")).await?;
+        let o = page["items"].get(0)?.clone();
+        (o["dispute"]["status"] == "lost").then_some(o)
+    })
+    .await;
+    assert_eq!((listed["status"].as_str(), listed["refunded"].as_i64()), (Some("confirmed"), Some(0)));
+}

@@ -460,6 +460,7 @@ fn sample_order() -> OrderView {
         refunds_refused: 0,
         cancels_refused: 0,
         payment_unsettled: false,
+        dispute: None,
         placed_at: None,
         updated_at: None,
         timeline: Vec::new(),

@@ -6,14 +6,14 @@ use crate::error::{ApiError, Problem};
 use crate::extract::ApiBytes;
 use crate::request_id::RequestId;
 use crate::routes::Route;
-use crate::webhook::ProviderRefund;
+use crate::webhook::{Dispute, ProviderRefund};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use serde_json::{Value, json};
 use souk_messages::ErrorCode;
-use souk_messages::order::OrderView;
+use souk_messages::order::{DisputeStatus, OrderView};
 use souk_storage::OrderQuery;
 
 pub(crate) fn routes() -> Vec<Route> {
@@ -35,20 +35,8 @@ async fn webhook(
 ) -> Result<Json<Value>, ApiError> {
     let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let event = app.webhooks.verify(signature, &body, time::OffsetDateTime::now_utc()).await?;
-    if let Some(dispute) = event.dispute_created() {
-        // The money is on its way back to the customer's bank unless the shop answers the
-        // dispute. The warning names the order for staff; a delivery is answered whether or
-        // not the order can be found, or the provider would send it again and again.
-        app.http.payment_disputes.inc();
-        let order = order_of(&app, dispute.payment_intent.as_deref()).await.ok().flatten();
-        tracing::warn!(
-            event = %event.id,
-            order = order.as_ref().map_or("unknown", |o| o.id.as_str()),
-            payment = dispute.payment_intent.as_deref().unwrap_or("?"),
-            amount = dispute.amount,
-            reason = dispute.reason.as_deref().unwrap_or("?"),
-            "a customer's bank disputed a payment"
-        );
+    if let Some(dispute) = event.dispute() {
+        disputed(&app, &event.id, &dispute, &rid.0).await?;
     } else if let Some(refund) = event.refund_made_elsewhere() {
         refunded_elsewhere(&app, &event.id, &refund, &rid.0).await?;
     } else {
@@ -62,6 +50,38 @@ async fn order_of(app: &AppState, payment: Option<&str>) -> Result<Option<OrderV
     let Some(payment) = payment else { return Ok(None) };
     let query = OrderQuery { payment: Some(payment.to_owned()), limit: 1, ..OrderQuery::default() };
     Ok(app.orders.list(&query).await?.items.into_iter().next())
+}
+
+/// Records a dispute (a chargeback) on the order its payment paid, so staff see it there, and
+/// warns staff when one opens or is lost. A dispute of a payment that is no order's is only
+/// logged: a delivery is answered whether or not the order can be found, or the provider would
+/// send it again and again.
+async fn disputed(app: &AppState, event: &str, dispute: &Dispute, correlation: &str) -> Result<(), ApiError> {
+    let payment = dispute.payment_intent.as_deref();
+    let order = order_of(app, payment).await?;
+    // Counted once per dispute, however often the provider tells of it.
+    let mut new = true;
+    if let (Some(order), Some(record)) = (&order, dispute.on_order()) {
+        new = app.checkout.record_dispute(&order.id, record, correlation).await?;
+    }
+    let order = order.as_ref().map_or("unknown", |o| o.id.as_str());
+    let (amount, reason) = (dispute.amount, dispute.reason.as_deref().unwrap_or("?"));
+    match dispute.status() {
+        // The money is on its way back to the customer's bank unless the shop answers.
+        DisputeStatus::Open => {
+            if new {
+                app.http.payment_disputes.inc();
+            }
+            tracing::warn!(event, order, payment, dispute = %dispute.id, amount, reason, "a customer's bank disputed a payment");
+        }
+        DisputeStatus::Lost => {
+            tracing::warn!(event, order, payment, dispute = %dispute.id, amount, reason, "a dispute was lost: the customer's bank gave the money back to them");
+        }
+        DisputeStatus::Won => {
+            tracing::info!(event, order, payment, dispute = %dispute.id, "a dispute closed in the shop's favour");
+        }
+    }
+    Ok(())
 }
 
 /// Records on its order a refund the shop made in the provider's dashboard, so the order
