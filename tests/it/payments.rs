@@ -463,6 +463,28 @@ async fn webhooks_need_a_fresh_valid_signature_and_are_taken_once() {
     assert_eq!(crate::metric(&http, node.url(), disputes).await, Some(1));
 }
 
+/// Places an order of `line` paid with `method` through the Stripe stand-in, whose payment
+/// reference for it is `payment`; answers its id once it is confirmed and staff find it by
+/// that reference.
+async fn confirmed_and_listed(
+    c: &Client,
+    staff: &Client,
+    base: &str,
+    line: (&str, i64),
+    method: &str,
+    payment: &str,
+) -> String {
+    let id = place(c, base, &[line], method, &format!("{}-1", line.0)).await;
+    order_when(c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
+    eventually("the order found by its payment", Duration::from_secs(10), || async {
+        let page: serde_json::Value =
+            souk_testkit::json_at(staff, format!("{base}/v1/staff/orders?payment={payment}")).await?;
+        page["items"].as_array().filter(|items| !items.is_empty()).map(drop)
+    })
+    .await;
+    id
+}
+
 /// Delivers a provider event signed with `secret` to the node at `base`.
 async fn deliver_event(
     http: &Client,
@@ -493,14 +515,8 @@ async fn a_refund_made_in_stripe_s_dashboard_is_recorded_on_its_order_once() {
     let base = node.url();
     lamp_on_sale(&staff, base, base, "DASH-LAMP", 5).await;
     let c = customer(&http, base, "dashboard-refund@payments.test").await;
-    let id = place(&c, base, &[("DASH-LAMP", 2)], "pm_card_slowRefund", "dr-1").await;
-    order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
-    eventually("the order found by its payment", Duration::from_secs(10), || async {
-        let page: serde_json::Value =
-            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_slowrefund")).await?;
-        page["items"].as_array().filter(|items| !items.is_empty()).map(drop)
-    })
-    .await;
+    let id =
+        confirmed_and_listed(&c, &staff, base, ("DASH-LAMP", 2), "pm_card_slowRefund", "pi_slowrefund").await;
     let refund = |id: &str, amount: i64, status: &str, metadata: serde_json::Value| json!({"id": id, "object": "refund", "amount": amount, "currency": "eur", "payment_intent": "pi_slowrefund", "status": status, "metadata": metadata});
     let deliver = |id: &'static str, kind: &'static str, object: serde_json::Value| {
         let http = http.clone();
@@ -563,14 +579,7 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
     let base = node.url();
     lamp_on_sale(&staff, base, base, "DISP-LAMP", 5).await;
     let c = customer(&http, base, "chargeback@payments.test").await;
-    let id = place(&c, base, &[("DISP-LAMP", 1)], "pm_card_visa", "dp-1").await;
-    order_when(&c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
-    eventually("the order found by its payment", Duration::from_secs(10), || async {
-        let page: serde_json::Value =
-            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_123")).await?;
-        page["items"].as_array().filter(|items| !items.is_empty()).map(drop)
-    })
-    .await;
+    let id = confirmed_and_listed(&c, &staff, base, ("DISP-LAMP", 1), "pm_card_visa", "pi_123").await;
     let dispute = |status: &str| json!({"id": "dp_1", "object": "dispute", "amount": 1000, "currency": "eur", "payment_intent": "pi_123", "reason": "product_not_received", "status": status});
     let deliver = |id: &'static str, kind: &'static str, object: serde_json::Value| {
         let http = http.clone();
