@@ -925,6 +925,10 @@ impl Entity for OrderState {
                 let amount = amount.unwrap_or(left);
                 match status {
                     S::Confirmed | S::Shipped | S::Delivered if self.cancel_requested.is_none() => {}
+                    // A cancellation that gave back less than was paid (staff cancelled it
+                    // `without_refund`, or the provider refused its refund), settled elsewhere
+                    // after: recorded, nothing asked of the provider.
+                    S::Cancelled if *outside_souk && self.payment.is_some() => {}
                     _ => return Err(conflict(status, "be refunded")),
                 }
                 if self.pending_refund.is_some() {
@@ -1296,6 +1300,9 @@ mod tests {
             [OrderEvent::CancelRequested { reason: CancelReason::StaffRequest, without_refund: true }]
         );
         assert!(order.cancel_without_refund);
+        let outside =
+            |amount| OrderCommand::RequestRefund { amount: Some(amount), outside_souk: true, key: None };
+        assert_eq!(run(&mut order, &outside(100)).expect_err("under way").code, ErrorCode::OrderConflict);
         let cancel = OrderCommand::Cancel {
             reason: CancelReason::StaffRequest,
             refunded: 0,
@@ -1306,6 +1313,20 @@ mod tests {
             (order.status, order.refunded, order.cancel_without_refund),
             (Some(OrderStatus::Cancelled), 200, false)
         );
+        // The rest, given back elsewhere after, is recorded; the provider is not asked for any.
+        let ask = OrderCommand::RequestRefund { amount: None, outside_souk: false, key: None };
+        assert_eq!(run(&mut order, &ask).expect_err("provider").code, ErrorCode::OrderConflict);
+        assert_eq!(run(&mut order, &outside(301)).expect_err("beyond").code, ErrorCode::InvalidInput);
+        run(&mut order, &outside(300)).expect("recorded");
+        assert_eq!((order.status, order.refunded), (Some(OrderStatus::Cancelled), 500));
+        // An order cancelled before any payment has nothing to give back.
+        let mut unpaid = reserved();
+        run(
+            &mut unpaid,
+            &OrderCommand::Cancel { reason: CancelReason::OutOfStock, refunded: 0, payment_unsettled: false },
+        )
+        .expect("cancelled");
+        assert_eq!(run(&mut unpaid, &outside(100)).expect_err("unpaid").code, ErrorCode::OrderConflict);
         // A request from a release before the field reads as one with a refund.
         let old: OrderEvent =
             serde_json::from_str(r#"{"type":"order.cancel_requested","data":{"reason":"customer_request"}}"#)

@@ -429,6 +429,16 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
         "{o}"
     );
     assert_eq!(on_hand_and_reserved(&staff, base, "STUCK-LAMP").await, (Some(10), Some(0)));
+    // The rest given back elsewhere after the cancellation (the dispute lost, say) is recorded
+    // on the cancelled order too.
+    let r = staff
+        .post(format!("{base}/v1/orders/{id}/refund"))
+        .json(&json!({"amount": 1500, "outside_souk": true}))
+        .send()
+        .await
+        .expect("recorded after");
+    let after = body(r, StatusCode::OK).await;
+    assert_eq!((after["status"].as_str(), after["refunded"].as_i64()), (Some("cancelled"), Some(2000)));
     let metrics =
         http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("souk_payment_refunds_refused_total 3"), "{metrics}");
