@@ -144,9 +144,12 @@ impl Provider for SmtpProvider {
     }
 }
 
-/// Maps an HTTP provider's answer: 2xx is sent; 429 and 5xx may pass; other 4xx never will.
+/// Maps an HTTP provider's answer: 2xx is sent; 429 and 5xx may pass; 401 and 403 refuse
+/// Souk's `credentials` (settings), not the message, so they may pass once the shop fixes
+/// them; other 4xx never will.
 async fn http_outcome(
     provider: &str,
+    credentials: &str,
     res: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<String, SendError> {
     let res = res.map_err(|e| SendError::Retryable(format!("{provider}: {e}")))?;
@@ -161,6 +164,12 @@ async fn http_outcome(
         return Ok(reference.or(sid).unwrap_or_else(|| status.to_string()));
     }
     let detail = format!("{provider}: HTTP {status}: {body}");
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        // A rotated or mistyped key would otherwise dead-letter every message at once; retried,
+        // they go out once it is fixed, and the breaker spares the provider meanwhile.
+        tracing::error!(provider, %status, "the provider refused Souk's credentials: check {credentials}");
+        return Err(SendError::Retryable(detail));
+    }
     if status.as_u16() == 429 || status.is_server_error() {
         Err(SendError::Retryable(detail))
     } else {
@@ -227,7 +236,7 @@ impl Provider for SendGridProvider {
                 .json(&body)
                 .send()
                 .await;
-            http_outcome("sendgrid", res).await
+            http_outcome("sendgrid", "sendgrid_api_key", res).await
         })
     }
 }
@@ -281,7 +290,7 @@ impl Provider for TwilioProvider {
                 .form(&[("To", n.to.as_str()), ("From", s.from.as_str()), ("Body", n.text.as_str())])
                 .send()
                 .await;
-            http_outcome("twilio", res).await
+            http_outcome("twilio", "twilio_account_sid and twilio_auth_token", res).await
         })
     }
 }
