@@ -86,7 +86,7 @@ async fn disputed(app: &AppState, event: &str, dispute: &Dispute, correlation: &
 
 /// Records on its order a refund the shop made in the provider's dashboard, so the order
 /// shows what was given back (and its customer is told, as for any refund). What cannot be
-/// recorded (an unknown payment, an order cancelled, more than is left) is answered and left
+/// recorded (a payment that is no order's, more than is left, an order never paid) is answered and left
 /// to staff with a warning; an order busy with its own refund is answered with an error, so
 /// the provider delivers the event again later.
 async fn refunded_elsewhere(
