@@ -867,6 +867,16 @@ impl Entity for OrderState {
                 return Err(ReplyError::new(ErrorCode::Forbidden, "only staff may cancel without a refund"));
             }
             OrderCommand::RequestCancel { reason, without_refund } => match status {
+                // The refund under way is not called back: staff asking for none are told so
+                // rather than answered as if it were.
+                S::Confirmed
+                    if self.cancel_requested.is_some() && *without_refund && !self.cancel_without_refund =>
+                {
+                    return Err(conflict(
+                        status,
+                        "be cancelled without a refund: a cancellation refunding it is under way",
+                    ));
+                }
                 S::Confirmed if self.cancel_requested.is_some() => Vec::new(),
                 // A refund under way must end first; one given already stays given, and staff
                 // may still cancel without refunding the rest.
@@ -1291,6 +1301,14 @@ mod tests {
         run(&mut order, &OrderCommand::RecordRefunded { refund: 1 }).expect("refunded");
         let refused = run(&mut order, &ask(CancelReason::CustomerRequest, true)).expect_err("customer");
         assert_eq!(refused.code, ErrorCode::Forbidden);
+        // While a cancellation refunding it is under way, staff asking for one without are
+        // refused; asking for the same again is asking once.
+        let mut refunding = reserved();
+        run(&mut refunding, &sold("pay_1")).expect("sold");
+        run(&mut refunding, &ask(CancelReason::CustomerRequest, false)).expect("customer cancels");
+        let busy = run(&mut refunding, &ask(CancelReason::StaffRequest, true)).expect_err("without");
+        assert_eq!(busy.code, ErrorCode::OrderConflict);
+        assert!(run(&mut refunding, &ask(CancelReason::StaffRequest, false)).expect("same").is_empty());
         // Part was given back: a cancellation refunding the rest is refused, one without is not.
         let refused = run(&mut order, &ask(CancelReason::StaffRequest, false)).expect_err("with a refund");
         assert_eq!(refused.code, ErrorCode::OrderConflict);
