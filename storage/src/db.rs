@@ -159,6 +159,13 @@ const MIGRATIONS: &[(u32, &str)] = &[
     DEFINE INDEX IF NOT EXISTS orders_payment ON orders FIELDS state.payment;
     ",
     ),
+    (
+        12,
+        // Staff list the orders whose payment is disputed.
+        r"
+    DEFINE INDEX IF NOT EXISTS orders_dispute ON orders FIELDS state.dispute.status;
+    ",
+    ),
 ];
 
 /// Who writes a projection's rows, which decides how much each write must guard.

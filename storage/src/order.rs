@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use souk_messages::UserId;
 use souk_messages::event::Event;
-use souk_messages::order::{OrderEvent, OrderId, OrderState, OrderStatus, OrderView};
+use souk_messages::order::{DisputeStatus, OrderEvent, OrderId, OrderState, OrderStatus, OrderView};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ pub struct OrderQuery {
     pub placed_until: Option<time::OffsetDateTime>,
     /// Only the order paid with this provider's payment reference.
     pub payment: Option<String>,
+    /// Only orders whose payment's dispute stands so.
+    pub dispute: Option<DisputeStatus>,
     /// Where the previous page ended (its `next`).
     pub after: Option<String>,
     /// Page size.
@@ -143,6 +145,7 @@ impl OrderRepo {
             (q.placed_since.is_some(), "placed_ns >= $since"),
             (q.placed_until.is_some(), "placed_ns < $until"),
             (q.payment.is_some(), "state.payment = $payment"),
+            (q.dispute.is_some(), "state.dispute.status = $dispute"),
             (!after_id.is_empty(), "placed_ns <= $after_at AND (placed_ns < $after_at OR oid < $after_id)"),
         ]);
         let ns = |t: Option<time::OffsetDateTime>| {
@@ -159,6 +162,7 @@ impl OrderRepo {
                 "since": ns(q.placed_since),
                 "until": ns(q.placed_until),
                 "payment": q.payment.as_deref().unwrap_or(""),
+                "dispute": q.dispute.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or(json!("")),
                 "after_at": after_at,
                 "after_id": after_id,
                 "limit": q.limit,

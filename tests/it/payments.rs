@@ -598,6 +598,20 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
         json!({"id": "dp_1", "amount": 1000, "reason": "product_not_received", "status": "open"})
     );
     assert_eq!(crate::metric(&http, base, "souk_payment_disputes_total").await, Some(1));
+    let disputed = |status: &'static str| {
+        let staff = staff.clone();
+        async move {
+            let page: serde_json::Value =
+                souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?dispute={status}")).await?;
+            page["items"].as_array().cloned()
+        }
+    };
+    eventually("the order listed as disputed", Duration::from_secs(10), || async {
+        disputed("open").await.filter(|items| items.len() == 1 && items[0]["id"] == id.as_str())
+    })
+    .await;
+    let r = c.get(format!("{base}/v1/orders?dispute=open")).send().await.expect("customer filter");
+    assert_eq!(crate::catalog::body(r, StatusCode::UNPROCESSABLE_ENTITY).await["code"], "invalid_input");
     // The shop loses it: the order says so, and a late or repeated event changes nothing.
     assert_eq!(deliver("evt_c1", "charge.dispute.closed", dispute("lost")).await, StatusCode::OK);
     assert_eq!(deliver("evt_c2", "charge.dispute.closed", dispute("lost")).await, StatusCode::OK);
@@ -614,12 +628,10 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
         .collect();
     assert_eq!(types, ["order.disputed", "order.dispute_closed"], "{history}");
     // The staff list (the read model) shows it too; the order is otherwise as it was.
-    let listed = eventually("the dispute in the order list", Duration::from_secs(10), || async {
-        let page: serde_json::Value =
-            souk_testkit::json_at(&staff, format!("{base}/v1/staff/orders?payment=pi_123")).await?;
-        let o = page["items"].get(0)?.clone();
-        (o["dispute"]["status"] == "lost").then_some(o)
+    let listed = eventually("the order listed as lost", Duration::from_secs(10), || async {
+        disputed("lost").await?.first().filter(|o| o["dispute"]["status"] == "lost").cloned()
     })
     .await;
+    assert_eq!(disputed("open").await, Some(Vec::new()));
     assert_eq!((listed["status"].as_str(), listed["refunded"].as_i64()), (Some("confirmed"), Some(0)));
 }

@@ -12,7 +12,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use souk_messages::order::{CancelReason, OrderCommand, OrderStatus, OrderView, valid_idempotency_key};
+use souk_messages::order::{
+    CancelReason, DisputeStatus, OrderCommand, OrderStatus, OrderView, valid_idempotency_key,
+};
 use souk_messages::{ErrorCode, UserId};
 use souk_storage::OrderQuery;
 
@@ -46,6 +48,9 @@ pub struct ListQuery {
     /// Only the order paid with this provider's payment reference, e.g. a Stripe
     /// PaymentIntent id from a dispute (staff list only).
     pub payment: Option<String>,
+    /// Only orders whose payment's dispute (a chargeback) stands so: `open`, `won` or `lost`
+    /// (staff list only).
+    pub dispute: Option<DisputeStatus>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
     /// Page size, 1 to 100; default 20.
@@ -80,6 +85,7 @@ async fn page(app: &AppState, q: ListQuery, customer: Option<UserId>) -> Result<
         placed_since: crate::extract::query_time("since", q.since.as_deref())?,
         placed_until: crate::extract::query_time("until", q.until.as_deref())?,
         payment: q.payment,
+        dispute: q.dispute,
         after: q.after,
         limit,
     };
@@ -96,10 +102,10 @@ async fn list_own(
     who: Principal,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<OrderList>, ApiError> {
-    if q.customer.is_some() || q.payment.is_some() {
+    if q.customer.is_some() || q.payment.is_some() || q.dispute.is_some() {
         return Err(ApiError::invalid(
             ErrorCode::InvalidInput,
-            "customer and payment are filters of /v1/staff/orders",
+            "customer, payment and dispute are filters of /v1/staff/orders",
         ));
     }
     page(&app, q, Some(who.user)).await
