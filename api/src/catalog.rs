@@ -4,6 +4,7 @@
 
 use crate::auth::access::caller;
 use crate::error::ApiError;
+use serde::{Deserialize, Serialize};
 use souk_messages::product::{
     ProductCommand, ProductData, ProductId, ProductRequest, ProductStatus, ProductView,
 };
@@ -14,6 +15,41 @@ use souk_storage::CatalogRepo;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
+
+/// `POST /v1/products` and `PUT /v1/products/{id}`: the product, and its status.
+// Also each line of a JSON-lines import. Decoded by hand (below); the serde attributes only
+// give the OpenAPI document its shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductBody {
+    /// `draft` (default) or `active`.
+    #[serde(default = "draft")]
+    pub status: ProductStatus,
+    /// Everything else.
+    #[serde(flatten)]
+    pub product: ProductData,
+}
+
+fn draft() -> ProductStatus {
+    ProductStatus::Draft
+}
+
+/// A derived decoder would hand the flattened product data its fields as a buffer, out of
+/// reach of [`crate::extract::decode`]'s check for unknown fields; this one takes `status`
+/// out and decodes the rest strictly itself.
+impl<'de> Deserialize<'de> for ProductBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut fields = serde_json::Map::deserialize(d)?;
+        let status = match fields.remove("status") {
+            Some(v) => ProductStatus::deserialize(v).map_err(|e| D::Error::custom(format!("status: {e}")))?,
+            None => draft(),
+        };
+        let product = crate::extract::decode_value(serde_json::Value::Object(fields))
+            .map_err(|e| D::Error::custom(e.to_string()))?;
+        Ok(Self { status, product })
+    }
+}
 
 /// A claim older than this whose product never got created may be taken over.
 const STALE_CLAIM: Duration = Duration::from_secs(60);

@@ -3,8 +3,8 @@
 //! `souk import products FILE` and `POST /v1/admin/import`.
 
 use crate::catalog::Catalog;
+use crate::catalog::ProductBody;
 use crate::error::ApiError;
-use crate::routes::products::ProductBody;
 use serde::{Deserialize, Serialize};
 use souk_messages::product::{Currency, Money, ProductData, ProductStatus, Slug, Variant};
 use souk_messages::{ErrorCode, Sku};

@@ -3,7 +3,7 @@
 
 use crate::AppState;
 use crate::auth::access::{Access, Principal};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ProductBody};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::request_id::RequestId;
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde::{Deserialize, Serialize};
 use souk_messages::ErrorCode;
-use souk_messages::product::{ProductCommand, ProductData, ProductId, ProductStatus, ProductView};
+use souk_messages::product::{ProductCommand, ProductId, ProductView};
 use souk_storage::{CatalogQuery, Sort};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,41 +29,6 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::new(Method::POST, "/v1/products/{id}/restore", Access::Staff, post(restore)),
         Route::new(Method::DELETE, "/v1/products/{id}", Access::Staff, delete(remove)),
     ]
-}
-
-/// `POST /v1/products` and `PUT /v1/products/{id}`: the product, and its status.
-// Also each line of a JSON-lines import. Decoded by hand (below); the serde attributes only
-// give the OpenAPI document its shape.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProductBody {
-    /// `draft` (default) or `active`.
-    #[serde(default = "draft")]
-    pub status: ProductStatus,
-    /// Everything else.
-    #[serde(flatten)]
-    pub product: ProductData,
-}
-
-fn draft() -> ProductStatus {
-    ProductStatus::Draft
-}
-
-/// A derived decoder would hand the flattened product data its fields as a buffer, out of
-/// reach of [`crate::extract::decode`]'s check for unknown fields; this one takes `status`
-/// out and decodes the rest strictly itself.
-impl<'de> Deserialize<'de> for ProductBody {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let mut fields = serde_json::Map::deserialize(d)?;
-        let status = match fields.remove("status") {
-            Some(v) => ProductStatus::deserialize(v).map_err(|e| D::Error::custom(format!("status: {e}")))?,
-            None => draft(),
-        };
-        let product = crate::extract::decode_value(serde_json::Value::Object(fields))
-            .map_err(|e| D::Error::custom(e.to_string()))?;
-        Ok(Self { status, product })
-    }
 }
 
 /// A product with the units available of each variant.
