@@ -58,17 +58,32 @@ impl ProviderEvent {
         Some(dispute)
     }
 
-    /// A refund given back at the provider that Souk did not ask for (one made in its
-    /// dashboard), once it has succeeded; Souk's own refunds carry its mark.
-    pub fn refund_made_elsewhere(&self) -> Option<ProviderRefund> {
+    /// The refund a `refund.*` event tells of.
+    pub fn refund(&self) -> Option<ProviderRefund> {
         if !REFUND_EVENTS.contains(&self.kind.as_str()) {
             return None;
         }
-        let refund: ProviderRefund = serde_json::from_value(self.data["object"].clone()).ok()?;
-        (refund.status.as_deref() == Some("succeeded")
-            && refund.amount > 0
-            && !refund.metadata.contains_key(PROVIDER_REFUND_MARK))
-        .then_some(refund)
+        serde_json::from_value(self.data["object"].clone()).ok()
+    }
+}
+
+impl ProviderRefund {
+    /// Given back at the provider without Souk asking (in its dashboard), and done; Souk's own
+    /// refunds carry its mark.
+    pub fn made_elsewhere(&self) -> bool {
+        self.status.as_deref() == Some("succeeded")
+            && self.amount > 0
+            && !self.metadata.contains_key(PROVIDER_REFUND_MARK)
+    }
+
+    /// The provider could not give it back after all (the customer's card was closed, say).
+    pub fn failed(&self) -> bool {
+        self.status.as_deref() == Some("failed")
+    }
+
+    /// Souk's key for it, when Souk asked for it.
+    pub fn souk_key(&self) -> Option<&str> {
+        self.metadata.get(PROVIDER_REFUND_MARK).and_then(serde_json::Value::as_str)
     }
 }
 
@@ -85,13 +100,16 @@ pub struct ProviderRefund {
     /// E.g. `pending`, `succeeded`, `failed`.
     #[serde(default)]
     status: Option<String>,
+    /// Why it failed, e.g. `expired_or_canceled_card`.
+    #[serde(default)]
+    pub failure_reason: Option<String>,
     #[serde(default)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Stripe's event types that carry a refund: one is sent when it is made and when its status
-/// changes.
-const REFUND_EVENTS: [&str; 2] = ["refund.created", "refund.updated"];
+/// Stripe's event types that carry a refund: one is sent when it is made, when its status
+/// changes, and when it fails.
+const REFUND_EVENTS: [&str; 3] = ["refund.created", "refund.updated", "refund.failed"];
 
 /// What Souk reads of a dispute (`charge.dispute.*`); absent fields stay empty.
 #[derive(Debug, Default, Deserialize)]

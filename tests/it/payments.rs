@@ -563,6 +563,16 @@ async fn a_refund_made_in_stripe_s_dashboard_is_recorded_on_its_order_once() {
     let again = deliver("evt_d6", "refund.created", refund("re_dash_2", 100, "succeeded", json!({}))).await;
     assert_eq!(again, StatusCode::OK);
     assert_eq!(refunded().await, (Some(900), Some(3)));
+    // Souk's refund fails at the provider days later: the order is left as it is, and staff
+    // are warned, with the order named.
+    let failed = json!({"id": "re_souk_2", "object": "refund", "amount": 300, "currency": "eur", "payment_intent": "pi_slowrefund", "status": "failed", "failure_reason": "expired_or_canceled_card", "metadata": {"souk_refund": format!("{id}-refund-2")}});
+    assert_eq!(deliver("evt_f1", "refund.failed", failed).await, StatusCode::OK);
+    assert_eq!(refunded().await, (Some(900), Some(3)));
+    let warning = eventually("the warning logged", Duration::from_secs(10), || async {
+        node.log().lines().find(|l| l.contains("a refund failed at the provider")).map(str::to_owned)
+    })
+    .await;
+    assert!(warning.contains(&id) && warning.contains("expired_or_canceled_card"), "{warning}");
     // More than is left, or a payment that is no order's: answered, and nothing changes.
     let beyond = deliver("evt_d7", "refund.created", refund("re_dash_3", 5000, "succeeded", json!({}))).await;
     assert_eq!(beyond, StatusCode::OK);

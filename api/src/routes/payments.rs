@@ -37,8 +37,8 @@ async fn webhook(
     let event = app.webhooks.verify(signature, &body, time::OffsetDateTime::now_utc()).await?;
     if let Some(dispute) = event.dispute() {
         disputed(&app, &event.id, &dispute, &rid.0).await?;
-    } else if let Some(refund) = event.refund_made_elsewhere() {
-        refunded_elsewhere(&app, &event.id, &refund, &rid.0).await?;
+    } else if let Some(refund) = event.refund().filter(|r| r.made_elsewhere() || r.failed()) {
+        refund_told(&app, &event.id, &refund, &rid.0).await?;
     } else {
         tracing::info!(event = %event.id, kind = %event.kind, "payment provider event received");
     }
@@ -81,6 +81,33 @@ async fn disputed(app: &AppState, event: &str, dispute: &Dispute, correlation: &
             tracing::info!(event, order, payment, dispute = %dispute.id, "a dispute closed in the shop's favour");
         }
     }
+    Ok(())
+}
+
+/// Acts on a refund the provider told of: records one made in its dashboard, and warns of
+/// one that failed after it was taken as given (rare, days later: the order still counts it,
+/// so staff settle it with the customer).
+async fn refund_told(
+    app: &AppState,
+    event: &str,
+    refund: &ProviderRefund,
+    correlation: &str,
+) -> Result<(), ApiError> {
+    if !refund.failed() {
+        return refunded_elsewhere(app, event, refund, correlation).await;
+    }
+    let payment = refund.payment_intent.as_deref();
+    let order = order_of(app, payment).await?;
+    tracing::warn!(
+        event,
+        order = order.as_ref().map_or("unknown", |o| o.id.as_str()),
+        payment,
+        refund = %refund.id,
+        souk_refund = refund.souk_key(),
+        amount = refund.amount,
+        reason = refund.failure_reason.as_deref().unwrap_or("?"),
+        "a refund failed at the provider: the money did not reach the customer"
+    );
     Ok(())
 }
 
