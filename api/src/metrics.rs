@@ -34,6 +34,8 @@ pub struct HttpMetrics {
     pub(crate) live_watchers: Gauge,
     /// Disputes the payment provider reported (chargebacks opened by customers' banks).
     pub(crate) payment_disputes: Counter,
+    /// Refunds the payment provider failed after they were made (the money did not arrive).
+    pub(crate) payment_refunds_failed: Counter,
 }
 
 impl HttpMetrics {
@@ -45,6 +47,7 @@ impl HttpMetrics {
             in_flight: Gauge::default(),
             live_watchers: Gauge::default(),
             payment_disputes: Counter::default(),
+            payment_refunds_failed: Counter::default(),
         };
         registry.register(
             "souk_http_requests",
@@ -70,6 +73,11 @@ impl HttpMetrics {
             "souk_payment_disputes",
             "Disputes (chargebacks) the payment provider reported through its webhook",
             m.payment_disputes.clone(),
+        );
+        registry.register(
+            "souk_payment_refunds_failed",
+            "Refunds the payment provider failed after they were made, as its webhook told",
+            m.payment_refunds_failed.clone(),
         );
         m
     }

@@ -573,6 +573,7 @@ async fn a_refund_made_in_stripe_s_dashboard_is_recorded_on_its_order_once() {
     })
     .await;
     assert!(warning.contains(&id) && warning.contains("expired_or_canceled_card"), "{warning}");
+    assert_eq!(crate::metric(&http, base, "souk_payment_refunds_failed_total").await, Some(1));
     // More than is left, or a payment that is no order's: answered, and nothing changes.
     let beyond = deliver("evt_d7", "refund.created", refund("re_dash_3", 5000, "succeeded", json!({}))).await;
     assert_eq!(beyond, StatusCode::OK);

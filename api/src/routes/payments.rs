@@ -98,6 +98,7 @@ async fn refund_told(
     }
     let payment = refund.payment_intent.as_deref();
     let order = order_of(app, payment).await?;
+    app.http.payment_refunds_failed.inc();
     tracing::warn!(
         event,
         order = order.as_ref().map_or("unknown", |o| o.id.as_str()),
