@@ -123,6 +123,9 @@ pub struct Dispute {
     /// Whether the event tells that it ended.
     #[serde(skip)]
     closed: bool,
+    /// When the shop's answer is due.
+    #[serde(default)]
+    evidence_details: Option<EvidenceDetails>,
     /// The disputed payment's reference.
     #[serde(default)]
     pub payment_intent: Option<String>,
@@ -132,6 +135,14 @@ pub struct Dispute {
     /// The bank's reason, e.g. `fraudulent`.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// What Souk reads of a dispute's evidence: its deadline.
+#[derive(Debug, Default, Deserialize)]
+struct EvidenceDetails {
+    /// Unix seconds.
+    #[serde(default)]
+    due_by: Option<i64>,
 }
 
 /// Stripe's event type for a dispute a customer's bank opened.
@@ -157,6 +168,11 @@ impl Dispute {
             amount: self.amount.unwrap_or(0),
             reason: self.reason.clone().unwrap_or_default(),
             status: self.status(),
+            due_by: self
+                .evidence_details
+                .as_ref()
+                .and_then(|e| e.due_by)
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()),
         })
     }
 }

@@ -87,13 +87,15 @@ pub enum Topic {
     PasswordReset,
     /// A SKU's available stock fell below the threshold (to staff).
     StockLow,
+    /// A customer's bank disputed an order's payment (to staff, who answer it).
+    OrderDisputed,
     /// An event, posted to the webhook endpoints that subscribed to its type.
     Event,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::OrderConfirmed,
         Self::OrderShipped,
         Self::OrderDelivered,
@@ -103,6 +105,7 @@ impl Topic {
         Self::PaymentFailed,
         Self::PasswordReset,
         Self::StockLow,
+        Self::OrderDisputed,
         Self::Event,
     ];
 
@@ -118,6 +121,7 @@ impl Topic {
             Self::PaymentFailed => "payment_failed",
             Self::PasswordReset => "password_reset",
             Self::StockLow => "stock_low",
+            Self::OrderDisputed => "order_disputed",
             Self::Event => "event",
         }
     }

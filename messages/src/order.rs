@@ -416,6 +416,10 @@ pub enum OrderEvent {
         amount: i64,
         /// The bank's reason.
         reason: String,
+        /// When the shop's answer is due at the provider.
+        #[schemars(with = "Option<String>")]
+        #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+        due_by: Option<OffsetDateTime>,
     },
     /// The dispute ended (`won`: the shop keeps the money; `lost`: the customer got it back).
     #[serde(rename = "order.dispute_closed")]
@@ -572,6 +576,10 @@ pub struct OrderDispute {
     pub reason: String,
     /// Where it stands.
     pub status: DisputeStatus,
+    /// When the shop's answer is due at the provider, RFC 3339.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub due_by: Option<OffsetDateTime>,
 }
 
 /// A status an order reached, and when.
@@ -753,12 +761,13 @@ impl Fold for OrderState {
                 self.cancel_without_refund = false;
                 self.cancels_refused += 1;
             }
-            OrderEvent::Disputed { dispute, amount, reason } => {
+            OrderEvent::Disputed { dispute, amount, reason, due_by } => {
                 self.dispute = Some(OrderDispute {
                     id: dispute.clone(),
                     amount: *amount,
                     reason: reason.clone(),
                     status: DisputeStatus::Open,
+                    due_by: *due_by,
                 });
             }
             OrderEvent::DisputeClosed { dispute, status } => {
@@ -993,6 +1002,7 @@ impl Entity for OrderState {
                         dispute: dispute.id.clone(),
                         amount: dispute.amount,
                         reason: dispute.reason.clone(),
+                        due_by: dispute.due_by,
                     });
                 }
                 if dispute.status != DisputeStatus::Open
@@ -1263,7 +1273,13 @@ mod tests {
     #[test]
     fn a_dispute_is_recorded_once_and_its_ending_once_in_whatever_order_they_come() {
         let dispute = |id: &str, status| OrderCommand::RecordDispute {
-            dispute: OrderDispute { id: id.into(), amount: 500, reason: "fraudulent".into(), status },
+            dispute: OrderDispute {
+                id: id.into(),
+                amount: 500,
+                reason: "fraudulent".into(),
+                status,
+                due_by: None,
+            },
         };
         let types = |events: Vec<OrderEvent>| events.iter().map(OrderEvent::type_name).collect::<Vec<_>>();
         let mut order = reserved();

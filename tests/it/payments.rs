@@ -591,7 +591,7 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
     lamp_on_sale(&staff, base, base, "DISP-LAMP", 5).await;
     let c = customer(&http, base, "chargeback@payments.test").await;
     let id = confirmed_and_listed(&c, &staff, base, ("DISP-LAMP", 1), "pm_card_visa", "pi_123").await;
-    let dispute = |status: &str| json!({"id": "dp_1", "object": "dispute", "amount": 1000, "currency": "eur", "payment_intent": "pi_123", "reason": "product_not_received", "status": status});
+    let dispute = |status: &str| json!({"id": "dp_1", "object": "dispute", "amount": 1000, "currency": "eur", "payment_intent": "pi_123", "reason": "product_not_received", "status": status, "evidence_details": {"due_by": 1_797_119_999}});
     let deliver = |id: &'static str, kind: &'static str, object: serde_json::Value| {
         let http = http.clone();
         async move { deliver_event(&http, base, secret, id, kind, object).await.status() }
@@ -606,8 +606,19 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
     }
     assert_eq!(
         shown().await,
-        json!({"id": "dp_1", "amount": 1000, "reason": "product_not_received", "status": "open"})
+        json!({"id": "dp_1", "amount": 1000, "reason": "product_not_received", "status": "open", "due_by": "2026-12-12T23:59:59Z"})
     );
+    // Staff are emailed (here, to the node's log), with the deadline, once.
+    let emails = || {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("notification (log provider") && l.contains("order_disputed"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let email = eventually("the staff's email", Duration::from_secs(20), || async { emails().pop() }).await;
+    assert!(email.contains(souk_testkit::ADMIN_EMAIL) && email.contains(&id), "{email}");
+    assert!(email.contains("by 2026-12-12T23:59:59Z") && email.contains("dp_1"), "{email}");
     assert_eq!(crate::metric(&http, base, "souk_payment_disputes_total").await, Some(1));
     let disputed = |status: &'static str| {
         let staff = staff.clone();
@@ -638,6 +649,7 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
         .filter(|t| t.starts_with("order.dispute"))
         .collect();
     assert_eq!(types, ["order.disputed", "order.dispute_closed"], "{history}");
+    assert_eq!(emails().len(), 1, "{:?}", emails());
     // The staff list (the read model) shows it too; the order is otherwise as it was.
     let listed = eventually("the order listed as lost", Duration::from_secs(10), || async {
         disputed("lost").await?.first().filter(|o| o["dispute"]["status"] == "lost").cloned()

@@ -3,7 +3,9 @@
 //! queue's message id is the notification id, so an event planned twice (redelivered, or
 //! planned by two nodes) is queued once; the delivery claim covers anything later.
 
-use super::render::{Renderer, customer_context, order_message, reset_message, stock_message};
+use super::render::{
+    Renderer, customer_context, dispute_message, order_message, reset_message, stock_message,
+};
 use async_nats::jetstream::AckKind;
 use minijinja::Value;
 use serde::Deserialize as _;
@@ -262,6 +264,7 @@ impl Planner {
             // nothing, is not told of a cancellation that did not happen.
             OrderEvent::CancelRefused { reason: CancelReason::CustomerRequest } => Topic::OrderCancelRefused,
             OrderEvent::Refunded { .. } => Topic::OrderRefunded,
+            OrderEvent::Disputed { .. } => Topic::OrderDisputed,
             _ => return Ok(Vec::new()),
         };
         let Some(id) =
@@ -274,6 +277,12 @@ impl Planner {
             Err(BusError::Rejected(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
+        if topic == Topic::OrderDisputed {
+            // Staff answer a dispute, before its deadline; the customer's bank opened it.
+            return self
+                .to_staff(&event, topic, Some(&id), |language: &Locale| dispute_message(&order, language))
+                .await;
+        }
         let user = match self.user_view(order.customer.clone()).await {
             Ok(u) => u,
             Err(BusError::Rejected(_)) => return Ok(Vec::new()),
@@ -321,11 +330,21 @@ impl Planner {
             return Ok(Vec::new());
         };
         let ctx = stock_message(sku.as_str(), levels);
+        self.to_staff(&event, Topic::StockLow, None, |_: &Locale| ctx.clone()).await
+    }
+
+    /// `topic`'s message to every staff member, by email only.
+    async fn to_staff<E>(
+        &self,
+        event: &Event<E>,
+        topic: Topic,
+        order: Option<&OrderId>,
+        context: impl Fn(&Locale) -> Value,
+    ) -> Result<Vec<Notification>, PlanError> {
         let mut out = Vec::new();
         for staff in self.users.staff().await? {
-            // Staff hear about stock by email only.
             let staff = UserView { phone: None, ..staff };
-            out.extend(self.to_user(&event, Topic::StockLow, &staff, None, |_: &Locale| ctx.clone()));
+            out.extend(self.to_user(event, topic, &staff, order, &context));
         }
         Ok(out)
     }

@@ -99,6 +99,8 @@ const TEMPLATES: &[(&str, &str)] = &templates![
     "email/password_reset.html",
     "email/stock_low.txt",
     "email/stock_low.html",
+    "email/order_disputed.txt",
+    "email/order_disputed.html",
     "sms/order_confirmed.txt",
     "sms/order_shipped.txt",
     "sms/order_delivered.txt",
@@ -199,6 +201,7 @@ impl Renderer {
                 ..order_message(&order, Some(500), order.tracking.as_deref(), language),
                 ..reset_message(&reset_url, "2026-01-01T00:00:00Z", 30),
                 ..stock_message("SAMPLE-1", &levels),
+                ..dispute_message(&order, language),
             };
             for topic in Topic::ALL {
                 for channel in [Channel::Email, Channel::Sms] {
@@ -491,6 +494,23 @@ pub fn order_message(
     minijinja::context! { order => octx }
 }
 
+/// What a dispute's templates see: the order, and the dispute with its amount formatted for
+/// a reader of `language` and its deadline (RFC 3339, absent when the provider gave none).
+pub fn dispute_message(order: &OrderView, language: &Locale) -> Value {
+    let d = order.dispute.as_ref();
+    let due_by =
+        d.and_then(|d| d.due_by).and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    minijinja::context! {
+        order => order_context(order, Some(language)),
+        dispute => minijinja::context! {
+            id => d.map(|d| d.id.clone()),
+            amount => money(d.map_or(order.total, |d| d.amount), order.currency, Some(language)),
+            reason => d.map(|d| d.reason.clone()),
+            due_by => due_by,
+        },
+    }
+}
+
 /// What a password reset's templates see: the link, when it stops working (RFC 3339) and how
 /// many minutes it works for.
 pub fn reset_message(reset_url: &str, expires_at: &str, valid_minutes: i64) -> Value {
@@ -737,6 +757,7 @@ mod tests {
             customer => minijinja::context! { name => "Ada" },
             order => minijinja::context! { id => "ord-1", number => "ord-1", lines => Vec::<Value>::new(), total => "€1.00", reason => "x", refund => "€1.00" },
             stock => minijinja::context! { sku => "SKU-1", available => 1, on_hand => 1, reserved => 0, threshold => 5 },
+            dispute => minijinja::context! { id => "dp_1", amount => "€1.00", reason => "fraudulent", due_by => "2026-12-01T00:00:00Z" },
             reset_url => "https://shop.test/reset?token=t",
             expires_at => "soon", valid_minutes => 30,
         };
