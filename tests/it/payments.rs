@@ -474,7 +474,7 @@ async fn confirmed_and_listed(
     method: &str,
     payment: &str,
 ) -> String {
-    let id = place(c, base, &[line], method, &format!("{}-1", line.0)).await;
+    let id = place(c, base, &[line], method, &format!("{}-{payment}", line.0)).await;
     order_when(c, base, &id, "the order confirmed", |o| o["status"] == "confirmed").await;
     eventually("the order found by its payment", Duration::from_secs(10), || async {
         let page: serde_json::Value =
@@ -586,7 +586,7 @@ async fn a_refund_made_in_stripe_s_dashboard_is_recorded_on_its_order_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
     let secret = "whsec_dispute";
-    let (_nats, node, http, staff, _seen) = stripe_node(&[("SOUK_PAYMENTS_WEBHOOK_SECRET", secret)]).await;
+    let (nats, node, http, staff, _seen) = stripe_node(&[("SOUK_PAYMENTS_WEBHOOK_SECRET", secret)]).await;
     let base = node.url();
     lamp_on_sale(&staff, base, base, "DISP-LAMP", 5).await;
     let c = customer(&http, base, "chargeback@payments.test").await;
@@ -649,6 +649,16 @@ async fn a_dispute_shows_on_its_order_from_its_opening_to_its_end() {
         .filter(|t| t.starts_with("order.dispute"))
         .collect();
     assert_eq!(types, ["order.disputed", "order.dispute_closed"], "{history}");
+    // A dispute first told once it had ended (won) is shown, and needs no email.
+    let other =
+        confirmed_and_listed(&c, &staff, base, ("DISP-LAMP", 1), "pm_card_refundFail", "pi_disputed").await;
+    let mut won = dispute("won");
+    won["id"] = json!("dp_2");
+    won["payment_intent"] = json!("pi_disputed");
+    assert_eq!(deliver("evt_w1", "charge.dispute.closed", won).await, StatusCode::OK);
+    let o = order_when(&staff, base, &other, "the order", |_| true).await;
+    assert_eq!((o["dispute"]["id"].as_str(), o["dispute"]["status"].as_str()), (Some("dp_2"), Some("won")));
+    crate::all_sent(&nats).await;
     assert_eq!(emails().len(), 1, "{:?}", emails());
     // The staff list (the read model) shows it too; the order is otherwise as it was.
     let listed = eventually("the order listed as lost", Duration::from_secs(10), || async {

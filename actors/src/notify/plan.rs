@@ -12,7 +12,7 @@ use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 use souk_messages::event::Event;
 use souk_messages::notify::{Channel, Notification, NotificationId, Topic};
-use souk_messages::order::{CancelReason, OrderCommand, OrderEvent, OrderId, OrderRequest};
+use souk_messages::order::{CancelReason, DisputeStatus, OrderCommand, OrderEvent, OrderId, OrderRequest};
 use souk_messages::stock::StockEvent;
 use souk_messages::subject::{EntityKind, Subjects};
 use souk_messages::user::{Locale, UserCommand, UserEvent, UserRequest, UserView};
@@ -278,7 +278,11 @@ impl Planner {
             Err(e) => return Err(e.into()),
         };
         if topic == Topic::OrderDisputed {
-            // Staff answer a dispute, before its deadline; the customer's bank opened it.
+            // Staff answer a dispute, before its deadline; the customer's bank opened it. One
+            // told only once it had ended (or planned late, after that) needs no answer.
+            if order.dispute.as_ref().is_none_or(|d| d.status != DisputeStatus::Open) {
+                return Ok(Vec::new());
+            }
             return self
                 .to_staff(&event, topic, Some(&id), |language: &Locale| dispute_message(&order, language))
                 .await;
