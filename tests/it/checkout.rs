@@ -406,15 +406,16 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
     assert_eq!((unchanged["status"].as_str(), unchanged.get("cancel_requested")), (Some("confirmed"), None));
     // Part was given back in the provider's dashboard: staff record it, and it is done; the
     // form sent twice records it once.
+    let record = |amount: i64, key: Option<&'static str>| {
+        let mut r = staff.post(format!("{base}/v1/orders/{id}/refund"));
+        if let Some(key) = key {
+            r = r.header("Idempotency-Key", key);
+        }
+        r.json(&json!({"amount": amount, "outside_souk": true})).send()
+    };
     for _ in 0..2 {
-        let r = staff
-            .post(format!("{base}/v1/orders/{id}/refund"))
-            .header("Idempotency-Key", "dashboard-500")
-            .json(&json!({"amount": 500, "outside_souk": true}))
-            .send()
-            .await
-            .expect("recorded refund");
-        let recorded = body(r, StatusCode::OK).await;
+        let recorded =
+            body(record(500, Some("dashboard-500")).await.expect("recorded"), StatusCode::OK).await;
         assert_eq!(
             (recorded["status"].as_str(), recorded["refunded"].as_i64(), recorded.get("refund_pending")),
             (Some("confirmed"), Some(500), None)
@@ -431,13 +432,7 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
     assert_eq!(on_hand_and_reserved(&staff, base, "STUCK-LAMP").await, (Some(10), Some(0)));
     // The rest given back elsewhere after the cancellation (the dispute lost, say) is recorded
     // on the cancelled order too.
-    let r = staff
-        .post(format!("{base}/v1/orders/{id}/refund"))
-        .json(&json!({"amount": 1500, "outside_souk": true}))
-        .send()
-        .await
-        .expect("recorded after");
-    let after = body(r, StatusCode::OK).await;
+    let after = body(record(1500, None).await.expect("recorded after"), StatusCode::OK).await;
     assert_eq!((after["status"].as_str(), after["refunded"].as_i64()), (Some("cancelled"), Some(2000)));
     let metrics =
         http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");

@@ -416,10 +416,10 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
         assert_eq!(b["content"][1]["type"], "text/html");
     }
 
-    // A password reset mails a link carrying a token that works, even when SendGrid refuses
-    // Souk's API key at first (a key rotated before the setting was): the refusal is retried,
-    // not dead-lettered, and the link goes out once the key works again.
-    *mail.failing.lock().expect("lock") = Some(StatusCode::UNAUTHORIZED);
+    // A password reset mails a link carrying a token that works, even when SendGrid is down
+    // at first and then refuses Souk's API key (a key rotated before the setting was): both
+    // are retried, not dead-lettered, and the link goes out once the key works again.
+    *mail.failing.lock().expect("lock") = Some(StatusCode::SERVICE_UNAVAILABLE);
     let r = http
         .post(format!("{base}/v1/auth/password-reset"))
         .json(&json!({"email": "quiet@notify.test"}))
@@ -427,12 +427,18 @@ async fn sms_opt_out_and_missing_phones_get_email_only_and_resets_go_through_sen
         .await;
     assert_eq!(r.expect("reset").status(), StatusCode::ACCEPTED);
     let staff_log = format!("{base}/v1/admin/notifications?recipient=quiet@notify.test&status=failed");
-    eventually("a failed attempt at SendGrid", Duration::from_secs(20), || async {
-        let log = body(staff.get(&staff_log).send().await.ok()?, StatusCode::OK).await;
-        let failed = log["items"].as_array()?.iter().find(|d| d["topic"] == "password_reset")?.clone();
-        failed["attempts"][0]["detail"].as_str().is_some_and(|d| d.contains("401")).then_some(())
-    })
-    .await;
+    let failed_with = |status: &'static str| {
+        let (staff, staff_log) = (staff.clone(), staff_log.clone());
+        async move {
+            let log = body(staff.get(&staff_log).send().await.ok()?, StatusCode::OK).await;
+            let failed = log["items"].as_array()?.iter().find(|d| d["topic"] == "password_reset")?.clone();
+            let attempts = failed["attempts"].as_array()?.clone();
+            attempts.iter().any(|a| a["detail"].as_str().is_some_and(|d| d.contains(status))).then_some(())
+        }
+    };
+    eventually("a failed attempt at SendGrid", Duration::from_secs(20), || failed_with("503")).await;
+    *mail.failing.lock().expect("lock") = Some(StatusCode::UNAUTHORIZED);
+    eventually("the key refused at SendGrid", Duration::from_secs(20), || failed_with("401")).await;
     *mail.failing.lock().expect("lock") = None;
     let reset = eventually("the reset email", Duration::from_secs(20), || async {
         mail.seen().into_iter().find(|s| s.2.contains("reset-password?token="))
