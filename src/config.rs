@@ -8,6 +8,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How a node writes its log on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// One readable line per record, for a developer's terminal.
+    Text,
+}
+
 /// Every setting of a node. Field `x` is `x` in the TOML file and `SOUK_X` in the environment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +77,8 @@ pub struct Config {
     pub idle_after: Duration,
     /// Log filter, e.g. `info` or `souk=debug,info`.
     pub log: String,
+    /// How `souk serve` writes its log on stdout.
+    pub log_format: LogFormat,
     /// The least severe level forwarded to the central log store (`SOUK_LOGS`); `off`: none.
     pub log_forward: String,
     /// How long the central log store keeps a record.
@@ -254,6 +266,7 @@ impl Default for Config {
             snapshot_every: 64,
             idle_after: Duration::from_secs(300),
             log: "info".to_owned(),
+            log_format: LogFormat::Json,
             log_forward: "info".to_owned(),
             log_retention: Duration::from_secs(7 * 24 * 3600),
             log_max_bytes: 1 << 30,

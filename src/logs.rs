@@ -1,7 +1,8 @@
-//! Logs: every `tracing` event becomes one JSON line on stdout and, at the configured level,
-//! one record on `souk.log.<node>.<level>` for the central log store. Forwarding never
-//! blocks the code that logs: records wait in a bounded queue, and when it is full they are
-//! dropped and counted (`souk_log_records_dropped_total`). `souk logs tail` follows them.
+//! Logs: every `tracing` event becomes one line on stdout (JSON, or readable text with
+//! `log_format = "text"`) and, at the configured level, one record on
+//! `souk.log.<node>.<level>` for the central log store. Forwarding never blocks the code that
+//! logs: records wait in a bounded queue, and when it is full they are dropped and counted
+//! (`souk_log_records_dropped_total`). `souk logs tail` follows them.
 
 use crate::config::Config;
 use prometheus_client::metrics::counter::Counter;
@@ -67,16 +68,18 @@ impl LogSink {
     }
 }
 
-/// The `tracing` layer that writes and forwards records.
+/// The `tracing` layer that forwards records and, unless another layer writes stdout, writes
+/// them there as JSON lines.
 #[derive(Debug)]
 pub struct JsonLayer {
     sink: Arc<LogSink>,
+    stdout: bool,
 }
 
 impl JsonLayer {
-    /// A layer feeding `sink`.
-    pub fn new(sink: Arc<LogSink>) -> Self {
-        Self { sink }
+    /// A layer feeding `sink`, and writing JSON lines on stdout when `stdout` is set.
+    pub fn new(sink: Arc<LogSink>, stdout: bool) -> Self {
+        Self { sink, stdout }
     }
 }
 
@@ -159,7 +162,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Js
             fields,
             span,
         };
-        if let Ok(line) = serde_json::to_string(&record) {
+        if self.stdout
+            && let Ok(line) = serde_json::to_string(&record)
+        {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
         }
@@ -183,8 +188,7 @@ pub async fn tail(
     let urls = cfg.nats_urls_or_local();
     anyhow::ensure!(!urls.is_empty(), "no NATS to reach: set SOUK_NATS_URL, or run next to a `souk serve`");
     let client = crate::serve::connect(cfg, urls, "souk logs".to_owned()).await?;
-    let subject = format!("souk.log.{}.*", node.unwrap_or("*"));
-    let mut sub = client.subscribe(subject).await?;
+    let mut sub = client.subscribe(Subjects.logs_of(node)).await?;
     let grep = grep.map(str::to_lowercase);
     while let Some(msg) = sub.next().await {
         let Ok(r) = serde_json::from_slice::<LogRecord>(&msg.payload) else { continue };

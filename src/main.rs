@@ -181,7 +181,17 @@ async fn main() -> anyhow::Result<()> {
                 l => Some(parse_level(l).map_err(anyhow::Error::msg)?),
             };
             let sink = souk::logs::LogSink::new(forward);
-            tracing_subscriber::registry().with(filter).with(souk::logs::JsonLayer::new(sink.clone())).init();
+            let json = cfg.log_format == souk::config::LogFormat::Json;
+            // Text goes to the terminal through `fmt`; the JSON layer still forwards.
+            let text = (!json).then(|| {
+                let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                tracing_subscriber::fmt::layer().with_writer(std::io::stdout).with_ansi(colour)
+            });
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(souk::logs::JsonLayer::new(sink.clone(), json))
+                .with(text)
+                .init();
             souk::serve::run(cfg, seed, sink).await
         }
         Command::Load(args) => {

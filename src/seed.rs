@@ -163,9 +163,9 @@ fn demo_product(i: usize, rng: &mut Lcg) -> Option<DemoProduct> {
         title: title.clone(),
         slug: Slug::parse(&slug).ok()?,
         description: format!(
-            "{title}: {material}, made to last. A {} from the Souk demo catalog, in {count} {}s.",
+            "{title}: {material}, made to last. A {} from the Souk demo catalog, {}.",
             noun.to_lowercase(),
-            cat.axis
+            if count == 1 { format!("in one {}", cat.axis) } else { format!("in {count} {}s", cat.axis) }
         ),
         categories: BTreeSet::from([cat.slug.to_owned()]),
         attributes: BTreeMap::from([("material".to_owned(), (*material).to_owned())]),

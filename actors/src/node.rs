@@ -163,15 +163,18 @@ impl NodeState {
         let surplus: Vec<ShardId> = self.held.keys().filter(|s| !desired.contains(s)).copied().collect();
         let surplus: Vec<(ShardId, Held)> =
             surplus.into_iter().filter_map(|s| self.held.remove(&s).map(|h| (s, h))).collect();
+        let handed_off = surplus.len();
         futures::future::join_all(surplus.into_iter().map(|(s, h)| handoff(&cluster, s, h))).await;
         let wanted: Vec<ShardId> = desired.iter().filter(|s| !self.held.contains_key(s)).copied().collect();
         let tries = futures::future::join_all(wanted.iter().map(|s| cluster.acquire(*s))).await;
+        let mut took = 0;
         for (shard, result) in wanted.into_iter().zip(tries) {
             match result {
                 Ok(Some(lease)) => match self.spawn_shard(me, shard).await {
                     Ok(actor) => {
-                        tracing::info!(%shard, epoch = lease.epoch, "took shard");
+                        tracing::debug!(%shard, epoch = lease.epoch, "took shard");
                         self.held.insert(shard, Held { lease, actor });
+                        took += 1;
                     }
                     Err(e) => {
                         tracing::error!(%shard, error = %e, "cannot start shard; releasing its lease");
@@ -183,6 +186,17 @@ impl NodeState {
             }
         }
         let settled = desired.iter().all(|s| self.held.contains_key(s));
+        // One line per change of ownership, not one per shard: a node holds hundreds.
+        if took > 0 || handed_off > 0 {
+            tracing::info!(
+                took,
+                handed_off,
+                held = self.held.len(),
+                nodes = nodes.len(),
+                settled,
+                "shards moved"
+            );
+        }
         self.args.readiness.set_leases_settled(settled);
         self.publish_counts();
     }
@@ -258,5 +272,5 @@ async fn handoff(cluster: &Cluster, shard: ShardId, h: Held) {
     } else if let Err(e) = cluster.release(&h.lease).await {
         tracing::warn!(%shard, error = %e, "lease release failed; it will expire");
     }
-    tracing::info!(%shard, "handed shard off");
+    tracing::debug!(%shard, "handed shard off");
 }

@@ -161,7 +161,7 @@ impl<E: Entity> Actor for ShardSupervisor<E> {
             }
         });
         let sweeper = me.send_interval(args.ctx.idle_after / 2, || ShardMsg::Sweep);
-        tracing::info!(shard = %args.shard, "serving shard");
+        tracing::debug!(shard = %args.shard, "serving shard");
         Ok(ShardState {
             shard: args.shard,
             ctx: args.ctx,
@@ -185,7 +185,7 @@ impl<E: Entity> Actor for ShardSupervisor<E> {
         for _ in st.entities.drain().filter(|(_, e)| e.is_started()) {
             st.ctx.metrics.entity_stopped(E::KIND);
         }
-        tracing::info!(shard = %st.shard, "shard stopped");
+        tracing::debug!(shard = %st.shard, "shard stopped");
         Ok(())
     }
 

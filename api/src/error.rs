@@ -182,8 +182,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, detail) = self.parts();
         let detail = if status.is_server_error() {
-            // Details of our own failures go to the log, never to the client.
-            tracing::error!(error = %self, "request failed");
+            // Details of our own failures go to the log, never to the client. A 503 or 504
+            // (a shard in motion, an entity busy, a slow peer) is retried by its client: a
+            // warning, where a 500 is an error someone must look at.
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(error = %self, "request failed");
+            } else {
+                tracing::warn!(error = %self, "request failed");
+            }
             None
         } else {
             detail

@@ -205,6 +205,11 @@ impl Subjects {
         "souk.log.>"
     }
 
+    /// Log records of `node` at every level (of every node when `None`): `souk.log.<node>.*`.
+    pub fn logs_of(self, node: Option<&str>) -> String {
+        format!("souk.log.{}.*", node.unwrap_or("*"))
+    }
+
     /// The `n`-th subject of `souk load`'s bare JetStream probe run `run`, in its scratch
     /// stream `stream`: `souk.load.<run>.<stream>.<n>`.
     pub fn load_probe(self, run: &str, stream: usize, n: usize) -> String {
