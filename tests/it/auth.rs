@@ -709,8 +709,8 @@ async fn a_customer_s_export_holds_their_account_cart_orders_and_messages_and_no
     let olaf = crate::cart::customer(&http, base, "olaf.other@example.com").await;
     let theirs = crate::checkout::confirmed_order(&olaf, base, "LAMP-EXP", 1, "export-2").await;
 
-    // The delivery log follows the messages a moment later: wait for the reset email and the
-    // order's confirmation by email and by text message.
+    // The delivery log follows the messages a moment later, and the order list the order: wait
+    // for the reset email, the order's confirmation by email and by text message, and the order.
     let (disposition, text) =
         souk_testkit::eventually("the messages in the export", Duration::from_secs(30), || async {
             let r = petra.get(format!("{base}/v1/me/export")).send().await.ok()?;
@@ -718,7 +718,8 @@ async fn a_customer_s_export_holds_their_account_cart_orders_and_messages_and_no
             let disposition = r.headers().get("content-disposition")?.to_str().ok()?.to_owned();
             let text = r.text().await.ok()?;
             let data: Value = serde_json::from_str(&text).ok()?;
-            (data["messages"].as_array()?.len() >= 3).then_some((disposition, text))
+            let listed = !data["orders"].as_array()?.is_empty();
+            (listed && data["messages"].as_array()?.len() >= 3).then_some((disposition, text))
         })
         .await;
     assert_eq!(disposition, format!("attachment; filename=\"souk-{id}.json\""));
