@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use anyhow::Context as _;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use souk_actors::metrics::ActorMetrics;
 use souk_actors::{ActorSettings, Node, NodeDeps};
@@ -14,7 +15,7 @@ use souk_nats::accounts::Accounts;
 use souk_nats::cluster::Cluster;
 use souk_nats::health::Readiness;
 use souk_nats::metrics::StoreMetrics;
-use souk_nats::server::{LocalServer, ServerOptions};
+use souk_nats::server::{LocalServer, ServerOptions, Supervised};
 use souk_nats::streams::ProvisionSettings;
 use souk_nats::{Bus, ConnectSettings, EventStore, JsonKv};
 use souk_storage::{DbSettings, ReadModels};
@@ -38,6 +39,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
 
     // No NATS configured: run our own, so one node works with nothing else set up.
     let mut local_nats = None;
+    let nats_exits = Counter::default();
     let mut urls = cfg.nats_urls();
     if urls.is_empty() {
         let sync = cfg.sync_policy().map_err(anyhow::Error::msg)?;
@@ -56,7 +58,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         urls.push(server.url().to_owned());
         // Other `souk` commands (admin create) on this data dir find the server here.
         std::fs::write(cfg.local_nats_file(), server.url())?;
-        local_nats = Some(server);
+        local_nats = Some(Supervised::new(server, nats_exits.clone()));
     }
 
     // A signal during start-up stops the node there: the process exits 0 and takes its local
@@ -92,6 +94,11 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
             "souk_log_records_dropped",
             "Log records not forwarded to the central log store (queue full or NATS unreachable)",
             logs.dropped.clone(),
+        );
+        registry.register(
+            "souk_local_nats_exits",
+            "Times this node's own nats-server (run when no nats_url is set) ended without being stopped; it is started again",
+            nats_exits.clone(),
         );
         let bus = Bus::new(client.clone(), shards, cfg.request_timeout);
 
@@ -269,8 +276,8 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
 }
 
 /// Stops the node's own nats-server, if it runs one.
-async fn stop_local(local_nats: Option<LocalServer>, cfg: &Config) -> anyhow::Result<()> {
-    if let Some(mut server) = local_nats {
+async fn stop_local(local_nats: Option<Supervised>, cfg: &Config) -> anyhow::Result<()> {
+    if let Some(server) = local_nats {
         tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await?;
         let _ = std::fs::remove_file(cfg.local_nats_file());
     }

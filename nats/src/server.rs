@@ -1,10 +1,14 @@
 //! A local `nats-server` child process: what `souk serve` starts when no NATS URL is
 //! configured, and what the test harness starts for every test.
 
+use prometheus_client::metrics::counter::Counter;
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Why a local server could not be started.
@@ -18,8 +22,8 @@ pub enum ServerError {
     /// The binary could not be started or its files written.
     #[error("could not start nats-server: {0}")]
     Io(#[from] std::io::Error),
-    /// The server started but never said it was listening.
-    #[error("nats-server did not start listening within {0:?}; see {1}")]
+    /// The server started but never said it was listening (it exited, or took too long).
+    #[error("nats-server did not start listening (it exited, or took over {0:?}); see {1}")]
     NotListening(Duration, PathBuf),
 }
 
@@ -132,6 +136,11 @@ impl LocalServer {
         }
     }
 
+    /// How the server ended, if it has ended without being stopped (a crash, an OOM kill).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Starts the server again on the same port and store, after [`kill`](Self::kill) or
     /// [`stop`](Self::stop).
     pub fn restart(&mut self) -> Result<(), ServerError> {
@@ -146,8 +155,9 @@ impl LocalServer {
         reap_orphan(&o.dir.join("nats.pid"));
         let conf = o.dir.join("nats.conf");
         let log = o.dir.join("nats.log");
-        // A fresh log each start, so waiting for "Listening" sees this start's line.
-        let _ = std::fs::remove_file(&log);
+        // A fresh log each start, so waiting for "Listening" sees this start's line; the last
+        // run's stays beside it, to say why a server that crashed did.
+        let _ = std::fs::rename(&log, o.dir.join("nats.log.prev"));
         std::fs::File::create(&conf)?.write_all(render_config(o).as_bytes())?;
         let child = Command::new(Self::find_binary()?)
             .arg("-c")
@@ -161,9 +171,9 @@ impl LocalServer {
             // hands its shards off over this server before stopping it.
             .process_group(0)
             .spawn()?;
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let timeout = Duration::from_secs(20);
-        let addr = wait_for_line(&log, "Listening for client connections on ", timeout)
+        let addr = wait_for_line(&log, "Listening for client connections on ", timeout, child)
             .ok_or_else(|| ServerError::NotListening(timeout, log.clone()))?;
         self.url = format!("nats://{addr}");
         Ok(())
@@ -173,6 +183,99 @@ impl LocalServer {
 impl Drop for LocalServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A node's own server, started again on the same port and store whenever it ends without
+/// being stopped. Without this a node whose server crashed would stay up and unready for
+/// good, its liveness check still passing; with it the node's clients reconnect and carry on
+/// with everything the store had acknowledged.
+#[derive(Debug)]
+pub struct Supervised {
+    server: Arc<Mutex<LocalServer>>,
+    stopping: Arc<AtomicBool>,
+    watcher: JoinHandle<()>,
+}
+
+/// How often the watcher looks at the server.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The longest wait between two starts of a server that keeps failing, and how long it must
+/// then stay up for the next failure to be started again at once.
+const MOST_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Supervised {
+    /// Watches `server` from a thread of its own (its start is blocking), counting in `exits`
+    /// each time it ended without being stopped.
+    pub fn new(server: LocalServer, exits: Counter) -> Self {
+        let server = Arc::new(Mutex::new(server));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (server, stopping) = (server.clone(), stopping.clone());
+            std::thread::Builder::new()
+                .name("nats-server watcher".into())
+                .spawn(move || watch(&server, &stopping, &exits))
+                .expect("a thread for the nats-server watcher")
+        };
+        Self { server, stopping, watcher }
+    }
+
+    /// Stops watching, then stops the server as [`LocalServer::stop`] does.
+    pub fn stop(self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.watcher.join();
+        self.server.lock().unwrap_or_else(PoisonError::into_inner).stop(grace);
+    }
+}
+
+fn watch(server: &Mutex<LocalServer>, stopping: &AtomicBool, exits: &Counter) {
+    // Starts since the server last stayed up for `MOST_BACKOFF`: the first comes at once, the
+    // next ones after 1 s, 2 s, … so a server that cannot stay up is not started in a loop.
+    let mut starts: u32 = 0;
+    let mut started = Instant::now();
+    while pause(stopping, WATCH_EVERY) {
+        let mut server = server.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(status) = server.exited() {
+            exits.inc();
+            let log = server.options.dir.join("nats.log.prev");
+            tracing::error!(%status, log = %log.display(), "the local nats-server exited; starting it again");
+        } else if server.child.is_some() {
+            if started.elapsed() >= MOST_BACKOFF {
+                starts = 0;
+            }
+            continue;
+        }
+        if starts > 0 {
+            let delay = Duration::from_secs(1 << (starts - 1).min(5)).min(MOST_BACKOFF);
+            if !pause(stopping, delay) {
+                return;
+            }
+        }
+        starts += 1;
+        started = Instant::now();
+        match server.restart() {
+            Ok(()) => tracing::info!(url = server.url(), "the local nats-server runs again"),
+            Err(e) => {
+                // No child left behind: the next look finds it down and tries again.
+                server.kill();
+                tracing::error!(error = %e, "the local nats-server did not start again");
+            }
+        }
+    }
+}
+
+/// Sleeps for `d` unless told to stop first; whether to go on.
+fn pause(stopping: &AtomicBool, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    loop {
+        if stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(WATCH_EVERY));
     }
 }
 
@@ -219,10 +322,11 @@ fn reap_orphan(pid_file: &Path) {
     let _ = std::fs::remove_file(pid_file);
 }
 
-/// Polls `path` until a line contains `marker`, and returns the rest of that line.
-fn wait_for_line(path: &Path, marker: &str, timeout: Duration) -> Option<String> {
+/// Polls `path` until a line contains `marker`, and returns the rest of that line; `None` at
+/// once if `child` exits first.
+fn wait_for_line(path: &Path, marker: &str, timeout: Duration, child: &mut Child) -> Option<String> {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
         if let Ok(text) = std::fs::read_to_string(path)
             && let Some(rest) = text.lines().find_map(|l| l.split_once(marker).map(|(_, r)| r))
         {

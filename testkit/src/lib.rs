@@ -215,6 +215,11 @@ impl SoukNode {
         self.spawn()
     }
 
+    /// The node's data dir (its node id, database and, without a NATS URL, its own server).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The node's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -232,7 +237,7 @@ impl SoukNode {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(&self.env)
-            .env("SOUK_DATA_DIR", self.dir.path().join("data"))
+            .env("SOUK_DATA_DIR", self.data_dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

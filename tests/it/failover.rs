@@ -1,4 +1,5 @@
-//! Two nodes on one NATS server: shards spread, a killed node's shards move, nothing is lost.
+//! Two nodes on one NATS server: shards spread, a killed node's shards move, nothing is lost;
+//! and a node's own nats-server that crashes comes back with its store.
 
 use crate::{bin, levels, metric, ready, reserve, restock, stock, with_retry};
 use futures::future::join_all;
@@ -11,7 +12,6 @@ pub(crate) async fn shards_owned(http: &Client, base: &str) -> Option<u64> {
     metric(http, base, "souk_shards_owned{kind=\"stock\"}").await.and_then(|n| u64::try_from(n).ok())
 }
 
-/// Waits up to `within` for the node at `base` to own all 16 stock shards.
 /// The email pace this node allows itself (its share of the cluster's), from its `/metrics`.
 async fn email_pace(http: &Client, base: &str) -> Option<f64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
@@ -19,6 +19,7 @@ async fn email_pace(http: &Client, base: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)).and_then(|n| n.parse().ok())
 }
 
+/// Waits up to `within` for the node at `base` to own all 16 stock shards.
 async fn owns_every_shard(http: &Client, base: &str, within: Duration) {
     eventually("the node to own every shard", within, || async {
         (shards_owned(http, base).await? == 16).then_some(())
@@ -166,4 +167,61 @@ async fn a_node_that_cannot_listen_exits_without_taking_shards_from_the_cluster(
     assert!(!exited.success() && log.contains("cannot listen"), "{exited}: {log}");
     assert_eq!(fewest, 16, "a kept every shard while b failed to start");
     assert_eq!(shards_owned(&http, a.url()).await, Some(16));
+}
+
+/// The pid of the nats-server a node without a NATS URL runs for itself, from its pid file.
+fn own_nats_pid(node: &SoukNode) -> Option<u32> {
+    std::fs::read_to_string(node.data_dir().join("nats").join("nats.pid")).ok()?.trim().parse().ok()
+}
+
+fn running(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills whatever own server a node left running when the test ends, passed or not.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.iter().filter(|p| running(**p)) {
+            let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// A single node's own nats-server that crashes is started again on its port and store: the
+/// node becomes ready again by itself, everything acknowledged before the crash is there, and
+/// a graceful stop still stops the new server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_s_own_nats_server_that_crashes_is_started_again_with_its_store() {
+    let mut node = SoukNode::start(bin(), "", &[]).expect("node with its own nats-server");
+    let mut reaper = Reaper(Vec::new());
+    ready(&http(), &node).await;
+    let admin = admin_http(node.url()).await;
+    let base = node.url().to_owned();
+    assert_eq!(restock(&admin, &base, "OWN-1", 10).await.status(), StatusCode::OK);
+    assert_eq!(reserve(&admin, &base, "OWN-1", "before", 3).await.status(), StatusCode::CREATED);
+
+    let first = own_nats_pid(&node).expect("the node runs its own nats-server");
+    reaper.0.push(first);
+    std::process::Command::new("kill").arg("-KILL").arg(first.to_string()).status().expect("kill");
+    let second = eventually("the node's nats-server to run again", Duration::from_secs(30), || async {
+        own_nats_pid(&node).filter(|p| *p != first && running(*p))
+    })
+    .await;
+    reaper.0.push(second);
+    ready(&http(), &node).await;
+    let after = with_retry(|| {
+        let body = serde_json::json!({ "reservation_id": "after", "quantity": 2 });
+        admin.post(format!("{base}/v1/inventory/OWN-1/reservations")).json(&body).send()
+    })
+    .await;
+    assert_eq!(after.status(), StatusCode::CREATED, "a write after the restart");
+    assert_eq!(levels(&stock(&admin, &base, "OWN-1").await), (10, 5, 5), "nothing acknowledged is lost");
+    assert!(node.log().contains("the local nats-server exited; starting it again"), "{}", node.log());
+    assert_eq!(metric(&http(), &base, "souk_local_nats_exits_total").await, Some(1));
+
+    let stopped = tokio::task::spawn_blocking(move || node.stop()).await.expect("join");
+    assert!(stopped.expect("stopped within 30 s of SIGTERM"), "SIGTERM should exit 0");
+    assert!(!running(second), "the node's stop stops the server it started again");
 }
