@@ -28,6 +28,8 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
     let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // Held until the process exits, whichever way it exits.
+    let _data_dir = lock_data_dir(&cfg)?;
     let node_id = node_id(&cfg)?;
     logs.set_node(&node_id.to_string());
     tracing::info!(node = %node_id, "starting souk node");
@@ -359,6 +361,40 @@ pub async fn ensure_admin(auth: &Auth, email: &str, password: String) -> anyhow:
         "cannot create the admin account: {}",
         last.map(|e| e.to_string()).unwrap_or_default()
     ))
+}
+
+/// Takes the data dir for this process alone. Two nodes on one data dir would share a node id
+/// (and so each other's leases), and the second would take the first's nats-server for an
+/// orphan and stop it; it must refuse to start instead. The lock is the kernel's, so it goes
+/// with the process however that ends, `kill -9` included.
+fn lock_data_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
+    use std::io::{Seek as _, Write as _};
+    let path = cfg.data_dir.join("souk.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "data dir {} is in use by another souk node (pid {}): give each node its own data_dir",
+                cfg.data_dir.display(),
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 fn node_id(cfg: &Config) -> anyhow::Result<NodeId> {

@@ -225,3 +225,31 @@ async fn a_node_s_own_nats_server_that_crashes_is_started_again_with_its_store()
     assert!(stopped.expect("stopped within 30 s of SIGTERM"), "SIGTERM should exit 0");
     assert!(!running(second), "the node's stop stops the server it started again");
 }
+
+/// A second node started on the data dir of a running one refuses to start, naming the
+/// holder, and leaves the running node and its own nats-server alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_a_data_dir_in_use_refuses_to_start_and_leaves_the_first_alone() {
+    let node = SoukNode::start(bin(), "", &[]).expect("node with its own nats-server");
+    let _reaper = Reaper(own_nats_pid(&node).into_iter().collect());
+    ready(&http(), &node).await;
+    let nats = own_nats_pid(&node).expect("the node runs its own nats-server");
+
+    let second = tokio::process::Command::new(bin())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
+        .env("SOUK_DATA_DIR", node.data_dir())
+        .env("SOUK_HTTP_ADDR", "127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), second).await.expect("it exits").expect("run");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second node on the same data dir started:\n{text}");
+    assert!(text.contains("is in use by another souk node"), "{text}");
+    assert_eq!(own_nats_pid(&node), Some(nats), "the first node's nats-server is the same process");
+    assert!(running(nats));
+    ready(&http(), &node).await;
+    assert_eq!(metric(&http(), node.url(), "souk_local_nats_exits_total").await, Some(0));
+}
