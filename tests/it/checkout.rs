@@ -371,9 +371,11 @@ async fn a_refund_the_provider_refuses_is_recorded_and_the_order_stays_as_it_was
             (Some("confirmed"), None, Some(0))
         );
     }
-    let metrics =
-        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("souk_payment_refunds_refused_total 3"), "{metrics}");
+    // Counted once each refusal is recorded, so a moment after the order shows it.
+    eventually("three refusals counted", Duration::from_secs(10), || async {
+        (crate::metric(&http, base, "souk_payment_refunds_refused_total").await? == 3).then_some(())
+    })
+    .await;
     // Each refusal is one event in the order's history, and nothing was refunded or cancelled.
     let r = staff.get(format!("{base}/v1/admin/history/order/{id}")).send().await.expect("history");
     let history: Vec<String> = body(r, StatusCode::OK).await["events"]
