@@ -148,7 +148,8 @@ impl SoukNode {
             ("SOUK_NATS_URL", nats_url),
             ("SOUK_HTTP_ADDR", "127.0.0.1:0"),
             ("SOUK_REQUEST_TIMEOUT", "15s"),
-            ("SOUK_LOG", "info,surrealdb=warn,surrealkv=warn"),
+            // The log provider's messages (recipient and text) are at debug.
+            ("SOUK_LOG", "info,surrealdb=warn,surrealkv=warn,souk_actors::notify::providers=debug"),
             ("SOUK_ADMIN_EMAIL", ADMIN_EMAIL),
             ("SOUK_ADMIN_PASSWORD", ADMIN_PASSWORD),
             // Tests drive many requests from one address; the limit has its own test.

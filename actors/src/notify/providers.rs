@@ -37,6 +37,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 }
 
 /// Writes what it would send to the log. For development; never for a shop's customers.
+/// The recipient and the text (a password-reset link among them) go to the log at debug
+/// only: a shop that has not configured a provider yet must not put customers' addresses,
+/// orders and reset tokens into its production log. `./dev up` shows them.
 #[derive(Debug, Clone, Copy)]
 pub struct LogProvider;
 
@@ -48,6 +51,10 @@ impl Provider for LogProvider {
     fn send<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<String, SendError>> {
         Box::pin(async move {
             tracing::info!(
+                channel = %n.channel, topic = n.topic.as_str(), id = %n.id,
+                "notification not sent: the channel's provider is `log`"
+            );
+            tracing::debug!(
                 channel = %n.channel, to = %n.to, topic = n.topic.as_str(), subject = n.subject.as_deref(),
                 text = %n.text, "notification (log provider: not sent)"
             );
