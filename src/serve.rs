@@ -28,6 +28,12 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
     let mut signals = Signals::install().context("cannot listen for SIGTERM and SIGINT")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // Settings that can be wrong are read before anything starts, so a mistake is one clear
+    // error, not a local nats-server and a database started only to be stopped again.
+    let shards = cfg.shard_counts().map_err(anyhow::Error::msg)?;
+    let payments = payment_gateway(&cfg)?;
+    let notify = cfg.notify_settings()?;
+    let cors_origins = cfg.cors_origins()?;
     // Held until the process exits, whichever way it exits.
     let _data_dir = lock_data_dir(&cfg)?;
     let node_id = node_id(&cfg)?;
@@ -72,7 +78,6 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
         let readiness = Readiness::new(client.clone());
         let jet = provision(&client, &cfg).await?;
         readiness.set_provisioned();
-        let shards = cfg.shard_counts().map_err(anyhow::Error::msg)?;
         let cluster = Cluster::new(&jet, node_id.clone());
         cluster.agree_on_shards(shards).await?;
 
@@ -129,8 +134,8 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
                 read_models: read_models.clone(),
                 readiness: readiness.clone(),
                 metrics: actor_metrics,
-                payments: payment_gateway(&cfg)?,
-                notify: cfg.notify_settings()?,
+                payments,
+                notify,
             },
         )
         .await?;
@@ -216,7 +221,7 @@ pub async fn run(cfg: Config, seed: bool, logs: Arc<crate::logs::LogSink>) -> an
             storefront,
             auth,
             rate_limiter: Arc::new(souk_api::rate_limit::RateLimiter::new(cfg.rate_settings())),
-            cors_origins: cfg.cors_origins()?,
+            cors_origins,
             readiness: readiness.clone(),
             registry: Arc::new(registry),
             http,

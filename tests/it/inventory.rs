@@ -89,6 +89,33 @@ fn a_node_stopped_while_it_starts_exits_0_and_stops_its_own_nats_server() {
     assert!(!nats_running, "its nats-server is still running");
 }
 
+/// A setting that cannot work stops the node before it starts anything: one clear error, no
+/// local nats-server started and stopped, no database opened.
+#[test]
+fn a_node_with_a_setting_that_cannot_work_exits_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    for (key, value, error) in [
+        ("SOUK_PAYMENTS", "stripe", "payments = \"stripe\" needs stripe_api_key"),
+        ("SOUK_EMAIL_PROVIDER", "sendgrid", "email_provider = \"sendgrid\" needs sendgrid_api_key"),
+        ("SOUK_CORS_ORIGINS", "shop.example", "\"shop.example\" is not an origin"),
+    ] {
+        let out = std::process::Command::new(bin())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
+            .env("SOUK_DATA_DIR", &data)
+            .env("SOUK_HTTP_ADDR", "127.0.0.1:0")
+            .env(key, value)
+            .output()
+            .expect("souk serve");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains(error), "{key}={value}: {}\n{text}", out.status);
+        assert!(!data.join("nats").exists() && !data.join("db").exists(), "{key}={value} started something");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reservations_never_oversell_and_survive_a_restart() {
     let nats = NatsServer::start();
