@@ -168,8 +168,19 @@ enum AdminCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes on one line: a backtrace helps nobody mend a setting.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command the command line names.
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = souk::config::Config::load(cli.config.as_deref())?;
     let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.command {
