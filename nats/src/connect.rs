@@ -72,10 +72,17 @@ pub async fn connect(
     let client =
         opts.connect(addrs.as_slice()).await.map_err(|e| ConnectError::Connect(joined.clone(), e))?;
     // With retry_on_initial_connect the call returns at once; wait for the first connection.
-    let deadline = tokio::time::Instant::now() + initial_wait;
+    let start = tokio::time::Instant::now();
+    let mut told = false;
     while !connected(&client) {
-        if tokio::time::Instant::now() >= deadline {
+        let waited = start.elapsed();
+        if waited >= initial_wait {
             return Err(ConnectError::NotReached(joined, initial_wait));
+        }
+        // The client's own reports of each failed attempt say neither where nor for how long.
+        if !told && waited >= Duration::from_secs(2) {
+            tracing::warn!(urls = %joined, wait = ?initial_wait, "NATS does not answer yet; waiting for it");
+            told = true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
