@@ -425,15 +425,25 @@ async fn provision(client: &souk_nats::Client, cfg: &Config) -> anyhow::Result<s
         log_max_age: cfg.log_retention,
         log_max_bytes: i64::try_from(cfg.log_max_bytes).unwrap_or(i64::MAX),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let wait = Duration::from_secs(60);
+    let start = tokio::time::Instant::now();
+    let mut told: Option<tokio::time::Instant> = None;
     loop {
         match souk_nats::provision(client.clone(), settings).await {
             Ok(jet) => return Ok(jet),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "JetStream not ready; retrying");
+            Err(e) if start.elapsed() < wait => {
+                // Every ten seconds, not every attempt: a server without JetStream answers at once.
+                if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "JetStream not ready; retrying");
+                    told = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "JetStream did not become ready within {wait:?}: is it enabled on the NATS servers (`jetstream {{}}` in their configuration, or -js)?"
+                )));
+            }
         }
     }
 }
