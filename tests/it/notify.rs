@@ -557,7 +557,9 @@ async fn an_outage_is_retried_trips_the_breaker_is_dead_lettered_and_a_retry_del
         ("SOUK_NOTIFY_MAX_ATTEMPTS", "4"),
         ("SOUK_NOTIFY_RETRY_BASE", "200ms"),
         ("SOUK_NOTIFY_BREAKER_FAILURES", "2"),
-        ("SOUK_NOTIFY_BREAKER_COOLDOWN", "4s"),
+        // Long enough that the breaker is still open when the dead letter has reached the
+        // delivery log, on a loaded machine too.
+        ("SOUK_NOTIFY_BREAKER_COOLDOWN", "8s"),
     ])
     .await;
     let base = node.url();
