@@ -1,7 +1,7 @@
 //! Two nodes on one NATS server: shards spread, a killed node's shards move, nothing is lost;
 //! and a node's own nats-server that crashes comes back with its store.
 
-use crate::{bin, levels, metric, ready, reserve, restock, stock, with_retry};
+use crate::{bare_serve, bin, levels, metric, ready, reserve, restock, stock, with_retry};
 use futures::future::join_all;
 use reqwest::{Client, StatusCode};
 use souk_testkit::{NatsServer, SoukNode, admin_http, eventually, http, souk_command};
@@ -235,15 +235,7 @@ async fn a_second_node_on_a_data_dir_in_use_refuses_to_start_and_leaves_the_firs
     ready(&http(), &node).await;
     let nats = own_nats_pid(&node).expect("the node runs its own nats-server");
 
-    let second = tokio::process::Command::new(bin())
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
-        .env("SOUK_DATA_DIR", node.data_dir())
-        .env("SOUK_HTTP_ADDR", "127.0.0.1:0")
-        .kill_on_drop(true)
-        .output();
+    let second = tokio::process::Command::from(bare_serve(&node.data_dir())).kill_on_drop(true).output();
     let out = tokio::time::timeout(Duration::from_secs(30), second).await.expect("it exits").expect("run");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second node on the same data dir started:\n{text}");

@@ -1,6 +1,6 @@
 //! One node: reservations under concurrency, idempotency, restart, bad input, read model.
 
-use crate::{bin, levels, list_all, metric, ready, reserve, restock, stock};
+use crate::{bare_serve, bin, levels, list_all, metric, ready, reserve, restock, stock};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -59,13 +59,7 @@ fn a_node_stopped_while_it_starts_exits_0_and_stops_its_own_nats_server() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
-    let mut node = Command::new(bin())
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
-        .env("SOUK_DATA_DIR", &data)
-        .env("SOUK_HTTP_ADDR", "127.0.0.1:0")
+    let mut node = bare_serve(&data)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -100,16 +94,7 @@ fn a_node_with_a_setting_that_cannot_work_exits_before_starting_anything() {
         ("SOUK_EMAIL_PROVIDER", "sendgrid", "email_provider = \"sendgrid\" needs sendgrid_api_key"),
         ("SOUK_CORS_ORIGINS", "shop.example", "\"shop.example\" is not an origin"),
     ] {
-        let out = std::process::Command::new(bin())
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
-            .env("SOUK_DATA_DIR", &data)
-            .env("SOUK_HTTP_ADDR", "127.0.0.1:0")
-            .env(key, value)
-            .output()
-            .expect("souk serve");
+        let out = bare_serve(&data).env(key, value).output().expect("souk serve");
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && text.contains(error), "{key}={value}: {}\n{text}", out.status);
         assert!(!data.join("nats").exists() && !data.join("db").exists(), "{key}={value} started something");

@@ -27,6 +27,19 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_souk"))
 }
 
+/// `souk serve` on `data` with nothing but the binary's defaults: its own nats-server, a free
+/// HTTP port, no test settings. For what a bare start does; add settings with `.env(…)`.
+fn bare_serve(data: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(std::env::var_os("NATS_SERVER_BIN").map(|b| ("NATS_SERVER_BIN", b)))
+        .env("SOUK_DATA_DIR", data)
+        .env("SOUK_HTTP_ADDR", "127.0.0.1:0");
+    cmd
+}
+
 /// Waits until `/readyz` answers 200.
 async fn ready(http: &Client, node: &SoukNode) {
     let url = format!("{}/readyz", node.url());
